@@ -1,0 +1,7 @@
+"""The management API under ``/api/v1/``: each app contributes its own ``api/urls.py``."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("tenants.api.urls")),
+]

@@ -1,0 +1,326 @@
+"""``manage.py up``: run the whole platform on one machine, supervised.
+
+Migrates, creates (once) a staff user, then starts and supervises the web server (ASGI), the
+gateway, a Celery worker and Celery beat, with prefixed, coloured logs. A child that dies is
+restarted with backoff; one that keeps crashing stops the platform. Ctrl-C or SIGTERM stops every
+child (SIGTERM, then SIGKILL after a grace period) and, when they are embedded, PostgreSQL and
+Redis too, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from berth import embedded
+
+COLOURS = {"web": 36, "gateway": 35, "worker": 33, "beat": 34, "agent": 32, "up": 37}
+GRACE_SECONDS = 10
+MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
+RESTART_WINDOW = 120
+
+
+def _set_pdeathsig() -> None:
+    """Child side: die with the supervisor even if it is SIGKILLed (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    health_url: str | None = None
+    process: subprocess.Popen | None = None
+    starts: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, out, colour: bool):
+        self.out = out
+        self.colour = colour
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.failed: str | None = None
+        # Children resolve DATABASE_URL/REDIS_URL the way we did: from the environment, or from
+        # the embedded servers we already started (which they find running, in about a millisecond).
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "berth.settings",
+        }
+
+    def log(self, name: str, line: str) -> None:
+        width = max(len(c) for c in COLOURS)
+        prefix = f"{name:<{width}} |"
+        if self.colour:
+            prefix = f"\x1b[{COLOURS.get(name, 37)}m{prefix}\x1b[0m"
+        with self.lock:
+            self.out.write(f"{prefix} {line}\n")
+            self.out.flush()
+
+    def start(self, child: Child) -> None:
+        child.starts = [t for t in child.starts if time.monotonic() - t < RESTART_WINDOW] + [time.monotonic()]
+        child.process = subprocess.Popen(  # noqa: S603
+            child.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=settings.BASE_DIR,
+            start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop the group
+            preexec_fn=_set_pdeathsig,  # noqa: PLW1509
+            text=True,
+            bufsize=1,
+            errors="replace",
+        )
+        self.log("up", f"started {child.name} (pid {child.process.pid})")
+        threading.Thread(target=self._pump, args=(child, child.process), daemon=True).start()
+
+    def _pump(self, child: Child, process: subprocess.Popen) -> None:
+        for line in process.stdout or ():
+            self.log(child.name, line.rstrip("\n"))
+
+    def add(self, child: Child) -> None:
+        self.children.append(child)
+        self.start(child)
+
+    def watch_once(self) -> None:
+        for child in self.children:
+            process = child.process
+            if process is None or process.poll() is None or self.stopping.is_set():
+                continue
+            self.log("up", f"{child.name} exited with code {process.returncode}")
+            if len(child.starts) >= MAX_RESTARTS:
+                self.failed = f"{child.name} crashed {MAX_RESTARTS} times in {RESTART_WINDOW}s"
+                self.stopping.set()
+                return
+            delay = min(30, 2 ** (len(child.starts) - 1))
+            self.log("up", f"restarting {child.name} in {delay}s")
+            if self.stopping.wait(delay):
+                return
+            self.start(child)
+
+    def stop_all(self) -> None:
+        self.stopping.set()
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                self._signal(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for child in self.children:
+            process = child.process
+            if process is None:
+                continue
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log("up", f"{child.name} did not stop in {GRACE_SECONDS}s; killing it")
+            # Kill whatever is left of the group (pool processes, engines) either way.
+            self._signal(process, signal.SIGKILL)
+            process.wait()
+            self.log("up", f"{child.name} stopped")
+
+    @staticmethod
+    def _signal(process: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_healthy(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.25)
+    return False
+
+
+class Command(BaseCommand):
+    help = "Run Berth on this machine: web, gateway, Celery worker and beat (and embedded PostgreSQL/Redis)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--web-host", default=settings.WEB_HOST)
+        parser.add_argument("--web-port", type=int, default=settings.WEB_PORT)
+        parser.add_argument("--gateway-host", default=settings.GATEWAY_HOST)
+        parser.add_argument("--gateway-port", type=int, default=settings.GATEWAY_PORT)
+        parser.add_argument("--worker-concurrency", type=int, default=2)
+        parser.add_argument(
+            "--keep-embedded",
+            action="store_true",
+            help="Leave embedded PostgreSQL/Redis running on exit.",
+        )
+
+    def handle(self, *args, **options):
+        colour = not options["no_color"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        sup = Supervisor(self.stdout._out, colour)  # raw stream: children's lines pass unaltered
+        sup.log(
+            "up",
+            f"PostgreSQL: {settings.DATABASE_URL} ({'embedded' if settings.EMBEDDED_DATABASE else 'external'})",
+        )
+        sup.log(
+            "up",
+            f"Redis:      {settings.REDIS_URL} ({'embedded' if settings.EMBEDDED_REDIS else 'external'})",
+        )
+
+        received: list[int] = []
+
+        def on_signal(signum, frame):
+            received.append(signum)
+            sup.stopping.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            self._prepare(sup)
+            if sup.stopping.is_set():
+                return
+            py = sys.executable
+            manage = str(settings.BASE_DIR / "manage.py")
+            web = f"http://{options['web_host']}:{options['web_port']}"
+            gateway = f"http://{options['gateway_host']}:{options['gateway_port']}"
+            sup.add(
+                Child(
+                    "web",
+                    [
+                        py,
+                        "-m",
+                        "uvicorn",
+                        "berth.asgi:application",
+                        "--host",
+                        options["web_host"],
+                        "--port",
+                        str(options["web_port"]),
+                        "--lifespan",
+                        "off",
+                        "--timeout-graceful-shutdown",
+                        "10",
+                    ],
+                    f"{web}/healthz",
+                )
+            )
+            sup.add(
+                Child(
+                    "gateway",
+                    [
+                        py,
+                        manage,
+                        "gateway",
+                        "--host",
+                        options["gateway_host"],
+                        "--port",
+                        str(options["gateway_port"]),
+                    ],
+                    f"{gateway}/healthz",
+                )
+            )
+            sup.add(
+                Child(
+                    "worker",
+                    [
+                        py,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "berth",
+                        "worker",
+                        "-l",
+                        "INFO",
+                        "--concurrency",
+                        str(options["worker_concurrency"]),
+                        "-n",
+                        "control@%h",
+                    ],
+                )
+            )
+            sup.add(
+                Child(
+                    "beat",
+                    [
+                        py,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "berth",
+                        "beat",
+                        "-l",
+                        "INFO",
+                        "-s",
+                        str(settings.DATA_DIR / "celerybeat-schedule"),
+                    ],
+                )
+            )
+            for child in sup.children:
+                if child.health_url and not sup.stopping.is_set() and not _wait_healthy(child.health_url, 60):
+                    sup.log("up", f"{child.name} did not answer {child.health_url} within 60s")
+            if not sup.stopping.is_set():
+                sup.log(
+                    "up",
+                    f"Berth is up. Console: {web}/  Admin: {web}/admin/  API docs: {web}/api/docs/",
+                )
+                sup.log("up", f"Gateway (OpenAI base_url): {gateway}/v1   Press Ctrl-C to stop.")
+            while not sup.stopping.is_set():
+                sup.watch_once()
+                sup.stopping.wait(0.5)
+        finally:
+            sup.log("up", "stopping…")
+            sup.stop_all()
+            if not options["keep_embedded"]:
+                if settings.EMBEDDED_DATABASE and embedded.stop_postgres(settings.DATA_DIR):
+                    sup.log("up", "embedded PostgreSQL stopped")
+                if settings.EMBEDDED_REDIS and embedded.stop_redis(settings.DATA_DIR):
+                    sup.log("up", "embedded Redis stopped")
+            sup.log("up", "bye")
+        if sup.failed:
+            raise CommandError(sup.failed)
+
+    def _prepare(self, sup: Supervisor) -> None:
+        sup.log("up", "applying migrations…")
+        call_command("migrate", interactive=False, verbosity=0)
+        if not settings.DEBUG:
+            call_command("collectstatic", interactive=False, verbosity=0)
+        self._ensure_staff_user(sup)
+        from tenants import mirror
+
+        result = mirror.resync()
+        sup.log("up", f"key mirror in Redis: {result['written']} key(s)")
+
+    def _ensure_staff_user(self, sup: Supervisor) -> None:
+        from tenants.models import User
+
+        email = os.environ.get("BERTH_ADMIN_EMAIL", "admin@localhost").lower()
+        if User.objects.filter(is_staff=True).exists():
+            return
+        password = os.environ.get("BERTH_ADMIN_PASSWORD")
+        generated = password is None
+        password = password or secrets.token_urlsafe(16)
+        User.objects.create_superuser(email=email, password=password)
+        if generated:
+            sup.log("up", f"created staff user {email} with password: {password}")
+            sup.log(
+                "up",
+                "(shown once; set BERTH_ADMIN_PASSWORD to choose it, or reset it with manage.py changepassword)",
+            )
+        else:
+            sup.log("up", f"created staff user {email} (password from BERTH_ADMIN_PASSWORD)")

@@ -1,0 +1,304 @@
+"""Django settings for Berth, read from the environment only.
+
+Every variable is listed in the README's configuration table. With no ``DATABASE_URL`` or
+``REDIS_URL`` the embedded PostgreSQL/Redis (``berth/embedded.py``) are started and used; that
+is also what makes ``DEBUG`` default to on (a production deployment always names its database).
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from berth import embedded
+from berth.env import env_bool, env_int, env_list, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("BERTH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+_database_url = env_str("DATABASE_URL")
+_redis_url = env_str("REDIS_URL")
+EMBEDDED_DATABASE = not _database_url
+EMBEDDED_REDIS = not _redis_url
+
+DEBUG = env_bool("DEBUG", default=EMBEDDED_DATABASE)
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _dev_secret(name: str) -> str:
+    """A random secret generated once per data dir, for development only."""
+    path = DATA_DIR / "secrets" / name
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_urlsafe(50)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+def _required_secret(name: str, *, min_length: int) -> str:
+    value = env_secret(name)
+    if value is None:
+        if DEBUG:
+            return _dev_secret(name)
+        raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set when DEBUG is off")
+    if not DEBUG and (len(value) < min_length or value.startswith("django-insecure")):
+        raise ImproperlyConfigured(
+            f"{name} is too weak for production: use at least {min_length} random characters"
+        )
+    return value
+
+
+SECRET_KEY = _required_secret("SECRET_KEY", min_length=50)
+
+# API keys are stored as HMAC-SHA256(pepper, secret). BERTH_KEY_PEPPERS holds "id:secret" pairs;
+# the first is used for new keys, the others still verify older keys (rotation).
+_peppers_raw = env_secret("BERTH_KEY_PEPPERS")
+if _peppers_raw is None:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "BERTH_KEY_PEPPERS (or BERTH_KEY_PEPPERS_FILE) must be set when DEBUG is off"
+        )
+    _peppers_raw = f"dev:{_dev_secret('BERTH_KEY_PEPPERS')}"
+KEY_PEPPERS: dict[str, str] = {}
+for _pair in _peppers_raw.split(","):
+    _pid, _, _secret = _pair.strip().partition(":")
+    if not _pid or not _secret:
+        raise ImproperlyConfigured("BERTH_KEY_PEPPERS must look like 'id1:secret1,id2:secret2'")
+    if not DEBUG and len(_secret) < 32:
+        raise ImproperlyConfigured(f"pepper {_pid!r} in BERTH_KEY_PEPPERS is shorter than 32 characters")
+    KEY_PEPPERS[_pid] = _secret
+CURRENT_PEPPER_ID = next(iter(KEY_PEPPERS))
+
+# --------------------------------------------------------------------------- hosts & security
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off")
+
+SECURE = not DEBUG
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SECURE)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SECURE)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SECURE)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if SECURE else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_SECONDS > 0
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+if env_bool("USE_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# /healthz is probed over plain HTTP by load balancers and orchestrators.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# --------------------------------------------------------------------------- apps
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "guardian",
+    "berth.apps.BerthConfig",
+    "tenants",
+    "models_registry",
+    "workers",
+    "gateway",
+    "billing",
+    "console",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "tenants.middleware.CurrentTenantMiddleware",
+]
+
+ROOT_URLCONF = "berth.urls"
+ASGI_APPLICATION = "berth.asgi.application"
+WSGI_APPLICATION = "berth.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "console.context_processors.console",
+            ],
+        },
+    },
+]
+
+# --------------------------------------------------------------------------- data stores
+
+if EMBEDDED_DATABASE:
+    _database_url = embedded.ensure_postgres(DATA_DIR).url
+if EMBEDDED_REDIS:
+    _redis_url = embedded.ensure_redis(DATA_DIR).url
+DATABASE_URL: str = _database_url  # type: ignore[assignment]
+REDIS_URL: str = _redis_url  # type: ignore[assignment]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    raise ImproperlyConfigured("Berth needs PostgreSQL: DATABASE_URL must be a postgresql:// URL")
+DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_berth")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Prefix for every Redis key Berth writes (keys mirror, routing table, quotas, usage stream).
+REDIS_PREFIX = env_str("BERTH_REDIS_PREFIX", "berth:")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{REDIS_PREFIX}cache",
+    }
+}
+
+# --------------------------------------------------------------------------- auth
+
+AUTH_USER_MODEL = "tenants.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "console:overview"
+LOGOUT_REDIRECT_URL = "login"
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous object permissions
+
+# --------------------------------------------------------------------------- i18n & static
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATICFILES_DIRS: list[Path] = []
+WHITENOISE_USE_FINDERS = DEBUG
+# WhiteNoise serves files through a sync iterator; under ASGI Django warns about it on every file.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
+
+# --------------------------------------------------------------------------- email
+
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Berth <noreply@localhost>")
+
+# --------------------------------------------------------------------------- DRF
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.api.authentication.ManagementKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Berth management API",
+    "DESCRIPTION": "Tenants, members and API keys. Inference itself is served by the gateway at /v1.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI assets are served from the drf-spectacular-sidecar package (no CDN).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --------------------------------------------------------------------------- Celery
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240, minimum=1)
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_PREFIX}celery:"}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "tenants-resync-key-mirror": {
+        "task": "tenants.tasks.resync_key_mirror",
+        "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
+    },
+}
+
+# --------------------------------------------------------------------------- Berth
+
+WEB_HOST = env_str("BERTH_WEB_HOST", "127.0.0.1")
+WEB_PORT = env_int("BERTH_WEB_PORT", 8000, minimum=1)
+GATEWAY_HOST = env_str("BERTH_GATEWAY_HOST", "127.0.0.1")
+GATEWAY_PORT = env_int("BERTH_GATEWAY_PORT", 8001, minimum=1)
+# The URL tenants use for inference; shown in the console's snippets.
+GATEWAY_PUBLIC_URL = env_str("BERTH_GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}/v1")
+DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
+
+STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
+STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # point the stripe client at a local server
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

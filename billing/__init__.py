@@ -1,0 +1,1 @@
+"""Usage records, invoices, Stripe sync and webhooks (billing issue)."""

@@ -1,0 +1,1 @@
+"""The tenant web console and the staff dashboard."""

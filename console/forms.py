@@ -1,0 +1,67 @@
+"""Console forms: signup and API key creation."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import password_validation
+from django.utils import timezone
+
+from tenants.models import User
+
+
+class SignupForm(forms.Form):
+    email = forms.EmailField(label="Work email", widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+    organization = forms.CharField(
+        label="Organization name",
+        max_length=120,
+        widget=forms.TextInput(attrs={"autocomplete": "organization"}),
+    )
+    password = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+
+    def clean_email(self):
+        email = self.cleaned_data["email"].lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("An account with this email already exists. Log in instead.")
+        return email
+
+    def clean(self):
+        cleaned = super().clean()
+        password = cleaned.get("password")
+        if password:
+            try:
+                password_validation.validate_password(password, User(email=cleaned.get("email", "")))
+            except forms.ValidationError as exc:
+                self.add_error("password", exc)
+        return cleaned
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(
+        label="Name", max_length=100, help_text="What the key is for, e.g. “prod backend”."
+    )
+    allowed_models = forms.CharField(
+        label="Allowed models",
+        required=False,
+        help_text="Comma-separated model names. Leave empty to allow every model your organization may use.",
+    )
+    expires_at = forms.DateTimeField(
+        label="Expires",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="Optional. Leave empty for a key that does not expire.",
+    )
+
+    def clean_allowed_models(self):
+        raw = self.cleaned_data["allowed_models"]
+        return [name.strip() for name in raw.split(",") if name.strip()]
+
+    def clean_expires_at(self):
+        value = self.cleaned_data["expires_at"]
+        if value is not None and value <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return value

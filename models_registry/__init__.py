@@ -1,0 +1,1 @@
+"""The model registry: models, deployments, prices and LoRA adapters (provisioning issue)."""

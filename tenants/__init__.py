@@ -1,0 +1,1 @@
+"""Tenants, members and their roles, plans, and API keys."""

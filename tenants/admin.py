@@ -1,0 +1,141 @@
+"""Django admin for staff: users, plans, tenants, memberships and API keys."""
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db import transaction
+from guardian.admin import GuardedModelAdmin
+
+from tenants import accounts, keys, mirror
+from tenants.constants import TenantStatus
+from tenants.models import ApiKey, Membership, Plan, Tenant, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "first_name", "last_name", "is_staff", "is_active", "date_joined"]
+    search_fields = ["email", "first_name", "last_name"]
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Important dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_concurrent_requests",
+        "monthly_token_budget",
+        "monthly_spend_limit",
+        "currency",
+        "is_default",
+    ]
+    prepopulated_fields = {"slug": ["name"]}
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        tenants = list(obj.tenants.all())
+        transaction.on_commit(lambda: [mirror.publish_tenant(tenant) for tenant in tenants])
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Tenant)
+class TenantAdmin(GuardedModelAdmin):
+    list_display = ["name", "slug", "status", "plan", "created_at"]
+    list_filter = ["status", "plan"]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["id", "created_at"]
+    inlines = [MembershipInline]
+    actions = ["suspend", "activate"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        transaction.on_commit(lambda: mirror.publish_tenant(obj))
+
+    def save_formset(self, request, form, formset, change):
+        super().save_formset(request, form, formset, change)
+        # Memberships edited inline still get their role's object permissions.
+        for membership in Membership.objects.filter(tenant=form.instance):
+            accounts.sync_role_permissions(membership)
+
+    @admin.action(description="Suspend selected tenants (the gateway refuses them)")
+    def suspend(self, request, queryset):
+        for tenant in queryset:
+            accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+
+    @admin.action(description="Activate selected tenants")
+    def activate(self, request, queryset):
+        for tenant in queryset:
+            accounts.set_status(tenant=tenant, status=TenantStatus.ACTIVE)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role"]
+    search_fields = ["user__email", "tenant__name", "tenant__slug"]
+    autocomplete_fields = ["user", "tenant"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        accounts.sync_role_permissions(obj)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "display_prefix",
+        "tenant",
+        "kind",
+        "status",
+        "last_used_at",
+        "expires_at",
+        "created_at",
+    ]
+    list_filter = ["kind", "revoked_at"]
+    search_fields = ["name", "lookup_id", "tenant__name", "tenant__slug"]
+    readonly_fields = [
+        "id",
+        "tenant",
+        "kind",
+        "lookup_id",
+        "secret_hash",
+        "pepper_id",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+        "created_at",
+    ]
+    fields = ["name", "allowed_models", "expires_at", *readonly_fields]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        # Keys are created where their secret can be shown once: console, API or create_api_key.
+        return False
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        transaction.on_commit(lambda: mirror.publish_key(obj))
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for api_key in queryset:
+            keys.revoke_api_key(api_key=api_key)
+        messages.success(request, f"Revoked {queryset.count()} key(s).")

@@ -1,0 +1,102 @@
+"""Serializers for the tenant, members and API keys."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from tenants.constants import KeyKind, Role
+from tenants.models import ApiKey, Membership, Plan, Tenant
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Plan
+        fields = [
+            "slug",
+            "name",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_concurrent_requests",
+            "monthly_token_budget",
+            "monthly_spend_limit",
+            "currency",
+        ]
+
+
+class TenantSerializer(serializers.ModelSerializer):
+    plan = PlanSerializer(read_only=True)
+    role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Tenant
+        fields = ["id", "name", "slug", "status", "plan", "created_at", "role"]
+        read_only_fields = ["id", "slug", "status", "plan", "created_at", "role"]
+
+    def get_role(self, tenant) -> str | None:
+        membership = self.context.get("membership")
+        return membership.role if membership else None
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    email = serializers.EmailField(source="user.email", read_only=True)
+    name = serializers.CharField(source="user.get_full_name", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "email", "name", "role", "created_at"]
+        read_only_fields = ["id", "email", "name", "created_at"]
+
+
+class MemberCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    prefix = serializers.CharField(source="display_prefix", read_only=True)
+    status = serializers.CharField(read_only=True)
+    created_by = serializers.EmailField(source="created_by.email", read_only=True, default=None)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, max_length=100
+    )
+    kind = serializers.ChoiceField(choices=KeyKind.choices, default=KeyKind.INFERENCE)
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "prefix",
+            "status",
+            "allowed_models",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "created_at",
+            "created_by",
+        ]
+        read_only_fields = [
+            "id",
+            "prefix",
+            "status",
+            "last_used_at",
+            "revoked_at",
+            "created_at",
+            "created_by",
+        ]
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Expiry must be in the future.")
+        return value
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    """The one response that carries the secret."""
+
+    key = serializers.CharField(read_only=True)
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]

@@ -1,0 +1,143 @@
+"""Management API views: the current tenant, its members and its API keys."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.response import Response
+
+from tenants import accounts, keys
+from tenants.api.permissions import TenantPermission, request_membership, request_tenant
+from tenants.api.serializers import (
+    ApiKeyCreatedSerializer,
+    ApiKeySerializer,
+    MemberCreateSerializer,
+    MemberSerializer,
+    TenantSerializer,
+)
+from tenants.constants import (
+    PERM_MANAGE_KEYS,
+    PERM_MANAGE_MEMBERS,
+    PERM_MANAGE_SETTINGS,
+    PERM_USE_KEYS,
+)
+from tenants.models import ApiKey, Membership, User
+
+
+def _django_error(exc: DjangoValidationError) -> ValidationError:
+    return ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages})
+
+
+class CurrentTenantView(generics.RetrieveUpdateAPIView):
+    """The organization this session or key acts in."""
+
+    serializer_class = TenantSerializer
+    permission_classes = [TenantPermission]
+    write_perm = PERM_MANAGE_SETTINGS
+    http_method_names = ["get", "patch", "head", "options"]
+
+    def get_object(self):
+        return request_tenant(self.request)
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "membership": request_membership(self.request)}
+
+
+class MemberViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Members of the current tenant. Adding, re-roling and removing needs ``manage_members``."""
+
+    serializer_class = MemberSerializer
+    permission_classes = [TenantPermission]
+    write_perm = PERM_MANAGE_MEMBERS
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        return Membership.objects.for_tenant(request_tenant(self.request)).select_related("user")
+
+    @extend_schema(request=MemberCreateSerializer, responses={201: MemberSerializer})
+    def create(self, request, *args, **kwargs):
+        data = MemberCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = User.objects.filter(email__iexact=data.validated_data["email"]).first()
+        if user is None:
+            raise ValidationError(
+                {"email": ["No Berth account uses this address; ask them to sign up first."]}
+            )
+        tenant = request_tenant(request)
+        if Membership.objects.filter(tenant=tenant, user=user).exists():
+            raise ValidationError({"email": ["This person is already a member."]})
+        membership = accounts.add_member(tenant=tenant, user=user, role=data.validated_data["role"])
+        return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer):
+        try:
+            serializer.instance = accounts.change_role(
+                membership=serializer.instance,
+                role=serializer.validated_data.get("role", serializer.instance.role),
+            )
+        except DjangoValidationError as exc:
+            raise _django_error(exc) from exc
+
+    def perform_destroy(self, instance):
+        try:
+            accounts.remove_member(membership=instance)
+        except DjangoValidationError as exc:
+            raise _django_error(exc) from exc
+
+
+class ApiKeyViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """API keys of the current tenant. The secret is returned once, by ``create``; ``DELETE``
+    revokes (the key stays listed as revoked)."""
+
+    serializer_class = ApiKeySerializer
+    permission_classes = [TenantPermission]
+    read_perm = PERM_USE_KEYS
+    write_perm = PERM_USE_KEYS
+
+    def get_queryset(self):
+        return ApiKey.objects.for_tenant(request_tenant(self.request)).select_related("created_by")
+
+    @extend_schema(responses={201: ApiKeyCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            created = keys.create_api_key(
+                tenant=request_tenant(request), created_by=request.user, **serializer.validated_data
+            )
+        except DjangoValidationError as exc:
+            raise _django_error(exc) from exc
+        data = ApiKeyCreatedSerializer(created.api_key).data
+        data["key"] = created.plaintext
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    def _revoke(self, api_key: ApiKey) -> ApiKey:
+        tenant = request_tenant(self.request)
+        if api_key.created_by_id != self.request.user.pk and not self.request.user.has_perm(
+            f"tenants.{PERM_MANAGE_KEYS}", tenant
+        ):
+            raise PermissionDenied("Only admins can revoke keys created by someone else.")
+        return keys.revoke_api_key(api_key=api_key)
+
+    def perform_destroy(self, instance):
+        self._revoke(instance)
+
+    @extend_schema(request=None, responses={200: ApiKeySerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request, pk=None):
+        return Response(ApiKeySerializer(self._revoke(self.get_object())).data)

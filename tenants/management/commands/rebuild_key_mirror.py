@@ -1,0 +1,15 @@
+"""``manage.py rebuild_key_mirror``: make the Redis copy of keys and tenants equal PostgreSQL."""
+
+from django.core.management.base import BaseCommand
+
+from tenants import mirror
+
+
+class Command(BaseCommand):
+    help = "Rebuild the Redis mirror of API keys and tenants that the gateway reads."
+
+    def handle(self, *args, **options):
+        result = mirror.resync()
+        self.stdout.write(
+            f"Mirrored {result['written']} key(s); removed {result['removed']} stale entr(ies)."
+        )

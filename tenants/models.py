@@ -1,0 +1,226 @@
+"""Users, tenants (organizations), memberships with roles, plans and API keys."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tenants.constants import TENANT_PERMISSIONS, KeyKind, Role, TenantStatus
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def _create_user(self, email, password, **extra):
+        if not email:
+            raise ValueError("An email address is required")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email, password=None, **extra):
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email, password=None, **extra):
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra)
+
+
+class User(AbstractUser):
+    """A person. Logs in with an email address; belongs to tenants through memberships."""
+
+    username = None
+    email = models.EmailField("email address", unique=True)
+
+    USERNAME_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Plan(models.Model):
+    """Limits a tenant is held to by the gateway. ``None`` means unlimited."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    monthly_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
+    monthly_spend_limit = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+    )
+    currency = models.CharField(max_length=3, default="USD")
+    is_default = models.BooleanField(default=False, help_text="Given to new sign-ups.")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=Q(is_default=True), name="one_default_plan"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def limits(self) -> dict[str, int | str | None]:
+        """The plan as the gateway reads it from Redis."""
+        return {
+            "rpm": self.requests_per_minute,
+            "tpm": self.tokens_per_minute,
+            "concurrency": self.max_concurrent_requests,
+            "monthly_tokens": self.monthly_token_budget,
+            "monthly_spend": str(self.monthly_spend_limit) if self.monthly_spend_limit is not None else None,
+            "currency": self.currency,
+        }
+
+
+class TenantQuerySet(models.QuerySet):
+    def for_user(self, user) -> TenantQuerySet:
+        if not user or not user.is_authenticated:
+            return self.none()
+        return self.filter(memberships__user=user).distinct()
+
+
+class Tenant(models.Model):
+    """An organization: owns keys, usage, invoices and private models."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=63, unique=True)
+    status = models.CharField(max_length=16, choices=TenantStatus.choices, default=TenantStatus.ACTIVE)
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        permissions = TENANT_PERMISSIONS
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == TenantStatus.ACTIVE
+
+
+class MembershipQuerySet(models.QuerySet):
+    def for_tenant(self, tenant) -> MembershipQuerySet:
+        return self.filter(tenant=tenant)
+
+
+class Membership(models.Model):
+    """A user's role in a tenant. Roles are enforced through guardian object permissions."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = MembershipQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="one_membership_per_user_tenant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def for_tenant(self, tenant) -> ApiKeyQuerySet:
+        return self.filter(tenant=tenant)
+
+    def usable(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
+class ApiKey(models.Model):
+    """A tenant's key: ``<prefix><lookup id>_<secret>``; only HMAC(pepper, secret) is stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    kind = models.CharField(max_length=16, choices=KeyKind.choices, default=KeyKind.INFERENCE)
+    name = models.CharField(max_length=100)
+    lookup_id = models.CharField(max_length=32, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    pepper_id = models.CharField(max_length=32, editable=False)
+    created_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="created_api_keys"
+    )
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Model names this key may use; empty means all the tenant may use.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.display_prefix}…)"
+
+    def clean(self) -> None:
+        if not isinstance(self.allowed_models, list) or not all(
+            isinstance(name, str) and name for name in self.allowed_models
+        ):
+            raise ValidationError({"allowed_models": "Must be a list of model names."})
+
+    @property
+    def display_prefix(self) -> str:
+        """What the console shows: the visible prefix plus the lookup id (not secret)."""
+        from tenants.constants import KEY_PREFIX
+
+        return f"{KEY_PREFIX[self.kind]}{self.lookup_id}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_usable(self) -> bool:
+        return not self.is_revoked and not self.is_expired
+
+    @property
+    def status(self) -> str:
+        if self.is_revoked:
+            return "revoked"
+        if self.is_expired:
+            return "expired"
+        return "active"

@@ -1,0 +1,1 @@
+"""GPU pool, node agents, engine workers, reconciler and autoscaler (provisioning issue)."""
