@@ -1,0 +1,54 @@
+"""What a launcher gets (EngineSpec) and what it returns (EngineLaunch).
+
+The provisioner fills an EngineSpec from a Deployment/Model/Worker; a node agent runs the
+EngineLaunch. Every engine, whatever its kind, must then behave like ``vllm serve``:
+
+* listen on ``host:port``; require ``Authorization: Bearer <api_key>`` on ``/v1/...``;
+* serve the model under ``served_name`` at ``/v1/chat/completions``, ``/v1/completions``
+  (streaming and not, ``usage`` included, ``stream_options.include_usage`` honoured, streams
+  ending with ``data: [DONE]``), ``/v1/embeddings`` for embedding models, ``/v1/models``;
+* answer ``GET /health`` with 200 once ready, and Prometheus ``GET /metrics`` with vLLM's metric
+  names (``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
+  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, labelled ``model_name``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    engine: str  # "vllm" | "cpu"
+    served_name: str  # the public model name clients send as "model"
+    source: str  # local folder, or a Hugging Face repo id
+    task: str  # "chat" | "completion" | "embedding"
+    host: str
+    port: int
+    api_key: str  # generated per worker; only the gateway and control plane know it
+    gpu_indices: tuple[int, ...] = ()  # empty on CPU slots
+    revision: str | None = None
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    dtype: str | None = None
+    quantization: str | None = None
+    gpu_memory_utilization: float | None = None
+    enable_prefix_caching: bool | None = None  # None: the engine's default
+    lora_modules: tuple[LoraModule, ...] = ()
+    max_lora_rank: int | None = None
+    max_loras: int | None = None
+    download_dir: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the agent's environment
+    health_path: str = "/health"
