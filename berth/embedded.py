@@ -133,7 +133,9 @@ def _run_as_kwargs() -> dict:
             check=True,
             capture_output=True,
         )
-    return {"user": PG_SYSTEM_USER}
+    # Set the group and drop root's supplementary groups too: with group root kept, a folder
+    # such as pytest's 0705 tmp dirs would deny access through its group bits.
+    return {"user": PG_SYSTEM_USER, "group": PG_SYSTEM_USER, "extra_groups": []}
 
 
 def _make_traversable(path: Path) -> None:

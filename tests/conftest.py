@@ -26,6 +26,12 @@ def _test_redis_url(url: str) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing():
+    # PBKDF2's 1M iterations would dominate the suite; the hasher itself is Django's concern.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _use_test_redis_db():
     settings.REDIS_URL = _test_redis_url(settings.REDIS_URL)
     settings.CACHES["default"]["LOCATION"] = settings.REDIS_URL

@@ -25,13 +25,23 @@ class UserFactory(factory.django.DjangoModelFactory):
             obj.save()
 
 
+def free_plan() -> Plan:
+    """The data migration's default plan; transactional tests flush it, so recreate it."""
+    plan, _ = Plan.objects.get_or_create(
+        slug="free",
+        defaults={"name": "Free", "requests_per_minute": 60, "tokens_per_minute": 40_000,
+                  "max_concurrent_requests": 4, "monthly_token_budget": 1_000_000, "is_default": True},
+    )
+    return plan
+
+
 class TenantFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Tenant
 
     name = factory.Sequence(lambda n: f"Org {n}")
     slug = factory.Sequence(lambda n: f"org-{n}")
-    plan = factory.LazyFunction(lambda: Plan.objects.get(slug="free"))
+    plan = factory.LazyFunction(free_plan)
 
 
 def member(tenant: Tenant, role: str = Role.MEMBER, **user_kwargs) -> User:

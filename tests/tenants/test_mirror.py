@@ -1,0 +1,106 @@
+"""The Redis mirror of keys and tenants that the gateway reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from berth.redis import rkey
+from tenants import accounts, keys, mirror
+from tenants.constants import KeyKind, TenantStatus
+from tests.factories import TenantFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_it_mirrors_a_new_key_after_commit(redis_client):
+    tenant = TenantFactory()
+    created = keys.create_api_key(tenant=tenant, name="k", allowed_models=["tiny"])
+    entry = redis_client.hgetall(rkey("apikey", created.api_key.lookup_id))
+    assert entry["hash"] == created.api_key.secret_hash
+    assert entry["tenant_id"] == str(tenant.pk)
+    assert json.loads(entry["allowed_models"]) == ["tiny"]
+    assert created.plaintext.split("_", 1)[1] not in json.dumps(entry)
+    tenant_entry = redis_client.hgetall(rkey("tenant", tenant.pk))
+    assert tenant_entry["status"] == "active"
+    assert json.loads(tenant_entry["plan"])["rpm"] == tenant.plan.requests_per_minute
+
+
+def test_revoking_removes_the_key_from_redis_within_a_second(redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    name = rkey("apikey", created.api_key.lookup_id)
+    assert redis_client.exists(name)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(rkey(mirror.INVALIDATE_CHANNEL))
+    pubsub.get_message(timeout=1)  # subscription confirmation
+    started = time.monotonic()
+    keys.revoke_api_key(api_key=created.api_key)
+    while redis_client.exists(name) and time.monotonic() - started < 1:
+        time.sleep(0.01)
+    assert not redis_client.exists(name)
+    message = pubsub.get_message(timeout=1)
+    assert message and message["data"] == f"apikey:{created.api_key.lookup_id}"
+    pubsub.close()
+
+
+def test_a_rolled_back_key_is_never_mirrored(redis_client):
+    from django.db import transaction
+
+    tenant = TenantFactory()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        created = keys.create_api_key(tenant=tenant, name="k")
+        raise RuntimeError("boom")
+    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+
+
+def test_management_keys_are_not_mirrored(redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k", kind=KeyKind.MANAGEMENT)
+    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+
+
+def test_an_expiring_key_vanishes_from_redis_on_time(redis_client):
+    expires = timezone.now() + timedelta(hours=1)
+    created = keys.create_api_key(tenant=TenantFactory(), name="k", expires_at=expires)
+    ttl = redis_client.ttl(rkey("apikey", created.api_key.lookup_id))
+    assert 3500 < ttl <= 3600
+
+
+def test_resync_restores_missing_entries_and_drops_stale_ones(redis_client):
+    tenant = TenantFactory()
+    kept = keys.create_api_key(tenant=tenant, name="kept")
+    revoked = keys.create_api_key(tenant=tenant, name="gone")
+    keys.revoke_api_key(api_key=revoked.api_key)
+    redis_client.flushdb()
+    # A stale entry, e.g. a revocation whose Redis write failed.
+    redis_client.hset(rkey("apikey", revoked.api_key.lookup_id), mapping={"hash": "x"})
+    call_command("rebuild_key_mirror")
+    assert redis_client.exists(rkey("apikey", kept.api_key.lookup_id))
+    assert not redis_client.exists(rkey("apikey", revoked.api_key.lookup_id))
+    assert redis_client.exists(rkey("tenant", tenant.pk))
+
+
+def test_suspending_a_tenant_updates_its_mirror(redis_client):
+    tenant = TenantFactory()
+    mirror.publish_tenant(tenant)
+    accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+
+
+def test_a_redis_outage_does_not_fail_key_creation(monkeypatch, redis_client):
+    import redis as redis_lib
+
+    def broken(*args, **kwargs):
+        raise redis_lib.ConnectionError("down")
+
+    monkeypatch.setattr(redis_lib.client.Pipeline, "execute", broken)
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    assert created.api_key.pk
+    monkeypatch.undo()
+    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    mirror.resync()  # what the periodic task does
+    assert redis_client.exists(rkey("apikey", created.api_key.lookup_id))
