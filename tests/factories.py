@@ -29,8 +29,14 @@ def free_plan() -> Plan:
     """The data migration's default plan; transactional tests flush it, so recreate it."""
     plan, _ = Plan.objects.get_or_create(
         slug="free",
-        defaults={"name": "Free", "requests_per_minute": 60, "tokens_per_minute": 40_000,
-                  "max_concurrent_requests": 4, "monthly_token_budget": 1_000_000, "is_default": True},
+        defaults={
+            "name": "Free",
+            "requests_per_minute": 60,
+            "tokens_per_minute": 40_000,
+            "max_concurrent_requests": 4,
+            "monthly_token_budget": 1_000_000,
+            "is_default": True,
+        },
     )
     return plan
 

@@ -20,7 +20,9 @@ STRONG = "x" * 20 + "Q7k2P9mZ4wB1nV8cR3tY6uJ0hL5dF2gS"
 
 
 def run_settings(tmp_path, **env):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DEBUG", "SECRET_KEY", "BERTH_", "ALLOWED"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DEBUG", "SECRET_KEY", "BERTH_", "ALLOWED"))
+    }
     base.update(
         DJANGO_SETTINGS_MODULE="berth.settings",
         DATABASE_URL=settings.DATABASE_URL,
@@ -29,12 +31,22 @@ def run_settings(tmp_path, **env):
     )
     base.update(env)
     return subprocess.run(
-        [sys.executable, "-c", PROBE], env=base, capture_output=True, text=True, timeout=60, cwd=settings.BASE_DIR
+        [sys.executable, "-c", PROBE],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=settings.BASE_DIR,
     )
 
 
 def production(**extra):
-    env = {"DEBUG": "0", "SECRET_KEY": STRONG, "BERTH_KEY_PEPPERS": "p1:" + "k" * 40, "ALLOWED_HOSTS": "berth.example"}
+    env = {
+        "DEBUG": "0",
+        "SECRET_KEY": STRONG,
+        "BERTH_KEY_PEPPERS": "p1:" + "k" * 40,
+        "ALLOWED_HOSTS": "berth.example",
+    }
     env.update(extra)
     return env
 

@@ -88,11 +88,12 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
 
     data_dir = str(tmp_path / "var")
     descendants = psutil.Process(process.pid).children(recursive=True)
-    servers = [
-        p for p in psutil.process_iter(["cmdline"]) if data_dir in " ".join(p.info["cmdline"] or [])
-    ]
+    servers = [p for p in psutil.process_iter(["cmdline"]) if data_dir in " ".join(p.info["cmdline"] or [])]
     assert any("postgres" in " ".join(p.info["cmdline"]) for p in servers)
-    assert any("redis-server" in " ".join(p.info["cmdline"]) for p in servers) or (tmp_path / "var/redis/redis.pid").exists()
+    assert (
+        any("redis-server" in " ".join(p.info["cmdline"]) for p in servers)
+        or (tmp_path / "var/redis/redis.pid").exists()
+    )
     redis_pid = int((tmp_path / "var" / "redis" / "redis.pid").read_text())
 
     process.send_signal(signal.SIGINT)  # what Ctrl-C delivers

@@ -21,7 +21,8 @@ def _plans():
 
 def test_signup_creates_user_tenant_and_owner_membership(client):
     response = client.post(
-        "/signup/", {"email": "Ada@Example.test", "organization": "Analytical Engines", "password": "a-Long-pass-991"}
+        "/signup/",
+        {"email": "Ada@Example.test", "organization": "Analytical Engines", "password": "a-Long-pass-991"},
     )
     assert response.status_code == 302 and response["Location"] == "/keys/"
     user = User.objects.get(email="ada@example.test")
@@ -48,7 +49,9 @@ def test_signup_reports_form_errors_and_writes_nothing(client):
 
 def test_duplicate_organization_names_get_distinct_slugs(client):
     for n, email in enumerate(["a@x.test", "b@x.test"]):
-        client.post("/signup/", {"email": email, "organization": "Same Name", "password": f"pass-Word-{n}xyz"})
+        client.post(
+            "/signup/", {"email": email, "organization": "Same Name", "password": f"pass-Word-{n}xyz"}
+        )
         client.logout()
     assert sorted(Tenant.objects.values_list("slug", flat=True)) == ["same-name", "same-name-2"]
 
@@ -75,7 +78,10 @@ def test_password_reset_sends_a_working_link(client):
     link = re.search(r"https?://[^/]+(/accounts/reset/\S+)", mail.outbox[0].body).group(1)
     form = client.get(link, follow=True)
     assert form.status_code == 200
-    done = client.post(form.redirect_chain[-1][0], {"new_password1": "brand-New-pass-77", "new_password2": "brand-New-pass-77"})
+    done = client.post(
+        form.redirect_chain[-1][0],
+        {"new_password1": "brand-New-pass-77", "new_password2": "brand-New-pass-77"},
+    )
     assert done.status_code == 302
     user.refresh_from_db()
     assert user.check_password("brand-New-pass-77")

@@ -25,7 +25,15 @@ def world():
     outsider = member(b, Role.OWNER)
     b_key = keys.create_api_key(tenant=b, name="b-secret", created_by=outsider).api_key
     a_key = keys.create_api_key(tenant=a, name="a-key", created_by=owner).api_key
-    return {"a": a, "b": b, "owner": owner, "member": plain, "outsider": outsider, "a_key": a_key, "b_key": b_key}
+    return {
+        "a": a,
+        "b": b,
+        "owner": owner,
+        "member": plain,
+        "outsider": outsider,
+        "a_key": a_key,
+        "b_key": b_key,
+    }
 
 
 def client_for(user) -> APIClient:
@@ -53,7 +61,9 @@ def test_it_lists_only_the_tenants_own_keys(world):
 
 
 @pytest.mark.parametrize(
-    ("method", "suffix"), [("get", ""), ("delete", ""), ("post", "revoke/")], ids=["retrieve", "delete", "revoke"]
+    ("method", "suffix"),
+    [("get", ""), ("delete", ""), ("post", "revoke/")],
+    ids=["retrieve", "delete", "revoke"],
 )
 def test_another_tenants_key_is_a_404(world, method, suffix):
     response = getattr(client_for(world["owner"]), method)(f"/api/v1/keys/{world['b_key'].pk}/{suffix}")
@@ -144,7 +154,9 @@ def test_an_admin_can_add_and_re_role_members(world):
     admin = member(world["a"], Role.ADMIN)
     newcomer = member(TenantFactory(), Role.OWNER)
     client = client_for(admin)
-    response = client.post("/api/v1/members/", {"email": newcomer.email.upper(), "role": "member"}, format="json")
+    response = client.post(
+        "/api/v1/members/", {"email": newcomer.email.upper(), "role": "member"}, format="json"
+    )
     assert response.status_code == 201
     assert newcomer.has_perm("tenants.use_api_keys", world["a"])
     patched = client.patch(f"/api/v1/members/{response.json()['id']}/", {"role": "billing"}, format="json")
@@ -174,7 +186,9 @@ def test_removing_a_member_takes_their_permissions_away(world):
 
 
 def test_a_management_key_authenticates_scripts_within_its_tenant(world):
-    created = keys.create_api_key(tenant=world["a"], name="script", created_by=world["owner"], kind=KeyKind.MANAGEMENT)
+    created = keys.create_api_key(
+        tenant=world["a"], name="script", created_by=world["owner"], kind=KeyKind.MANAGEMENT
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {created.plaintext}")
     assert client.get("/api/v1/tenant/").json()["id"] == str(world["a"].pk)
@@ -193,7 +207,9 @@ def test_an_inference_key_cannot_call_the_management_api(world):
 
 
 def test_a_management_key_stops_working_when_its_owner_leaves(world):
-    created = keys.create_api_key(tenant=world["a"], name="s", created_by=world["member"], kind=KeyKind.MANAGEMENT)
+    created = keys.create_api_key(
+        tenant=world["a"], name="s", created_by=world["member"], kind=KeyKind.MANAGEMENT
+    )
     Membership.objects.filter(tenant=world["a"], user=world["member"]).delete()
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {created.plaintext}")

@@ -23,7 +23,9 @@ def run(*args) -> tuple[str, str]:
 
 def test_create_tenant_creates_owner_and_prints_the_slug():
     free_plan()
-    out, _ = run("create_tenant", "--name", "Acme Corp", "--owner-email", "Boss@Acme.test", "--password", "pw-Long-123")
+    out, _ = run(
+        "create_tenant", "--name", "Acme Corp", "--owner-email", "Boss@Acme.test", "--password", "pw-Long-123"
+    )
     assert out.strip() == "acme-corp"
     tenant = Tenant.objects.get(slug="acme-corp")
     membership = Membership.objects.get(tenant=tenant)
