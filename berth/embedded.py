@@ -248,6 +248,8 @@ def _pg_url(port: int, database: str = PG_DATABASE) -> str:
 def stop_postgres(data_dir: Path) -> bool:
     base = postgres_dir(data_dir)
     pgdata = base / "data"
+    if not base.exists():
+        return False
     with _locked(base / ".lock"):
         if not _pid_alive(_pg_pid(pgdata)):
             return False
@@ -320,6 +322,8 @@ def _redis_url(port: int) -> str:
 
 def stop_redis(data_dir: Path) -> bool:
     base = redis_dir(data_dir)
+    if not base.exists():
+        return False
     with _locked(base / ".lock"):
         pid = _redis_pid(base)
         if not _pid_alive(pid):
@@ -329,6 +333,13 @@ def stop_redis(data_dir: Path) -> bool:
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         return True
+
+
+def configured_urls(data_dir: Path) -> tuple[str, str]:
+    """The URLs the embedded servers use (or would use), without starting anything."""
+    pg_port = _state(postgres_dir(data_dir) / "berth.json").get("port", DEFAULT_PG_PORT)
+    redis_port = _state(redis_dir(data_dir) / "berth.json").get("port", DEFAULT_REDIS_PORT)
+    return _pg_url(pg_port), _redis_url(redis_port)
 
 
 def status(data_dir: Path) -> dict[str, dict]:

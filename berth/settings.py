@@ -156,10 +156,15 @@ TEMPLATES = [
 
 # --------------------------------------------------------------------------- data stores
 
-if EMBEDDED_DATABASE:
-    _database_url = embedded.ensure_postgres(DATA_DIR).url
-if EMBEDDED_REDIS:
-    _redis_url = embedded.ensure_redis(DATA_DIR).url
+# BERTH_EMBEDDED_AUTOSTART=0 (set by `manage.py embedded`) resolves the URLs without starting.
+if env_bool("BERTH_EMBEDDED_AUTOSTART", True):
+    if EMBEDDED_DATABASE:
+        _database_url = embedded.ensure_postgres(DATA_DIR).url
+    if EMBEDDED_REDIS:
+        _redis_url = embedded.ensure_redis(DATA_DIR).url
+else:
+    _pg, _rd = embedded.configured_urls(DATA_DIR)
+    _database_url, _redis_url = _database_url or _pg, _redis_url or _rd
 DATABASE_URL: str = _database_url  # type: ignore[assignment]
 REDIS_URL: str = _redis_url  # type: ignore[assignment]
 

@@ -1,4 +1,16 @@
+"""Template context shared by every console page."""
+
 from django.conf import settings
+from django.utils.functional import SimpleLazyObject
+
+
+def _memberships(request):
+    from tenants.models import Membership
+
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return []
+    return list(Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name"))
 
 
 def console(request):
@@ -6,4 +18,5 @@ def console(request):
         "gateway_url": settings.GATEWAY_PUBLIC_URL,
         "current_tenant": getattr(request, "tenant", None) or None,
         "current_membership": getattr(request, "membership", None) or None,
+        "memberships": SimpleLazyObject(lambda: _memberships(request)),
     }

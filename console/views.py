@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -50,7 +52,11 @@ def overview(request):
 @login_required
 @require_POST
 def switch_tenant(request):
-    membership = Membership.objects.filter(user=request.user, tenant_id=request.POST.get("tenant")).first()
+    try:
+        tenant_id = uuid.UUID(request.POST.get("tenant", ""))
+    except ValueError:
+        raise Http404("No such organization.") from None
+    membership = Membership.objects.filter(user=request.user, tenant_id=tenant_id).first()
     if membership is None:
         raise Http404("No such organization.")
     request.session[SESSION_KEY] = str(membership.tenant_id)

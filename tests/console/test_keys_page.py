@@ -77,3 +77,19 @@ def test_a_billing_member_is_told_they_cannot_use_keys(client):
 def test_anonymous_users_are_sent_to_login(client):
     response = client.get("/keys/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_a_user_in_two_organizations_switches_between_them(client):
+    first, second = TenantFactory(name="First Org"), TenantFactory(name="Second Org")
+    user = member(first, Role.MEMBER)
+    from tenants import accounts
+
+    accounts.add_member(tenant=second, user=user, role=Role.MEMBER)
+    keys.create_api_key(tenant=second, name="second-only-key")
+    client.force_login(user)
+    assert "second-only-key" not in client.get("/keys/").content.decode()
+    assert client.post("/switch/", {"tenant": str(second.pk)}).status_code == 302
+    assert "second-only-key" in client.get("/keys/").content.decode()
+    stranger = TenantFactory()
+    assert client.post("/switch/", {"tenant": str(stranger.pk)}).status_code == 404
+    assert client.post("/switch/", {"tenant": "not-a-uuid"}).status_code == 404

@@ -222,3 +222,9 @@ def test_the_openapi_schema_and_docs_are_served(world):
     assert schema.status_code == 200
     assert "/api/v1/keys/" in schema.json()["paths"] or "/api/v1/keys" in str(schema.json()["paths"])
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_a_malformed_id_is_a_404_not_a_500(world):
+    client = client_for(world["owner"])
+    assert client.get("/api/v1/keys/not-a-uuid/").status_code == 404
+    assert client.delete("/api/v1/members/123/").status_code == 404

@@ -1,0 +1,53 @@
+"""Django admin for staff over users, plans, tenants, memberships and keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from berth.redis import rkey
+from tenants import keys
+from tenants.constants import Role
+from tenants.models import User
+from tests.factories import TenantFactory, member
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def staff_client(client):
+    client.force_login(User.objects.create_superuser(email="staff@berth.test", password="x-Long-pass-1"))
+    return client
+
+
+@pytest.mark.parametrize("model", ["user", "plan", "tenant", "membership", "apikey"])
+def test_staff_see_every_changelist(staff_client, model):
+    tenant = TenantFactory()
+    member(tenant, Role.OWNER)
+    keys.create_api_key(tenant=tenant, name="k")
+    assert staff_client.get(f"/admin/tenants/{model}/").status_code == 200
+
+
+def test_tenant_users_cannot_open_the_admin(client):
+    client.force_login(member(TenantFactory(), Role.OWNER))
+    response = client.get("/admin/tenants/apikey/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_key_page_never_offers_the_secret_and_revoke_action_unmirrors(staff_client, redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    page = staff_client.get(f"/admin/tenants/apikey/{created.api_key.pk}/change/").content.decode()
+    assert created.plaintext.split("_", 1)[1] not in page
+    staff_client.post(
+        "/admin/tenants/apikey/", {"action": "revoke", "_selected_action": [str(created.api_key.pk)]}
+    )
+    created.api_key.refresh_from_db()
+    assert created.api_key.revoked_at is not None
+    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+
+
+def test_suspending_a_tenant_from_the_admin_reaches_redis(staff_client, redis_client):
+    tenant = TenantFactory()
+    staff_client.post("/admin/tenants/tenant/", {"action": "suspend", "_selected_action": [str(tenant.pk)]})
+    tenant.refresh_from_db()
+    assert tenant.status == "suspended"
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
