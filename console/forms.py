@@ -50,7 +50,7 @@ class ApiKeyForm(forms.Form):
         help_text="Comma-separated model names. Leave empty to allow every model your organization may use.",
     )
     expires_at = forms.DateTimeField(
-        label="Expires",
+        label="Expires (UTC)",
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
         help_text="Optional. Leave empty for a key that does not expire.",
