@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 from django.contrib import messages
@@ -16,6 +17,8 @@ from tenants import accounts, keys
 from tenants.constants import PERM_MANAGE_KEYS, PERM_USE_KEYS
 from tenants.middleware import SESSION_KEY
 from tenants.models import ApiKey, Membership
+
+USED_NONCES_KEY = "berth_key_form_nonces"
 
 
 def signup(request):
@@ -70,7 +73,15 @@ def api_keys(request):
         return HttpResponseForbidden("Your role cannot use API keys. Ask an owner or admin.")
     form = ApiKeyForm(request.POST or None)
     created = None
+    # Each rendered form carries a one-time nonce: a reload or double-click re-POSTs the same
+    # nonce and must not create a second key (the secret itself is never kept to re-show it).
+    used = request.session.get(USED_NONCES_KEY, [])
+    nonce = request.POST.get("nonce", "")
+    if request.method == "POST" and nonce in used:
+        messages.info(request, "That key was already created; its secret was shown once and is not stored.")
+        return redirect("console:keys")
     if request.method == "POST" and form.is_valid():
+        request.session[USED_NONCES_KEY] = [*used[-19:], nonce]
         result = keys.create_api_key(
             tenant=tenant,
             name=form.cleaned_data["name"],
@@ -82,6 +93,7 @@ def api_keys(request):
         form = ApiKeyForm()
     context = {
         "form": form,
+        "nonce": secrets.token_urlsafe(16),
         "created": created,
         "keys": ApiKey.objects.for_tenant(tenant).select_related("created_by"),
         "can_manage_all": request.user.has_perm(f"tenants.{PERM_MANAGE_KEYS}", tenant),

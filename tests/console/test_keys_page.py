@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_creating_a_key_shows_it_once(client, redis_client):
     tenant = TenantFactory()
     client.force_login(member(tenant, Role.MEMBER))
-    response = client.post("/keys/", {"name": "laptop", "allowed_models": "tiny, other"})
+    response = client.post("/keys/", {"name": "laptop", "allowed_models": "tiny, other", "nonce": "n1"})
     body = response.content.decode()
     api_key = ApiKey.objects.get(tenant=tenant)
     plaintext = next(word for word in body.split('"') if word.startswith("sk-berth-") and "_" in word)
@@ -93,3 +93,15 @@ def test_a_user_in_two_organizations_switches_between_them(client):
     stranger = TenantFactory()
     assert client.post("/switch/", {"tenant": str(stranger.pk)}).status_code == 404
     assert client.post("/switch/", {"tenant": "not-a-uuid"}).status_code == 404
+
+
+def test_resubmitting_the_same_form_does_not_create_a_second_key(client):
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.MEMBER))
+    page = client.get("/keys/").content.decode()
+    nonce = page.split('name="nonce" value="', 1)[1].split('"', 1)[0]
+    first = client.post("/keys/", {"name": "once", "nonce": nonce})
+    assert first.status_code == 200 and "sk-berth-" in first.content.decode()
+    again = client.post("/keys/", {"name": "once", "nonce": nonce})
+    assert again.status_code == 302
+    assert ApiKey.objects.filter(tenant=tenant).count() == 1

@@ -106,7 +106,9 @@ def test_settings_load_from_the_documented_production_environment(tmp_path):
     env["REDIS_URL"] = settings.REDIS_URL
     env.update(PATH=os.environ["PATH"], DJANGO_SETTINGS_MODULE="berth.settings", BERTH_DATA_DIR=str(tmp_path))
     probe = "import django, json; django.setup(); from django.conf import settings as s; print(json.dumps([s.DEBUG, s.ALLOWED_HOSTS]))"
-    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     debug, hosts = json.loads(result.stdout)
     assert debug is False and "web" in hosts
@@ -118,10 +120,16 @@ def test_settings_load_from_the_documented_production_environment(tmp_path):
 def compose_config(extra_env: dict | None = None) -> dict:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.fail("docker-compose is not installed (apt-get install docker-compose); the README's test command installs it")
+        pytest.fail(
+            "docker-compose is not installed (apt-get install docker-compose); the README's test command installs it"
+        )
     env = {**os.environ, **COMPOSE_ENV, **(extra_env or {})}
     result = subprocess.run(
-        [binary, "-f", str(DOCKER / "compose.yaml"), "config"], env=env, capture_output=True, text=True, timeout=60
+        [binary, "-f", str(DOCKER / "compose.yaml"), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -130,7 +138,16 @@ def compose_config(extra_env: dict | None = None) -> dict:
 def test_compose_validates_and_has_every_service():
     config = compose_config()
     assert set(config["services"]) == {
-        "postgres", "redis", "migrate", "web", "gateway", "worker", "beat", "agent", "prometheus", "grafana",
+        "postgres",
+        "redis",
+        "migrate",
+        "web",
+        "gateway",
+        "worker",
+        "beat",
+        "agent",
+        "prometheus",
+        "grafana",
     }
 
 
@@ -138,7 +155,11 @@ def test_compose_refuses_to_start_without_secrets():
     binary = shutil.which("docker-compose")
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_ENV}
     result = subprocess.run(
-        [binary, "-f", str(DOCKER / "compose.yaml"), "config"], env=env, capture_output=True, text=True, timeout=60
+        [binary, "-f", str(DOCKER / "compose.yaml"), "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0 and "docker/.env" in result.stderr
 
@@ -199,9 +220,13 @@ def kustomize_build() -> list[dict]:
                     key, _, value = line.partition("=")
                     data[key] = value
         docs.append(
-            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-             "metadata": {"name": generator["name"], "namespace": generator.get("namespace")},
-             "stringData": data}
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": generator["name"], "namespace": generator.get("namespace")},
+                "stringData": data,
+            }
         )
     images = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization.get("images", [])}
     for doc in docs:
@@ -250,7 +275,10 @@ def test_the_gateway_scales_horizontally_behind_a_disruption_budget():
     gateway = by_kind(docs, "Deployment")["berth-gateway"]
     pdb = by_kind(docs, "PodDisruptionBudget")["berth-gateway"]
     hpa = by_kind(docs, "HorizontalPodAutoscaler")["berth-gateway"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert pdb["spec"]["minAvailable"] < gateway["spec"]["replicas"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == "berth-gateway"
 
@@ -272,13 +300,26 @@ def test_the_provisioner_gets_only_namespaced_deployments_and_services():
     config = by_kind(docs, "ConfigMap")["berth-config"]["data"]
     assert role["metadata"]["namespace"] == config["BERTH_K8S_NAMESPACE"]
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted <= {("apps", "deployments"), ("apps", "deployments/scale"), ("", "services"),
-                       ("", "pods"), ("", "endpoints"), ("", "pods/log")}
+    assert granted <= {
+        ("apps", "deployments"),
+        ("apps", "deployments/scale"),
+        ("", "services"),
+        ("", "pods"),
+        ("", "endpoints"),
+        ("", "pods/log"),
+    }
     writes = {r for rule in role["rules"] if "create" in rule["verbs"] for r in rule["resources"]}
     assert writes == {"deployments", "services"}
     binding = by_kind(docs, "RoleBinding")["berth-provisioner"]
-    assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "berth-provisioner", "namespace": "berth"}
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": "berth-provisioner",
+        "namespace": "berth",
+    }
     worker = by_kind(docs, "Deployment")["berth-worker"]["spec"]["template"]["spec"]
     assert worker["serviceAccountName"] == "berth-provisioner"
     for name in ("berth-web", "berth-gateway", "berth-beat"):
-        assert by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+        assert (
+            by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["automountServiceAccountToken"]
+            is False
+        )
