@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console import views
+from console import team, views
 
 app_name = "console"
 
@@ -10,4 +10,9 @@ urlpatterns = [
     path("switch/", views.switch_tenant, name="switch-tenant"),
     path("keys/", views.api_keys, name="keys"),
     path("keys/<uuid:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
+    path("team/", team.team, name="team"),
+    path("team/members/<uuid:membership_id>/role/", team.change_role, name="change-role"),
+    path("team/members/<uuid:membership_id>/remove/", team.remove_member, name="remove-member"),
+    path("team/invitations/<uuid:invitation_id>/revoke/", team.revoke_invitation, name="revoke-invitation"),
+    path("invite/<str:token>/", team.accept_invitation, name="accept-invitation"),
 ]

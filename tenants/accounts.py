@@ -7,7 +7,7 @@ membership re-grants exactly the permissions of its role (constants.ROLE_PERMISS
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 from guardian.shortcuts import assign_perm, remove_perm
@@ -70,6 +70,13 @@ def add_member(*, tenant: Tenant, user: User, role: str = Role.MEMBER) -> Member
             membership.save(update_fields=["role"])
         sync_role_permissions(membership)
     return membership
+
+
+def check_can_assign(*, actor: Membership | None, role: str, target: Membership | None = None) -> None:
+    """Only owners may grant the owner role or change/remove an owner (no self-promotion by admins)."""
+    touches_owner = role == Role.OWNER or (target is not None and target.role == Role.OWNER)
+    if touches_owner and (actor is None or actor.role != Role.OWNER):
+        raise PermissionDenied("Only an owner can grant, change or remove the owner role.")
 
 
 def _owners_left(tenant: Tenant, excluding: Membership) -> int:

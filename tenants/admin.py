@@ -7,7 +7,7 @@ from guardian.admin import GuardedModelAdmin
 
 from tenants import accounts, keys, mirror
 from tenants.constants import TenantStatus
-from tenants.models import ApiKey, Membership, Plan, Tenant, User
+from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant, User
 
 
 @admin.register(User)
@@ -139,3 +139,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for api_key in queryset:
             keys.revoke_api_key(api_key=api_key)
         messages.success(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = [
+        "email",
+        "tenant",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "revoked_at",
+    ]
+    list_filter = ["role"]
+    search_fields = ["email", "tenant__name"]
+    readonly_fields = ["token_hash", "invited_by", "accepted_by", "accepted_at", "created_at"]
+
+    def has_add_permission(self, request):
+        return False  # invitations are sent from the console or API, which email the link

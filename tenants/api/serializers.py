@@ -6,7 +6,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from tenants.constants import KeyKind, Role
-from tenants.models import ApiKey, Membership, Plan, Tenant
+from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant
 
 
 class PlanSerializer(serializers.ModelSerializer):
@@ -100,3 +100,17 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    invited_by = serializers.EmailField(source="invited_by.email", read_only=True, default=None)
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "role", "invited_by", "created_at", "expires_at"]
+        read_only_fields = fields
+
+
+class InvitationCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)

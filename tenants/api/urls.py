@@ -1,11 +1,12 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from tenants.api.views import ApiKeyViewSet, CurrentTenantView, MemberViewSet
+from tenants.api.views import ApiKeyViewSet, CurrentTenantView, InvitationViewSet, MemberViewSet
 
 router = SimpleRouter(trailing_slash="/?")
 router.register("members", MemberViewSet, basename="member")
 router.register("keys", ApiKeyViewSet, basename="apikey")
+router.register("invitations", InvitationViewSet, basename="invitation")
 
 urlpatterns = [
     path("tenant", CurrentTenantView.as_view(), name="tenant"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, mixins, status, viewsets
@@ -9,11 +10,13 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 
-from tenants import accounts, keys
+from tenants import accounts, invitations, keys
 from tenants.api.permissions import TenantPermission, request_membership, request_tenant
 from tenants.api.serializers import (
     ApiKeyCreatedSerializer,
     ApiKeySerializer,
+    InvitationCreateSerializer,
+    InvitationSerializer,
     MemberCreateSerializer,
     MemberSerializer,
     TenantSerializer,
@@ -24,11 +27,18 @@ from tenants.constants import (
     PERM_MANAGE_SETTINGS,
     PERM_USE_KEYS,
 )
-from tenants.models import ApiKey, Membership, User
+from tenants.models import ApiKey, Invitation, Membership, User
 
 
 def _django_error(exc: DjangoValidationError) -> ValidationError:
     return ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages})
+
+
+def _check_assign(request, *, role: str, target: Membership | None = None) -> None:
+    try:
+        accounts.check_can_assign(actor=request_membership(request), role=role, target=target)
+    except DjangoPermissionDenied as exc:
+        raise PermissionDenied(str(exc)) from exc
 
 
 class CurrentTenantView(generics.RetrieveUpdateAPIView):
@@ -75,10 +85,16 @@ class MemberViewSet(
         tenant = request_tenant(request)
         if Membership.objects.filter(tenant=tenant, user=user).exists():
             raise ValidationError({"email": ["This person is already a member."]})
+        _check_assign(request, role=data.validated_data["role"])
         membership = accounts.add_member(tenant=tenant, user=user, role=data.validated_data["role"])
         return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer):
+        _check_assign(
+            self.request,
+            role=serializer.validated_data.get("role", serializer.instance.role),
+            target=serializer.instance,
+        )
         try:
             serializer.instance = accounts.change_role(
                 membership=serializer.instance,
@@ -88,6 +104,7 @@ class MemberViewSet(
             raise _django_error(exc) from exc
 
     def perform_destroy(self, instance):
+        _check_assign(self.request, role=instance.role, target=instance)
         try:
             accounts.remove_member(membership=instance)
         except DjangoValidationError as exc:
@@ -141,3 +158,37 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def revoke(self, request, pk=None):
         return Response(ApiKeySerializer(self._revoke(self.get_object())).data)
+
+
+class InvitationViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
+):
+    """Pending invitations of the current tenant; create emails a single-use link, DELETE revokes."""
+
+    serializer_class = InvitationSerializer
+    permission_classes = [TenantPermission]
+    read_perm = PERM_MANAGE_MEMBERS
+    write_perm = PERM_MANAGE_MEMBERS
+
+    def get_queryset(self):
+        return Invitation.objects.pending().filter(tenant=request_tenant(self.request))
+
+    @extend_schema(request=InvitationCreateSerializer, responses={201: InvitationSerializer})
+    def create(self, request, *args, **kwargs):
+        data = InvitationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        _check_assign(request, role=data.validated_data["role"])
+        try:
+            sent = invitations.invite(
+                tenant=request_tenant(request),
+                email=data.validated_data["email"],
+                role=data.validated_data["role"],
+                invited_by=request.user,
+                base_url=request.build_absolute_uri("/"),
+            )
+        except DjangoValidationError as exc:
+            raise _django_error(exc) from exc
+        return Response(InvitationSerializer(sent.invitation).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        invitations.revoke(invitation=instance)

@@ -44,6 +44,13 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> dict:
     raise AssertionError(f"{url} did not answer 200 within {timeout}s")
 
 
+def still_running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture
 def up_process(tmp_path):
     web, gateway = free_port(), free_port()
@@ -100,7 +107,10 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
     assert process.wait(timeout=60) == 0
     log.seek(0)
     assert "bye" in log.read()
-    time.sleep(0.5)
-    alive = [p for p in [*descendants, *servers] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + 10
+    while (
+        alive := [p for p in [*descendants, *servers] if still_running(p)]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert alive == []
     assert not psutil.pid_exists(redis_pid)

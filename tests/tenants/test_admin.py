@@ -19,7 +19,7 @@ def staff_client(client):
     return client
 
 
-@pytest.mark.parametrize("model", ["user", "plan", "tenant", "membership", "apikey"])
+@pytest.mark.parametrize("model", ["user", "plan", "tenant", "membership", "apikey", "invitation"])
 def test_staff_see_every_changelist(staff_client, model):
     tenant = TenantFactory()
     member(tenant, Role.OWNER)

@@ -1,0 +1,148 @@
+"""Console: the team page (members, roles, invitations) and accepting an invitation."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.http import HttpResponseForbidden
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from console.forms import AcceptSignupForm, InviteForm
+from tenants import accounts, invitations
+from tenants.constants import PERM_MANAGE_MEMBERS, Role
+from tenants.middleware import SESSION_KEY
+from tenants.models import Invitation, Membership, User
+
+
+def _login_required(view):
+    from django.contrib.auth.decorators import login_required
+
+    return login_required(view)
+
+
+def _manager_or_403(request):
+    tenant = request.tenant
+    if not tenant or not request.user.has_perm(f"tenants.{PERM_MANAGE_MEMBERS}", tenant):
+        raise PermissionDenied("Only owners and admins can manage the team.")
+    return tenant
+
+
+@_login_required
+def team(request):
+    tenant = request.tenant
+    if not tenant:
+        return redirect("console:overview")
+    can_manage = request.user.has_perm(f"tenants.{PERM_MANAGE_MEMBERS}", tenant)
+    form = InviteForm(request.POST or None)
+    if request.method == "POST":
+        if not can_manage:
+            return HttpResponseForbidden("Only owners and admins can invite people.")
+        if form.is_valid():
+            try:
+                accounts.check_can_assign(actor=request.membership, role=form.cleaned_data["role"])
+                sent = invitations.invite(
+                    tenant=tenant,
+                    email=form.cleaned_data["email"],
+                    role=form.cleaned_data["role"],
+                    invited_by=request.user,
+                    base_url=request.build_absolute_uri("/"),
+                )
+            except PermissionDenied as exc:
+                form.add_error("role", str(exc))
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    form.add_error(field if field in form.fields else None, errors)
+            else:
+                messages.success(request, f"Invitation sent to {sent.invitation.email}.")
+                return redirect("console:team")
+    context = {
+        "form": form,
+        "can_manage": can_manage,
+        "members": Membership.objects.for_tenant(tenant).select_related("user").order_by("user__email"),
+        "pending": Invitation.objects.pending().filter(tenant=tenant) if can_manage else [],
+        "roles": Role.choices,
+    }
+    return render(request, "console/team.html", context)
+
+
+@_login_required
+@require_POST
+def change_role(request, membership_id):
+    tenant = _manager_or_403(request)
+    membership = get_object_or_404(
+        Membership.objects.for_tenant(tenant).select_related("user"), pk=membership_id
+    )
+    role = request.POST.get("role", "")
+    if role not in Role.values:
+        messages.error(request, "Choose one of the listed roles.")
+        return redirect("console:team")
+    try:
+        accounts.check_can_assign(actor=request.membership, role=role, target=membership)
+        accounts.change_role(membership=membership, role=role)
+    except (PermissionDenied, ValidationError) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+    else:
+        messages.success(request, f"{membership.user.email} is now {Role(role).label}.")
+    return redirect("console:team")
+
+
+@_login_required
+@require_POST
+def remove_member(request, membership_id):
+    tenant = _manager_or_403(request)
+    membership = get_object_or_404(
+        Membership.objects.for_tenant(tenant).select_related("user"), pk=membership_id
+    )
+    try:
+        accounts.check_can_assign(actor=request.membership, role=membership.role, target=membership)
+        accounts.remove_member(membership=membership)
+    except (PermissionDenied, ValidationError) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+    else:
+        messages.success(request, f"Removed {membership.user.email} from {tenant.name}.")
+    return redirect("console:team")
+
+
+@_login_required
+@require_POST
+def revoke_invitation(request, invitation_id):
+    tenant = _manager_or_403(request)
+    invitation = get_object_or_404(Invitation.objects.pending().filter(tenant=tenant), pk=invitation_id)
+    invitations.revoke(invitation=invitation)
+    messages.success(request, f"Invitation for {invitation.email} revoked.")
+    return redirect("console:team")
+
+
+def accept_invitation(request, token):
+    invitation = invitations.find(token)
+    if invitation is None:
+        return render(request, "console/invitation_invalid.html", status=404)
+    user = request.user if request.user.is_authenticated else None
+    existing = User.objects.filter(email__iexact=invitation.email).first()
+    form = (
+        AcceptSignupForm(request.POST or None, email=invitation.email) if not user and not existing else None
+    )
+    if request.method == "POST":
+        try:
+            with transaction.atomic():
+                if user is None and form is not None and form.is_valid():
+                    user = User.objects.create_user(
+                        email=invitation.email, password=form.cleaned_data["password"]
+                    )
+                    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                if user is not None:
+                    membership = invitations.accept(token=token, user=user)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            if user is not None:
+                request.session[SESSION_KEY] = str(membership.tenant_id)
+                messages.success(
+                    request, f"You joined {membership.tenant.name} as {membership.get_role_display()}."
+                )
+                return redirect("console:overview")
+    context = {"invitation": invitation, "form": form, "needs_login": user is None and existing is not None}
+    return render(request, "console/invitation.html", context)

@@ -1,0 +1,96 @@
+"""Inviting people to a tenant by email, and accepting invitations.
+
+The emailed link carries a random token; only its SHA-256 is stored, so the database alone
+cannot be used to accept an invitation. Accepting is idempotent and single-use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from tenants import accounts
+from tenants.models import Invitation, Membership, Tenant, User
+
+INVITATION_TTL = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class SentInvitation:
+    invitation: Invitation
+    url: str
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invite(
+    *, tenant: Tenant, email: str, role: str, invited_by: User | None, base_url: str
+) -> SentInvitation:
+    email = email.strip().lower()
+    if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
+        raise ValidationError({"email": "This person is already a member."})
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        # A new invitation replaces any pending one for the same address.
+        Invitation.objects.pending().filter(tenant=tenant, email__iexact=email).update(
+            revoked_at=timezone.now()
+        )
+        invitation = Invitation.objects.create(
+            tenant=tenant,
+            email=email,
+            role=role,
+            token_hash=_hash(token),
+            invited_by=invited_by,
+            expires_at=timezone.now() + INVITATION_TTL,
+        )
+        url = base_url.rstrip("/") + reverse("console:accept-invitation", args=[token])
+        inviter = invited_by.email if invited_by else "An administrator"
+        transaction.on_commit(
+            lambda: send_mail(
+                subject=f"Join {tenant.name} on Berth",
+                message=(
+                    f"{inviter} invited you to join {tenant.name} on Berth as {invitation.get_role_display()}.\n\n"
+                    f"Accept within 7 days: {url}\n\nIf you did not expect this, ignore this email."
+                ),
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                recipient_list=[email],
+            )
+        )
+    return SentInvitation(invitation=invitation, url=url)
+
+
+def find(token: str) -> Invitation | None:
+    """The pending invitation behind a token, or None (unknown, used, revoked or expired)."""
+    invitation = Invitation.objects.select_related("tenant").filter(token_hash=_hash(token)).first()
+    return invitation if invitation and invitation.is_pending else None
+
+
+def accept(*, token: str, user: User) -> Membership:
+    with transaction.atomic():
+        invitation = Invitation.objects.select_for_update().filter(token_hash=_hash(token)).first()
+        if invitation is None or not invitation.is_pending:
+            raise ValidationError("This invitation is no longer valid. Ask for a new one.")
+        if invitation.email.lower() != user.email.lower():
+            raise ValidationError(f"This invitation is for {invitation.email}. Log in with that address.")
+        membership = Membership.objects.filter(tenant=invitation.tenant, user=user).first()
+        if membership is None:
+            membership = accounts.add_member(tenant=invitation.tenant, user=user, role=invitation.role)
+        invitation.accepted_at = timezone.now()
+        invitation.accepted_by = user
+        invitation.save(update_fields=["accepted_at", "accepted_by"])
+    return membership
+
+
+def revoke(*, invitation: Invitation) -> None:
+    Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
