@@ -323,3 +323,37 @@ def test_the_provisioner_gets_only_namespaced_deployments_and_services():
             by_kind(docs, "Deployment")[name]["spec"]["template"]["spec"]["automountServiceAccountToken"]
             is False
         )
+
+
+# --------------------------------------------------------------------------- observability
+
+
+def test_prometheus_scrapes_the_gateway_and_the_engines():
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["berth-gateway"]["static_configs"][0]["targets"] == ["gateway:8001"]
+    assert jobs["berth-engines"]["http_sd_configs"][0]["url"].startswith("http://web:8000/")
+
+
+def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports():
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/berth.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    dashboard = json.loads((DOCKER / "grafana/dashboards/berth.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert all(t["datasource"]["uid"] == uid for p in dashboard["panels"] for t in p.get("targets", []))
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"Requests/s by model", "Time to first token", "Tokens/s per model", "GPU pool", "Queue depth (waiting requests)"} <= titles
+    # Every metric the dashboard reads is one Berth's gateway, control plane or vLLM exports.
+    names = {m for e in exprs for m in re.findall(r"\b((?:berth|vllm)[:_][a-z_:]+?)(?:_bucket)?\b(?=[{\[)\s]|$)", e)}
+    exported = gateway_metric_names() | {"berth_pool_gpus", "berth_pool_gpus_in_use", "berth_workers"} | {
+        "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+        "vllm:generation_tokens_total", "vllm:prompt_tokens_total",
+    }
+    assert names and names <= exported, names - exported
+
+
+def gateway_metric_names() -> set[str]:
+    source = (ROOT / "gateway" / "metrics.py").read_text() if (ROOT / "gateway" / "metrics.py").exists() else ""
+    return set(re.findall(r'"(berth_gateway_[a-z_]+)"', source))
