@@ -124,12 +124,17 @@ def is_local_source(source: str) -> bool:
 
 def build_launch(spec: EngineSpec, *, vllm_bin: str | None = None) -> EngineLaunch:
     """The exact ``vllm serve`` argv and environment for one worker."""
+    if not spec.api_key:
+        raise EngineArgsError("api_key is required: a worker must never serve without one")
     argv = [vllm_bin or default_vllm_bin(), "serve", *serve_args(spec)]
     return EngineLaunch(argv=argv, env=serve_env(spec), health_path="/health")
 
 
 def serve_args(spec: EngineSpec) -> list[str]:
-    """Everything after ``vllm serve``, validated; the Kubernetes backend's container args."""
+    """Everything after ``vllm serve``, validated; the Kubernetes backend's container args.
+
+    The API key is never part of these (see ``serve_env``), so a spec without one is fine here.
+    """
     _validate(spec)
     # The model goes first: --served-model-name and --lora-modules take one or more values and
     # would swallow a positional that followed them.
@@ -193,8 +198,6 @@ def _validate(spec: EngineSpec) -> None:
         raise EngineArgsError("source (a local folder or a Hugging Face repo id) is required")
     if not spec.served_name:
         raise EngineArgsError("served_name is required")
-    if not spec.api_key:
-        raise EngineArgsError("api_key is required: a worker must never serve without one")
     if not 1 <= spec.port <= 65535:
         raise EngineArgsError(f"port {spec.port} is out of range")
     if spec.tensor_parallel_size < 1:
