@@ -171,7 +171,8 @@ class KubernetesBackend:
                 namespace=namespace or self.namespace,
                 body={"spec": {"replicas": replicas}},
                 field_manager=FIELD_MANAGER,
-                # The client would default to JSON Patch, which expects a list of operations.
+                # Without this the client picks JSON Patch and, for a dict body, falls back to a
+                # strategic merge patch; say plainly that this is a merge patch of spec.replicas.
                 _content_type=MERGE_PATCH,
             )
         except ApiException as exc:
