@@ -262,3 +262,21 @@ current-context: berth
 
     assert backend.delete("gone") is False
     assert api.calls()[0] == ("DELETE", f"{DEPLOYMENTS}/gone")
+
+
+def test_it_connects_in_cluster_with_the_service_account(tmp_path, monkeypatch):
+    from kubernetes.config import incluster_config
+
+    (tmp_path / "token").write_text("sa-token")
+    (tmp_path / "ca.crt").write_text("not checked until a request is made")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+    backend = KubernetesBackend.connect(namespace="inference")  # in-cluster picked from the environment
+
+    configuration = backend.apps.api_client.configuration
+    assert configuration.host == "https://10.96.0.1:443"
+    assert configuration.api_key["BearerToken"].lower() == "bearer sa-token"
+    assert backend.namespace == "inference"
