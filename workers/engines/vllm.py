@@ -142,6 +142,8 @@ def serve_args(spec: EngineSpec) -> list[str]:
     args += ["--host", spec.host, "--port", str(spec.port)]
     args += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
     if spec.task == "embedding":
+        # Embedding checkpoints load as pooling models; a generative checkpoint used for
+        # embeddings also needs `--convert embed`, which extra args may add.
         args += ["--runner", "pooling"]
     if spec.revision:
         args += ["--revision", spec.revision]
@@ -178,8 +180,8 @@ def serve_env(spec: EngineSpec, *, include_api_key: bool = True) -> dict[str, st
     if spec.gpu_indices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
     if is_local_source(spec.source):
-        # Nothing to fetch; without this a local folder still triggers Hub lookups (and stalls
-        # offline) for configs the folder does not have.
+        # Everything is in the folder: any Hub lookup should fail at once rather than reach out
+        # (or wait on a network the GPU host may not have).
         env["HF_HUB_OFFLINE"] = "1"
     return env
 
@@ -240,7 +242,7 @@ def _validate_lora(spec: EngineSpec) -> None:
 
 
 def _option_key(arg: str) -> str:
-    """``--Foo_bar.x=1`` -> ``--foo-bar``: vLLM accepts underscores and dotted sub-keys."""
+    """``--foo_bar.x=1`` -> ``--foo-bar``: vLLM accepts underscores and dotted sub-keys."""
     key = arg.split("=", 1)[0]
     if key.startswith("--"):
         key = "--" + key[2:].split(".", 1)[0].replace("_", "-")
