@@ -19,6 +19,9 @@ How the committed file was produced (vLLM 0.33.0)::
         fastapi uvloop prometheus_client pyzmq cbor2 pybase64 blake3 email-validator
     /tmp/vpenv/bin/python scripts/record_vllm_flags.py /tmp/vllm/src \\
         workers/engines/vllm_0.33.0_serve_flags.json
+
+``--parse SRC ARG...`` runs one command line (what follows ``vllm serve``) through the same
+parser and prints the parsed namespace: a check of the launcher's output against vLLM itself.
 """
 
 from __future__ import annotations
@@ -255,6 +258,12 @@ def describe(parser: argparse.ArgumentParser) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1] == "--parse":
+        # Parse a command line (everything after `vllm serve`) with the real parser, e.g. the
+        # output of workers.engines.vllm.serve_args, and print the resulting namespace.
+        namespace = build_serve_parser(sys.argv[2]).parse_args(sys.argv[3:])
+        print(json.dumps(vars(namespace), indent=1, sort_keys=True, default=repr))
+        return
     vllm_src, out = sys.argv[1], sys.argv[2]
     data = describe(build_serve_parser(vllm_src))
     with open(out, "w") as fh:
