@@ -326,7 +326,10 @@ def test_it_appends_allowed_extra_args_last():
         ("--host", "127.0.0.1"),
         ("--api-key", "mine"),
         ("--api_key=mine",),  # vLLM turns underscores into dashes
-        ("--po", "9000"),  # argparse resolves unambiguous prefixes
+        # vLLM's parser resolves unambiguous prefixes: `--api_k x` sets api_key, `-t 3` sets TP.
+        ("--api_k", "mine"),
+        ("-t", "3"),
+        ("--po", "9000"),
         ("-tp", "4"),
         ("--tensor-parallel-size=4",),
         ("-pp", "2"),
