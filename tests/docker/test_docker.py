@@ -344,16 +344,35 @@ def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports(
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert all(t["datasource"]["uid"] == uid for p in dashboard["panels"] for t in p.get("targets", []))
     titles = {p["title"] for p in dashboard["panels"]}
-    assert {"Requests/s by model", "Time to first token", "Tokens/s per model", "GPU pool", "Queue depth (waiting requests)"} <= titles
+    assert {
+        "Requests/s by model",
+        "Time to first token",
+        "Tokens/s per model",
+        "GPU pool",
+        "Queue depth (waiting requests)",
+    } <= titles
     # Every metric the dashboard reads is one Berth's gateway, control plane or vLLM exports.
-    names = {m for e in exprs for m in re.findall(r"\b((?:berth|vllm)[:_][a-z_:]+?)(?:_bucket)?\b(?=[{\[)\s]|$)", e)}
-    exported = gateway_metric_names() | {"berth_pool_gpus", "berth_pool_gpus_in_use", "berth_workers"} | {
-        "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-        "vllm:generation_tokens_total", "vllm:prompt_tokens_total",
+    names = {
+        m
+        for e in exprs
+        for m in re.findall(r"\b((?:berth|vllm)[:_][a-z_:]+?)(?:_bucket)?\b(?=[{\[)\s]|$)", e)
     }
+    exported = (
+        gateway_metric_names()
+        | {"berth_pool_gpus", "berth_pool_gpus_in_use", "berth_workers"}
+        | {
+            "vllm:num_requests_waiting",
+            "vllm:num_requests_running",
+            "vllm:kv_cache_usage_perc",
+            "vllm:generation_tokens_total",
+            "vllm:prompt_tokens_total",
+        }
+    )
     assert names and names <= exported, names - exported
 
 
 def gateway_metric_names() -> set[str]:
-    source = (ROOT / "gateway" / "metrics.py").read_text() if (ROOT / "gateway" / "metrics.py").exists() else ""
+    source = (
+        (ROOT / "gateway" / "metrics.py").read_text() if (ROOT / "gateway" / "metrics.py").exists() else ""
+    )
     return set(re.findall(r'"(berth_gateway_[a-z_]+)"', source))
