@@ -51,10 +51,14 @@ async def main() -> None:
         rates = []
         for _ in range(args.rounds):
             started = time.perf_counter()
-            tokens = await asyncio.gather(*[one(client, args.model, args.max_tokens) for _ in range(concurrency)])
+            tokens = await asyncio.gather(
+                *[one(client, args.model, args.max_tokens) for _ in range(concurrency)]
+            )
             rates.append(sum(tokens) / (time.perf_counter() - started))
         best = max(rates)
-        print(f"concurrency {concurrency}: {best:.0f} tok/s (best of {args.rounds}; {sorted(round(r) for r in rates)})")
+        print(
+            f"concurrency {concurrency}: {best:.0f} tok/s (best of {args.rounds}; {sorted(round(r) for r in rates)})"
+        )
     if args.pid:
         print(f"peak RSS: {peak_rss_mb(args.pid):.0f} MB")
     await client.close()

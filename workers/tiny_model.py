@@ -20,7 +20,14 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+BOS, END_OF_TEXT, PAD, IM_START, EOS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|pad|>",
+    "<|im_start|>",
+    "<|im_end|>",
+)
+SPECIAL_TOKENS = [BOS, END_OF_TEXT, PAD, IM_START, EOS]
 VOCAB_SIZE = 4096
 TRAINING_FILES = 200
 
@@ -78,9 +85,9 @@ def _write(path: Path, *, seed: int, log: Callable[[str], None]) -> None:
     log(f"Training a {VOCAB_SIZE}-token byte-level BPE tokenizer on {len(files)} stdlib files")
     fast = PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(files),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
         unk_token=None,
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -102,12 +109,12 @@ def _write(path: Path, *, seed: int, log: Callable[[str], None]) -> None:
         num_key_value_heads=2,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
-        bos_token_id=vocab("<|begin_of_text|>"),
-        eos_token_id=vocab("<|im_end|>"),
-        pad_token_id=vocab("<|pad|>"),
+        bos_token_id=vocab(BOS),
+        eos_token_id=vocab(EOS),
+        pad_token_id=vocab(PAD),
         dtype="float32",
     )
-    log("Initialising a 4-layer Llama with random weights (seed %d)" % seed)
+    log(f"Initialising a 4-layer Llama with random weights (seed {seed})")
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     model.generation_config = GenerationConfig(
@@ -120,7 +127,9 @@ def _write(path: Path, *, seed: int, log: Callable[[str], None]) -> None:
     log(f"Wrote {sum(p.numel() for p in model.parameters()):,} parameters")
 
 
-def create_tiny_model(path: str | os.PathLike[str], *, seed: int = 0, log: Callable[[str], None] | None = None) -> Path:
+def create_tiny_model(
+    path: str | os.PathLike[str], *, seed: int = 0, log: Callable[[str], None] | None = None
+) -> Path:
     """Write the tiny chat model to ``path`` unless a complete one is already there."""
     path = Path(path)
     log = log or (lambda _msg: None)

@@ -65,9 +65,14 @@ def wait_ready(engine: Engine) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if engine.process.poll() is not None:
-            raise RuntimeError(f"engine exited with {engine.process.returncode}:\n{engine.log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"engine exited with {engine.process.returncode}:\n{engine.log.read_text()[-3000:]}"
+            )
         try:
-            if httpx.get(f"{engine.url}{build_launch(engine.spec).health_path}", timeout=1).status_code == 200:
+            if (
+                httpx.get(f"{engine.url}{build_launch(engine.spec).health_path}", timeout=1).status_code
+                == 200
+            ):
                 return
         except httpx.HTTPError:
             pass

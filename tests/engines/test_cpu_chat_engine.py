@@ -64,7 +64,9 @@ def test_it_answers_chat_with_usage(chat_engine, client):
 
 def test_it_is_deterministic_at_temperature_zero_while_sampling_otherwise(chat_engine, client):
     def ask(**kwargs):
-        reply = client.chat.completions.create(model=model(chat_engine), messages=MESSAGES, max_tokens=24, **kwargs)
+        reply = client.chat.completions.create(
+            model=model(chat_engine), messages=MESSAGES, max_tokens=24, **kwargs
+        )
         return reply.choices[0].message.content
 
     assert ask(temperature=0) == ask(temperature=0)
@@ -74,7 +76,13 @@ def test_it_is_deterministic_at_temperature_zero_while_sampling_otherwise(chat_e
 
 
 def test_it_streams_with_done_terminator_and_no_usage_unless_asked(chat_engine):
-    body = {"model": model(chat_engine), "messages": MESSAGES, "max_tokens": 12, "stream": True, "temperature": 0}
+    body = {
+        "model": model(chat_engine),
+        "messages": MESSAGES,
+        "max_tokens": 12,
+        "stream": True,
+        "temperature": 0,
+    }
     chunks = chunks_of(sse_events(chat_engine, "/chat/completions", body))
     assert all("usage" not in c for c in chunks)
     assert all(c["object"] == "chat.completion.chunk" and c["model"] == model(chat_engine) for c in chunks)
@@ -101,7 +109,9 @@ def test_it_sends_one_usage_chunk_without_choices_when_include_usage(chat_engine
     usage = with_usage[0]["usage"]
 
     streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
-    reply = client.chat.completions.create(model=model(chat_engine), messages=MESSAGES, max_tokens=12, temperature=0)
+    reply = client.chat.completions.create(
+        model=model(chat_engine), messages=MESSAGES, max_tokens=12, temperature=0
+    )
     assert streamed == reply.choices[0].message.content
     assert usage == reply.usage.model_dump(exclude_none=True)
 
@@ -122,8 +132,10 @@ def test_it_reports_running_usage_on_every_chunk_with_continuous_usage_stats(cha
     final = chunks[-1]
     assert final["choices"] == []
     assert final["usage"]["completion_tokens"] == counts[-2]
-    assert all(c["usage"]["total_tokens"] == c["usage"]["prompt_tokens"] + c["usage"]["completion_tokens"]
-               for c in chunks)  # fmt: skip
+    assert all(
+        c["usage"]["total_tokens"] == c["usage"]["prompt_tokens"] + c["usage"]["completion_tokens"]
+        for c in chunks
+    )
 
 
 def test_the_sdk_stream_yields_usage_last(chat_engine, client):
@@ -156,10 +168,14 @@ def test_it_stops_at_a_stop_string(chat_engine, client):
 
 
 def test_it_serves_completions(chat_engine, client):
-    reply = client.completions.create(model=model(chat_engine), prompt="def main():", max_tokens=5, temperature=0)
+    reply = client.completions.create(
+        model=model(chat_engine), prompt="def main():", max_tokens=5, temperature=0
+    )
     assert reply.object == "text_completion"
     assert reply.usage.completion_tokens <= 5
-    ids = httpx.post(f"{chat_engine.url}/tokenize", json={"prompt": "def main():"}, timeout=10).json()["tokens"]
+    ids = httpx.post(f"{chat_engine.url}/tokenize", json={"prompt": "def main():"}, timeout=10).json()[
+        "tokens"
+    ]
     assert reply.usage.prompt_tokens == len(ids)
     # The same prompt as token ids gives the same greedy text.
     again = client.completions.create(model=model(chat_engine), prompt=ids, max_tokens=5, temperature=0)
@@ -219,13 +235,26 @@ def test_it_answers_404_model_not_found_for_an_unknown_model(chat_engine, client
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         {},
     ],
-    ids=["empty", "role", "temperature", "zero-max", "over-context", "n", "options-no-stream", "stream", "image", "no-messages"],
+    ids=[
+        "empty",
+        "role",
+        "temperature",
+        "zero-max",
+        "over-context",
+        "n",
+        "options-no-stream",
+        "stream",
+        "image",
+        "no-messages",
+    ],
 )
 def test_it_answers_400_for_bad_chat_input(chat_engine, body):
     r = httpx.post(
-        f"{chat_engine.base_url}/chat/completions", json={"model": model(chat_engine), **body},
-        headers=chat_engine.auth, timeout=10,
-    )  # fmt: skip
+        f"{chat_engine.base_url}/chat/completions",
+        json={"model": model(chat_engine), **body},
+        headers=chat_engine.auth,
+        timeout=10,
+    )
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -270,7 +299,11 @@ def test_metrics_count_the_tokens_reported_in_usage(chat_engine, client):
     reply = client.chat.completions.create(model=model(chat_engine), messages=MESSAGES, max_tokens=7)
     streamed = list(
         client.completions.create(
-            model=model(chat_engine), prompt="class A:", max_tokens=5, stream=True, stream_options={"include_usage": True}
+            model=model(chat_engine),
+            prompt="class A:",
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )[-1].usage
     after = scrape(chat_engine)
@@ -286,7 +319,8 @@ def test_metrics_count_the_tokens_reported_in_usage(chat_engine, client):
 
     def finished(values):
         return sum(
-            metric(values, "vllm:request_success_total", model_name=name, finished_reason=r) for r in ("stop", "length")
+            metric(values, "vllm:request_success_total", model_name=name, finished_reason=r)
+            for r in ("stop", "length")
         )
 
     assert finished(after) - finished(before) == 2
@@ -294,10 +328,15 @@ def test_metrics_count_the_tokens_reported_in_usage(chat_engine, client):
 
 def test_it_batches_four_concurrent_requests_with_correct_usage(chat_engine):
     async def main():
-        async with openai.AsyncOpenAI(base_url=chat_engine.base_url, api_key=chat_engine.spec.api_key) as aclient:
+        async with openai.AsyncOpenAI(
+            base_url=chat_engine.base_url, api_key=chat_engine.spec.api_key
+        ) as aclient:
             prompts = [[{"role": "user", "content": f"Question number {i}?" * (i + 1)}] for i in range(4)]
             replies = await asyncio.gather(
-                *[aclient.chat.completions.create(model=model(chat_engine), messages=p, max_tokens=16) for p in prompts]
+                *[
+                    aclient.chat.completions.create(model=model(chat_engine), messages=p, max_tokens=16)
+                    for p in prompts
+                ]
             )
             return prompts, replies
 
@@ -316,8 +355,9 @@ def test_a_client_disconnect_stops_generation(chat_engine):
     before = scrape(chat_engine)
     body = {"model": name, "messages": MESSAGES, "max_tokens": 1900, "stream": True, "temperature": 0.8}
     # Greedy output of a random model rarely hits eos; this asks for far more than we read.
-    with httpx.stream("POST", f"{chat_engine.base_url}/chat/completions", json=body, headers=chat_engine.auth,
-                      timeout=30) as r:  # fmt: skip
+    with httpx.stream(
+        "POST", f"{chat_engine.base_url}/chat/completions", json=body, headers=chat_engine.auth, timeout=30
+    ) as r:
         lines = r.iter_lines()
         received = [next(lines) for _ in range(6)]
     assert any(line.startswith("data: ") for line in received)
@@ -325,9 +365,9 @@ def test_a_client_disconnect_stops_generation(chat_engine):
     deadline = time.monotonic() + 20
     while True:
         after = scrape(chat_engine)
-        aborted = metric(after, "vllm:request_success_total", model_name=name, finished_reason="abort") - metric(
-            before, "vllm:request_success_total", model_name=name, finished_reason="abort"
-        )
+        aborted = metric(
+            after, "vllm:request_success_total", model_name=name, finished_reason="abort"
+        ) - metric(before, "vllm:request_success_total", model_name=name, finished_reason="abort")
         if aborted == 1 or time.monotonic() > deadline:
             break
         time.sleep(0.2)

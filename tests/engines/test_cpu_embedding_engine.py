@@ -17,7 +17,9 @@ from workers.embedding_model import EMBEDDING_DIMENSIONS, embedding_model_path
 
 @pytest.fixture
 def client(embedding_engine: Engine) -> openai.OpenAI:
-    with openai.OpenAI(base_url=embedding_engine.base_url, api_key=embedding_engine.spec.api_key, max_retries=0) as c:
+    with openai.OpenAI(
+        base_url=embedding_engine.base_url, api_key=embedding_engine.spec.api_key, max_retries=0
+    ) as c:
         yield c
 
 
@@ -40,7 +42,11 @@ def test_it_embeds_a_string_into_a_unit_vector_of_384_dims(embedding_engine, cli
 
 
 def test_similar_sentences_are_closer_than_unrelated_ones(embedding_engine, client):
-    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
+    texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+    ]
     reply = client.embeddings.create(model=model(embedding_engine), input=texts)
     assert [d.index for d in reply.data] == [0, 1, 2]
     food, bread, market = (d.embedding for d in reply.data)
@@ -50,8 +56,14 @@ def test_similar_sentences_are_closer_than_unrelated_ones(embedding_engine, clie
 
 def test_float_and_base64_encodings_carry_the_same_vector(embedding_engine):
     def raw(encoding_format):
-        body = {"model": model(embedding_engine), "input": ["hello world"], "encoding_format": encoding_format}
-        r = httpx.post(f"{embedding_engine.base_url}/embeddings", json=body, headers=embedding_engine.auth, timeout=30)
+        body = {
+            "model": model(embedding_engine),
+            "input": ["hello world"],
+            "encoding_format": encoding_format,
+        }
+        r = httpx.post(
+            f"{embedding_engine.base_url}/embeddings", json=body, headers=embedding_engine.auth, timeout=30
+        )
         assert r.status_code == 200
         return r.json()["data"][0]["embedding"]
 
@@ -74,9 +86,11 @@ def test_usage_counts_prompt_tokens_with_the_models_tokenizer(embedding_engine, 
     assert reply.usage.prompt_tokens == expected
     assert reply.usage.total_tokens == expected
     name = model(embedding_engine)
-    assert metric(after, "vllm:prompt_tokens_total", model_name=name) - metric(
-        before, "vllm:prompt_tokens_total", model_name=name
-    ) == expected
+    assert (
+        metric(after, "vllm:prompt_tokens_total", model_name=name)
+        - metric(before, "vllm:prompt_tokens_total", model_name=name)
+        == expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,11 +105,22 @@ def test_usage_counts_prompt_tokens_with_the_models_tokenizer(embedding_engine, 
         ({"input": "word " * 400}, "input"),
         ({}, "input"),
     ],
-    ids=["tokens", "token-lists", "empty-list", "empty-string", "dimensions", "format", "too-long", "no-input"],
+    ids=[
+        "tokens",
+        "token-lists",
+        "empty-list",
+        "empty-string",
+        "dimensions",
+        "format",
+        "too-long",
+        "no-input",
+    ],
 )
 def test_it_answers_400_for_input_it_cannot_embed(embedding_engine, payload, param):
     body = {"model": model(embedding_engine), **payload}
-    r = httpx.post(f"{embedding_engine.base_url}/embeddings", json=body, headers=embedding_engine.auth, timeout=30)
+    r = httpx.post(
+        f"{embedding_engine.base_url}/embeddings", json=body, headers=embedding_engine.auth, timeout=30
+    )
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
@@ -121,6 +146,8 @@ def test_it_lists_its_model_and_has_no_chat_route(embedding_engine, client):
     [card] = client.models.list().data
     assert card.id == model(embedding_engine)
     assert card.model_extra["max_model_len"] == 256
-    r = httpx.post(f"{embedding_engine.base_url}/chat/completions", json={}, headers=embedding_engine.auth, timeout=10)
+    r = httpx.post(
+        f"{embedding_engine.base_url}/chat/completions", json={}, headers=embedding_engine.auth, timeout=10
+    )
     assert r.status_code == 404
     assert httpx.get(f"{embedding_engine.url}/health", timeout=5).status_code == 200

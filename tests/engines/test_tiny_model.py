@@ -46,7 +46,10 @@ def test_transformers_loads_it_and_renders_the_chat_template(tiny_model_path):
         add_generation_prompt=True,
         tokenize=False,
     )
-    assert rendered == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        rendered
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     # Special tokens are single tokens, and ordinary text round-trips through the byte-level BPE.
     assert len(tokenizer("<|im_start|>", add_special_tokens=False)["input_ids"]) == 1
     text = "def f(x):\n    return x  # ünïcode"

@@ -52,7 +52,9 @@ class Step:
 
 
 class GenerationBackend:
-    def __init__(self, model_path: Path, *, kv_cache_tokens: int, max_num_seqs: int, max_model_len: int | None):
+    def __init__(
+        self, model_path: Path, *, kv_cache_tokens: int, max_num_seqs: int, max_model_len: int | None
+    ):
         import torch
         from transformers import (
             AutoModelForCausalLM,

@@ -124,11 +124,12 @@ def _error_response(status: int, message: str, *, type_: str, param=None, code=N
 
 
 def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """The first problem, phrased like vLLM's 400s, and the top-level field it concerns."""
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int) or True)
-    return f"{loc}: {first.get('msg', 'invalid value')}" if loc else first.get("msg", "invalid request"), (
-        str(first["loc"][0]) if first.get("loc") else None
-    )
+    loc = first.get("loc", ())
+    where = ".".join(str(part) for part in loc)
+    message = first.get("msg", "invalid value")
+    return (f"{where}: {message}" if where else message), (str(loc[0]) if loc else None)
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -143,14 +144,23 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = ["model_name", "engine"]
         self.labels = {"model_name": served_name, "engine": "0"}
-        running = Gauge("vllm:num_requests_running", "Requests in model execution batches.", labels,
-                        registry=self.registry)  # fmt: skip
+        running = Gauge(
+            "vllm:num_requests_running",
+            "Requests in model execution batches.",
+            labels,
+            registry=self.registry,
+        )
         running.labels(**self.labels).set_function(lambda: backend.running)
-        waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to be processed.", labels,
-                        registry=self.registry)  # fmt: skip
+        waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=self.registry
+        )
         waiting.labels(**self.labels).set_function(lambda: backend.waiting)
-        kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels,
-                   registry=self.registry)  # fmt: skip
+        kv = Gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            labels,
+            registry=self.registry,
+        )
         kv.labels(**self.labels).set_function(backend.kv_cache_usage)
         self.prompt_tokens = Counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=self.registry
@@ -166,8 +176,27 @@ class Metrics:
         )
         for reason in ("stop", "length", "abort", "error"):
             self.success.labels(**self.labels, finished_reason=reason)
-        buckets = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                   20.0, 40.0, 80.0)  # fmt: skip
+        buckets = (
+            0.001,
+            0.005,
+            0.01,
+            0.02,
+            0.04,
+            0.06,
+            0.08,
+            0.1,
+            0.25,
+            0.5,
+            0.75,
+            1.0,
+            2.5,
+            5.0,
+            7.5,
+            10.0,
+            20.0,
+            40.0,
+            80.0,
+        )
         self.ttft = Histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
@@ -201,7 +230,7 @@ def _sse(payload: dict) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-def create_app(*, task: str, backend, served_name: str, api_key: str | None):  # noqa: C901 - one place
+def create_app(*, task: str, backend, served_name: str, api_key: str | None):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from workers.engines.cpu_backends import InputError, SamplingParams
@@ -309,8 +338,9 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
         if not isinstance(data, dict) or not (isinstance(data.get("prompt"), str) or "messages" in data):
             raise _InputError("send 'prompt' (a string) or 'messages'", "prompt")
         if data.get("model") not in (None, served_name):
-            raise _InputError(f"The model `{data['model']}` does not exist.", "model", status=404,
-                              code="model_not_found")  # fmt: skip
+            raise _InputError(
+                f"The model `{data['model']}` does not exist.", "model", status=404, code="model_not_found"
+            )
         if "messages" in data:
             if task == "embedding":
                 raise _InputError("this model has no chat template", "messages")
@@ -364,7 +394,11 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
                 "created": int(time.time()),
                 "model": served_name,
                 "data": data,
-                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "completion_tokens": 0},
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "total_tokens": prompt_tokens,
+                    "completion_tokens": 0,
+                },
             }
 
         return app
@@ -424,7 +458,9 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
                 produced, reason, first = 0, "abort", True
                 try:
                     if kind == "chat":
-                        yield chunk(choice(None, None, role=True), _usage(prompt_len, 0) if continuous else None)
+                        yield chunk(
+                            choice(None, None, role=True), _usage(prompt_len, 0) if continuous else None
+                        )
                     async for step in steps:
                         if first:
                             metrics.ttft.observe(time.monotonic() - started)
@@ -445,7 +481,9 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
                     yield b"data: [DONE]\n\n"
                 finally:
                     await steps.aclose()  # cancels generation when the client went away
-                    metrics.finished(reason, prompt_tokens=prompt_len, completion_tokens=produced, started=started)
+                    metrics.finished(
+                        reason, prompt_tokens=prompt_len, completion_tokens=produced, started=started
+                    )
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -462,8 +500,9 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
                     reason = step.finish_reason
 
         async def watch_disconnect():
-            while not await request.is_disconnected():
-                await asyncio.sleep(0.25)
+            # The body has been read, so the next ASGI message can only be the disconnect.
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
 
         collector = asyncio.ensure_future(collect())
         watcher = asyncio.ensure_future(watch_disconnect())
@@ -477,8 +516,12 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
                     await collector
             await steps.aclose()
             failed = collector.done() and not collector.cancelled() and collector.exception() is not None
-            metrics.finished("error" if failed else reason, prompt_tokens=prompt_len, completion_tokens=produced,
-                             started=started)  # fmt: skip
+            metrics.finished(
+                "error" if failed else reason,
+                prompt_tokens=prompt_len,
+                completion_tokens=produced,
+                started=started,
+            )
         if collector.cancelled():
             return Response(status_code=499)
         collector.result()  # re-raise a generation failure as a 500
@@ -511,15 +554,21 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = sampling(body, len(prompt_ids), requested)
         return await run(
-            request, kind="chat", prompt_ids=prompt_ids, params=params, stream=body.stream,
+            request,
+            kind="chat",
+            prompt_ids=prompt_ids,
+            params=params,
+            stream=body.stream,
             options=body.stream_options,
-        )  # fmt: skip
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body: CompletionRequest = await parse(request, CompletionRequest)
         if body.echo or body.suffix:
-            raise _InputError("echo and suffix are not supported by the CPU engine", "echo" if body.echo else "suffix")
+            raise _InputError(
+                "echo and suffix are not supported by the CPU engine", "echo" if body.echo else "suffix"
+            )
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
             if len(prompt) != 1:
@@ -537,9 +586,13 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
         default_max = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's completions default
         params = sampling(body, len(prompt_ids), default_max)
         return await run(
-            request, kind="completion", prompt_ids=prompt_ids, params=params, stream=body.stream,
+            request,
+            kind="completion",
+            prompt_ids=prompt_ids,
+            params=params,
+            stream=body.stream,
             options=body.stream_options,
-        )  # fmt: skip
+        )
 
     return app
 
@@ -548,7 +601,9 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):  #
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers.engines.cpu_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.engines.cpu_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--task", choices=["chat", "completion", "embedding"], required=True)
     parser.add_argument("--model", required=True, help="local model folder (no downloads)")
     parser.add_argument("--served-model-name", required=True)
@@ -556,7 +611,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=16, help="requests batched together")
-    parser.add_argument("--kv-cache-tokens", type=int, default=32768, help="paged KV-cache capacity, in tokens")
+    parser.add_argument(
+        "--kv-cache-tokens", type=int, default=32768, help="paged KV-cache capacity, in tokens"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
@@ -564,7 +621,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
@@ -588,7 +647,10 @@ def main(argv: list[str] | None = None) -> None:
             max_model_len=args.max_model_len,
         )
     app = create_app(
-        task=args.task, backend=backend, served_name=args.served_model_name, api_key=os.environ.get(API_KEY_ENV)
+        task=args.task,
+        backend=backend,
+        served_name=args.served_model_name,
+        api_key=os.environ.get(API_KEY_ENV),
     )
     try:
         # The port opens only now, after the model has loaded: /health is 200 from its first answer.

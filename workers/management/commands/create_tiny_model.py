@@ -18,7 +18,12 @@ class Command(BaseCommand):
     help = "Create the tiny random-weight Llama chat model (offline, deterministic) used by the CPU engine."
 
     def add_arguments(self, parser):
-        parser.add_argument("--path", type=Path, default=None, help="target folder (default: <BERTH_DATA_DIR>/models/berth-tiny-chat)")
+        parser.add_argument(
+            "--path",
+            type=Path,
+            default=None,
+            help="target folder (default: <BERTH_DATA_DIR>/models/berth-tiny-chat)",
+        )
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args, path: Path | None, seed: int, **options):
