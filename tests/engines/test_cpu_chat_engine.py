@@ -153,18 +153,25 @@ def test_the_sdk_stream_yields_usage_last(chat_engine, client):
     assert chunks[-1].usage.completion_tokens <= 6
 
 
-def test_it_stops_at_a_stop_string(chat_engine, client):
-    full = client.chat.completions.create(
-        model=model(chat_engine), messages=MESSAGES, max_tokens=24, temperature=0
-    ).choices[0]
-    text = full.message.content
-    stop = text[len(text) // 2 : len(text) // 2 + 3]
-    assert len(stop) == 3
-    cut = client.chat.completions.create(
-        model=model(chat_engine), messages=MESSAGES, max_tokens=24, temperature=0, stop=[stop]
-    ).choices[0]
-    assert cut.finish_reason == "stop"
-    assert cut.message.content == text[: text.index(stop)]
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_it_stops_at_a_stop_string_without_sending_any_of_it(chat_engine, client, stream):
+    greedy = {"model": model(chat_engine), "messages": MESSAGES, "max_tokens": 24, "temperature": 0}
+    text = client.chat.completions.create(**greedy).choices[0].message.content
+    # Stops of several lengths from the middle of the greedy text; some straddle token boundaries.
+    for length in (2, 3, 5):
+        stop = text[len(text) // 2 : len(text) // 2 + length]
+        assert len(stop) == length
+        if stream:
+            chunks = chunks_of(
+                sse_events(chat_engine, "/chat/completions", {**greedy, "stop": [stop], "stream": True})
+            )
+            content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+            finish = chunks[-1]["choices"][0]["finish_reason"]
+        else:
+            cut = client.chat.completions.create(**greedy, stop=[stop]).choices[0]
+            content, finish = cut.message.content, cut.finish_reason
+        assert finish == "stop"
+        assert content == text[: text.index(stop)]
 
 
 def test_it_serves_completions(chat_engine, client):
@@ -334,27 +341,37 @@ def test_it_batches_four_concurrent_requests_with_correct_usage(chat_engine):
             prompts = [[{"role": "user", "content": f"Question number {i}?" * (i + 1)}] for i in range(4)]
             replies = await asyncio.gather(
                 *[
-                    aclient.chat.completions.create(model=model(chat_engine), messages=p, max_tokens=16)
-                    for p in prompts
+                    aclient.chat.completions.create(
+                        model=model(chat_engine),
+                        messages=p,
+                        max_tokens=16 + i,
+                        extra_body={"ignore_eos": True},
+                    )
+                    for i, p in enumerate(prompts)
                 ]
             )
             return prompts, replies
 
     prompts, replies = asyncio.run(main())
-    for messages, reply in zip(prompts, replies, strict=True):
+    for i, (messages, reply) in enumerate(zip(prompts, replies, strict=True)):
         assert reply.usage.prompt_tokens == prompt_token_count(chat_engine, messages)
-        if reply.choices[0].finish_reason == "length":
-            assert reply.usage.completion_tokens == 16
-        else:
-            assert reply.usage.completion_tokens <= 16
+        assert reply.usage.completion_tokens == 16 + i
+        assert reply.choices[0].finish_reason == "length"
     assert len({r.id for r in replies}) == 4
+
+
+def test_ignore_eos_runs_to_max_tokens(chat_engine, client):
+    reply = client.chat.completions.create(
+        model=model(chat_engine), messages=MESSAGES, max_tokens=40, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage.completion_tokens == 40
+    assert reply.choices[0].finish_reason == "length"
 
 
 def test_a_client_disconnect_stops_generation(chat_engine):
     name = model(chat_engine)
     before = scrape(chat_engine)
-    body = {"model": name, "messages": MESSAGES, "max_tokens": 1900, "stream": True, "temperature": 0.8}
-    # Greedy output of a random model rarely hits eos; this asks for far more than we read.
+    body = {"model": name, "messages": MESSAGES, "max_tokens": 1900, "stream": True, "ignore_eos": True}
     with httpx.stream(
         "POST", f"{chat_engine.base_url}/chat/completions", json=body, headers=chat_engine.auth, timeout=30
     ) as r:
@@ -373,6 +390,31 @@ def test_a_client_disconnect_stops_generation(chat_engine):
         time.sleep(0.2)
     assert aborted == 1
     assert metric(after, "vllm:num_requests_running", model_name=name) == 0
+    generated = metric(after, "vllm:generation_tokens_total", model_name=name) - metric(
+        before, "vllm:generation_tokens_total", model_name=name
+    )
+    assert generated < 1900
+
+
+def test_a_client_leaving_a_non_streaming_request_stops_generation(chat_engine):
+    name = model(chat_engine)
+    before = scrape(chat_engine)
+    body = {"model": name, "messages": MESSAGES, "max_tokens": 1900, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{chat_engine.base_url}/chat/completions", json=body, headers=chat_engine.auth, timeout=1.5
+        )
+
+    deadline = time.monotonic() + 20
+    while True:
+        after = scrape(chat_engine)
+        aborted = metric(
+            after, "vllm:request_success_total", model_name=name, finished_reason="abort"
+        ) - metric(before, "vllm:request_success_total", model_name=name, finished_reason="abort")
+        if aborted == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert aborted == 1
     generated = metric(after, "vllm:generation_tokens_total", model_name=name) - metric(
         before, "vllm:generation_tokens_total", model_name=name
     )

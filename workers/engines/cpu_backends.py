@@ -40,6 +40,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks, tests)
 
 
 @dataclass
@@ -177,7 +178,7 @@ class GenerationBackend:
             request_id=request_id,
             max_new_tokens=params.max_tokens,
             streaming=True,
-            eos_token_id=sorted(self.eos_token_ids) or -1,
+            eos_token_id=-1 if params.ignore_eos else (sorted(self.eos_token_ids) or -1),
             **sampling,
         )
         if submitted is None:
@@ -187,7 +188,11 @@ class GenerationBackend:
         decoder = DecodeStream([], skip_special_tokens=True)
         rust_tokenizer = self.tokenizer._tokenizer
         seen = 0
-        text_so_far = ""
+        text = ""  # everything decoded so far
+        sent = 0  # how much of it has been yielded
+        # Hold back the last len(longest stop) - 1 characters, as vLLM does, so a stop string that
+        # arrives split over several tokens is never partly sent before it is recognised.
+        hold = max((len(s) for s in params.stop), default=1) - 1
         stage = "waiting"
         self.waiting += 1
         finished = False
@@ -202,28 +207,28 @@ class GenerationBackend:
                     finished = True
                     raise RuntimeError(f"generation failed: {output.error}")
                 tokens = output.generated_tokens
-                pieces = []
+                searched_to = len(text)
                 for token_id in tokens[seen:]:
-                    piece = decoder.step(rust_tokenizer, token_id)
-                    if piece:
-                        pieces.append(piece)
+                    text += decoder.step(rust_tokenizer, token_id) or ""
                 seen = len(tokens)
-                text = "".join(pieces)
-                if params.stop and text:
-                    hit = _find_stop(text_so_far, text, params.stop)
-                    if hit is not None:
+                if params.stop:
+                    start = max(0, searched_to - hold)
+                    hits = [i for i in (text.find(stop, start) for stop in params.stop) if i >= 0]
+                    if hits:
                         finished = True
                         self._cb.cancel_request(request_id)
-                        yield Step(text=hit, completion_tokens=seen, finish_reason="stop")
+                        yield Step(text=text[sent : min(hits)], completion_tokens=seen, finish_reason="stop")
                         return
-                text_so_far += text
                 if output.is_finished():
                     finished = True
-                    reason = "stop" if tokens and tokens[-1] in self.eos_token_ids else "length"
-                    yield Step(text=text, completion_tokens=seen, finish_reason=reason)
+                    ended = not params.ignore_eos and tokens and tokens[-1] in self.eos_token_ids
+                    reason = "stop" if ended else "length"
+                    yield Step(text=text[sent:], completion_tokens=seen, finish_reason=reason)
                     return
-                if text:
-                    yield Step(text=text, completion_tokens=seen)
+                safe = len(text) - hold
+                if safe > sent:
+                    piece, sent = text[sent:safe], safe
+                    yield Step(text=piece, completion_tokens=seen)
         finally:
             if stage == "waiting":
                 self.waiting -= 1
@@ -241,16 +246,6 @@ class GenerationBackend:
 
     def stop(self) -> None:
         self._cb.stop(block=True, timeout=2)
-
-
-def _find_stop(before: str, new: str, stops: tuple[str, ...]) -> str | None:
-    """If a stop string ends inside ``before + new``, return the part of ``new`` ahead of it."""
-    window = before[-max(len(s) for s in stops) :] + new
-    offset = len(window) - len(new)
-    cut = min((i for i in (window.find(s) for s in stops) if i >= 0), default=None)
-    if cut is None:
-        return None
-    return new[: max(0, cut - offset)]
 
 
 class EmbeddingBackend:
@@ -275,9 +270,15 @@ class EmbeddingBackend:
         self.model = AutoModel.from_pretrained(model_path, dtype=torch.float32).eval()
         self.max_model_len = int(max_model_len or seq_len or self.model.config.max_position_embeddings)
         self.dimensions = int(self.model.config.hidden_size)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one forward pass at a time; torch already uses every thread
+        self._counts = threading.Lock()
         self.waiting = 0
         self.running = 0
+
+    def _count(self, waiting: int, running: int) -> None:
+        with self._counts:
+            self.waiting += waiting
+            self.running += running
 
     def is_alive(self) -> bool:
         return True
@@ -299,10 +300,9 @@ class EmbeddingBackend:
     def embed(self, texts: list[str]):
         """Blocking; call it from a worker thread. Returns a float32 numpy array (len(texts), dims)."""
         torch = self._torch
-        self.waiting += 1
+        self._count(1, 0)
         with self._lock:
-            self.waiting -= 1
-            self.running += 1
+            self._count(-1, 1)
             try:
                 batch = self.tokenizer(
                     texts, padding=True, truncation=True, max_length=self.max_model_len, return_tensors="pt"
@@ -313,7 +313,7 @@ class EmbeddingBackend:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
             finally:
-                self.running -= 1
+                self._count(0, -1)
 
     def stop(self) -> None:
         return None

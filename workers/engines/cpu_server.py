@@ -57,6 +57,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
+    ignore_eos: bool = False  # vLLM's sampling extension
 
     @field_validator("stop")
     @classmethod
@@ -419,6 +420,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=top_k,
             stop=tuple(s for s in stop if s),
+            ignore_eos=body.ignore_eos,
         )
 
     async def run(
