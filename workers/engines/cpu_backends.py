@@ -78,17 +78,29 @@ class GenerationBackend:
         self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos or ())
         self.vocab_size = int(config.vocab_size)
 
-        # Temperature, top-p and top-k processors are only built when the shared config has
-        # non-neutral values; every request then overrides all three with its own.
-        shared = GenerationConfig(
-            do_sample=True,
-            temperature=0.5,
-            top_p=0.5,
-            top_k=self.vocab_size - 1,
-            max_new_tokens=self.default_max_tokens,
-            eos_token_id=sorted(self.eos_token_ids) or -1,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        from workers.engines import cpu_sampling
+
+        self._fast_sampling = cpu_sampling.available()
+        if self._fast_sampling:
+            # Greedy loop; cpu_sampling's processors add the randomness per request (Gumbel-max).
+            shared = GenerationConfig(
+                do_sample=False,
+                max_new_tokens=self.default_max_tokens,
+                eos_token_id=sorted(self.eos_token_ids) or -1,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        else:
+            # Stock per-request warpers are only built when the shared config has non-neutral
+            # values; every request then overrides all three with its own.
+            shared = GenerationConfig(
+                do_sample=True,
+                temperature=0.5,
+                top_p=0.5,
+                top_k=self.vocab_size - 1,
+                max_new_tokens=self.default_max_tokens,
+                eos_token_id=sorted(self.eos_token_ids) or -1,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         page_size = 64
         cb_config = ContinuousBatchingConfig(
             page_size=page_size,
@@ -101,6 +113,8 @@ class GenerationBackend:
         self._cb = self.model.init_continuous_batching(
             generation_config=shared, continuous_batching_config=cb_config
         )
+        if self._fast_sampling:
+            cpu_sampling.install(self._cb)
         self._cb.start()
         self._ids = itertools.count()
         self.waiting = 0  # submitted, no token yet
@@ -165,13 +179,21 @@ class GenerationBackend:
 
         request_id = f"cpu-{next(self._ids)}"
         queue: asyncio.Queue = asyncio.Queue()
-        # Greedy (temperature 0, as OpenAI and vLLM read it) is top-k 1.
+        # Greedy (temperature 0, as OpenAI and vLLM read it).
         greedy = params.temperature <= 1e-5
-        sampling: dict[str, Any] = {
-            "temperature": 1.0 if greedy else float(params.temperature),
-            "top_p": float(params.top_p),
-            "top_k": 1 if greedy else int(params.top_k or self.vocab_size),
-        }
+        if self._fast_sampling:
+            sampling: dict[str, Any] = {
+                "temperature": 1.0 if greedy else float(params.temperature),
+                "top_k": int(params.top_k or 0),
+                "top_p": float(params.top_p),
+                "greedy": greedy,
+            }
+        else:  # stock warpers: greedy is top-k 1
+            sampling = {
+                "temperature": 1.0 if greedy else float(params.temperature),
+                "top_p": float(params.top_p),
+                "top_k": 1 if greedy else int(params.top_k or self.vocab_size),
+            }
         self._cb.register_result_handler(request_id, queue.put_nowait)
         submitted = self._cb.add_request(
             prompt_ids,
