@@ -66,8 +66,13 @@ def test_it_forwards_context_length_and_extra_args():
         {"task": "rerank"},
         {"gpu_indices": (0,)},
         {"lora_modules": (LoraModule(name="a", path="/a"),)},
+        {"quantization": "awq"},
+        {"dtype": "float16"},
+        {"engine": "vllm"},
     ],
 )
 def test_it_refuses_specs_it_cannot_serve(bad):
+    from workers.engines.cpu import build_launch as build_cpu_launch
+
     with pytest.raises(ValueError):
-        build_launch(spec(**bad))
+        build_cpu_launch(spec(**bad))

@@ -65,6 +65,10 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
         raise ValueError("the CPU engine takes no GPUs")
     if spec.lora_modules:
         raise ValueError("the CPU engine does not serve LoRA adapters")
+    if spec.quantization:
+        raise ValueError(f"the CPU engine does not support quantization {spec.quantization!r}")
+    if spec.dtype not in (None, "auto", "float", "float32"):
+        raise ValueError(f"the CPU engine computes in float32; dtype {spec.dtype!r} is not supported")
     threads = default_threads()
     argv = [
         sys.executable,
