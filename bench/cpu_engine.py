@@ -46,7 +46,9 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     client = openai.AsyncOpenAI(base_url=args.base_url, api_key=args.api_key, timeout=300)
-    await one(client, args.model, 8)  # warm-up
+    # Warm-up: the first requests after start-up run several times slower on both engines.
+    for _ in range(2):
+        await asyncio.gather(*[one(client, args.model, args.max_tokens) for _ in range(4)])
     for concurrency in (1, 4):
         rates = []
         for _ in range(args.rounds):
