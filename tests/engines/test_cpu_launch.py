@@ -1,0 +1,78 @@
+"""The CPU launcher's command line: what a node agent will run."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from workers.engines import EngineSpec, build_launch
+from workers.engines.base import LoraModule
+from workers.engines.cpu_server import parse_args
+
+
+def spec(**overrides) -> EngineSpec:
+    values = {
+        "engine": "cpu",
+        "served_name": "tiny",
+        "source": "/models/tiny",
+        "task": "chat",
+        "host": "127.0.0.1",
+        "port": 8123,
+        "api_key": "k-123",
+    }
+    return EngineSpec(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("task", ["chat", "completion", "embedding"])
+def test_it_runs_the_cpu_server_module_with_the_spec(task):
+    launch = build_launch(spec(task=task))
+    assert launch.argv[:3] == [sys.executable, "-m", "workers.engines.cpu_server"]
+    args = parse_args(launch.argv[3:])
+    assert (args.task, args.model, args.served_model_name, args.host, args.port) == (
+        task,
+        "/models/tiny",
+        "tiny",
+        "127.0.0.1",
+        8123,
+    )
+    assert launch.health_path == "/health"
+
+
+def test_it_passes_the_key_in_the_environment_not_argv():
+    launch = build_launch(spec())
+    assert launch.env["VLLM_API_KEY"] == "k-123"
+    assert "k-123" not in " ".join(launch.argv)
+
+
+def test_it_runs_offline_with_capped_threads():
+    launch = build_launch(spec())
+    assert launch.env["HF_HUB_OFFLINE"] == "1"
+    threads = int(launch.env["OMP_NUM_THREADS"])
+    assert 1 <= threads <= 4
+    assert parse_args(launch.argv[3:]).threads == threads
+
+
+def test_it_forwards_context_length_and_extra_args():
+    launch = build_launch(spec(max_model_len=512, extra_args=("--kv-cache-tokens", "4096")))
+    args = parse_args(launch.argv[3:])
+    assert args.max_model_len == 512
+    assert args.kv_cache_tokens == 4096
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"task": "rerank"},
+        {"gpu_indices": (0,)},
+        {"lora_modules": (LoraModule(name="a", path="/a"),)},
+        {"quantization": "awq"},
+        {"dtype": "float16"},
+        {"engine": "vllm"},
+    ],
+)
+def test_it_refuses_specs_it_cannot_serve(bad):
+    from workers.engines.cpu import build_launch as build_cpu_launch
+
+    with pytest.raises(ValueError):
+        build_cpu_launch(spec(**bad))

@@ -1,0 +1,341 @@
+"""The model side of the CPU engine: token generation with continuous batching, and embeddings.
+
+Nothing here knows about HTTP; ``workers.engines.cpu_server`` turns these into vLLM's API.
+
+Generation runs on transformers' own continuous-batching manager (the batching core behind
+``transformers serve --continuous-batching``): one background thread steps every active request
+together over a paged KV cache, so four concurrent requests cost little more than one. We size
+that cache ourselves (``kv_cache_tokens``) instead of letting it claim a share of RAM, and pass
+sampling parameters per request, which ``transformers serve`` does not do (it fixes them from
+whichever request arrives first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("berth.cpu_engine")
+
+
+class InputError(ValueError):
+    """A request the model cannot take; the server answers 400 with this message."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks, tests)
+
+
+@dataclass
+class Step:
+    """New text for one request, with running token counts."""
+
+    text: str
+    completion_tokens: int
+    finish_reason: str | None = None  # set on the last step: "stop" or "length"
+
+
+class GenerationBackend:
+    def __init__(
+        self, model_path: Path, *, kv_cache_tokens: int, max_num_seqs: int, max_model_len: int | None
+    ):
+        import torch
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            ContinuousBatchingConfig,
+            GenerationConfig,
+        )
+
+        self.model_path = model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.chat_template is None:
+            logger.warning("model at %s has no chat template; /v1/chat/completions will fail", model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        config = self.model.config
+        self.max_model_len = int(max_model_len or getattr(config, "max_position_embeddings", 2048))
+        defaults = self.model.generation_config
+        # vLLM reads generation_config.json the same way: its max_new_tokens is the default length.
+        self.default_max_tokens = int(getattr(defaults, "max_new_tokens", None) or 256)
+        eos = defaults.eos_token_id if defaults.eos_token_id is not None else config.eos_token_id
+        self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos or ())
+        self.vocab_size = int(config.vocab_size)
+
+        from workers.engines import cpu_sampling
+
+        self._fast_sampling = cpu_sampling.available()
+        if self._fast_sampling:
+            # Greedy loop; cpu_sampling's processors add the randomness per request (Gumbel-max).
+            shared = GenerationConfig(
+                do_sample=False,
+                max_new_tokens=self.default_max_tokens,
+                eos_token_id=sorted(self.eos_token_ids) or -1,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        else:
+            # Stock per-request warpers are only built when the shared config has non-neutral
+            # values; every request then overrides all three with its own.
+            shared = GenerationConfig(
+                do_sample=True,
+                temperature=0.5,
+                top_p=0.5,
+                top_k=self.vocab_size - 1,
+                max_new_tokens=self.default_max_tokens,
+                eos_token_id=sorted(self.eos_token_ids) or -1,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        page_size = 64
+        cb_config = ContinuousBatchingConfig(
+            page_size=page_size,
+            num_blocks=max(8, kv_cache_tokens // page_size),
+            max_batch_tokens=max(256, min(2048, self.max_model_len)),
+            max_requests_per_batch=max_num_seqs,
+            per_request_processors=True,
+            allow_block_sharing=True,
+        )
+        self._cb = self.model.init_continuous_batching(
+            generation_config=shared, continuous_batching_config=cb_config
+        )
+        if self._fast_sampling:
+            cpu_sampling.install(self._cb)
+        self._cb.start()
+        self._ids = itertools.count()
+        self.waiting = 0  # submitted, no token yet
+        self.running = 0  # producing tokens
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.tokenizer.chat_template is None:
+            raise InputError("this model has no chat template; use /v1/completions", "messages")
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as exc:  # a template may raise anything on odd input (jinja errors included)
+            raise InputError(f"could not apply the chat template: {exc}", "messages") from exc
+        return list(ids)
+
+    def text_prompt_ids(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def check_token_ids(self, ids: list[int]) -> None:
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise InputError(f"token ids must be in [0, {self.vocab_size})", "prompt")
+
+    def resolve_max_tokens(self, prompt_len: int, requested: int | None) -> int:
+        room = self.max_model_len - prompt_len
+        if requested is None:
+            if room < 1:
+                raise InputError(
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                    f"request has {prompt_len} input tokens. Please reduce the length of the input messages.",
+                    "messages",
+                )
+            return min(self.default_max_tokens, room)
+        if prompt_len + requested > self.max_model_len:
+            raise InputError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{prompt_len + requested} tokens ({prompt_len} in the messages, {requested} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                "max_tokens",
+            )
+        return requested
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def kv_cache_usage(self) -> float:
+        processor = self._cb.batch_processor
+        if processor is None:
+            return 0.0
+        try:
+            return max(0.0, min(1.0, 1.0 - float(processor.cache.compute_free_capacity())))
+        except Exception:  # metrics must never break on an internal API change
+            return 0.0
+
+    def is_alive(self) -> bool:
+        return self._cb.background_thread_status.fatal_error is None
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Step]:
+        """Yield text steps until the request finishes; closing the iterator cancels it."""
+        from tokenizers.decoders import DecodeStream
+
+        request_id = f"cpu-{next(self._ids)}"
+        queue: asyncio.Queue = asyncio.Queue()
+        # Greedy (temperature 0, as OpenAI and vLLM read it).
+        greedy = params.temperature <= 1e-5
+        if self._fast_sampling:
+            sampling: dict[str, Any] = {
+                "temperature": 1.0 if greedy else float(params.temperature),
+                "top_k": int(params.top_k or 0),
+                "top_p": float(params.top_p),
+                "greedy": greedy,
+            }
+        else:  # stock warpers: greedy is top-k 1
+            sampling = {
+                "temperature": 1.0 if greedy else float(params.temperature),
+                "top_p": float(params.top_p),
+                "top_k": 1 if greedy else int(params.top_k or self.vocab_size),
+            }
+        self._cb.register_result_handler(request_id, queue.put_nowait)
+        submitted = self._cb.add_request(
+            prompt_ids,
+            request_id=request_id,
+            max_new_tokens=params.max_tokens,
+            streaming=True,
+            eos_token_id=-1 if params.ignore_eos else (sorted(self.eos_token_ids) or -1),
+            **sampling,
+        )
+        if submitted is None:
+            self._forget(request_id)
+            raise RuntimeError("the generation loop is not accepting requests")
+
+        decoder = DecodeStream([], skip_special_tokens=True)
+        rust_tokenizer = self.tokenizer._tokenizer
+        seen = 0
+        text = ""  # everything decoded so far
+        sent = 0  # how much of it has been yielded
+        # Hold back the last len(longest stop) - 1 characters, as vLLM does, so a stop string that
+        # arrives split over several tokens is never partly sent before it is recognised.
+        hold = max((len(s) for s in params.stop), default=1) - 1
+        stage = "waiting"
+        self.waiting += 1
+        finished = False
+        try:
+            while True:
+                output = await queue.get()
+                if stage == "waiting":
+                    stage = "running"
+                    self.waiting -= 1
+                    self.running += 1
+                if output.error is not None:
+                    finished = True
+                    raise RuntimeError(f"generation failed: {output.error}")
+                tokens = output.generated_tokens
+                searched_to = len(text)
+                for token_id in tokens[seen:]:
+                    text += decoder.step(rust_tokenizer, token_id) or ""
+                seen = len(tokens)
+                if params.stop:
+                    start = max(0, searched_to - hold)
+                    hits = [i for i in (text.find(stop, start) for stop in params.stop) if i >= 0]
+                    if hits:
+                        finished = True
+                        self._cb.cancel_request(request_id)
+                        yield Step(text=text[sent : min(hits)], completion_tokens=seen, finish_reason="stop")
+                        return
+                if output.is_finished():
+                    finished = True
+                    ended = not params.ignore_eos and tokens and tokens[-1] in self.eos_token_ids
+                    reason = "stop" if ended else "length"
+                    yield Step(text=text[sent:], completion_tokens=seen, finish_reason=reason)
+                    return
+                safe = len(text) - hold
+                if safe > sent:
+                    piece, sent = text[sent:safe], safe
+                    yield Step(text=piece, completion_tokens=seen)
+        finally:
+            if stage == "waiting":
+                self.waiting -= 1
+            else:
+                self.running -= 1
+            if not finished:
+                # The consumer went away (client disconnect) or failed: stop spending compute on it.
+                self._cb.cancel_request(request_id)
+            self._forget(request_id)
+
+    def _forget(self, request_id: str) -> None:
+        router = self._cb.output_router
+        with router._lock:
+            router.result_handlers.pop(request_id, None)
+
+    def stop(self) -> None:
+        self._cb.stop(block=True, timeout=2)
+
+
+class EmbeddingBackend:
+    """Mean-pooled, L2-normalised sentence embeddings with plain transformers.
+
+    This is exactly what sentence-transformers computes for all-MiniLM-L6-v2 (ENGINES.md B3 found
+    the two bit-identical), without importing sentence-transformers and scikit-learn at start-up.
+    """
+
+    def __init__(self, model_path: Path, *, max_model_len: int | None):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.model_path = model_path
+        pooling = model_path / "1_Pooling" / "config.json"
+        if pooling.is_file() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
+            raise RuntimeError(f"{model_path}: only mean pooling is implemented")
+        st_config = model_path / "sentence_bert_config.json"
+        seq_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.max_model_len = int(max_model_len or seq_len or self.model.config.max_position_embeddings)
+        self.dimensions = int(self.model.config.hidden_size)
+        self._lock = threading.Lock()  # one forward pass at a time; torch already uses every thread
+        self._counts = threading.Lock()
+        self.waiting = 0
+        self.running = 0
+
+    def _count(self, waiting: int, running: int) -> None:
+        with self._counts:
+            self.waiting += waiting
+            self.running += running
+
+    def is_alive(self) -> bool:
+        return True
+
+    def kv_cache_usage(self) -> float:
+        return 0.0
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        lengths = [len(ids) for ids in encoded]
+        for i, n in enumerate(lengths):
+            if n > self.max_model_len:
+                raise InputError(
+                    f"input[{i}] has {n} tokens; this model's maximum context length is {self.max_model_len}",
+                    "input",
+                )
+        return lengths
+
+    def embed(self, texts: list[str]):
+        """Blocking; call it from a worker thread. Returns a float32 numpy array (len(texts), dims)."""
+        torch = self._torch
+        self._count(1, 0)
+        with self._lock:
+            self._count(-1, 1)
+            try:
+                batch = self.tokenizer(
+                    texts, padding=True, truncation=True, max_length=self.max_model_len, return_tensors="pt"
+                )
+                with torch.inference_mode():
+                    hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+            finally:
+                self._count(0, -1)
+
+    def stop(self) -> None:
+        return None
