@@ -1,8 +1,10 @@
-from rest_framework.routers import SimpleRouter
+"""``/api/v1/models`` and ``/api/v1/models/<name>``, with or without a trailing slash."""
+
+from django.urls import re_path
 
 from models_registry.api.views import ModelViewSet
 
-router = SimpleRouter(trailing_slash="/?")
-router.register("models", ModelViewSet, basename="model")
-
-urlpatterns = router.urls
+urlpatterns = [
+    re_path(r"^models/?$", ModelViewSet.as_view({"get": "list"}), name="model-list"),
+    re_path(r"^models/(?P<name>[^/]+?)/?$", ModelViewSet.as_view({"get": "retrieve"}), name="model-detail"),
+]
