@@ -58,17 +58,18 @@ def _test_database_url() -> str:
 
 @pytest.fixture
 def broker(settings):
-    """Send Celery messages to the test Redis database (the one flushed before each test)."""
+    """Send Celery messages to the test Redis database (the one flushed before each test).
+
+    The test process never sends to the developer's broker: the URL is switched before first use
+    and kept for the session (closing kombu's pools mid-session breaks its producer cache).
+    """
     from berth.celery import app
 
-    previous = app.conf.broker_url
-    app.conf.broker_url = settings.REDIS_URL
-    app.pool.force_close_all()
-    app._pool = None
-    yield app
-    app.pool.force_close_all()
-    app._pool = None
-    app.conf.broker_url = previous
+    if app.conf.broker_url != settings.REDIS_URL:
+        app.conf.broker_url = settings.REDIS_URL
+        app._pool = None
+        app.amqp._producer_pool = None
+    return app
 
 
 class Agents:
