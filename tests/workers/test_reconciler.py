@@ -149,7 +149,9 @@ def test_it_does_nothing_while_another_pass_holds_the_lock(reconcile, seams):
         assert reconciler.reconcile() is None
         assert not Worker.objects.exists()
     finally:
-        other.connection.close()  # raw close: releases the session lock
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [reconciler.RECONCILE_LOCK])
+        other.close()
     assert reconcile() is not None
 
 
