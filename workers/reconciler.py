@@ -337,22 +337,19 @@ def _place_pending(workers: list[Worker], nodes: dict, deployments, now: datetim
             stats["unplaceable"] += 1
             continue
         node = nodes[where.node_id]
-        with transaction.atomic():
-            ok = lifecycle.transition(
-                worker,
-                WorkerState.STARTING,
-                message=f"placed on {node.name}"
-                + (
-                    f" GPUs {list(where.gpu_indices)}" if where.gpu_indices else f" CPU slot {where.cpu_slot}"
-                ),
-                node_id=node.pk,
-                gpu_indices=list(where.gpu_indices),
-                cpu_slot=where.cpu_slot,
-            )
-            if ok:
-                worker.node = node
-                dispatch.start_on_commit(worker.pk, node.queue)
+        ok = lifecycle.transition(
+            worker,
+            WorkerState.STARTING,
+            message=f"placed on {node.name}"
+            + (f" GPUs {list(where.gpu_indices)}" if where.gpu_indices else f" CPU slot {where.cpu_slot}"),
+            node_id=node.pk,
+            gpu_indices=list(where.gpu_indices),
+            cpu_slot=where.cpu_slot,
+        )
         if ok:
+            worker.node = node
+            # Committed already (or at the caller's commit): the agent never sees an unplaced row.
+            dispatch.start_on_commit(worker.pk, node.queue)
             placement.take(snapshot, where)
             stats["placed"] += 1
 
