@@ -135,3 +135,17 @@ def test_it_moves_workers_off_a_killed_agent(agents):
     assert first.state == WorkerState.FAILED
     assert Node.objects.get(name=doomed).status == "lost"
     assert chat(second)["choices"][0]["message"]["content"] == "pong"
+
+
+def test_a_stopped_agent_takes_its_engines_with_it(agents):
+    agents.start("gamma", cpu_slots=1)
+    agents.wait_consuming("gamma")
+    deployment = DeploymentFactory(engine=Engine.CPU, desired_replicas=1)
+    [worker] = wait_for(lambda: ready_workers(deployment), step=reconciler.reconcile, what="a ready worker")
+
+    agents.kill("gamma", signal.SIGTERM)  # graceful: Celery warm shutdown, then Agent.shutdown()
+
+    assert not pid_alive(worker.pid)
+    worker.refresh_from_db()
+    assert worker.state == WorkerState.FAILED
+    assert worker.failure_reason == "node agent gamma stopped"
