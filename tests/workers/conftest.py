@@ -77,7 +77,7 @@ class Agents:
         self.tmp_path = tmp_path
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *, cpu_slots: int = 2) -> subprocess.Popen:
+    def start(self, name: str, *, cpu_slots: int = 2, extra_env: dict | None = None) -> subprocess.Popen:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "berth.settings",
@@ -91,6 +91,7 @@ class Agents:
             "BERTH_ENGINE_STOP_GRACE": "5",
             "PYTHONUNBUFFERED": "1",
         }
+        env = {**env, **(extra_env or {})}
         log = open(self.tmp_path / f"agent-{name}.log", "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [sys.executable, "manage.py", "node_agent", "--name", name, "--cpu-slots", str(cpu_slots)],

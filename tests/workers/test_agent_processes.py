@@ -149,3 +149,34 @@ def test_a_stopped_agent_takes_its_engines_with_it(agents):
     worker.refresh_from_db()
     assert worker.state == WorkerState.FAILED
     assert worker.failure_reason == "node agent gamma stopped"
+
+
+def test_it_drains_in_flight_requests_before_stopping(agents):
+    import threading
+
+    agents.start("delta", cpu_slots=1, extra_env={"FAKE_ENGINE_DELAY": "3"})
+    agents.wait_consuming("delta")
+    deployment = DeploymentFactory(engine=Engine.CPU, desired_replicas=1)
+    [worker] = wait_for(lambda: ready_workers(deployment), step=reconciler.reconcile, what="a ready worker")
+    replies: list = []
+    request = threading.Thread(target=lambda: replies.append(chat(worker)))
+    request.start()
+    wait_for(
+        lambda: (reconciler.probe.load(worker.url) or reconciler.probe.Load(0, 0)).running == 1,
+        what="in flight",
+    )
+
+    reconciler.scale(deployment, 0)
+    reconciler.reconcile()
+    worker.refresh_from_db()
+    assert worker.state == WorkerState.DRAINING
+    assert worker.stop_requested_at is None  # a request is still running
+    assert routing.read(deployment.model.name) == {}
+
+    request.join(timeout=15)
+    assert replies and replies[0]["choices"][0]["message"]["content"] == "pong"
+    wait_for(
+        lambda: Worker.objects.filter(pk=worker.pk, state=WorkerState.STOPPED).exists(),
+        step=reconciler.reconcile,
+        what="the drained worker stopped",
+    )
