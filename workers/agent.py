@@ -110,11 +110,13 @@ class Agent:
         self.stopped = threading.Event()
         self._spawn_requests: queue.Queue = queue.Queue()
         self.node: Node | None = None
+        self.gpu_source = "cpu"
 
     # ------------------------------------------------------------------ registration
 
     def register(self) -> Node:
         inventory = gpus.discover(cpu_slots=self.cpu_slots)
+        self.gpu_source = inventory.source
         now = timezone.now()
         with transaction.atomic():
             node, created = Node.objects.select_for_update().get_or_create(
@@ -198,8 +200,9 @@ class Agent:
         now = timezone.now()
         Node.objects.filter(name=self.name).update(last_heartbeat=now)
         Node.objects.filter(name=self.name, status=NodeStatus.LOST).update(status=NodeStatus.READY)
-        inventory = gpus.discover(cpu_slots=self.cpu_slots)
-        if inventory.gpus and self.node is not None:
+        # Live memory/utilization only comes from NVML; torch (the fallback) gives totals only.
+        inventory = gpus.discover(cpu_slots=self.cpu_slots) if self.gpu_source == "nvml" else None
+        if inventory and inventory.gpus and self.node is not None:
             for gpu in inventory.gpus:
                 Gpu.objects.filter(node=self.node, index=gpu.index).update(
                     memory_used_mb=gpu.memory_used_mb, utilization=gpu.utilization
@@ -212,10 +215,15 @@ class Agent:
             owned = list(self.engines)
         if not owned:
             return
-        finished = Worker.objects.filter(pk__in=owned, state__in=TERMINAL_STATES).values_list("pk", flat=True)
-        for worker_id in finished:
-            logger.warning("worker %s is %s in the database; stopping its engine", worker_id, "finished")
-            self._terminate(str(worker_id))
+        alive = {
+            str(pk)
+            for pk in Worker.objects.filter(pk__in=owned)
+            .exclude(state__in=TERMINAL_STATES)
+            .values_list("pk", flat=True)
+        }
+        for worker_id in set(owned) - alive:
+            logger.warning("worker %s is finished or gone in the database; stopping its engine", worker_id)
+            self._terminate(worker_id)
 
     # ------------------------------------------------------------------ engines
 
