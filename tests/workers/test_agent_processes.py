@@ -180,3 +180,23 @@ def test_it_drains_in_flight_requests_before_stopping(agents):
         step=reconciler.reconcile,
         what="the drained worker stopped",
     )
+
+
+def test_demand_from_the_gateway_scales_a_model_up_from_zero(agents, redis_client):
+    from berth.redis import rkey
+    from workers import autoscaler
+
+    agents.start("epsilon", cpu_slots=1)
+    agents.wait_consuming("epsilon")
+    deployment = DeploymentFactory(engine=Engine.CPU, min_replicas=0, max_replicas=2, desired_replicas=0)
+    reconciler.reconcile()
+    assert not Worker.objects.filter(deployment=deployment).exists()
+
+    redis_client.set(rkey("demand", deployment.model.name), "1", ex=60)  # what the gateway writes
+    autoscaler.autoscale()
+
+    def step():
+        reconciler.reconcile()
+
+    [worker] = wait_for(lambda: ready_workers(deployment), step=step, what="a worker started from zero")
+    assert chat(worker)["choices"][0]["message"]["content"] == "pong"
