@@ -36,7 +36,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from workers import gpus, lifecycle
+from workers import gpus, lifecycle, routing
 from workers.constants import HOLDING_STATES, TERMINAL_STATES, EventKind, NodeBackend, NodeStatus, WorkerState
 from workers.engines.base import EngineLaunch, EngineSpec
 from workers.models import Gpu, Node, Worker
@@ -88,6 +88,27 @@ def engine_spec(worker: Worker, *, host: str, port: int) -> EngineSpec:
     )
 
 
+# The control plane's secrets and addresses never reach engine processes (third-party code).
+_PRIVATE_ENV = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "SECRET_KEY",
+    "BERTH_KEY_PEPPERS",
+    "EMAIL_HOST_PASSWORD",
+    "BERTH_ENGINE_LAUNCHER_OVERRIDE",
+    "BERTH_ADMIN_PASSWORD",
+}
+
+
+def engine_environment(environ) -> dict[str, str]:
+    def private(name: str) -> bool:
+        base = name.removesuffix("_FILE")
+        return base in _PRIVATE_ENV or base.startswith("STRIPE_")
+
+    return {name: value for name, value in environ.items() if not private(name)}
+
+
 @dataclass
 class Engine:
     worker_id: str
@@ -106,6 +127,7 @@ class Agent:
         self.labels = labels or {}
         self.queue = Node.queue_for(name)
         self.engines: dict[str, Engine] = {}
+        self.launching: set[str] = set()
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self._spawn_requests: queue.Queue = queue.Queue()
@@ -236,8 +258,17 @@ class Agent:
         if worker.state != WorkerState.STARTING:
             return f"worker is {worker.state}"
         with self.lock:
-            if worker_id in self.engines:
+            if worker_id in self.engines or worker_id in self.launching:
                 return "already running"
+            self.launching.add(worker_id)
+        try:
+            return self._launch(worker)
+        finally:
+            with self.lock:
+                self.launching.discard(worker_id)
+
+    def _launch(self, worker: Worker) -> str:
+        worker_id = str(worker.pk)
         try:
             port = free_port(self.address)
             launch = build_launch(engine_spec(worker, host=self.address, port=port))
@@ -248,9 +279,8 @@ class Agent:
             return "launch failed"
         log_path = Path(settings.WORKER_LOG_DIR) / f"{worker_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **launch.env}
+        env = {**engine_environment(os.environ), **launch.env}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in worker.gpu_indices or [])
-        env.pop("BERTH_ENGINE_LAUNCHER_OVERRIDE", None)
         with open(log_path, "ab") as log:
             log.write(f"--- {timezone.now():%Y-%m-%d %H:%M:%S} starting: {' '.join(launch.argv)}\n".encode())
             log.flush()
@@ -279,6 +309,8 @@ class Agent:
         )
         if not claimed:
             self._terminate(worker_id)
+            with self.lock:
+                self.engines.pop(worker_id, None)
             return "worker changed state while starting"
         lifecycle.record(
             kind=EventKind.SPAWNED, message=f"pid {process.pid} on {self.name}, {url}", worker=worker
@@ -294,7 +326,7 @@ class Agent:
             if self.engines.get(engine.worker_id) is engine:
                 del self.engines[engine.worker_id]
         try:
-            worker = Worker.objects.filter(pk=engine.worker_id).first()
+            worker = Worker.objects.select_related("deployment__model").filter(pk=engine.worker_id).first()
             if worker is None or worker.pid != engine.process.pid:
                 return
             message = f"engine exited with code {code}"
@@ -302,14 +334,16 @@ class Agent:
                 lifecycle.transition(worker, WorkerState.STOPPED, message=message, exit_code=code)
             else:
                 tail = log_tail(engine.log_path, lines=5)
-                lifecycle.transition(
+                if lifecycle.transition(
                     worker,
                     WorkerState.FAILED,
                     message=message + (f"; log tail:\n{tail}" if tail else ""),
                     failure_reason=message,
                     exit_code=code,
                     crashed=True,
-                )
+                ):
+                    # Out of routing now, not at the next reconcile pass.
+                    routing.remove_worker(worker.deployment.model.name, worker.pk)
         except Exception:
             logger.exception("could not record the exit of worker %s", engine.worker_id)
         finally:
@@ -337,6 +371,9 @@ class Agent:
     def stop(self, worker_id: str) -> str:
         running = self._terminate(worker_id)
         worker = Worker.objects.filter(pk=worker_id).first()
+        if worker is not None and worker.state == WorkerState.READY:
+            # Not drained first (an explicit stop): it still passes through draining.
+            lifecycle.transition(worker, WorkerState.DRAINING, message=f"stop order on {self.name}")
         if worker is not None and worker.state not in TERMINAL_STATES:
             lifecycle.transition(worker, WorkerState.STOPPED, message=f"stopped by node agent {self.name}")
         return "stopped" if running else "was not running"

@@ -105,7 +105,8 @@ def _mark_lost_nodes(nodes: dict, now: datetime, stats: Counter) -> None:
                 node.status = NodeStatus.LOST
                 stats["nodes_lost"] += 1
                 logger.warning("node %s lost (last heartbeat %s)", node.name, node.last_heartbeat)
-        if node.status == NodeStatus.LOST:
+        # A cordoned node that stops heartbeating keeps its status, but its workers still move.
+        if node.status == NodeStatus.LOST or (node.status == NodeStatus.CORDONED and stale):
             for worker in Worker.objects.filter(node=node, state__in=HOLDING_STATES).select_related(
                 "deployment__model"
             ):
