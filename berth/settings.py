@@ -314,6 +314,7 @@ CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a no
 HEARTBEAT_SECONDS = env_int("BERTH_HEARTBEAT_SECONDS", 5, minimum=1)
 NODE_LOST_SECONDS = env_int("BERTH_NODE_LOST_SECONDS", 30, minimum=2)
 WORKER_START_TIMEOUT = env_int("BERTH_WORKER_START_TIMEOUT", 900, minimum=5)
+UNHEALTHY_AFTER = env_int("BERTH_UNHEALTHY_AFTER", 3, minimum=1)  # failed /health checks in a row
 DRAIN_TIMEOUT = env_int("BERTH_DRAIN_TIMEOUT", 120, minimum=0)
 ENGINE_STOP_GRACE = env_int("BERTH_ENGINE_STOP_GRACE", 15, minimum=1)
 RESTART_BACKOFF_SECONDS = env_int("BERTH_RESTART_BACKOFF_SECONDS", 5, minimum=0)

@@ -87,6 +87,9 @@ class Worker(models.Model):
     pod_name = models.CharField(max_length=253, blank=True)
     state = models.CharField(max_length=16, choices=WorkerState.choices, default=WorkerState.PENDING)
     restart_count = models.PositiveIntegerField(default=0)
+    health_failures = models.PositiveSmallIntegerField(
+        default=0, help_text="Consecutive failed /health checks while ready."
+    )
     crashed = models.BooleanField(default=False, help_text="Failed by itself (counts for restart backoff).")
     exit_code = models.IntegerField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)

@@ -7,7 +7,9 @@ racing on the same row cannot be overwritten. A pass:
 
 1. marks nodes whose heartbeat is older than ``NODE_LOST_SECONDS`` lost, and fails (or, when
    draining, stops) the workers they held, so they are replaced elsewhere;
-2. health-checks starting workers (``GET /health``): 200 → ready; too slow → failed;
+2. health-checks starting and ready workers (``GET /health``, concurrently): starting + 200 →
+   ready, too slow → failed; ready + ``UNHEALTHY_AFTER`` failures in a row → failed (a hung
+   engine; crashed ones are reported at once by their agent);
 3. per deployment: fewer live workers than desired → new pending workers (a replacement for a
    crashed one inherits its restart count and waits ``backoff(restart_count)``); more → the
    newest are removed: pending ones stop at once, the others drain;
@@ -24,6 +26,7 @@ import contextlib
 import logging
 import secrets
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -38,6 +41,7 @@ from workers.models import Gpu, Node, Worker, WorkerEvent
 
 logger = logging.getLogger(__name__)
 
+PROBE_CONCURRENCY = 32
 RECONCILE_LOCK = 0x62657274_01  # "bert" + 1: pg advisory lock ids are bigints
 AUTOSCALE_LOCK = 0x62657274_02
 
@@ -81,7 +85,7 @@ def _pass(now: datetime) -> dict[str, int]:
             "deployment__model", "node"
         )
     )
-    _check_starting(workers, now, stats)
+    _check_health(workers, now, stats)
     deployments = list(Deployment.objects.select_related("model"))
     _replace_failed(deployments, workers, now, stats)
     _converge(deployments, workers, now, stats)
@@ -121,24 +125,43 @@ def _mark_lost_nodes(nodes: dict, now: datetime, stats: Counter) -> None:
 # --------------------------------------------------------------------------- starting → ready
 
 
-def _check_starting(workers: list[Worker], now: datetime, stats: Counter) -> None:
+def _probe_health(workers: list[Worker]) -> dict:
+    """``{worker id: healthy}`` for starting/ready workers with a URL, checked concurrently."""
+    targets = [w for w in workers if w.state in (WorkerState.STARTING, WorkerState.READY) and w.url]
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(PROBE_CONCURRENCY, len(targets))) as pool:
+        results = pool.map(lambda w: probe.health(w.url, api_key=w.api_key), targets)
+        return {w.pk: ok for w, ok in zip(targets, results, strict=True)}
+
+
+def _check_health(workers: list[Worker], now: datetime, stats: Counter) -> None:
+    """Starting: healthy → ready, too slow → failed. Ready: repeated failures → failed."""
     timeout = timedelta(seconds=settings.WORKER_START_TIMEOUT)
+    healthy = _probe_health(workers)
     for worker in workers:
-        if worker.state != WorkerState.STARTING:
-            continue
-        if worker.url and probe.health(worker.url, api_key=worker.api_key):
-            if lifecycle.transition(worker, WorkerState.READY, message=f"healthy at {worker.url}"):
-                stats["ready"] += 1
-        elif worker.placed_at and now - worker.placed_at > timeout:
-            if lifecycle.transition(
-                worker,
-                WorkerState.FAILED,
-                message=f"not healthy within {settings.WORKER_START_TIMEOUT}s",
-                crashed=True,
-            ):
-                if worker.node_id:
-                    dispatch.send(dispatch.STOP_TASK, worker.pk, worker.node.queue)
-                stats["failed_start_timeout"] += 1
+        ok = healthy.get(worker.pk, False)
+        if worker.state == WorkerState.STARTING:
+            if ok:
+                if lifecycle.transition(worker, WorkerState.READY, message=f"healthy at {worker.url}"):
+                    stats["ready"] += 1
+            elif worker.placed_at and now - worker.placed_at > timeout:
+                _fail_and_stop(worker, f"not healthy within {settings.WORKER_START_TIMEOUT}s", stats)
+        elif worker.state == WorkerState.READY and worker.url:
+            failures = 0 if ok else worker.health_failures + 1
+            if failures >= settings.UNHEALTHY_AFTER:
+                _fail_and_stop(worker, f"/health failed {failures} times in a row", stats)
+            elif failures != worker.health_failures:
+                Worker.objects.filter(pk=worker.pk).update(health_failures=failures)
+                worker.health_failures = failures
+
+
+def _fail_and_stop(worker: Worker, message: str, stats: Counter) -> None:
+    if lifecycle.transition(worker, WorkerState.FAILED, message=message, crashed=True):
+        routing.remove_worker(worker.deployment.model.name, worker.pk)
+        if worker.node_id:
+            dispatch.send(dispatch.STOP_TASK, worker.pk, worker.node.queue)
+        stats["failed_unhealthy"] += 1
 
 
 # --------------------------------------------------------------------------- desired vs live
@@ -166,8 +189,13 @@ def _live_by_deployment(workers: list[Worker]) -> dict:
 def _replace_failed(deployments, workers: list[Worker], now: datetime, stats: Counter) -> None:
     """A failed worker still wanted by its deployment gets one replacement, after a backoff."""
     by_id = {d.pk: d for d in deployments}
+    failed = list(Worker.objects.filter(state=WorkerState.FAILED, replaced=False).order_by("finished_at"))
+    # An agent may have failed some of them since ``workers`` was read: do not count them live.
+    failed_ids = {dead.pk for dead in failed}
+    for worker in workers:
+        if worker.pk in failed_ids:
+            worker.state = WorkerState.FAILED
     live = _live_by_deployment(workers)
-    failed = Worker.objects.filter(state=WorkerState.FAILED, replaced=False).order_by("finished_at")
     for dead in failed:
         deployment = by_id.get(dead.deployment_id)
         claimed = Worker.objects.filter(pk=dead.pk, replaced=False).update(replaced=True)

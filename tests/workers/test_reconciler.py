@@ -162,3 +162,28 @@ def test_a_second_pass_changes_nothing(reconcile, seams):
     reconcile()
     assert Worker.objects.count() == 2
     assert len(seams.sent) == 2
+
+
+def test_it_fails_and_replaces_a_ready_worker_that_stops_answering(reconcile, seams, settings):
+    settings.UNHEALTHY_AFTER = 3
+    settings.RESTART_BACKOFF_SECONDS = 0
+    NodeFactory(last_heartbeat=timezone.now())
+    deployment = DeploymentFactory(desired_replicas=1)
+    reconcile()
+    spawn_all(seams)
+    worker = Worker.objects.get()
+    seams.healthy.add(worker.url)
+    reconcile()
+    seams.healthy.clear()  # hung: the process lives but /health times out
+    reconcile()
+    reconcile()
+    worker.refresh_from_db()
+    assert (worker.state, worker.health_failures) == (WorkerState.READY, 2)
+    seams.sent.clear()
+    reconcile()
+    worker.refresh_from_db()
+    assert worker.state == WorkerState.FAILED
+    assert worker.failure_reason == "/health failed 3 times in a row"
+    assert ("stop_engine", str(worker.pk), worker.node.queue) in seams.sent
+    assert routing.read(deployment.model.name) == {}
+    assert Worker.objects.filter(deployment=deployment, state=WorkerState.STARTING).exists()
