@@ -42,6 +42,7 @@ from workers.models import Gpu, Node, Worker, WorkerEvent
 logger = logging.getLogger(__name__)
 
 PROBE_CONCURRENCY = 32
+STABLE_SECONDS = 600  # ready this long before crashing: the restart backoff starts over
 RECONCILE_LOCK = 0x62657274_01  # "bert" + 1: pg advisory lock ids are bigints
 AUTOSCALE_LOCK = 0x62657274_02
 
@@ -114,7 +115,8 @@ def _mark_lost_nodes(nodes: dict, now: datetime, stats: Counter) -> None:
             for worker in Worker.objects.filter(node=node, state__in=HOLDING_STATES).select_related(
                 "deployment__model"
             ):
-                message = f"node {node.name} lost (no heartbeat since {node.last_heartbeat:%H:%M:%S})"
+                since = f"{node.last_heartbeat:%H:%M:%S}" if node.last_heartbeat else "ever"
+                message = f"node {node.name} lost (no heartbeat since {since})"
                 if worker.state == WorkerState.DRAINING:
                     lifecycle.transition(worker, WorkerState.STOPPED, message=message)
                 elif lifecycle.transition(worker, WorkerState.FAILED, message=message, crashed=False):
@@ -204,6 +206,8 @@ def _replace_failed(deployments, workers: list[Worker], now: datetime, stats: Co
         if len(live[deployment.pk]) >= deployment.desired_replicas:
             continue  # scaled down meanwhile: nothing to replace
         restart_count = dead.restart_count + 1 if dead.crashed else dead.restart_count
+        if dead.crashed and _ran_long(dead):
+            restart_count = 1  # a crash after a long healthy run is not a crash loop
         delay = backoff_seconds(restart_count) if dead.crashed else 0.0
         finished = dead.finished_at or now
         replacement = _new_worker(
@@ -224,6 +228,12 @@ def _replace_failed(deployments, workers: list[Worker], now: datetime, stats: Co
         workers.append(replacement)
         live[deployment.pk].append(replacement)
         stats["replaced"] += 1
+
+
+def _ran_long(worker: Worker) -> bool:
+    if not (worker.ready_at and worker.finished_at):
+        return False
+    return (worker.finished_at - worker.ready_at).total_seconds() >= STABLE_SECONDS
 
 
 def _converge(deployments, workers: list[Worker], now: datetime, stats: Counter) -> None:
