@@ -282,6 +282,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "tenants.tasks.resync_key_mirror",
         "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
     },
+    # Provisioning (workers/): both tasks take an advisory lock, so overlapping runs are harmless.
+    "workers-reconcile": {
+        "task": "workers.tasks.reconcile",
+        "schedule": env_int("BERTH_RECONCILE_SECONDS", 5, minimum=1),
+    },
+    "workers-autoscale": {
+        "task": "workers.tasks.autoscale",
+        "schedule": env_int("BERTH_AUTOSCALE_SECONDS", 10, minimum=1),
+    },
 }
 
 # --------------------------------------------------------------------------- Berth
@@ -297,6 +306,28 @@ DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # point the stripe client at a local server
+
+# --------------------------------------------------------------------------- provisioning (workers/)
+
+# Shared Hugging Face cache for pull_model and engines; with HF_HOME set, the Hub's default applies.
+HF_CACHE_DIR = None if env_str("HF_HOME") else str(DATA_DIR / "hf-cache")
+HF_ENDPOINT = env_str("HF_ENDPOINT")
+HF_ETAG_TIMEOUT = env_int("BERTH_HF_ETAG_TIMEOUT", 10, minimum=1)
+NODE_NAME = env_str("BERTH_NODE_NAME")  # node_agent --name default (else the host name)
+NODE_ADDRESS = env_str("BERTH_NODE_ADDRESS", "127.0.0.1")  # engines bind to and are reached at it
+CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a node agent offers
+HEARTBEAT_SECONDS = env_int("BERTH_HEARTBEAT_SECONDS", 5, minimum=1)
+NODE_LOST_SECONDS = env_int("BERTH_NODE_LOST_SECONDS", 30, minimum=2)
+WORKER_START_TIMEOUT = env_int("BERTH_WORKER_START_TIMEOUT", 900, minimum=5)
+UNHEALTHY_AFTER = env_int("BERTH_UNHEALTHY_AFTER", 3, minimum=1)  # failed /health checks in a row
+DRAIN_TIMEOUT = env_int("BERTH_DRAIN_TIMEOUT", 120, minimum=0)
+ENGINE_STOP_GRACE = env_int("BERTH_ENGINE_STOP_GRACE", 15, minimum=1)
+RESTART_BACKOFF_SECONDS = env_int("BERTH_RESTART_BACKOFF_SECONDS", 5, minimum=0)
+RESTART_BACKOFF_MAX = env_int("BERTH_RESTART_BACKOFF_MAX", 300, minimum=0)
+SCALE_DOWN_DELAY = env_int("BERTH_SCALE_DOWN_DELAY", 120, minimum=0)
+WORKER_LOG_DIR = DATA_DIR / "logs" / "workers"
+# Test-only: dotted path of a launcher used instead of workers.engines.build_launch.
+ENGINE_LAUNCHER_OVERRIDE = env_str("BERTH_ENGINE_LAUNCHER_OVERRIDE")
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {

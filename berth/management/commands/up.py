@@ -1,10 +1,10 @@
 """``manage.py up``: run the whole platform on one machine, supervised.
 
-Migrates, creates (once) a staff user, then starts and supervises the web server (ASGI), the
-gateway, a Celery worker and Celery beat, with prefixed, coloured logs. A child that dies is
-restarted with backoff; one that keeps crashing stops the platform. Ctrl-C or SIGTERM stops every
-child (SIGTERM, then SIGKILL after a grace period) and, when they are embedded, PostgreSQL and
-Redis too, so nothing is left running.
+Migrates, creates (once) a staff user, registers a small CPU model on first run, then starts and
+supervises the web server (ASGI), the gateway, a Celery worker, Celery beat and a local node
+agent, with prefixed, coloured logs. A child that dies is restarted with backoff; one that keeps
+crashing stops the platform. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a
+grace period) and, when they are embedded, PostgreSQL and Redis too, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -167,6 +167,10 @@ class Command(BaseCommand):
         parser.add_argument("--gateway-port", type=int, default=settings.GATEWAY_PORT)
         parser.add_argument("--worker-concurrency", type=int, default=2)
         parser.add_argument(
+            "--node-name", default=settings.NODE_NAME or "local", help="Name of the local node agent."
+        )
+        parser.add_argument("--no-agent", action="store_true", help="Run no node agent on this machine.")
+        parser.add_argument(
             "--keep-embedded",
             action="store_true",
             help="Leave embedded PostgreSQL/Redis running on exit.",
@@ -271,6 +275,9 @@ class Command(BaseCommand):
                     ],
                 )
             )
+            if not options["no_agent"]:
+                # The local node agent: offers this machine's GPUs (or CPU slots) to the reconciler.
+                sup.add(Child("agent", [py, manage, "node_agent", "--name", options["node_name"]]))
             for child in sup.children:
                 if child.health_url and not sup.stopping.is_set() and not _wait_healthy(child.health_url, 60):
                     sup.log("up", f"{child.name} did not answer {child.health_url} within 60s")
@@ -305,6 +312,11 @@ class Command(BaseCommand):
 
         result = mirror.resync()
         sup.log("up", f"key mirror in Redis: {result['written']} key(s)")
+        from models_registry.bootstrap import ensure_default_models
+
+        note = ensure_default_models()
+        if note:
+            sup.log("up", note)
 
     def _ensure_staff_user(self, sup: Supervisor) -> None:
         from tenants.models import User

@@ -1,0 +1,202 @@
+"""The model registry: what can be served (Model, LoraAdapter), how (Deployment) and at what price.
+
+Visibility: a public model is usable by every tenant; a private one only by the tenants listed in
+``Model.allowed_tenants``. Guardian object permissions attach to users and groups, not tenants,
+and a tenant's API keys act for the tenant, so the grant lives on the tenant itself (an M2M) and
+``Model.objects.visible_to(tenant)`` is the one place that applies it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from models_registry.constants import DEFAULT_CURRENCY, Engine, SourceKind, Task, Visibility
+
+model_name_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{0,99}$",
+    "Lower-case letters, digits, '.', '_' and '-' only, starting with a letter or digit.",
+)
+
+
+class ModelQuerySet(models.QuerySet):
+    def visible_to(self, tenant) -> ModelQuerySet:
+        """Public models plus the private ones granted to ``tenant``; nothing without a tenant."""
+        if tenant is None:
+            return self.none()
+        granted = Model.allowed_tenants.through.objects.filter(tenant=tenant).values("model_id")
+        return self.filter(Q(visibility=Visibility.PUBLIC) | Q(pk__in=granted))
+
+
+class Model(models.Model):
+    """A servable model: where its weights come from and how an engine must run it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[model_name_validator],
+        help_text="Public name clients send as 'model', e.g. llama-3.1-8b-instruct.",
+    )
+    source_kind = models.CharField(max_length=8, choices=SourceKind.choices, default=SourceKind.HUGGINGFACE)
+    source = models.CharField(max_length=500, help_text="Hugging Face repo id, or an absolute local folder.")
+    revision = models.CharField(max_length=100, blank=True, help_text="Git revision (HF only); empty = main.")
+    task = models.CharField(max_length=16, choices=Task.choices, default=Task.CHAT)
+    context_length = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the model's own.")
+    dtype = models.CharField(max_length=16, blank=True, help_text="e.g. bfloat16; empty: auto.")
+    quantization = models.CharField(max_length=32, blank=True, help_text="e.g. awq, fp8; empty: none.")
+    gpu_memory_gb = models.PositiveIntegerField(
+        default=0, help_text="GPU memory one replica needs in total (split over its GPUs)."
+    )
+    tensor_parallel_size = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    engine_args = models.JSONField(
+        default=list, blank=True, help_text='Extra engine arguments, e.g. ["--max-num-seqs", "64"].'
+    )
+    visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PUBLIC)
+    allowed_tenants = models.ManyToManyField(
+        "tenants.Tenant",
+        blank=True,
+        related_name="private_models",
+        help_text="Tenants that may use this model when it is private.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if not isinstance(self.engine_args, list) or not all(isinstance(a, str) for a in self.engine_args):
+            raise ValidationError({"engine_args": "Must be a JSON list of strings."})
+        if self.source_kind == SourceKind.LOCAL and not self.source.startswith("/"):
+            raise ValidationError({"source": "A local source must be an absolute path."})
+
+    @property
+    def gpu_memory_mb_per_gpu(self) -> int:
+        return -(-self.gpu_memory_gb * 1024 // max(1, self.tensor_parallel_size))
+
+    def current_price(self, at: datetime | None = None) -> Price | None:
+        return Price.objects.in_effect(self, at)
+
+
+class Deployment(models.Model):
+    """Desired state for serving a model: the reconciler makes the Worker rows match it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="deployments")
+    engine = models.CharField(max_length=8, choices=Engine.choices, default=Engine.VLLM)
+    min_replicas = models.PositiveSmallIntegerField(default=0)
+    max_replicas = models.PositiveSmallIntegerField(default=1)
+    desired_replicas = models.PositiveSmallIntegerField(default=1)
+    target_concurrency = models.PositiveSmallIntegerField(
+        default=8, validators=[MinValueValidator(1)], help_text="Concurrent requests per replica to aim for."
+    )
+    idle_seconds = models.PositiveIntegerField(
+        default=900, help_text="With min replicas 0: scale to zero after this long without load."
+    )
+    node_selector = models.JSONField(
+        default=dict, blank=True, help_text='Node labels a replica needs, e.g. {"gpu": "h100"}.'
+    )
+    last_active_at = models.DateTimeField(null=True, blank=True, editable=False)
+    low_load_since = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model__name", "created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(min_replicas__lte=F("max_replicas")), name="deployment_min_le_max"
+            ),
+            models.CheckConstraint(
+                condition=Q(desired_replicas__lte=F("max_replicas")), name="deployment_desired_le_max"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} ({self.engine})"
+
+    def clean(self) -> None:
+        if self.min_replicas > self.max_replicas:
+            raise ValidationError({"min_replicas": "Must not exceed max replicas."})
+        if self.desired_replicas > self.max_replicas:
+            raise ValidationError({"desired_replicas": "Must not exceed max replicas."})
+        if not isinstance(self.node_selector, dict):
+            raise ValidationError({"node_selector": "Must be a JSON object of label: value."})
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.model.tensor_parallel_size if self.engine == Engine.VLLM else 0
+
+
+class PriceQuerySet(models.QuerySet):
+    def in_effect(self, model, at: datetime | None = None) -> Price | None:
+        """The price row that applies to ``model`` at ``at`` (now by default)."""
+        at = at or timezone.now()
+        return self.filter(model=model, effective_from__lte=at).order_by("-effective_from").first()
+
+
+class Price(models.Model):
+    """Per-million-token prices from ``effective_from`` on. Append-only: a new row supersedes."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="prices")
+    input_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    output_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, validators=[MinValueValidator(0)]
+    )
+    currency = models.CharField(max_length=3, default=DEFAULT_CURRENCY)
+    effective_from = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PriceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model__name", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="one_price_per_model_instant")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.input_per_million}/{self.output_per_million} {self.currency}"
+
+    def save(self, *args, **kwargs):
+        # Invoices must be reproducible from history: never rewrite a price, add a newer one.
+        if not self._state.adding:
+            raise ValidationError("Prices are never edited; add a new price with a later effective date.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("Prices are never deleted; add a new price that supersedes this one.")
+
+
+class LoraAdapter(models.Model):
+    """A LoRA adapter on a base model, owned by (and only usable by) one tenant."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="lora_adapters")
+    base_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="lora_adapters")
+    name = models.CharField(max_length=100, validators=[model_name_validator])
+    source = models.CharField(max_length=500, help_text="Hugging Face repo id or absolute local folder.")
+    revision = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "LoRA adapter"
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="one_adapter_name_per_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.base_model}"

@@ -1,0 +1,142 @@
+"""The autoscaler: move each Deployment's desired replicas between min and max from load.
+
+Signals:
+
+* load — per ready worker, the engine's own ``/metrics``: ``vllm:num_requests_running`` +
+  ``vllm:num_requests_waiting`` (``workers.probe.load``);
+* demand — the gateway writes ``rkey("demand", <model name>)`` = epoch seconds with a TTL
+  (``SET … EX 60``) whenever a request for the model arrives and no worker is ready (it may also
+  refresh it on every request). Its presence means "someone is waiting or just asked".
+
+Rules (``decide`` is pure): wanted = ceil(load / target_concurrency). Scale up at once, up to
+``max_replicas``; scale down (never below ``min_replicas``, nor below 1 while there is load)
+only after load stayed low for ``SCALE_DOWN_DELAY`` seconds; with ``min_replicas == 0`` go to zero
+after ``idle_seconds`` with no load and no demand; from zero, demand raises it to 1 (or min).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from berth.redis import get_redis, rkey
+from models_registry.models import Deployment
+from workers import lifecycle, probe
+from workers.constants import EventKind, WorkerState
+from workers.models import Worker
+from workers.reconciler import AUTOSCALE_LOCK, advisory_lock
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Observation:
+    desired: int
+    min_replicas: int
+    max_replicas: int
+    target: int
+    load: float
+    demand: bool
+    idle_for: float | None  # seconds since last activity; None: never active
+    low_for: float  # seconds the load has been below the current capacity
+    idle_seconds: int
+    scale_down_delay: int
+
+
+def decide(obs: Observation) -> int:
+    wanted = math.ceil(obs.load / max(1, obs.target)) if obs.load > 0 else 0
+    if obs.demand or obs.load > 0:
+        wanted = max(wanted, 1)
+    wanted = max(obs.min_replicas, min(obs.max_replicas, wanted))
+    if wanted > obs.desired:
+        return wanted
+    if wanted < obs.desired:
+        floor = wanted
+        if wanted == 0:
+            idle_long_enough = obs.idle_for is None or obs.idle_for >= obs.idle_seconds
+            if idle_long_enough:
+                return 0  # idle_seconds is the delay for scale-to-zero
+            floor = max(1, obs.min_replicas)
+        if floor < obs.desired and obs.low_for >= obs.scale_down_delay:
+            return floor
+    return obs.desired
+
+
+def demand_for(model_names: list[str]) -> dict[str, bool]:
+    if not model_names:
+        return {}
+    values = get_redis().mget([rkey("demand", name) for name in model_names])
+    return {name: value is not None for name, value in zip(model_names, values, strict=True)}
+
+
+def autoscale(*, now: datetime | None = None) -> dict[str, int] | None:
+    with advisory_lock(AUTOSCALE_LOCK) as acquired:
+        if not acquired:
+            return None
+        return _pass(now or timezone.now())
+
+
+def _pass(now: datetime) -> dict[str, int]:
+    deployments = list(Deployment.objects.select_related("model"))
+    ready = list(Worker.objects.filter(state=WorkerState.READY).exclude(url=""))
+    load: dict = {}
+    for worker in ready:
+        measured = probe.load(worker.url, api_key=worker.api_key)
+        if measured is not None:
+            load[worker.deployment_id] = load.get(worker.deployment_id, 0.0) + measured.total
+    demand = demand_for(sorted({d.model.name for d in deployments}))
+    changed = 0
+    for deployment in deployments:
+        current_load = load.get(deployment.pk, 0.0)
+        has_demand = demand.get(deployment.model.name, False)
+        updates: dict = {}
+        if current_load > 0 or has_demand:
+            updates["last_active_at"] = now
+            deployment.last_active_at = now
+        capacity = deployment.desired_replicas * deployment.target_concurrency
+        if current_load < capacity and deployment.desired_replicas > 0:
+            if deployment.low_load_since is None:
+                updates["low_load_since"] = now
+                deployment.low_load_since = now
+        elif deployment.low_load_since is not None:
+            updates["low_load_since"] = None
+            deployment.low_load_since = None
+        obs = Observation(
+            desired=deployment.desired_replicas,
+            min_replicas=deployment.min_replicas,
+            max_replicas=deployment.max_replicas,
+            target=deployment.target_concurrency,
+            load=current_load,
+            demand=has_demand,
+            idle_for=(now - deployment.last_active_at).total_seconds()
+            if deployment.last_active_at
+            else (now - deployment.created_at).total_seconds(),
+            low_for=(now - deployment.low_load_since).total_seconds() if deployment.low_load_since else 0.0,
+            idle_seconds=deployment.idle_seconds,
+            scale_down_delay=settings.SCALE_DOWN_DELAY,
+        )
+        target = decide(obs)
+        if target != deployment.desired_replicas:
+            updates["desired_replicas"] = target
+            updates["low_load_since"] = None
+        if not updates:
+            continue
+        with transaction.atomic():
+            Deployment.objects.filter(pk=deployment.pk).update(**updates)
+            if "desired_replicas" in updates:
+                lifecycle.record(
+                    kind=EventKind.SCALED,
+                    message=f"autoscaler: {deployment.desired_replicas} → {target} replicas "
+                    f"(load {current_load:g}, target {deployment.target_concurrency}/replica"
+                    f"{', demand' if has_demand else ''})",
+                    deployment_id=deployment.pk,
+                )
+                changed += 1
+        deployment.desired_replicas = updates.get("desired_replicas", deployment.desired_replicas)
+    return {"deployments": len(deployments), "changed": changed}

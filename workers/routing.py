@@ -1,0 +1,93 @@
+"""The routing table the gateway reads from Redis (it never queries PostgreSQL).
+
+Layout (keys built with ``berth.redis.rkey``, so under ``settings.REDIS_PREFIX``):
+
+* ``route:<model name>`` — hash, one field per READY worker of any deployment of that model:
+  field = worker id, value = JSON ``{"worker_id", "url", "api_key", "node", "deployment_id"}``.
+  ``url`` is the engine's base URL (append ``/v1/chat/completions``); ``api_key`` is the engine's
+  bearer key. A model with no ready worker has no key at all.
+* ``routes`` — set of model names that currently have a ``route:`` hash (for listing/cleanup).
+* channel ``invalidate`` — ``route:<model name>`` is published after every change, so gateways
+  that cache the table drop their copy at once.
+* ``demand:<model name>`` — written by the gateway, read by the autoscaler (see
+  ``workers.autoscaler``): a request arrived for the model (``SET … <epoch seconds> EX 60``).
+
+A worker leaves its hash before draining starts (``remove_worker``); ``publish`` rewrites every
+table from PostgreSQL at the end of each reconcile pass, so a missed write heals within a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+
+import redis
+
+from berth.redis import get_redis, rkey
+from workers.constants import WorkerState
+
+logger = logging.getLogger(__name__)
+INVALIDATE_CHANNEL = "invalidate"
+
+
+def entry(worker, model_name: str, node_name: str) -> str:
+    return json.dumps(
+        {
+            "worker_id": str(worker.pk),
+            "url": worker.url,
+            "api_key": worker.api_key,
+            "node": node_name,
+            "deployment_id": str(worker.deployment_id),
+            "model": model_name,
+        }
+    )
+
+
+def build(workers) -> dict[str, dict[str, str]]:
+    """``{model name: {worker id: entry}}`` from workers with ``deployment.model`` and ``node``."""
+    table: dict[str, dict[str, str]] = defaultdict(dict)
+    for worker in workers:
+        if worker.state != WorkerState.READY or not worker.url:
+            continue
+        model_name = worker.deployment.model.name
+        table[model_name][str(worker.pk)] = entry(worker, model_name, worker.node.name if worker.node else "")
+    return dict(table)
+
+
+def publish(table: dict[str, dict[str, str]]) -> bool:
+    """Replace every ``route:*`` hash with ``table`` (atomically, in one MULTI)."""
+    client = get_redis()
+    try:
+        previous = client.smembers(rkey("routes"))
+        pipe = client.pipeline(transaction=True)
+        for model_name in set(previous) | set(table):
+            pipe.delete(rkey("route", model_name))
+            if table.get(model_name):
+                pipe.hset(rkey("route", model_name), mapping=table[model_name])
+        pipe.delete(rkey("routes"))
+        if table:
+            pipe.sadd(rkey("routes"), *table)
+        changed = set(previous) ^ set(table) | set(table)
+        for model_name in changed:
+            pipe.publish(rkey(INVALIDATE_CHANNEL), f"route:{model_name}")
+        pipe.execute()
+    except redis.RedisError:
+        logger.exception("could not publish the routing table; the next pass will")
+        return False
+    return True
+
+
+def remove_worker(model_name: str, worker_id) -> None:
+    try:
+        pipe = get_redis().pipeline(transaction=True)
+        pipe.hdel(rkey("route", model_name), str(worker_id))
+        pipe.publish(rkey(INVALIDATE_CHANNEL), f"route:{model_name}")
+        pipe.execute()
+    except redis.RedisError:
+        logger.exception("could not remove worker %s from routing", worker_id)
+
+
+def read(model_name: str) -> dict[str, dict]:
+    """The routing entries of one model (what the gateway does)."""
+    return {k: json.loads(v) for k, v in get_redis().hgetall(rkey("route", model_name)).items()}
