@@ -282,6 +282,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "tenants.tasks.resync_key_mirror",
         "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
     },
+    "gateway-flush-key-last-used": {
+        "task": "gateway.tasks.flush_key_last_used",
+        "schedule": 30,
+    },
 }
 
 # --------------------------------------------------------------------------- Berth
