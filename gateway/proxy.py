@@ -443,6 +443,11 @@ class Proxy:
                     content_chunks += 1
                 if disconnected.is_set():
                     break
+                if first and content_chunks:
+                    first = False
+                    ctx.ttft = time.perf_counter() - ctx.start
+                    event["f"] = int(ctx.ttft * 1000)
+                    metrics.TTFT.labels(event["m"]).observe(ctx.ttft)
                 if (final_usage is not None or done) and not lease.settled:
                     # The last bytes are about to go: meter first.
                     self._fill(event, ctx, final_usage or pending_usage or delivered_usage or {}, content_chunks, "ok", 200)
@@ -450,11 +455,6 @@ class Proxy:
                 if done:
                     out.append(b"data: [DONE]\n\n")
                 if out:
-                    if first:
-                        first = False
-                        ctx.ttft = time.perf_counter() - ctx.start
-                        event["f"] = int(ctx.ttft * 1000)
-                        metrics.TTFT.labels(event["m"]).observe(ctx.ttft)
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
                     if pending_usage is not None:
                         delivered_usage = pending_usage

@@ -16,7 +16,8 @@ Run it with ``python -m uvicorn tests.gateway.fake_upstream:app --port P`` (the 
 * Env: ``FAKE_API_KEY`` (required bearer key), ``FAKE_NAME`` (reported in ``/_stats``),
   ``FAKE_WAITING`` (reported as waiting requests), ``FAKE_TOKEN_DELAY`` (default per-token delay),
   ``FAKE_FAIL`` (answer every inference request with this status, e.g. 503).
-* ``GET /_stats`` → counters (requests, running, max running, aborted streams, tokens sent).
+* ``GET /_stats`` → counters (requests, running, max running, aborted streams, tokens sent);
+  ``POST /_reset`` zeroes them.
 """
 
 from __future__ import annotations
@@ -98,6 +99,10 @@ async def app(scope, receive, send) -> None:
     if path == "/metrics":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": _metrics()})
+        return
+    if path == "/_reset":
+        STATS.update(requests=0, max_running=STATS["running"], aborted=0, completion_tokens_sent=0, models=[])
+        await _json(send, 200, {})
         return
     if path == "/_stats":
         await _json(send, 200, {**STATS, "name": NAME})
