@@ -60,6 +60,10 @@ class Gateway:
         state.upstream = make_upstream(settings)
         state.auth = Authenticator(state.redis, settings)
         state.quotas = Quotas(state.redis, settings)
+        try:
+            await state.quotas.load_scripts()
+        except Exception:  # Redis not up yet: the scripts are loaded on first NOSCRIPT
+            logger.warning("could not load quota scripts into Redis at start-up", exc_info=True)
         state.router = Router(state.redis, settings, state.upstream)
         state.metering = Metering(state.redis, settings, state.quotas)
         state.proxy = Proxy(state)

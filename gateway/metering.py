@@ -17,6 +17,7 @@ import logging
 import time
 
 import orjson
+from redis.exceptions import NoScriptError
 
 logger = logging.getLogger("berth.gateway.metering")
 
@@ -39,9 +40,16 @@ class Metering:
         """Append the usage event and settle the request's quota in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.stream, {"e": orjson.dumps(event)})
+        settle = None
         if lease is not None and not lease.settled:
-            await self.quotas.settle_into(pipe, lease, event["p"] + event["c"])
-        await pipe.execute()
+            settle = self.quotas.settle_into(pipe, lease, event["p"] + event["c"])
+        results = await pipe.execute(raise_on_error=False)
+        if isinstance(results[0], Exception):
+            raise results[0]  # the usage event is what must not be lost: fail the request
+        if settle is not None and isinstance(results[1], NoScriptError):
+            await self.quotas.settle_fallback(*settle)
+        elif settle is not None and isinstance(results[1], Exception):
+            logger.warning("quota settlement failed for %s: %s", event["id"], results[1])
 
     async def flush_last_used(self) -> None:
         if not self.last_used:

@@ -22,10 +22,13 @@ limits are never exceeded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+
+from redis.exceptions import NoScriptError
 
 from gateway.errors import GatewayError
 
@@ -131,9 +134,25 @@ class Quotas:
     def __init__(self, redis, settings):
         self.redis = redis
         self.settings = settings
-        self._admit = redis.register_script(ADMIT)
-        self._settle = redis.register_script(SETTLE)
+        self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+        self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
         self.in_flight: dict[str, Lease] = {}
+
+    async def load_scripts(self) -> None:
+        await self.redis.script_load(ADMIT)
+        await self.redis.script_load(SETTLE)
+
+    async def _admit(self, keys: list[str], args: list):
+        # EVALSHA directly: redis-py's Script objects cost an extra SCRIPT EXISTS in pipelines.
+        try:
+            return await self.redis.evalsha(self._admit_sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted or flushed its script cache
+            await self.load_scripts()
+            return await self.redis.evalsha(self._admit_sha, len(keys), *keys, *args)
+
+    async def settle_fallback(self, lease_keys: list[str], args: list) -> None:
+        await self.load_scripts()
+        await self.redis.evalsha(self._settle_sha, len(lease_keys), *lease_keys, *args)
 
     def _scopes(self, principal) -> list[tuple[str, dict]]:
         scopes = [("t", principal.tenant.plan)]
@@ -170,7 +189,7 @@ class Quotas:
             ]
         args[4] = len(scopes)
         keys.append(self.settings.key("q", "{%s}" % tenant, "spend_blocked"))  # noqa: UP031
-        result = await self._admit(keys=keys, args=args)
+        result = await self._admit(keys, args)
         plan = principal.tenant.plan
         rpm, tpm = _limit(plan.get("rpm")), _limit(plan.get("tpm"))
         if int(result[0]) != 1:
@@ -240,22 +259,28 @@ class Quotas:
             return
         lease.settled = True
         self.in_flight.pop(lease.request_id, None)
-        await self._settle(
-            keys=lease.settle_keys,
-            args=[actual_tokens - lease.reserved, lease.request_id, lease.nscopes],
-        )
+        args = [actual_tokens - lease.reserved, lease.request_id, lease.nscopes]
+        try:
+            await self.redis.evalsha(self._settle_sha, len(lease.settle_keys), *lease.settle_keys, *args)
+        except NoScriptError:
+            await self.settle_fallback(lease.settle_keys, args)
 
-    async def settle_into(self, pipe, lease: Lease, actual_tokens: int) -> None:
-        """Queue the settlement on ``pipe`` (so it travels with the usage event)."""
-        if lease.settled:
-            return
+    def settle_into(self, pipe, lease: Lease, actual_tokens: int) -> tuple[list[str], list]:
+        """Queue the settlement on ``pipe`` (so it travels with the usage event).
+
+        Returns what ``settle_fallback`` needs should Redis have lost the script.
+        """
         lease.settled = True
         self.in_flight.pop(lease.request_id, None)
-        await self._settle(
-            keys=lease.settle_keys,
-            args=[actual_tokens - lease.reserved, lease.request_id, lease.nscopes],
-            client=pipe,
+        pipe.evalsha(
+            self._settle_sha,
+            len(lease.settle_keys),
+            *lease.settle_keys,
+            actual_tokens - lease.reserved,
+            lease.request_id,
+            lease.nscopes,
         )
+        return lease.settle_keys, [actual_tokens - lease.reserved, lease.request_id, lease.nscopes]
 
     async def run_background(self) -> None:
         while True:

@@ -96,3 +96,18 @@ def test_the_spend_limit_hook_refuses_with_insufficient_quota(gateway, engines, 
         headers={"authorization": f"Bearer {make_key(tenant)}"},
     )
     assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_it_recovers_when_redis_lost_its_scripts(gateway, engines, redis_client):
+    tenant = make_tenant(max_concurrent_requests=2)
+    model = register_model(redis_client, engines)
+    key = make_key(tenant)
+    redis_client.script_flush()
+    for _ in range(3):  # would stall at 2 if a lease were never released
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 200
+        redis_client.script_flush()
