@@ -173,6 +173,7 @@ class Gateway:
         headers = _headers(ctx.scope)
         principal = await self.state.auth.authenticate(headers)
         ctx.principal = principal
+        self.state.metering.touch(principal.key.key_id)
         models = await self.state.router.visible_models(
             principal.tenant.tenant_id, principal.key.allowed_models
         )

@@ -59,7 +59,7 @@ class Metering:
 
     async def run_background(self) -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.settings.last_used_flush_seconds)
             try:
                 await self.flush_last_used()
             except asyncio.CancelledError:

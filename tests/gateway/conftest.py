@@ -84,6 +84,7 @@ def gateway_env(**extra: str) -> dict[str, str]:
         "BERTH_GATEWAY_COLD_START_TIMEOUT": "3",
         "BERTH_GATEWAY_ACCESS_LOG": "0",
         "BERTH_GATEWAY_SCRAPE_INTERVAL": "0.5",
+        "BERTH_GATEWAY_LAST_USED_FLUSH_SECONDS": "0.2",
         **extra,
     }
 
