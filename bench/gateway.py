@@ -83,6 +83,12 @@ def uvicorn(app: str, port: int, cpu: int, env: dict[str, str], health: str) -> 
     return start(argv, env, f"http://127.0.0.1:{port}{health}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to measure cost per request under contention."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, key: str, *, duration: int, connections: int, rate: float | None = None) -> dict:
     """Run wrk with a POST body; with ``rate`` each connection paces itself (wrk's delay())."""
     delay_ms = 1000 * connections / rate if rate else 0
@@ -187,7 +193,11 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds between a stream's tokens")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clients", action="store_true", help="also measure httpx as the upstream client")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = parser.parse_args()
+    global CPUS
+    if args.no_pin:
+        CPUS = 1  # pin() pins nothing below 2 CPUs
 
     settings.REDIS_URL = _redis_url(14)
     settings.REDIS_PREFIX = PREFIX
@@ -218,9 +228,12 @@ def main() -> None:
         gw = gateway("aiohttp")
         wrk(gateway_url, key, duration=2, connections=args.connections)  # warm-up
         direct = wrk(direct_url, ENGINE_KEY, duration=args.duration, connections=args.connections)
+        cpu0 = cpu_seconds(gw.pid)
         through = wrk(gateway_url, key, duration=args.duration, connections=args.connections)
+        per_request = (cpu_seconds(gw.pid) - cpu0) / (through["rps"] * args.duration)
         rows.append(("non-streaming max req/s, direct (fake engine)", f"{direct['rps']:,.0f}", ""))
         rows.append(("non-streaming max req/s, through gateway (1 process, 1 core)", f"{through['rps']:,.0f}", "≥ 2,000"))
+        rows.append(("  gateway CPU per request (µs) → req/s per free core", f"{per_request * 1e6:,.0f} → {1 / per_request:,.0f}", ""))
         half = through["rps"] / 2
         d_half = wrk(direct_url, ENGINE_KEY, duration=args.duration, connections=32, rate=half)
         g_half = wrk(gateway_url, key, duration=args.duration, connections=32, rate=half)
@@ -233,16 +246,22 @@ def main() -> None:
         import uvloop
 
         s_direct = uvloop.run(streams(direct_url, ENGINE_KEY, args.streams, args.stream_tokens, args.token_delay))
+        cpu0 = cpu_seconds(gw.pid)
         s_gateway = uvloop.run(streams(gateway_url, key, args.streams, args.stream_tokens, args.token_delay))
+        per_token = (cpu_seconds(gw.pid) - cpu0) / (args.streams * args.stream_tokens)
         rows.append((f"{args.streams} concurrent streams tokens/s direct / gateway", f"{s_direct:,.0f} / {s_gateway:,.0f}", ""))
         rows.append(("  streaming ratio gateway / direct", f"{100 * s_gateway / s_direct:.1f}%", "≥ 95%"))
+        rows.append(("  gateway CPU per streamed token (µs) → tokens/s per free core", f"{per_token * 1e6:,.1f} → {1 / per_token:,.0f}", ""))
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
         if args.clients:
             gw = gateway("httpx")
             wrk(gateway_url, key, duration=2, connections=args.connections)
+            cpu0 = cpu_seconds(gw.pid)
             alt = wrk(gateway_url, key, duration=args.duration, connections=args.connections)
+            alt_cpu = (cpu_seconds(gw.pid) - cpu0) / (alt["rps"] * args.duration)
             rows.append(("non-streaming max req/s through gateway, httpx upstream client", f"{alt['rps']:,.0f}", ""))
+            rows.append(("  httpx: gateway CPU per request (µs) → req/s per free core", f"{alt_cpu * 1e6:,.0f} → {1 / alt_cpu:,.0f}", ""))
             gw.send_signal(signal.SIGTERM)
             gw.wait(30)
         rows.append(("HTTP/socket errors reported by wrk", str(errors), "0"))
@@ -257,7 +276,9 @@ def main() -> None:
     print("-" * (width + 36))
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:>24}  {target}")
-    print(f"\n{CPUS} CPUs; gateway pinned to CPU 0, wrk/engine/stores on CPU 1; wrk -t1 -c{args.connections} -d{args.duration}s; "
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nload average at the end (1/5/15 min): {load} — other sessions share this machine")
+    print(f"{CPUS} CPUs; gateway pinned to CPU 0, wrk/engine/stores on CPU 1; wrk -t1 -c{args.connections} -d{args.duration}s; "
           f"half load paced by wrk delay() over 32 connections; streams: {args.stream_tokens} tokens, {args.token_delay * 1000:.0f} ms apart.")
 
 

@@ -13,7 +13,6 @@ what tests and the bench call directly.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -21,6 +20,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+import orjson
 import redis
 from django.db import connection, transaction
 
@@ -126,8 +126,8 @@ def _decode_entries(entries) -> tuple[list[str], list[dict]]:
         ids.append(entry_id)
         raw = fields.get("e") if isinstance(fields, dict) else None
         try:
-            event = json.loads(raw) if raw else None
-        except ValueError:
+            event = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
             event = None
         if event is None or not _valid(event):
             logger.error("dropping malformed usage event %s: %r", entry_id, fields)

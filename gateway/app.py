@@ -50,13 +50,16 @@ class Gateway:
         _configure_logging(settings)
         state = self.state
         state.settings = settings
-        state.redis = aioredis.from_url(
+        # A blocking pool: a burst of requests queues for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
-            max_connections=512,
+            max_connections=settings.redis_max_connections,
+            timeout=5,
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=30,
         )
+        state.redis = aioredis.Redis(connection_pool=pool)
         state.upstream = make_upstream(settings)
         state.auth = Authenticator(state.redis, settings)
         state.quotas = Quotas(state.redis, settings)
@@ -88,6 +91,7 @@ class Gateway:
             await state.upstream.close()
         if hasattr(state, "redis"):
             await state.redis.aclose()
+            await state.redis.connection_pool.disconnect()
 
     async def _lifespan(self, receive, send) -> None:
         while True:

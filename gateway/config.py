@@ -23,6 +23,7 @@ class GatewaySettings(BaseSettings):
     key_peppers: str = Field("", validation_alias="BERTH_KEY_PEPPERS")
     key_peppers_file: str | None = Field(None, validation_alias="BERTH_KEY_PEPPERS_FILE")
     redis_prefix: str = Field("berth:", validation_alias="BERTH_REDIS_PREFIX")
+    redis_max_connections: int = Field(128, validation_alias="BERTH_GATEWAY_REDIS_CONNECTIONS", ge=4)
 
     # Requests
     max_body_bytes: int = Field(8 * 1024 * 1024, validation_alias="BERTH_GATEWAY_MAX_BODY_BYTES", ge=1024)
