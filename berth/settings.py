@@ -291,6 +291,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.tasks.autoscale",
         "schedule": env_int("BERTH_AUTOSCALE_SECONDS", 10, minimum=1),
     },
+    "gateway-flush-key-last-used": {
+        "task": "gateway.tasks.flush_key_last_used",
+        "schedule": 30,
+    },
 }
 
 # --------------------------------------------------------------------------- Berth

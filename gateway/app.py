@@ -1,53 +1,308 @@
-"""The gateway's ASGI application.
+"""The gateway's ASGI application: a raw ASGI callable (no framework) on uvicorn + uvloop + httptools.
 
-Until the gateway issue lands this answers only ``GET /healthz`` (so ``manage.py up`` can start
-and supervise it); everything else is an OpenAI-shaped 404. It deliberately does not import
-Django: the gateway's hot path never touches the ORM.
+Request path: authenticate (``auth``) → validate → model visible? (``routing``) → quotas
+(``quotas``) → pick a ready worker, holding the request while a scaled-to-zero model starts
+(``routing``) → forward and stream back chunk by chunk (``proxy``) → usage event + quota
+settlement before the last bytes (``metering``). It deliberately does not import Django: the hot
+path never touches the ORM or PostgreSQL. Shared parts (Redis, the upstream client, caches) are
+created in the lifespan and kept on ``app.state``.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
+import sys
+import time
+import uuid
+from types import SimpleNamespace
+
+import orjson
+import redis.asyncio as aioredis
+
+from gateway import metrics
+from gateway.auth import Authenticator
+from gateway.config import GatewaySettings, get_settings
+from gateway.errors import GatewayError, error_body
+from gateway.metering import Metering
+from gateway.proxy import ENDPOINTS, Proxy
+from gateway.quotas import Quotas
+from gateway.routing import Router
+from gateway.upstream import make_upstream
+
+access_logger = logging.getLogger("berth.gateway.access")
+logger = logging.getLogger("berth.gateway")
+
+JSON = b"application/json"
 
 
-async def _send_json(send, status: int, body: dict) -> None:
-    payload = json.dumps(body).encode()
+class Gateway:
+    """The ASGI app. ``state`` holds what the lifespan created."""
+
+    def __init__(self, settings: GatewaySettings | None = None):
+        self._settings = settings
+        self.state = SimpleNamespace()
+
+    # ------------------------------------------------------------------ lifespan
+
+    async def startup(self) -> None:
+        settings = self._settings or get_settings()
+        _configure_logging(settings)
+        state = self.state
+        state.settings = settings
+        # A blocking pool: a burst of requests queues for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=5,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+        )
+        state.redis = aioredis.Redis(connection_pool=pool)
+        state.upstream = make_upstream(settings)
+        state.auth = Authenticator(state.redis, settings)
+        state.quotas = Quotas(state.redis, settings)
+        try:
+            await state.quotas.load_scripts()
+        except Exception:  # Redis not up yet: the scripts are loaded on first NOSCRIPT
+            logger.warning("could not load quota scripts into Redis at start-up", exc_info=True)
+        state.router = Router(state.redis, settings, state.upstream)
+        state.metering = Metering(state.redis, settings, state.quotas)
+        state.proxy = Proxy(state)
+        state.tasks = [
+            asyncio.create_task(state.auth.listen_invalidations(), name="invalidations"),
+            asyncio.create_task(state.router.run_background(), name="engine-loads"),
+            asyncio.create_task(state.quotas.run_background(), name="lease-renewal"),
+            asyncio.create_task(state.metering.run_background(), name="last-used"),
+        ]
+
+    async def shutdown(self) -> None:
+        state = self.state
+        for task in getattr(state, "tasks", []):
+            task.cancel()
+        await asyncio.gather(*getattr(state, "tasks", []), return_exceptions=True)
+        if hasattr(state, "metering"):
+            try:
+                await state.metering.flush_last_used()
+            except Exception:  # shutting down: Redis may be gone already
+                logger.warning("could not flush key last-use times at shutdown")
+        if hasattr(state, "upstream"):
+            await state.upstream.close()
+        if hasattr(state, "redis"):
+            await state.redis.aclose()
+            await state.redis.connection_pool.disconnect()
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ requests
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def http(self, scope, receive, send) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        if path == "/healthz":
+            await _respond(send, 200, b'{"status":"ok"}', JSON, [])
+            return
+        if path == "/metrics" and method == "GET":
+            body, content_type = metrics.render()
+            await _respond(send, 200, body, content_type, [])
+            return
+        request_id = "req_" + uuid.uuid4().hex
+        ctx = RequestContext(request_id, method, path, scope)
+        ctx.receive = receive
+        sender = _TrackingSend(send)
+        try:
+            endpoint = ENDPOINTS.get(path)
+            if path == "/v1/models":
+                if method != "GET":
+                    raise _method_not_allowed(method, path)
+                await self.list_models(ctx, sender)
+            elif endpoint is not None:
+                if method != "POST":
+                    raise _method_not_allowed(method, path)
+                await self.state.proxy.handle(ctx, endpoint, receive, sender)
+            else:
+                raise GatewayError(
+                    404, f"Unknown request URL: {method} {path}.", code="unknown_url"
+                )
+        except GatewayError as exc:
+            ctx.status = exc.status
+            ctx.error_code = exc.code
+            if exc.status == 429:
+                metrics.QUOTA_REFUSALS.labels(ctx.model or "", exc.code or "").inc()
+            if not sender.started:
+                await _respond(
+                    sender, exc.status, exc.body(), JSON, [(b"x-request-id", request_id.encode()), *exc.headers]
+                )
+        except Exception:
+            logger.exception("unhandled error in request %s", request_id)
+            ctx.status = 500
+            if not sender.started:
+                body = error_body(
+                    "The gateway had an internal error; the request id identifies it in the logs.",
+                    type="server_error",
+                    code="internal_error",
+                )
+                await _respond(sender, 500, body, JSON, [(b"x-request-id", request_id.encode())])
+        finally:
+            if ctx.model and ctx.endpoint:
+                status_label = str(ctx.status)
+                metrics.REQUESTS.labels(ctx.model, ctx.endpoint, status_label).inc()
+                metrics.LATENCY.labels(ctx.model, status_label).observe(time.perf_counter() - ctx.start)
+            if self.state.settings.access_log:
+                ctx.log()
+
+    async def list_models(self, ctx: RequestContext, send) -> None:
+        headers = _headers(ctx.scope)
+        principal = await self.state.auth.authenticate(headers)
+        ctx.principal = principal
+        self.state.metering.touch(principal.key.key_id)
+        models = await self.state.router.visible_models(
+            principal.tenant.tenant_id, principal.key.allowed_models
+        )
+        body = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m.name, "object": "model", "created": m.created, "owned_by": m.owned_by}
+                    for m in models
+                ],
+            }
+        )
+        ctx.status = 200
+        await _respond(send, 200, body, JSON, [(b"x-request-id", ctx.request_id.encode())])
+
+
+class RequestContext:
+    """What the access log and metrics need about one request."""
+
+    __slots__ = (
+        "request_id",
+        "method",
+        "path",
+        "scope",
+        "start",
+        "status",
+        "error_code",
+        "model",
+        "endpoint",
+        "principal",
+        "worker",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft",
+        "content",
+        "receive",
+    )
+
+    def __init__(self, request_id: str, method: str, path: str, scope):
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.scope = scope
+        self.start = time.perf_counter()
+        self.status = 0
+        self.error_code = None
+        self.model = None
+        self.endpoint = None
+        self.principal = None
+        self.worker = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft = None
+        self.content = None
+        self.receive = None
+
+    def log(self) -> None:
+        # Structured and content-free: never headers (keys), never bodies unless the operator asked.
+        record = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "code": self.error_code,
+            "model": self.model,
+            "tenant": self.principal.tenant.tenant_id if self.principal else None,
+            "key": self.principal.key.key_id if self.principal else None,
+            "worker": self.worker,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": round((time.perf_counter() - self.start) * 1000, 2),
+            "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
+            "client": (self.scope.get("client") or ("", 0))[0],
+        }
+        if self.content is not None:
+            record["content"] = self.content
+        access_logger.info("%s", orjson.dumps(record).decode())
+
+
+class _TrackingSend:
+    """Wraps ``send`` to know whether the response has started (then errors cannot be sent)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send):
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
+def _headers(scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+def _method_not_allowed(method: str, path: str) -> GatewayError:
+    return GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+
+
+async def _respond(send, status: int, body: bytes, content_type: bytes, headers: list) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": payload})
+    await send({"type": "http.response.body", "body": body})
 
 
-async def app(scope, receive, send) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/healthz" and scope["method"] == "GET":
-        await _send_json(send, 200, {"status": "ok"})
-        return
-    await _send_json(
-        send,
-        404,
-        {
-            "error": {
-                "message": f"Unknown request URL: {scope['method']} {scope['path']}.",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "unknown_url",
-            }
-        },
-    )
+def _configure_logging(settings: GatewaySettings) -> None:
+    root = logging.getLogger("berth.gateway")
+    root.setLevel(settings.log_level)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+
+
+app = Gateway()

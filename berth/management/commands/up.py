@@ -26,7 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from berth import embedded
 
-COLOURS = {"web": 36, "gateway": 35, "worker": 33, "beat": 34, "agent": 32, "up": 37}
+COLOURS = {"web": 36, "gateway": 35, "worker": 33, "beat": 34, "agent": 32, "usage": 31, "up": 37}
 GRACE_SECONDS = 10
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
 RESTART_WINDOW = 120
@@ -258,6 +258,7 @@ class Command(BaseCommand):
                     ],
                 )
             )
+            sup.add(Child("usage", [py, manage, "consume_usage"]))
             sup.add(
                 Child(
                     "beat",

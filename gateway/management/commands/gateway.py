@@ -1,7 +1,9 @@
 """``manage.py gateway --host --port --workers``: run the gateway (uvicorn) on its own."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -16,9 +18,22 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1)
 
     def handle(self, *args, **options):
-        # The gateway reads the same variables as the control plane; pass the resolved
-        # addresses on so embedded servers are found without Django in the gateway process.
-        env = {**os.environ, "REDIS_URL": settings.REDIS_URL}
+        # The gateway reads the same variables as the control plane but never imports Django:
+        # pass on what Django resolved (embedded Redis URL, generated dev peppers).
+        env = {
+            **os.environ,
+            "REDIS_URL": settings.REDIS_URL,
+            "BERTH_KEY_PEPPERS": ",".join(f"{pid}:{secret}" for pid, secret in settings.KEY_PEPPERS.items()),
+            "BERTH_REDIS_PREFIX": settings.REDIS_PREFIX,
+            "LOG_LEVEL": settings.LOG_LEVEL,
+        }
+        env.pop("BERTH_KEY_PEPPERS_FILE", None)
+        if options["workers"] > 1 and "PROMETHEUS_MULTIPROC_DIR" not in env:
+            # Several processes: let /metrics aggregate them (prometheus_client multiprocess mode).
+            path = settings.DATA_DIR / "gateway-metrics"
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True, exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(path) if path.exists() else tempfile.mkdtemp()
         argv = [
             sys.executable,
             "-m",
@@ -30,7 +45,11 @@ class Command(BaseCommand):
             str(options["port"]),
             "--workers",
             str(options["workers"]),
-            "--no-access-log",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",  # the gateway writes its own structured access log
             "--timeout-graceful-shutdown",
             "30",
         ]

@@ -1,0 +1,308 @@
+"""Quotas, checked and taken atomically in Redis by one Lua script per admission.
+
+Scopes: the tenant (limits from its plan) and, if the key's mirror entry carries ``limits``, the
+key too. A scope's limits are ``rpm``, ``tpm``, ``concurrency``, ``monthly_tokens`` (``None`` =
+unlimited). Keys (the ``{tenant}`` hash tag keeps one request's keys in one cluster slot):
+
+* ``q:{<tenant>}:<scope>:rpm:<minute>`` / ``…:tpm:<minute>`` — counters of the current minute
+  (fixed windows; ``minute`` = epoch minutes), expire after 2 minutes. Admission adds 1 request
+  and reserves ``prompt estimate + max_tokens`` tokens; settlement adds ``actual - reserved``.
+* ``q:{<tenant>}:<scope>:conc`` — sorted set of in-flight request ids scored by lease expiry (ms).
+  Gateways renew their leases every ``lease_seconds / 3``; a dead gateway's leases expire.
+* ``q:{<tenant>}:<scope>:tokens:<YYYYMM>`` — tokens used this month (reserved, then settled).
+* ``q:{<tenant>}:spend_blocked`` — **spend-limit hook for the billing issue**: while this key
+  exists the tenant is refused with ``insufficient_quota`` (billing sets it when the month's
+  spend reaches the plan's ``monthly_spend``, and deletes it when that changes).
+
+Because check and take happen in one script, concurrent requests can overshoot a token limit only
+by what requests already admitted generate beyond their reservation; request and concurrency
+limits are never exceeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from redis.exceptions import NoScriptError
+
+from gateway.errors import GatewayError
+
+logger = logging.getLogger("berth.gateway.quotas")
+MONTH_TTL = 40 * 86400
+
+ADMIT = """
+local now = tonumber(ARGV[1])
+local rid = ARGV[2]
+local reserve = tonumber(ARGV[3])
+local lease_until = tonumber(ARGV[4])
+local nscopes = tonumber(ARGV[5])
+local minute_end = (math.floor(now / 60000) + 1) * 60000
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  return {0, 'spend', 0}
+end
+for i = 0, nscopes - 1 do
+  local rpm = tonumber(ARGV[6 + i * 4])
+  local tpm = tonumber(ARGV[7 + i * 4])
+  local conc = tonumber(ARGV[8 + i * 4])
+  local month = tonumber(ARGV[9 + i * 4])
+  local k = i * 4
+  if rpm >= 0 and tonumber(redis.call('GET', KEYS[k + 1]) or '0') + 1 > rpm then
+    return {0, 'rpm', minute_end - now, i}
+  end
+  if tpm >= 0 and tonumber(redis.call('GET', KEYS[k + 2]) or '0') + reserve > tpm then
+    return {0, 'tpm', minute_end - now, i}
+  end
+  if conc >= 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', now)
+    if redis.call('ZCARD', KEYS[k + 3]) >= conc then
+      return {0, 'conc', 1000, i}
+    end
+  end
+  if month >= 0 and tonumber(redis.call('GET', KEYS[k + 4]) or '0') + reserve > month then
+    return {0, 'month', 0, i}
+  end
+end
+local out = {1, '', 0, 0}
+for i = 0, nscopes - 1 do
+  local k = i * 4
+  local used_r = redis.call('INCR', KEYS[k + 1])
+  redis.call('EXPIRE', KEYS[k + 1], 120)
+  local used_t = redis.call('INCRBY', KEYS[k + 2], reserve)
+  redis.call('EXPIRE', KEYS[k + 2], 120)
+  if tonumber(ARGV[8 + i * 4]) >= 0 then
+    redis.call('ZADD', KEYS[k + 3], lease_until, rid)
+    redis.call('PEXPIREAT', KEYS[k + 3], lease_until + 1000)
+  end
+  redis.call('INCRBY', KEYS[k + 4], reserve)
+  redis.call('EXPIRE', KEYS[k + 4], %(month_ttl)d)
+  if i == 0 then
+    table.insert(out, used_r)
+    table.insert(out, used_t)
+    table.insert(out, minute_end - now)
+  end
+end
+return out
+""" % {"month_ttl": MONTH_TTL}  # noqa: UP031 - Lua braces would fight str.format
+
+SETTLE = """
+local delta = tonumber(ARGV[1])
+local rid = ARGV[2]
+for i = 0, tonumber(ARGV[3]) - 1 do
+  local k = i * 3
+  if delta ~= 0 then
+    if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+      redis.call('INCRBY', KEYS[k + 1], delta)
+    end
+    redis.call('INCRBY', KEYS[k + 2], delta)
+  end
+  redis.call('ZREM', KEYS[k + 3], rid)
+end
+return 1
+"""
+
+
+def _limit(value) -> int:
+    return -1 if value is None or value == "" else int(value)
+
+
+def _duration(ms: int) -> str:
+    seconds = max(0, ms) / 1000
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60)}s"
+    return f"{seconds:.3g}s"
+
+
+@dataclass
+class Lease:
+    """What one admitted request holds; settled exactly once."""
+
+    request_id: str
+    reserved: int
+    settle_keys: list[str]
+    conc_keys: list[str]
+    nscopes: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    settled: bool = False
+
+
+class Quotas:
+    def __init__(self, redis, settings):
+        self.redis = redis
+        self.settings = settings
+        self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+        self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
+        self.in_flight: dict[str, Lease] = {}
+
+    async def load_scripts(self) -> None:
+        await self.redis.script_load(ADMIT)
+        await self.redis.script_load(SETTLE)
+
+    async def _admit(self, keys: list[str], args: list):
+        # EVALSHA directly: redis-py's Script objects cost an extra SCRIPT EXISTS in pipelines.
+        try:
+            return await self.redis.evalsha(self._admit_sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted or flushed its script cache
+            await self.load_scripts()
+            return await self.redis.evalsha(self._admit_sha, len(keys), *keys, *args)
+
+    async def settle_fallback(self, lease_keys: list[str], args: list) -> None:
+        await self.load_scripts()
+        await self.redis.evalsha(self._settle_sha, len(lease_keys), *lease_keys, *args)
+
+    def _scopes(self, principal) -> list[tuple[str, dict]]:
+        scopes = [("t", principal.tenant.plan)]
+        if principal.key.limits:
+            scopes.append((f"k:{principal.key.key_id}", principal.key.limits))
+        return scopes
+
+    async def admit(self, principal, request_id: str, reserve: int) -> Lease:
+        now_ms = int(time.time() * 1000)
+        minute = now_ms // 60000
+        month = time.strftime("%Y%m", time.gmtime(now_ms / 1000))
+        tenant = principal.tenant.tenant_id
+        keys: list[str] = []
+        settle_keys: list[str] = []
+        conc_keys: list[str] = []
+        args: list = [now_ms, request_id, reserve, now_ms + self.settings.lease_seconds * 1000, 0]
+        scopes = self._scopes(principal)
+        for scope, limits in scopes:
+            base = self.settings.key("q", "{%s}" % tenant, scope)  # noqa: UP031
+            rpm_k, tpm_k, conc_k, month_k = (
+                f"{base}:rpm:{minute}",
+                f"{base}:tpm:{minute}",
+                f"{base}:conc",
+                f"{base}:tokens:{month}",
+            )
+            keys += [rpm_k, tpm_k, conc_k, month_k]
+            settle_keys += [tpm_k, month_k, conc_k]
+            conc_keys.append(conc_k if _limit(limits.get("concurrency")) >= 0 else "")
+            args += [
+                _limit(limits.get("rpm")),
+                _limit(limits.get("tpm")),
+                _limit(limits.get("concurrency")),
+                _limit(limits.get("monthly_tokens")),
+            ]
+        args[4] = len(scopes)
+        keys.append(self.settings.key("q", "{%s}" % tenant, "spend_blocked"))  # noqa: UP031
+        result = await self._admit(keys, args)
+        plan = principal.tenant.plan
+        rpm, tpm = _limit(plan.get("rpm")), _limit(plan.get("tpm"))
+        if int(result[0]) != 1:
+            reason = result[1].decode() if isinstance(result[1], bytes) else result[1]
+            raise self._refusal(reason, int(result[2]), rpm, tpm)
+        used_r, used_t, reset_ms = int(result[4]), int(result[5]), int(result[6])
+        headers: list[tuple[bytes, bytes]] = []
+        if rpm >= 0:
+            headers += [
+                (b"x-ratelimit-limit-requests", str(rpm).encode()),
+                (b"x-ratelimit-remaining-requests", str(max(0, rpm - used_r)).encode()),
+                (b"x-ratelimit-reset-requests", _duration(reset_ms).encode()),
+            ]
+        if tpm >= 0:
+            headers += [
+                (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+                (b"x-ratelimit-remaining-tokens", str(max(0, tpm - used_t)).encode()),
+                (b"x-ratelimit-reset-tokens", _duration(reset_ms).encode()),
+            ]
+        lease = Lease(
+            request_id=request_id,
+            reserved=reserve,
+            settle_keys=settle_keys,
+            conc_keys=[k for k in conc_keys if k],
+            nscopes=len(scopes),
+            headers=headers,
+        )
+        self.in_flight[request_id] = lease
+        return lease
+
+    def _refusal(self, reason: str, retry_ms: int, rpm: int, tpm: int) -> GatewayError:
+        retry_after = str(max(1, math.ceil(retry_ms / 1000))).encode()
+        headers = [(b"retry-after", retry_after)]
+        if rpm >= 0:
+            headers += [
+                (b"x-ratelimit-limit-requests", str(rpm).encode()),
+                (b"x-ratelimit-remaining-requests", b"0" if reason == "rpm" else str(rpm).encode()),
+                (b"x-ratelimit-reset-requests", _duration(retry_ms).encode()),
+            ]
+        if tpm >= 0:
+            headers += [
+                (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+                (b"x-ratelimit-remaining-tokens", b"0" if reason == "tpm" else str(tpm).encode()),
+                (b"x-ratelimit-reset-tokens", _duration(retry_ms).encode()),
+            ]
+        messages = {
+            "rpm": ("Rate limit reached for requests per minute.", "rate_limit_exceeded"),
+            "tpm": ("Rate limit reached for tokens per minute.", "rate_limit_exceeded"),
+            "conc": ("Too many concurrent requests for your organization.", "rate_limit_exceeded"),
+            "month": (
+                "You exceeded your monthly token budget. Ask your organization's admin to raise it.",
+                "insufficient_quota",
+            ),
+            "spend": (
+                "You exceeded your monthly spend limit. Ask your organization's admin to raise it.",
+                "insufficient_quota",
+            ),
+        }
+        message, code = messages.get(reason, ("Rate limit reached.", "rate_limit_exceeded"))
+        if code == "insufficient_quota":
+            headers = [h for h in headers if h[0] != b"retry-after"]
+        return GatewayError(429, message, type=code, code=code, headers=headers)
+
+    async def settle(self, lease: Lease, actual_tokens: int) -> None:
+        """Replace the reservation by the tokens actually used and free the concurrency lease."""
+        if lease.settled:
+            return
+        lease.settled = True
+        self.in_flight.pop(lease.request_id, None)
+        args = [actual_tokens - lease.reserved, lease.request_id, lease.nscopes]
+        try:
+            await self.redis.evalsha(self._settle_sha, len(lease.settle_keys), *lease.settle_keys, *args)
+        except NoScriptError:
+            await self.settle_fallback(lease.settle_keys, args)
+
+    def settle_into(self, pipe, lease: Lease, actual_tokens: int) -> tuple[list[str], list]:
+        """Queue the settlement on ``pipe`` (so it travels with the usage event).
+
+        Returns what ``settle_fallback`` needs should Redis have lost the script.
+        """
+        lease.settled = True
+        self.in_flight.pop(lease.request_id, None)
+        pipe.evalsha(
+            self._settle_sha,
+            len(lease.settle_keys),
+            *lease.settle_keys,
+            actual_tokens - lease.reserved,
+            lease.request_id,
+            lease.nscopes,
+        )
+        return lease.settle_keys, [actual_tokens - lease.reserved, lease.request_id, lease.nscopes]
+
+    async def run_background(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                await self.renew_leases()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("could not renew concurrency leases", exc_info=True)
+
+    async def renew_leases(self) -> None:
+        """Push the expiry of every in-flight lease forward (one pipeline)."""
+        if not self.in_flight:
+            return
+        until = int(time.time() * 1000) + self.settings.lease_seconds * 1000
+        pipe = self.redis.pipeline(transaction=False)
+        count = 0
+        for lease in list(self.in_flight.values()):
+            for key in lease.conc_keys:
+                pipe.zadd(key, {lease.request_id: until}, xx=True)
+                pipe.pexpireat(key, until + 1000)
+                count += 1
+        if count:
+            await pipe.execute()

@@ -1,0 +1,292 @@
+"""Where requests go: the Redis layouts the gateway reads from provisioning, and the worker choice.
+
+**This module is the one place that knows provisioning's Redis layout.** The provisioning branch
+had not written its own when this was built, so the layout below is the gateway's proposal; adapt
+``_read_model``, ``_read_routes`` and ``signal_demand`` at merge if it differs. All keys live
+under ``BERTH_REDIS_PREFIX`` (``berth:``):
+
+* ``model:<public name>`` — hash, written by the model registry:
+  ``served_name`` (the engine's ``--served-model-name``; defaults to the public name),
+  ``task`` (``chat`` | ``completion`` | ``embedding``), ``visibility`` (``public`` | ``private``),
+  ``tenants`` (JSON list of tenant ids that may use a private model), ``created`` (epoch s),
+  ``owned_by``. A model without this hash does not exist for the gateway.
+* ``models`` — set of every public model name (for ``GET /v1/models``).
+* ``route:<public name>`` — hash, written by the reconciler/health checks: one field per **ready**
+  worker, ``<worker id>`` → JSON ``{"url": "http://host:port", "api_key": "<engine key>"}``.
+  A worker leaves the hash when it starts draining or fails.
+* ``engine_load`` — hash ``<worker id>`` → JSON ``{"waiting", "running", "kv", "at"}``: the
+  engines' own ``/metrics`` (``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+  ``vllm:kv_cache_usage_perc``) scraped about once a second by ONE gateway task, elected through
+  the lock ``lock:engine_scraper`` (``SET NX PX``), and read by every gateway.
+* **Demand signal for the autoscaler** — ``demand`` hash ``<public name>`` → epoch ms of the last
+  request that found no ready worker (HSET at most once a second per gateway and model), and a
+  ``PUBLISH`` of the model name on channel ``demand`` so a waiting autoscaler can react at once.
+
+Worker choice (``BERTH_GATEWAY_ROUTING``): ``least_load`` — the lowest load, where load = this
+gateway's outstanding requests to the worker + the engine's waiting requests + 4 × its KV-cache
+use; ``prefix`` — rendezvous hashing of the prompt's first ``prefix_chars`` characters ranks the
+workers, and the first whose load is within ``(1 + eps) × mean + 1`` wins (bounded load, so a hot
+prefix spills over instead of piling up); ``round_robin`` — for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import orjson
+
+logger = logging.getLogger("berth.gateway.routing")
+
+KV_WEIGHT = 4.0
+
+
+@dataclass(frozen=True)
+class Worker:
+    worker_id: str
+    url: str
+    api_key: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    served_name: str
+    task: str
+    visibility: str
+    tenants: frozenset[str]
+    created: int
+    owned_by: str
+
+    def visible_to(self, tenant_id: str) -> bool:
+        return self.visibility == "public" or tenant_id in self.tenants
+
+
+def _decode(raw: dict) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
+def parse_engine_metrics(text: str) -> dict[str, float]:
+    """Sum vLLM's load gauges over their label sets from Prometheus text."""
+    wanted = {
+        "vllm:num_requests_waiting": "waiting",
+        "vllm:num_requests_running": "running",
+        "vllm:kv_cache_usage_perc": "kv",
+    }
+    out = {"waiting": 0.0, "running": 0.0, "kv": 0.0}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        field = wanted.get(name)
+        if field is None:
+            continue
+        try:
+            out[field] += float(line.rsplit(" ", 1)[-1])
+        except ValueError:
+            continue
+    return out
+
+
+class Router:
+    def __init__(self, redis, settings, upstream=None):
+        self.redis = redis
+        self.settings = settings
+        self.upstream = upstream
+        self.instance = f"{os.uname().nodename}:{os.getpid()}"
+        self.outstanding: dict[str, int] = {}
+        self.engine_load: dict[str, dict] = {}
+        self._routes: dict[str, tuple[float, list[Worker]]] = {}
+        self._models: dict[str, tuple[float, ModelInfo | None]] = {}
+        self._model_names: tuple[float, list[str]] = (0.0, [])
+        self._demand_sent: dict[str, float] = {}
+        self._rr = itertools.count()
+
+    # ------------------------------------------------------------------ registry reads
+
+    async def model(self, name: str) -> ModelInfo | None:
+        now = time.monotonic()
+        cached = self._models.get(name)
+        if cached is not None and now - cached[0] < self.settings.route_cache_seconds:
+            return cached[1]
+        info = await self._read_model(name)
+        if len(self._models) > 10_000:
+            self._models.clear()
+        self._models[name] = (now, info)
+        return info
+
+    async def _read_model(self, name: str) -> ModelInfo | None:
+        raw = _decode(await self.redis.hgetall(self.settings.key("model", name)))
+        if not raw:
+            return None
+        return ModelInfo(
+            name=name,
+            served_name=raw.get("served_name") or name,
+            task=raw.get("task", "chat"),
+            visibility=raw.get("visibility", "public"),
+            tenants=frozenset(orjson.loads(raw.get("tenants") or "[]")),
+            created=int(float(raw.get("created") or 0)),
+            owned_by=raw.get("owned_by") or "berth",
+        )
+
+    async def visible_models(self, tenant_id: str, allowed: frozenset[str]) -> list[ModelInfo]:
+        """The models a tenant (and key, if it lists models) may use: ``GET /v1/models``."""
+        now = time.monotonic()
+        if now - self._model_names[0] >= self.settings.route_cache_seconds:
+            names = await self.redis.smembers(self.settings.key("models"))
+            self._model_names = (now, sorted(n.decode() if isinstance(n, bytes) else n for n in names))
+        result = []
+        for name in self._model_names[1]:
+            if allowed and name not in allowed:
+                continue
+            info = await self.model(name)
+            if info is not None and info.visible_to(tenant_id):
+                result.append(info)
+        return result
+
+    async def workers(self, model: str, *, fresh: bool = False) -> list[Worker]:
+        now = time.monotonic()
+        cached = self._routes.get(model)
+        if not fresh and cached is not None and now - cached[0] < self.settings.route_cache_seconds:
+            return cached[1]
+        workers = await self._read_routes(model)
+        self._routes[model] = (now, workers)
+        return workers
+
+    async def _read_routes(self, model: str) -> list[Worker]:
+        raw = _decode(await self.redis.hgetall(self.settings.key("route", model)))
+        workers = []
+        for worker_id, value in sorted(raw.items()):
+            try:
+                data = orjson.loads(value)
+                workers.append(Worker(worker_id, data["url"].rstrip("/"), data.get("api_key") or ""))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                logger.warning("ignoring malformed route entry %s for %s", worker_id, model)
+        return workers
+
+    async def signal_demand(self, model: str) -> None:
+        now = time.monotonic()
+        if now - self._demand_sent.get(model, 0.0) < 1.0:
+            return
+        self._demand_sent[model] = now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.settings.key("demand"), model, int(time.time() * 1000))
+        pipe.publish(self.settings.key("demand"), model)
+        await pipe.execute()
+
+    async def wait_for_workers(self, model: str, timeout: float) -> list[Worker]:
+        """Cold start: signal demand and poll the routing table until a worker is ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.signal_demand(model)
+            workers = await self.workers(model, fresh=True)
+            if workers or time.monotonic() >= deadline:
+                return workers
+            await asyncio.sleep(min(0.25, max(0.01, deadline - time.monotonic())))
+
+    # ------------------------------------------------------------------ choice
+
+    def load(self, worker: Worker) -> float:
+        engine = self.engine_load.get(worker.worker_id)
+        load = float(self.outstanding.get(worker.worker_id, 0))
+        if engine:
+            load += float(engine.get("waiting", 0)) + KV_WEIGHT * float(engine.get("kv", 0))
+        return load
+
+    def choose(self, workers: list[Worker], prefix: str | None, exclude: set[str] = frozenset()) -> Worker:
+        candidates = [w for w in workers if w.worker_id not in exclude] or workers
+        if len(candidates) == 1:
+            return candidates[0]
+        policy = self.settings.routing
+        if policy == "round_robin":
+            return candidates[next(self._rr) % len(candidates)]
+        loads = {w.worker_id: self.load(w) for w in candidates}
+        if policy == "prefix" and prefix:
+            bound = (1 + self.settings.bounded_load_eps) * (sum(loads.values()) / len(loads)) + 1
+            key = prefix.encode()
+            ranked = sorted(
+                candidates,
+                key=lambda w: hashlib.blake2b(key + w.worker_id.encode(), digest_size=8).digest(),
+            )
+            for worker in ranked:
+                if loads[worker.worker_id] <= bound:
+                    return worker
+        return min(candidates, key=lambda w: (loads[w.worker_id], next(self._rr) % 1_000_003))
+
+    def acquire(self, worker: Worker) -> None:
+        self.outstanding[worker.worker_id] = self.outstanding.get(worker.worker_id, 0) + 1
+
+    def release(self, worker: Worker) -> None:
+        left = self.outstanding.get(worker.worker_id, 1) - 1
+        if left <= 0:
+            self.outstanding.pop(worker.worker_id, None)
+        else:
+            self.outstanding[worker.worker_id] = left
+
+    # ------------------------------------------------------------------ engine metrics
+
+    async def refresh_loads(self) -> None:
+        raw = _decode(await self.redis.hgetall(self.settings.key("engine_load")))
+        loads = {}
+        for worker_id, value in raw.items():
+            try:
+                loads[worker_id] = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+        self.engine_load = loads
+
+    async def scrape_once(self) -> bool:
+        """If this gateway holds the scraper lock, scrape every routed worker's ``/metrics``."""
+        lock = self.settings.key("lock", "engine_scraper")
+        ttl_ms = int(self.settings.scrape_interval * 3000)
+        holder = await self.redis.get(lock)
+        holder = holder.decode() if isinstance(holder, bytes) else holder
+        if holder == self.instance:
+            await self.redis.pexpire(lock, ttl_ms)
+        elif not await self.redis.set(lock, self.instance, nx=True, px=ttl_ms):
+            return False
+        workers: dict[str, Worker] = {}
+        async for name in self.redis.scan_iter(match=self.settings.key("route", "*"), count=500):
+            model = (name.decode() if isinstance(name, bytes) else name)[len(self.settings.key("route", "")) :]
+            for worker in await self._read_routes(model):
+                workers[worker.worker_id] = worker
+        if not workers or self.upstream is None:
+            return True
+
+        async def one(worker: Worker):
+            try:
+                text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, timeout=2.0)
+            except Exception:  # a worker that does not answer simply has no fresh load figure
+                return None
+            return worker.worker_id, {**parse_engine_metrics(text), "at": time.time()}
+
+        results = await asyncio.gather(*(one(w) for w in workers.values()))
+        mapping = {wid: orjson.dumps(data) for wid, data in filter(None, results)}
+        if mapping:
+            pipe = self.redis.pipeline(transaction=False)
+            key = self.settings.key("engine_load")
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, ttl_ms * 2)
+            await pipe.execute()
+        return True
+
+    async def run_background(self) -> None:
+        """Scrape (when elected) and read the shared loads, about once per ``scrape_interval``."""
+        while True:
+            try:
+                await self.scrape_once()
+                await self.refresh_loads()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("engine load refresh failed", exc_info=True)
+            await asyncio.sleep(self.settings.scrape_interval)

@@ -1,0 +1,129 @@
+"""The one upstream HTTP client (created in the lifespan, closed there) behind a tiny interface.
+
+Two implementations exist so the choice could be measured (see ``gateway/README.md``): aiohttp
+(the default) and httpx. Both stream the response body as it arrives and close the connection
+when asked, which is how a client disconnect stops the engine's work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+
+class UpstreamError(Exception):
+    """Connecting or talking to the worker failed before a response started."""
+
+
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def chunks(self) -> AsyncIterator[bytes]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def read(self) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _AiohttpResponse(UpstreamResponse):
+    def __init__(self, response):
+        self._r = response
+        self.status = response.status
+        self.headers = [(k.lower(), v) for k, v in response.raw_headers]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._r.content.iter_any():
+            yield chunk
+
+    async def read(self) -> bytes:
+        return await self._r.read()
+
+    async def close(self) -> None:
+        # close(), not release(): an unfinished stream must drop the connection so vLLM aborts.
+        if not self._r.closed:
+            self._r.close()
+
+
+class AiohttpUpstream:
+    def __init__(self, settings):
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def send(self, method: str, url: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
+        try:
+            response = await self.session.request(method, url, headers=headers, data=body)
+        except (self._aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise UpstreamError(str(exc) or type(exc).__name__) from exc
+        return _AiohttpResponse(response)
+
+    async def get_text(self, url: str, api_key: str, *, timeout: float) -> str:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        async with self.session.get(
+            url, headers=headers, timeout=self._aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            return await response.text()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class _HttpxResponse(UpstreamResponse):
+    def __init__(self, response):
+        self._r = response
+        self.status = response.status_code
+        self.headers = [(k.lower(), v) for k, v in response.headers.raw]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._r.aiter_raw():
+            yield chunk
+
+    async def read(self) -> bytes:
+        return await self._r.aread()
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+class HttpxUpstream:
+    def __init__(self, settings):
+        import httpx
+
+        self._httpx = httpx
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
+            ),
+        )
+
+    async def send(self, method: str, url: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
+        request = self.client.build_request(method, url, headers=headers, content=body)
+        try:
+            response = await self.client.send(request, stream=True)
+        except (self._httpx.HTTPError, OSError) as exc:
+            raise UpstreamError(str(exc) or type(exc).__name__) from exc
+        return _HttpxResponse(response)
+
+    async def get_text(self, url: str, api_key: str, *, timeout: float) -> str:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        response = await self.client.get(url, headers=headers, timeout=timeout)
+        return response.text
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def make_upstream(settings):
+    return HttpxUpstream(settings) if settings.upstream_client == "httpx" else AiohttpUpstream(settings)
