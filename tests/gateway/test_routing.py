@@ -118,9 +118,9 @@ def test_cold_start_holds_the_request_until_a_worker_is_ready(gateway, engines, 
     thread = threading.Thread(target=call)
     thread.start()
     deadline = time.monotonic() + 5
-    while not redis_client.hget(django_settings.REDIS_PREFIX + "demand", model) and time.monotonic() < deadline:
+    while not redis_client.get(django_settings.REDIS_PREFIX + "demand:" + model) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert redis_client.hget(django_settings.REDIS_PREFIX + "demand", model)  # the autoscaler's signal
+    assert int(redis_client.get(django_settings.REDIS_PREFIX + "demand:" + model)) > 0  # the autoscaler reads it
     assert thread.is_alive()  # held, not refused
     set_routes(redis_client, model, engines[:1])
     thread.join(10)

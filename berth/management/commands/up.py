@@ -318,6 +318,10 @@ class Command(BaseCommand):
         note = ensure_default_models()
         if note:
             sup.log("up", note)
+        from models_registry import mirror as model_mirror
+
+        result = model_mirror.resync()
+        sup.log("up", f"model registry in Redis: {result['written']} model(s)")
 
     def _ensure_staff_user(self, sup: Supervisor) -> None:
         from tenants.models import User

@@ -1,0 +1,79 @@
+"""The Redis copy of the model registry that the gateway reads (it never queries PostgreSQL).
+
+Layout (under ``settings.REDIS_PREFIX``), read by ``gateway.routing``:
+
+* ``model:<public name>`` — hash: ``served_name`` (the engine's ``--served-model-name``, which
+  Berth sets to the public name), ``task``, ``visibility`` (``public`` | ``private``), ``tenants``
+  (JSON list of tenant ids allowed to use a private model), ``created`` (epoch seconds),
+  ``owned_by``. A model without this hash does not exist for the gateway.
+* ``models`` — set of every model name (the gateway filters it per tenant for ``GET /v1/models``).
+* channel ``invalidate`` — ``model:<name>`` is published on every change.
+
+Signals keep it current whatever edits the registry (admin, API, ``pull_model``, bootstrap);
+``resync`` (periodic, and at ``manage.py up``) heals any missed write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import redis
+
+from berth.redis import get_redis, rkey
+
+logger = logging.getLogger(__name__)
+INVALIDATE_CHANNEL = "invalidate"
+
+
+def entry(model) -> dict[str, str]:
+    tenants = sorted(str(pk) for pk in model.allowed_tenants.values_list("pk", flat=True))
+    return {
+        "served_name": model.name,
+        "task": model.task,
+        "visibility": model.visibility,
+        "tenants": json.dumps(tenants),
+        "created": str(int(model.created_at.timestamp())) if model.created_at else "0",
+        "owned_by": "berth",
+    }
+
+
+def publish_model(model) -> bool:
+    try:
+        pipe = get_redis().pipeline(transaction=True)
+        pipe.delete(rkey("model", model.name))
+        pipe.hset(rkey("model", model.name), mapping=entry(model))
+        pipe.sadd(rkey("models"), model.name)
+        pipe.publish(rkey(INVALIDATE_CHANNEL), f"model:{model.name}")
+        pipe.execute()
+    except redis.RedisError:
+        logger.exception("could not mirror model %s to Redis; the periodic resync will", model.name)
+        return False
+    return True
+
+
+def unpublish_model(name: str) -> bool:
+    try:
+        pipe = get_redis().pipeline(transaction=True)
+        pipe.delete(rkey("model", name))
+        pipe.srem(rkey("models"), name)
+        pipe.publish(rkey(INVALIDATE_CHANNEL), f"model:{name}")
+        pipe.execute()
+    except redis.RedisError:
+        logger.exception("could not remove model %s from Redis", name)
+        return False
+    return True
+
+
+def resync() -> dict[str, int]:
+    from models_registry.models import Model
+
+    models = list(Model.objects.prefetch_related("allowed_tenants"))
+    names = {model.name for model in models}
+    for model in models:
+        publish_model(model)
+    client = get_redis()
+    stale = {name for name in client.smembers(rkey("models")) if name not in names}
+    for name in stale:
+        unpublish_model(name)
+    return {"written": len(models), "removed": len(stale)}
