@@ -97,7 +97,7 @@ X_FRAME_OPTIONS = "DENY"
 if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # /healthz is probed over plain HTTP by load balancers and orchestrators.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^internal/"]
 
 # --------------------------------------------------------------------------- apps
 
@@ -310,6 +310,8 @@ GATEWAY_PORT = env_int("BERTH_GATEWAY_PORT", 8001, minimum=1)
 # The URL tenants use for inference; shown in the console's snippets.
 GATEWAY_PUBLIC_URL = env_str("BERTH_GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}/v1")
 DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
+# Bearer token for /internal/* (Prometheus service discovery and pool gauges); empty: no token.
+INTERNAL_TOKEN = env_secret("BERTH_INTERNAL_TOKEN")
 
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")

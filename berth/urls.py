@@ -5,9 +5,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from berth.health import healthz
+from workers import observability
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("internal/prometheus/engines", observability.engine_targets, name="prometheus-engines"),
+    path("internal/metrics", observability.pool_metrics, name="pool-metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("berth.api_router")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -256,7 +256,9 @@ class Router:
             return False
         workers: dict[str, Worker] = {}
         async for name in self.redis.scan_iter(match=self.settings.key("route", "*"), count=500):
-            model = (name.decode() if isinstance(name, bytes) else name)[len(self.settings.key("route", "")) :]
+            model = (name.decode() if isinstance(name, bytes) else name)[
+                len(self.settings.key("route", "")) :
+            ]
             for worker in await self._read_routes(model):
                 workers[worker.worker_id] = worker
         if not workers or self.upstream is None:

@@ -359,7 +359,13 @@ def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports(
     }
     exported = (
         gateway_metric_names()
-        | {"berth_pool_gpus", "berth_pool_gpus_in_use", "berth_workers"}
+        | {
+            "berth_pool_gpus",
+            "berth_pool_gpus_in_use",
+            "berth_workers",
+            "berth_pool_cpu_slots",
+            "berth_pool_cpu_slots_in_use",
+        }
         | {
             "vllm:num_requests_waiting",
             "vllm:num_requests_running",
