@@ -327,6 +327,15 @@ NODE_NAME = env_str("BERTH_NODE_NAME")  # node_agent --name default (else the ho
 NODE_ADDRESS = env_str("BERTH_NODE_ADDRESS", "127.0.0.1")  # engines bind to and are reached at it
 CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a node agent offers
 HEARTBEAT_SECONDS = env_int("BERTH_HEARTBEAT_SECONDS", 5, minimum=1)
+# Where vLLM deployments run: "local" (node agents) or "kubernetes" (workers/k8s/sync.py).
+PROVISIONER = env_str("BERTH_PROVISIONER", "local")
+if PROVISIONER not in ("local", "kubernetes"):
+    raise ImproperlyConfigured("BERTH_PROVISIONER must be 'local' or 'kubernetes'")
+K8S_NAMESPACE = env_str("BERTH_K8S_NAMESPACE", "berth-engines")
+K8S_VLLM_IMAGE = env_str("BERTH_K8S_VLLM_IMAGE", "vllm/vllm-openai:v0.33.0")
+K8S_CACHE_PVC = env_str("BERTH_K8S_CACHE_PVC", "berth-model-cache")
+K8S_ENGINE_SECRET = env_str("BERTH_K8S_ENGINE_SECRET", "berth-engine-key")
+K8S_ENGINE_API_KEY = env_secret("BERTH_K8S_ENGINE_API_KEY")
 NODE_LOST_SECONDS = env_int("BERTH_NODE_LOST_SECONDS", 30, minimum=2)
 WORKER_START_TIMEOUT = env_int("BERTH_WORKER_START_TIMEOUT", 900, minimum=5)
 UNHEALTHY_AFTER = env_int("BERTH_UNHEALTHY_AFTER", 3, minimum=1)  # failed /health checks in a row

@@ -88,11 +88,27 @@ def _pass(now: datetime) -> dict[str, int]:
     )
     _check_health(workers, now, stats)
     deployments = list(Deployment.objects.select_related("model"))
-    _replace_failed(deployments, workers, now, stats)
-    _converge(deployments, workers, now, stats)
+    on_kubernetes = settings.PROVISIONER == "kubernetes"
+    # On Kubernetes, vLLM deployments are groups in the cluster (workers/k8s/sync.py); CPU
+    # deployments still run on node agents.
+    local = [d for d in deployments if not (on_kubernetes and d.engine == Engine.VLLM)]
+    _replace_failed(local, workers, now, stats)
+    _converge(local, workers, now, stats)
     _progress_draining(workers, nodes, now, stats)
-    _place_pending(workers, nodes, deployments, now, stats)
-    routing.publish(routing.build(workers))
+    _place_pending(workers, nodes, local, now, stats)
+    table = routing.build(workers)
+    if on_kubernetes:
+        from workers.k8s import sync as kube
+
+        try:
+            table.update(kube.sync(deployments, stats))
+        except Exception:  # the local half of the pass must still publish its routes
+            logger.exception("Kubernetes sync failed; its routes stay as they were this pass")
+            stats["k8s_errors"] += 1
+            local_ids = {str(w.pk) for w in Worker.objects.only("pk")}
+            for model_name, entries in routing.current_tables(exclude_worker_ids=local_ids).items():
+                table.setdefault(model_name, {}).update(entries)
+    routing.publish(table)
     return dict(stats)
 
 

@@ -91,3 +91,15 @@ def remove_worker(model_name: str, worker_id) -> None:
 def read(model_name: str) -> dict[str, dict]:
     """The routing entries of one model (what the gateway does)."""
     return {k: json.loads(v) for k, v in get_redis().hgetall(rkey("route", model_name)).items()}
+
+
+def current_tables(*, exclude_worker_ids: set[str] = frozenset()) -> dict[str, dict[str, str]]:
+    """The tables as Redis has them now (raw entries), minus the given workers' entries."""
+    client = get_redis()
+    tables: dict[str, dict[str, str]] = {}
+    for model_name in client.smembers(rkey("routes")):
+        entries = client.hgetall(rkey("route", model_name))
+        kept = {wid: value for wid, value in entries.items() if wid not in exclude_worker_ids}
+        if kept:
+            tables[model_name] = kept
+    return tables
