@@ -5,9 +5,9 @@ Nothing here knows about HTTP; ``workers.engines.cpu_server`` turns these into v
 Generation runs on transformers' own continuous-batching manager (the batching core behind
 ``transformers serve --continuous-batching``): one background thread steps every active request
 together over a paged KV cache, so four concurrent requests cost little more than one. We size
-that cache ourselves (``kv_cache_tokens``) instead of letting it claim a share of RAM, and pass
-sampling parameters per request, which ``transformers serve`` does not do (it fixes them from
-whichever request arrives first).
+that cache ourselves (``kv_cache_tokens``) instead of letting it claim a share of RAM, and sample
+per request with ``cpu_sampling`` (temperature, top-p, top-k, greedy at temperature 0), where
+``transformers serve`` applies none of them.
 """
 
 from __future__ import annotations
