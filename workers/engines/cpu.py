@@ -40,8 +40,12 @@ that gap. The tiny model makes these framework-overhead figures, not compute fig
 
 Embeddings run in the same server (``--task embedding``, 477 MB RSS with all-MiniLM-L6-v2) over
 plain transformers with mean pooling and L2 normalisation, which is what sentence-transformers
-computes for that model. ``transformers serve`` has no ``/v1/embeddings``, and fastembed needs
-to download its ONNX weights (ENGINES.md).
+computes for that model. ``transformers serve`` has no ``/v1/embeddings``. The maintained
+``infinity-emb`` 0.0.78 (``infinity_emb v2``) did serve the bundled folder offline here, in a
+separate venv, but it pins ``transformers`` 4.57.6, ``sentence-transformers<4`` and
+``huggingface_hub`` 0.36, so it cannot share an environment with the ``transformers`` 5 that the
+chat engine needs, and it has no vLLM metric names or ``/v1`` prefix by default. fastembed runs
+ONNX models only, and the wheel ships safetensors only.
 """
 
 from __future__ import annotations
