@@ -617,6 +617,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kv-cache-tokens", type=int, default=32768, help="paged KV-cache capacity, in tokens"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--graceful-shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds that open requests get to finish after SIGTERM before they are cancelled",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -656,7 +662,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         # The port opens only now, after the model has loaded: /health is 200 from its first answer.
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        # On SIGTERM uvicorn stops accepting, lets open requests run for the grace period, then
+        # cancels them, which cancels their generation (the node agent drains before stopping).
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=args.graceful_shutdown_timeout,
+        )
     finally:
         backend.stop()
 
