@@ -379,7 +379,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
                 )
             started = time.monotonic()
             lengths = backend.count_tokens(texts)
-            vectors = await asyncio.to_thread(backend.embed, texts)
+            vectors = await backend.embed(texts)
             data = []
             for i, vector in enumerate(vectors):
                 if body.encoding_format == "base64":
