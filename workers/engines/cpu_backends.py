@@ -28,11 +28,11 @@ EMBED_BATCH = 64  # texts per forward pass; concurrent requests are packed up to
 
 
 class InputError(ValueError):
-    """A request the model cannot take; the server answers 400 with this message."""
+    """A request the engine cannot take; the server answers with ``status`` and this message."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, *, status: int = 400, code: str | None = None):
         super().__init__(message)
-        self.param = param
+        self.message, self.param, self.status, self.code = message, param, status, code
 
 
 @dataclass
