@@ -428,7 +428,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
         request: Request, *, kind: str, prompt_ids: list[int], params: SamplingParams, stream: bool, options
     ):
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
-        started = time.monotonic()
+        started, created_at = time.monotonic(), int(time.time())  # one "created" for every chunk, as vLLM
         prompt_len = len(prompt_ids)
         chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         include_usage = bool(options and options.include_usage)
@@ -439,7 +439,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             payload: dict[str, Any] = {
                 "id": request_id,
                 "object": chunk_object,
-                "created": int(time.time()),
+                "created": created_at,
                 "model": served_name,
                 "choices": [choice] if choice is not None else [],
             }
@@ -542,7 +542,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             {
                 "id": request_id,
                 "object": "chat.completion" if kind == "chat" else "text_completion",
-                "created": int(time.time()),
+                "created": created_at,
                 "model": served_name,
                 "choices": [out_choice],
                 "usage": _usage(prompt_len, produced),
