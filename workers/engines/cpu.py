@@ -15,8 +15,8 @@ here, on the 2-core, 24 GiB dev box with torch 2.13.0+cpu and the tiny model:
 * vLLM's gauges (running, waiting, KV-cache use) need the scheduler's state, which an adapter
   cannot see; here they come from the batching loop and its paged cache.
 * Memory: ``transformers serve`` sizes its KV cache from free RAM and peaked at 5.0 to 8.3 GB RSS
-  for a 16 MB model (6 runs). We size it in tokens (``--kv-cache-tokens``, 32,768 by default):
-  835 to 839 MB peak, so several engines fit on a dev machine next to the tests.
+  for a 16 MB model (8 runs). We size it in tokens (``--kv-cache-tokens``, 32,768 by default):
+  835 to 839 MB peak (8 runs), so several engines fit on a dev machine next to the tests.
 * One process instead of an adapter in front of an internal server, and one module
   (``cpu_server``) where every difference from vLLM is decided.
 
@@ -34,9 +34,10 @@ server                                          1 request    4 concurrent  peak 
 ==============================================  ===========  ============  ===============
 
 ``transformers serve`` runs a plain argmax here (see the first point), while we sample. With the
-stock per-request warpers of transformers, which sort the vocabulary every step, ours had reached
-only 362 to 395 tok/s at 4 concurrent in the same kind of runs; ``cpu_sampling`` closed most of
-that gap. The tiny model makes these framework-overhead figures, not compute figures.
+stock per-request warpers of transformers, which sort the vocabulary every step, ours reached
+only 339 to 395 tok/s (best of 3 to 5) at 4 concurrent in the same kind of runs;
+``cpu_sampling`` closed most of that gap. The tiny model makes these framework-overhead
+figures, not compute figures.
 
 Embeddings run in the same server (``--task embedding``, 477 MB RSS with all-MiniLM-L6-v2) over
 plain transformers with mean pooling and L2 normalisation, which is what sentence-transformers
@@ -44,8 +45,8 @@ computes for that model. ``transformers serve`` has no ``/v1/embeddings``. The m
 ``infinity-emb`` 0.0.78 (``infinity_emb v2``) did serve the bundled folder offline here, in a
 separate venv, but it pins ``transformers`` 4.57.6, ``sentence-transformers<4`` and
 ``huggingface_hub`` 0.36, so it cannot share an environment with the ``transformers`` 5 that the
-chat engine needs, and it has no vLLM metric names or ``/v1`` prefix by default. fastembed runs
-ONNX models only, and the wheel ships safetensors only.
+chat engine needs, and it has no vLLM metric names or ``/v1`` prefix by default. fastembed was
+not tried: it runs ONNX models, and the wheel ships only safetensors.
 """
 
 from __future__ import annotations
