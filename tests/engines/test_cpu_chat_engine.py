@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.engines.conftest import (
+from tests.engines.engine_process import (
     API_KEY,
     Engine,
     free_port,

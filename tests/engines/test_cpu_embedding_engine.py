@@ -12,7 +12,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.engines.conftest import Engine, metric, scrape
+from tests.engines.engine_process import Engine, metric, scrape
 from workers.embedding_model import EMBEDDING_DIMENSIONS, embedding_model_path
 
 
