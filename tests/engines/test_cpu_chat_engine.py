@@ -10,7 +10,17 @@ import httpx
 import openai
 import pytest
 
-from tests.engines.conftest import Engine, metric, scrape
+from tests.engines.engine_process import (
+    API_KEY,
+    Engine,
+    free_port,
+    metric,
+    scrape,
+    start_engine,
+    stop_engine,
+    wait_ready,
+)
+from workers.engines import EngineSpec
 
 MESSAGES = [{"role": "user", "content": "Say something about lighthouses."}]
 
@@ -419,3 +429,36 @@ def test_a_client_leaving_a_non_streaming_request_stops_generation(chat_engine):
         before, "vllm:generation_tokens_total", model_name=name
     )
     assert generated < 1900
+
+
+def test_sigterm_ends_open_streams_after_the_grace_period(tiny_model_path, tmp_path):
+    spec = EngineSpec(
+        engine="cpu",
+        served_name="tiny",
+        source=str(tiny_model_path),
+        task="chat",
+        host="127.0.0.1",
+        port=free_port(),
+        api_key=API_KEY,
+        extra_args=("--graceful-shutdown-timeout", "1"),
+    )
+    engine = start_engine(spec, tmp_path / "engine.log")
+    try:
+        wait_ready(engine)
+        body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 1900, "stream": True, "ignore_eos": True}
+        with httpx.stream(
+            "POST", f"{engine.base_url}/chat/completions", json=body, headers=engine.auth, timeout=60
+        ) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            engine.process.terminate()
+            rest = []
+            # After the grace period the server drops the connection mid-stream, long before 1900 tokens.
+            with pytest.raises(httpx.RemoteProtocolError):
+                for line in lines:
+                    rest.append(line)
+        assert "data: [DONE]" not in rest
+        assert engine.process.wait(timeout=30) in (0, -15)
+    finally:
+        if engine.process.poll() is None:
+            stop_engine(engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 
@@ -11,7 +12,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.engines.conftest import Engine, metric, scrape
+from tests.engines.engine_process import Engine, metric, scrape
 from workers.embedding_model import EMBEDDING_DIMENSIONS, embedding_model_path
 
 
@@ -151,3 +152,29 @@ def test_it_lists_its_model_and_has_no_chat_route(embedding_engine, client):
     )
     assert r.status_code == 404
     assert httpx.get(f"{embedding_engine.url}/health", timeout=5).status_code == 200
+
+
+def test_concurrent_requests_get_their_own_vectors(embedding_engine, client):
+    texts = [f"Sentence number {i} is about {'cats dogs birds fish'.split()[i % 4]}." for i in range(8)]
+    alone = [
+        client.embeddings.create(model=model(embedding_engine), input=t).data[0].embedding for t in texts
+    ]
+
+    async def together():
+        async with openai.AsyncOpenAI(
+            base_url=embedding_engine.base_url, api_key=embedding_engine.spec.api_key
+        ) as aclient:
+            replies = await asyncio.gather(
+                *[
+                    aclient.embeddings.create(model=model(embedding_engine), input=[t, "shared tail"])
+                    for t in texts
+                ]
+            )
+        return replies
+
+    replies = asyncio.run(together())
+    tail = replies[0].data[1].embedding
+    for reply, expected in zip(replies, alone, strict=True):
+        assert [d.index for d in reply.data] == [0, 1]
+        np.testing.assert_allclose(reply.data[0].embedding, expected, atol=1e-5)
+        np.testing.assert_allclose(reply.data[1].embedding, tail, atol=1e-5)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from workers.engines import EngineSpec, build_launch
 from workers.engines.base import LoraModule
+from workers.engines.cpu import build_launch as build_cpu_launch
 from workers.engines.cpu_server import parse_args
 
 
@@ -72,7 +75,20 @@ def test_it_forwards_context_length_and_extra_args():
     ],
 )
 def test_it_refuses_specs_it_cannot_serve(bad):
-    from workers.engines.cpu import build_launch as build_cpu_launch
-
     with pytest.raises(ValueError):
         build_cpu_launch(spec(**bad))
+
+
+def test_the_engine_module_does_not_import_django():
+    code = (
+        "import sys, workers.engines.cpu_server, workers.engines.cpu_backends; print('django' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"

@@ -5,9 +5,9 @@ Nothing here knows about HTTP; ``workers.engines.cpu_server`` turns these into v
 Generation runs on transformers' own continuous-batching manager (the batching core behind
 ``transformers serve --continuous-batching``): one background thread steps every active request
 together over a paged KV cache, so four concurrent requests cost little more than one. We size
-that cache ourselves (``kv_cache_tokens``) instead of letting it claim a share of RAM, and pass
-sampling parameters per request, which ``transformers serve`` does not do (it fixes them from
-whichever request arrives first).
+that cache ourselves (``kv_cache_tokens``) instead of letting it claim a share of RAM, and sample
+per request with ``cpu_sampling`` (temperature, top-p, top-k, greedy at temperature 0), where
+``transformers serve`` applies none of them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import json
 import logging
-import threading
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,15 @@ from typing import Any
 
 logger = logging.getLogger("berth.cpu_engine")
 
+EMBED_BATCH = 64  # texts per forward pass; concurrent requests are packed up to this
+
 
 class InputError(ValueError):
-    """A request the model cannot take; the server answers 400 with this message."""
+    """A request the engine cannot take; the server answers with ``status`` and this message."""
 
-    def __init__(self, message: str, param: str | None = None):
+    def __init__(self, message: str, param: str | None = None, *, status: int = 400, code: str | None = None):
         super().__init__(message)
-        self.param = param
+        self.message, self.param, self.status, self.code = message, param, status, code
 
 
 @dataclass
@@ -275,6 +277,8 @@ class EmbeddingBackend:
 
     This is exactly what sentence-transformers computes for all-MiniLM-L6-v2 (ENGINES.md B3 found
     the two bit-identical), without importing sentence-transformers and scikit-learn at start-up.
+    Requests queue on the event loop; one worker packs whatever is waiting (up to
+    ``EMBED_BATCH`` texts) into a single forward pass in a thread.
     """
 
     def __init__(self, model_path: Path, *, max_model_len: int | None):
@@ -292,15 +296,10 @@ class EmbeddingBackend:
         self.model = AutoModel.from_pretrained(model_path, dtype=torch.float32).eval()
         self.max_model_len = int(max_model_len or seq_len or self.model.config.max_position_embeddings)
         self.dimensions = int(self.model.config.hidden_size)
-        self._lock = threading.Lock()  # one forward pass at a time; torch already uses every thread
-        self._counts = threading.Lock()
-        self.waiting = 0
-        self.running = 0
-
-    def _count(self, waiting: int, running: int) -> None:
-        with self._counts:
-            self.waiting += waiting
-            self.running += running
+        self._pending: deque[tuple[list[str], asyncio.Future]] = deque()
+        self._worker: asyncio.Task | None = None
+        self.waiting = 0  # requests queued
+        self.running = 0  # requests in the forward pass now
 
     def is_alive(self) -> bool:
         return True
@@ -319,23 +318,56 @@ class EmbeddingBackend:
                 )
         return lengths
 
-    def embed(self, texts: list[str]):
-        """Blocking; call it from a worker thread. Returns a float32 numpy array (len(texts), dims)."""
-        torch = self._torch
-        self._count(1, 0)
-        with self._lock:
-            self._count(-1, 1)
+    async def embed(self, texts: list[str]):
+        """A float32 array (len(texts), dims). Requests that arrive together share forward passes."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((texts, future))
+        self.waiting += 1
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            taken = [self._pending.popleft()]
+            size = len(taken[0][0])
+            while self._pending and size + len(self._pending[0][0]) <= EMBED_BATCH:
+                size += len(self._pending[0][0])
+                taken.append(self._pending.popleft())
+            self.waiting -= len(taken)
+            self.running += len(taken)
             try:
-                batch = self.tokenizer(
-                    texts, padding=True, truncation=True, max_length=self.max_model_len, return_tensors="pt"
-                )
-                with torch.inference_mode():
-                    hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                return torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+                vectors = await asyncio.to_thread(self._forward, [t for texts, _ in taken for t in texts])
+            except Exception as exc:
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                start = 0
+                for texts, future in taken:
+                    if not future.done():  # a client that left has cancelled its future
+                        future.set_result(vectors[start : start + len(texts)])
+                    start += len(texts)
             finally:
-                self._count(0, -1)
+                self.running -= len(taken)
+
+    def _forward(self, texts: list[str]):
+        torch = self._torch
+        out = []
+        for i in range(0, len(texts), EMBED_BATCH):
+            batch = self.tokenizer(
+                texts[i : i + EMBED_BATCH],
+                padding=True,
+                truncation=True,
+                max_length=self.max_model_len,
+                return_tensors="pt",
+            )
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, p=2, dim=1))
+        return torch.cat(out).numpy()
 
     def stop(self) -> None:
         return None

@@ -1,9 +1,10 @@
 """Per-request sampling for transformers' continuous batching, at the cost of an argmax.
 
 The stock per-request warpers (temperature, top-k, top-p) sort the whole vocabulary for every
-row on every step and then call ``torch.multinomial``; on 2 CPU cores that cost more than the
-tiny model's forward pass (measured here: 1-7 ms per step for 4 rows, against ~20 us for an
-argmax). These replacements do the expensive parts only for rows that ask for them, and sample
+row on every step and then call ``torch.multinomial``. Measured here on 4 rows of 4,096 logits:
+top-p 1 to 7 ms, top-k about 1 ms, softmax plus multinomial 0.4 to 1.9 ms, against 15 to 30 us
+for an argmax; a whole greedy decoding step of the tiny model for 4 requests takes about 4.5 ms
+(from its best 894 tok/s). These replacements do the expensive parts only for rows that ask for them, and sample
 with the Gumbel-max trick, so the batching loop runs in greedy mode (``do_sample=False``) and
 its argmax draws an exact sample from softmax(logits / temperature):
 

@@ -31,6 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from workers.engines.cpu_backends import InputError, SamplingParams
+
 logger = logging.getLogger("berth.cpu_engine")
 
 API_KEY_ENV = "VLLM_API_KEY"
@@ -81,7 +83,7 @@ class ChatMessage(BaseModel):
         parts = []
         for part in self.content:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _InputError("only text content parts are supported by this model", "messages")
+                raise InputError("only text content parts are supported by this model", "messages")
             parts.append(part["text"])
         return "".join(parts)
 
@@ -108,12 +110,6 @@ class EmbeddingRequest(BaseModel):
 
 
 # -- errors ----------------------------------------------------------------------------------------
-
-
-class _InputError(Exception):
-    def __init__(self, message: str, param: str | None = None, *, status: int = 400, code: str | None = None):
-        super().__init__(message)
-        self.message, self.param, self.status, self.code = message, param, status, code
 
 
 def error_body(message: str, *, type_: str, param: str | None = None, code: str | int | None = None) -> dict:
@@ -223,6 +219,27 @@ class Metrics:
 # -- the app ---------------------------------------------------------------------------------------
 
 
+class ApiKeyMiddleware:
+    """Bearer-key check with the scope of vLLM's ``--api-key``: only ``/v1`` paths are guarded, so
+    ``/health``, ``/metrics`` and ``/tokenize`` stay open (the worker port is private to Berth).
+    Plain ASGI, so streamed responses pass through untouched."""
+
+    def __init__(self, app, *, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error_response(
+                    401, "Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
 
@@ -234,32 +251,16 @@ def _sse(payload: dict) -> bytes:
 def create_app(*, task: str, backend, served_name: str, api_key: str | None):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from workers.engines.cpu_backends import InputError, SamplingParams
-
     app = FastAPI(title="Berth CPU engine", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(served_name, backend)
     created = int(time.time())
-    expected = f"Bearer {api_key}".encode() if api_key else None
-
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        # Same scope as vLLM's --api-key: only /v1 is guarded; /health, /metrics, /tokenize stay open.
-        if expected is not None and request.url.path.startswith("/v1") and request.method != "OPTIONS":
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error_response(
-                    401, "Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key"
-                )
-        return await call_next(request)
-
-    @app.exception_handler(_InputError)
-    async def input_error(_request, exc: _InputError):
-        type_ = "invalid_request_error"
-        return _error_response(exc.status, exc.message, type_=type_, param=exc.param, code=exc.code)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
 
     @app.exception_handler(InputError)
-    async def backend_input_error(_request, exc: InputError):
-        return _error_response(400, str(exc), type_="invalid_request_error", param=exc.param)
+    async def input_error(_request, exc: InputError):
+        type_ = "invalid_request_error"
+        return _error_response(exc.status, exc.message, type_=type_, param=exc.param, code=exc.code)
 
     @app.exception_handler(404)
     async def not_found(_request, _exc):
@@ -279,16 +280,16 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             raw = await request.body()
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _InputError(f"request body is not valid JSON: {exc}") from exc
+            raise InputError(f"request body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise _InputError("request body must be a JSON object")
+            raise InputError("request body must be a JSON object")
         try:
             body = model_cls.model_validate(data)
         except ValidationError as exc:
             message, param = _validation_message(exc)
-            raise _InputError(message, param) from exc
+            raise InputError(message, param) from exc
         if body.model is not None and body.model != served_name:
-            raise _InputError(
+            raise InputError(
                 f"The model `{body.model}` does not exist.", "model", status=404, code="model_not_found"
             )
         return body
@@ -335,20 +336,20 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
         try:
             data = json.loads(await request.body())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _InputError(f"request body is not valid JSON: {exc}") from exc
+            raise InputError(f"request body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or not (isinstance(data.get("prompt"), str) or "messages" in data):
-            raise _InputError("send 'prompt' (a string) or 'messages'", "prompt")
+            raise InputError("send 'prompt' (a string) or 'messages'", "prompt")
         if data.get("model") not in (None, served_name):
-            raise _InputError(
+            raise InputError(
                 f"The model `{data['model']}` does not exist.", "model", status=404, code="model_not_found"
             )
         if "messages" in data:
             if task == "embedding":
-                raise _InputError("this model has no chat template", "messages")
+                raise InputError("this model has no chat template", "messages")
             try:
                 messages = [ChatMessage.model_validate(m) for m in data["messages"]]
             except (ValidationError, TypeError) as exc:
-                raise _InputError("messages must be a list of chat messages", "messages") from exc
+                raise InputError("messages must be a list of chat messages", "messages") from exc
             ids = backend.chat_prompt_ids([{"role": m.role, "content": m.text()} for m in messages])
         else:
             add_special = bool(data.get("add_special_tokens", True))
@@ -362,24 +363,24 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             body: EmbeddingRequest = await parse(request, EmbeddingRequest)
             texts = [body.input] if isinstance(body.input, str) else body.input
             if not texts:
-                raise _InputError("input must not be empty", "input")
+                raise InputError("input must not be empty", "input")
             if not all(isinstance(t, str) for t in texts):
-                raise _InputError(
+                raise InputError(
                     "token-array input is not supported by the CPU embedding engine; send a string or a list "
                     "of strings",
                     "input",
                 )
             if any(t == "" for t in texts):
-                raise _InputError("input strings must not be empty", "input")
+                raise InputError("input strings must not be empty", "input")
             if len(texts) > 2048:
-                raise _InputError("at most 2048 inputs per request", "input")
+                raise InputError("at most 2048 inputs per request", "input")
             if body.dimensions is not None and body.dimensions != backend.dimensions:
-                raise _InputError(
+                raise InputError(
                     f"this model only produces {backend.dimensions}-dimensional embeddings", "dimensions"
                 )
             started = time.monotonic()
             lengths = backend.count_tokens(texts)
-            vectors = await asyncio.to_thread(backend.embed, texts)
+            vectors = await backend.embed(texts)
             data = []
             for i, vector in enumerate(vectors):
                 if body.encoding_format == "base64":
@@ -406,11 +407,11 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
 
     def sampling(body: _Sampling, prompt_len: int, requested_max: int | None) -> SamplingParams:
         if body.n != 1:
-            raise _InputError("n > 1 is not supported by the CPU engine", "n")
+            raise InputError("n > 1 is not supported by the CPU engine", "n")
         if body.logprobs:
-            raise _InputError("logprobs are not supported by the CPU engine", "logprobs")
+            raise InputError("logprobs are not supported by the CPU engine", "logprobs")
         if body.stream_options is not None and not body.stream:
-            raise _InputError("Stream options can only be defined when `stream=True`.", "stream_options")
+            raise InputError("Stream options can only be defined when `stream=True`.", "stream_options")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         temperature = 1.0 if body.temperature is None else body.temperature
         top_k = body.top_k if body.top_k and body.top_k > 0 else None
@@ -427,7 +428,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
         request: Request, *, kind: str, prompt_ids: list[int], params: SamplingParams, stream: bool, options
     ):
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
-        started = time.monotonic()
+        started, created_at = time.monotonic(), int(time.time())  # one "created" for every chunk, as vLLM
         prompt_len = len(prompt_ids)
         chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         include_usage = bool(options and options.include_usage)
@@ -438,7 +439,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             payload: dict[str, Any] = {
                 "id": request_id,
                 "object": chunk_object,
-                "created": int(time.time()),
+                "created": created_at,
                 "model": served_name,
                 "choices": [choice] if choice is not None else [],
             }
@@ -541,7 +542,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             {
                 "id": request_id,
                 "object": "chat.completion" if kind == "chat" else "text_completion",
-                "created": int(time.time()),
+                "created": created_at,
                 "model": served_name,
                 "choices": [out_choice],
                 "usage": _usage(prompt_len, produced),
@@ -568,21 +569,21 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
     async def completions(request: Request):
         body: CompletionRequest = await parse(request, CompletionRequest)
         if body.echo or body.suffix:
-            raise _InputError(
+            raise InputError(
                 "echo and suffix are not supported by the CPU engine", "echo" if body.echo else "suffix"
             )
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
             if len(prompt) != 1:
-                raise _InputError("the CPU engine takes one prompt per request", "prompt")
+                raise InputError("the CPU engine takes one prompt per request", "prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
             if not prompt:
-                raise _InputError("prompt must not be empty", "prompt")
+                raise InputError("prompt must not be empty", "prompt")
             prompt_ids = backend.text_prompt_ids(prompt)
         else:
             if not prompt:
-                raise _InputError("prompt must not be empty", "prompt")
+                raise InputError("prompt must not be empty", "prompt")
             prompt_ids = list(prompt)
             backend.check_token_ids(prompt_ids)
         default_max = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's completions default
@@ -617,6 +618,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kv-cache-tokens", type=int, default=32768, help="paged KV-cache capacity, in tokens"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--graceful-shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds that open requests get to finish after SIGTERM before they are cancelled",
+    )
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -656,7 +663,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         # The port opens only now, after the model has loaded: /health is 200 from its first answer.
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        # On SIGTERM uvicorn stops accepting, lets open requests run for the grace period, then
+        # cancels them, which cancels their generation (the node agent drains before stopping).
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=args.graceful_shutdown_timeout,
+        )
     finally:
         backend.stop()
 
