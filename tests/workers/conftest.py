@@ -40,6 +40,7 @@ class Seams:
 def seams(monkeypatch):
     stub = Seams()
     monkeypatch.setattr(dispatch, "send", stub.send)
+    monkeypatch.setattr(dispatch, "reconcile_soon", lambda: stub.sent.append(("reconcile", "", "celery")))
     monkeypatch.setattr(probe, "health", stub.health)
     monkeypatch.setattr(probe, "load", stub.load)
     return stub
