@@ -200,3 +200,35 @@ def test_demand_from_the_gateway_scales_a_model_up_from_zero(agents, redis_clien
 
     [worker] = wait_for(lambda: ready_workers(deployment), step=step, what="a worker started from zero")
     assert chat(worker)["choices"][0]["message"]["content"] == "pong"
+
+
+def test_a_tensor_parallel_replica_gets_its_gpus_through_cuda_visible_devices(agents):
+    from tests.registry.factories import ModelFactory
+    from tests.workers.conftest import ROOT
+
+    fake_nvml = ROOT / "tests" / "workers" / "fake_nvml"
+    agents.start("gpu-box", cpu_slots=0, extra_env={"PYTHONPATH": f"{fake_nvml}:{ROOT}", "FAKE_GPUS": "4"})
+    agents.wait_consuming("gpu-box")
+    node = Node.objects.get(name="gpu-box")
+    assert node.labels["accelerator"] == "nvml"
+    assert list(node.gpus.values_list("index", "memory_total_mb")) == [(i, 81920) for i in range(4)]
+
+    model = ModelFactory(tensor_parallel_size=2, gpu_memory_gb=120)
+    deployment = DeploymentFactory(model=model, engine=Engine.VLLM, desired_replicas=2, max_replicas=3)
+    workers = wait_for(
+        lambda: len(ready_workers(deployment)) == 2 and ready_workers(deployment),
+        step=reconciler.reconcile,
+        what="2 TP=2 replicas",
+    )
+    assert sorted(w.gpu_indices for w in workers) == [[0, 1], [2, 3]]
+    for worker in workers:
+        visible = ",".join(map(str, worker.gpu_indices))
+        assert f"CUDA_VISIBLE_DEVICES={visible}" in open(worker.log_path).read()
+
+    reconciler.scale(deployment, 3)
+    reconciler.reconcile()
+    pending = Worker.objects.get(deployment=deployment, state=WorkerState.PENDING)
+    assert (
+        pending.pending_reason
+        == "needs 2 free GPU(s) with 61440 MiB each on one node; at most 0 free on any node"
+    )
