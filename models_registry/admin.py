@@ -77,26 +77,32 @@ class DeploymentAdmin(admin.ModelAdmin):
     @admin.action(description="Scale up by one replica")
     def scale_up(self, request, queryset):
         for deployment in queryset:
-            reconciler.scale(deployment, deployment.desired_replicas + 1, reason=f"admin {request.user}")
+            reconciler.scale(
+                deployment=deployment,
+                replicas=deployment.desired_replicas + 1,
+                reason=f"admin {request.user}",
+            )
         messages.success(request, "Scaled up; the reconciler starts replicas within seconds.")
 
     @admin.action(description="Scale down by one replica")
     def scale_down(self, request, queryset):
         for deployment in queryset:
             reconciler.scale(
-                deployment, max(0, deployment.desired_replicas - 1), reason=f"admin {request.user}"
+                deployment=deployment,
+                replicas=max(0, deployment.desired_replicas - 1),
+                reason=f"admin {request.user}",
             )
         messages.success(request, "Scaled down; surplus replicas drain before they stop.")
 
     @admin.action(description="Drain (scale to zero)")
     def drain(self, request, queryset):
         for deployment in queryset:
-            reconciler.scale(deployment, 0, reason=f"drained by admin {request.user}")
+            reconciler.scale(deployment=deployment, replicas=0, reason=f"drained by admin {request.user}")
         messages.success(request, "Draining: workers leave routing, finish in-flight requests, then stop.")
 
     @admin.action(description="Restart all replicas (rolling through drain)")
     def restart(self, request, queryset):
-        count = sum(reconciler.restart_deployment(deployment) for deployment in queryset)
+        count = sum(reconciler.restart_deployment(deployment=deployment) for deployment in queryset)
         messages.success(request, f"{count} worker(s) draining; fresh replicas replace them.")
 
 

@@ -200,3 +200,8 @@ class LoraAdapter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} on {self.base_model}"
+
+    @property
+    def served_name(self) -> str:
+        """The name engines serve it under (unique across tenants): ``<tenant slug>/<name>``."""
+        return f"{self.tenant.slug}/{self.name}"

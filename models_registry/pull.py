@@ -51,7 +51,7 @@ def download(repo_id: str, *, revision: str | None = None) -> Path:
         raise PullError(
             f"Could not download {repo_id!r} from {settings.HF_ENDPOINT or 'huggingface.co'}: the Hub is "
             f"unreachable (no network?) and the model is not in the cache {settings.HF_CACHE_DIR}. "
-            "Copy the model folder here and run pull_model with its path instead."
+            "Copy the model's folder onto this machine and run `manage.py pull_model <folder>` instead."
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise PullError(f"Could not download {repo_id!r}: {exc}") from exc

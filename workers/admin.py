@@ -174,7 +174,7 @@ class WorkerAdmin(admin.ModelAdmin):
                     worker, WorkerState.STOPPED, message=f"stopped by {request.user}"
                 )
             else:
-                count += reconciler.drain(worker, message=f"drained by {request.user}")
+                count += reconciler.drain(worker=worker, message=f"drained by {request.user}")
         messages.success(request, f"{count} worker(s) draining or stopped.")
 
 

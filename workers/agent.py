@@ -38,7 +38,7 @@ from django.utils.module_loading import import_string
 
 from workers import gpus, lifecycle, routing
 from workers.constants import HOLDING_STATES, TERMINAL_STATES, EventKind, NodeBackend, NodeStatus, WorkerState
-from workers.engines.base import EngineLaunch, EngineSpec
+from workers.engines.base import EngineLaunch, EngineSpec, LoraModule
 from workers.models import Gpu, Node, Worker
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,14 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
 
 
 def engine_spec(worker: Worker, *, host: str, port: int) -> EngineSpec:
+    """The launch description for a worker. LoRA adapters are read at start: a replica started
+    before an adapter was added serves it only after a restart (admin action "restart")."""
     deployment = worker.deployment
     model = deployment.model
+    adapters = tuple(
+        LoraModule(name=adapter.served_name, path=adapter.source)
+        for adapter in model.lora_adapters.select_related("tenant").order_by("created_at")
+    )
     return EngineSpec(
         engine=deployment.engine,
         served_name=model.name,
@@ -85,6 +91,7 @@ def engine_spec(worker: Worker, *, host: str, port: int) -> EngineSpec:
         quantization=model.quantization or None,
         download_dir=settings.HF_CACHE_DIR,
         extra_args=tuple(model.engine_args or ()),
+        lora_modules=adapters if deployment.engine == "vllm" else (),
     )
 
 

@@ -2,8 +2,10 @@
 
 Signals:
 
-* load — per ready worker, the engine's own ``/metrics``: ``vllm:num_requests_running`` +
-  ``vllm:num_requests_waiting`` (``workers.probe.load``);
+* load — per ready worker, ``vllm:num_requests_running`` + ``vllm:num_requests_waiting``: taken
+  from the gateway's scrape in Redis (``engine_load`` hash, worker id → JSON ``{"running",
+  "waiting", "kv", "at"}``) when it is fresher than ``LOAD_FRESH_SECONDS``, else read from the
+  engine's own ``/metrics`` (``workers.probe.load``);
 * demand — the gateway writes ``rkey("demand", <model name>)`` = epoch seconds with a TTL
   (``SET … EX 60``) whenever a request for the model arrives and no worker is ready (it may also
   refresh it on every request). Its presence means "someone is waiting or just asked".
@@ -16,8 +18,10 @@ after ``idle_seconds`` with no load and no demand; from zero, demand raises it t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,12 +31,13 @@ from django.utils import timezone
 
 from berth.redis import get_redis, rkey
 from models_registry.models import Deployment
-from workers import lifecycle, probe
+from workers import dispatch, lifecycle, probe
 from workers.constants import EventKind, WorkerState
 from workers.models import Worker
 from workers.reconciler import AUTOSCALE_LOCK, advisory_lock
 
 logger = logging.getLogger(__name__)
+LOAD_FRESH_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,24 @@ def decide(obs: Observation) -> int:
     return obs.desired
 
 
+def gateway_loads(now: float | None = None) -> dict[str, probe.Load]:
+    """Fresh per-worker loads the gateway scraped into Redis (``engine_load``); {} if none."""
+    now = now or time.time()
+    loads = {}
+    for worker_id, raw in get_redis().hgetall(rkey("engine_load")).items():
+        try:
+            entry = json.loads(raw)
+            at = float(entry.get("at", 0))
+            at = at / 1000 if at > 1e11 else at  # tolerate milliseconds
+            if now - at <= LOAD_FRESH_SECONDS:
+                loads[worker_id] = probe.Load(
+                    running=float(entry["running"]), waiting=float(entry["waiting"])
+                )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            logger.warning("ignoring malformed engine_load entry for %s", worker_id)
+    return loads
+
+
 def demand_for(model_names: list[str]) -> dict[str, bool]:
     if not model_names:
         return {}
@@ -85,9 +108,10 @@ def autoscale(*, now: datetime | None = None) -> dict[str, int] | None:
 def _pass(now: datetime) -> dict[str, int]:
     deployments = list(Deployment.objects.select_related("model"))
     ready = list(Worker.objects.filter(state=WorkerState.READY).exclude(url=""))
+    scraped = gateway_loads()
     load: dict = {}
     for worker in ready:
-        measured = probe.load(worker.url, api_key=worker.api_key)
+        measured = scraped.get(str(worker.pk)) or probe.load(worker.url, api_key=worker.api_key)
         if measured is not None:
             load[worker.deployment_id] = load.get(worker.deployment_id, 0.0) + measured.total
     demand = demand_for(sorted({d.model.name for d in deployments}))
@@ -138,5 +162,8 @@ def _pass(now: datetime) -> dict[str, int]:
                     deployment_id=deployment.pk,
                 )
                 changed += 1
+                if deployment.desired_replicas == 0 and target > 0:
+                    # Someone is waiting on a cold model: do not wait for the next beat.
+                    transaction.on_commit(dispatch.reconcile_soon)
         deployment.desired_replicas = updates.get("desired_replicas", deployment.desired_replicas)
     return {"deployments": len(deployments), "changed": changed}

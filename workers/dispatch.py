@@ -10,6 +10,7 @@ from django.db import transaction
 
 START_TASK = "workers.tasks.start_engine"
 STOP_TASK = "workers.tasks.stop_engine"
+RECONCILE_TASK = "workers.tasks.reconcile"
 
 
 def send(task_name: str, worker_id, queue: str) -> None:
@@ -24,3 +25,10 @@ def start_on_commit(worker_id, queue: str) -> None:
 
 def stop_on_commit(worker_id, queue: str) -> None:
     transaction.on_commit(lambda: send(STOP_TASK, worker_id, queue))
+
+
+def reconcile_soon() -> None:
+    """Ask the control worker for a reconcile pass now (e.g. right after scaling up from zero)."""
+    from berth.celery import app
+
+    app.send_task(RECONCILE_TASK)

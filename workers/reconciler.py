@@ -292,11 +292,11 @@ def _remove(worker: Worker, stats: Counter, *, message: str) -> None:
         if lifecycle.transition(worker, WorkerState.STOPPED, message=message):
             stats["stopped"] += 1
         return
-    if drain(worker, message=message):
+    if drain(worker=worker, message=message):
         stats["draining"] += 1
 
 
-def drain(worker: Worker, *, message: str = "drain requested") -> bool:
+def drain(*, worker: Worker, message: str = "drain requested") -> bool:
     """Take a worker out of routing and let the reconciler stop it once idle."""
     model_name = worker.deployment.model.name
     if not lifecycle.transition(worker, WorkerState.DRAINING, message=message):
@@ -420,7 +420,7 @@ def _set_pending_reason(worker: Worker, reason: str) -> None:
 # --------------------------------------------------------------------------- operator actions
 
 
-def restart_deployment(deployment: Deployment) -> int:
+def restart_deployment(*, deployment: Deployment) -> int:
     """Drain every live worker; the next passes start fresh ones (used by the admin)."""
     count = 0
     for worker in Worker.objects.filter(deployment=deployment, state__in=LIVE_STATES).select_related(
@@ -429,12 +429,12 @@ def restart_deployment(deployment: Deployment) -> int:
         if worker.state == WorkerState.PENDING:
             lifecycle.transition(worker, WorkerState.STOPPED, message="restart requested")
         else:
-            drain(worker, message="restart requested")
+            drain(worker=worker, message="restart requested")
         count += 1
     return count
 
 
-def scale(deployment: Deployment, replicas: int, *, reason: str = "set by operator") -> Deployment:
+def scale(*, deployment: Deployment, replicas: int, reason: str = "set by operator") -> Deployment:
     replicas = max(0, min(replicas, deployment.max_replicas))
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=replicas)

@@ -10,7 +10,10 @@ Layout (keys built with ``berth.redis.rkey``, so under ``settings.REDIS_PREFIX``
 * channel ``invalidate`` — ``route:<model name>`` is published after every change, so gateways
   that cache the table drop their copy at once.
 * ``demand:<model name>`` — written by the gateway, read by the autoscaler (see
-  ``workers.autoscaler``): a request arrived for the model (``SET … <epoch seconds> EX 60``).
+  ``workers.autoscaler``): a request found no ready worker (``SET … <epoch seconds> EX 60``; the
+  gateway also PUBLISHes the model name on channel ``demand``).
+* ``engine_load`` — hash written by the gateway's engine scraper (worker id → JSON
+  ``{"running", "waiting", "kv", "at"}``); the autoscaler uses fresh entries instead of probing.
 
 A worker leaves its hash before draining starts (``remove_worker``); ``publish`` rewrites every
 table from PostgreSQL at the end of each reconcile pass, so a missed write heals within a pass.

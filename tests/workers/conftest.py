@@ -40,6 +40,7 @@ class Seams:
 def seams(monkeypatch):
     stub = Seams()
     monkeypatch.setattr(dispatch, "send", stub.send)
+    monkeypatch.setattr(dispatch, "reconcile_soon", lambda: stub.sent.append(("reconcile", "", "celery")))
     monkeypatch.setattr(probe, "health", stub.health)
     monkeypatch.setattr(probe, "load", stub.load)
     return stub
@@ -181,3 +182,18 @@ def reconcile(django_capture_on_commit_callbacks):
             return reconciler.reconcile(**kwargs)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _ensure_default_plan(request):
+    """Transactional tests flush the data-migrated plans; tenant factories need the free plan."""
+    if request.node.get_closest_marker("django_db"):
+        from tenants.models import Plan
+
+        request.getfixturevalue("db" if not _transactional(request) else "transactional_db")
+        Plan.objects.get_or_create(slug="free", defaults={"name": "Free", "is_default": True})
+
+
+def _transactional(request) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    return bool(marker and marker.kwargs.get("transaction"))

@@ -118,7 +118,8 @@ def main() -> None:
     api_key = os.environ["FAKE_ENGINE_API_KEY"]
     delay = float(os.environ.get("FAKE_ENGINE_DELAY", "0"))
     server = ThreadingHTTPServer((host, port), make_handler(api_key, served_name, delay))
-    print(f"fake engine for {served_name} on {host}:{port}", flush=True)
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    print(f"fake engine for {served_name} on {host}:{port} CUDA_VISIBLE_DEVICES={gpus}", flush=True)
     server.serve_forever()
 
 

@@ -62,7 +62,7 @@ def test_it_deploys_serves_and_scales_1_2_0(agents):
     assert list(route) == [str(worker.pk)] and route[str(worker.pk)]["url"] == worker.url
     assert "fake engine" in open(worker.log_path).read()
 
-    reconciler.scale(deployment, 2)
+    reconciler.scale(deployment=deployment, replicas=2)
     wait_for(lambda: len(ready_workers(deployment)) == 2, step=reconciler.reconcile, what="2 ready workers")
     wait_for(
         lambda: len(routing.read(deployment.model.name)) == 2, step=reconciler.reconcile, what="2 routes"
@@ -70,7 +70,7 @@ def test_it_deploys_serves_and_scales_1_2_0(agents):
     pids = [w.pid for w in ready_workers(deployment)]
     assert len({w.cpu_slot for w in ready_workers(deployment)}) == 2
 
-    reconciler.scale(deployment, 0)
+    reconciler.scale(deployment=deployment, replicas=0)
     wait_for(
         lambda: not Worker.objects.filter(deployment=deployment).exclude(state=WorkerState.STOPPED).exists(),
         step=reconciler.reconcile,
@@ -166,7 +166,7 @@ def test_it_drains_in_flight_requests_before_stopping(agents):
         what="in flight",
     )
 
-    reconciler.scale(deployment, 0)
+    reconciler.scale(deployment=deployment, replicas=0)
     reconciler.reconcile()
     worker.refresh_from_db()
     assert worker.state == WorkerState.DRAINING
@@ -200,3 +200,35 @@ def test_demand_from_the_gateway_scales_a_model_up_from_zero(agents, redis_clien
 
     [worker] = wait_for(lambda: ready_workers(deployment), step=step, what="a worker started from zero")
     assert chat(worker)["choices"][0]["message"]["content"] == "pong"
+
+
+def test_a_tensor_parallel_replica_gets_its_gpus_through_cuda_visible_devices(agents):
+    from tests.registry.factories import ModelFactory
+    from tests.workers.conftest import ROOT
+
+    fake_nvml = ROOT / "tests" / "workers" / "fake_nvml"
+    agents.start("gpu-box", cpu_slots=0, extra_env={"PYTHONPATH": f"{fake_nvml}:{ROOT}", "FAKE_GPUS": "4"})
+    agents.wait_consuming("gpu-box")
+    node = Node.objects.get(name="gpu-box")
+    assert node.labels["accelerator"] == "nvml"
+    assert list(node.gpus.values_list("index", "memory_total_mb")) == [(i, 81920) for i in range(4)]
+
+    model = ModelFactory(tensor_parallel_size=2, gpu_memory_gb=120)
+    deployment = DeploymentFactory(model=model, engine=Engine.VLLM, desired_replicas=2, max_replicas=3)
+    workers = wait_for(
+        lambda: len(ready_workers(deployment)) == 2 and ready_workers(deployment),
+        step=reconciler.reconcile,
+        what="2 TP=2 replicas",
+    )
+    assert sorted(w.gpu_indices for w in workers) == [[0, 1], [2, 3]]
+    for worker in workers:
+        visible = ",".join(map(str, worker.gpu_indices))
+        assert f"CUDA_VISIBLE_DEVICES={visible}" in open(worker.log_path).read()
+
+    reconciler.scale(deployment=deployment, replicas=3)
+    reconciler.reconcile()
+    pending = Worker.objects.get(deployment=deployment, state=WorkerState.PENDING)
+    assert (
+        pending.pending_reason
+        == "needs 2 free GPU(s) with 61440 MiB each on one node; at most 0 free on any node"
+    )

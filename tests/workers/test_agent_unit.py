@@ -1,5 +1,7 @@
 """Node agent pieces that need no process: the engine environment, the log tail."""
 
+import pytest
+
 from workers.agent import engine_environment, log_tail
 
 
@@ -22,3 +24,40 @@ def test_log_tail_reads_only_the_end(tmp_path):
     path.write_text("".join(f"{i}\n" for i in range(1000)))
     assert log_tail(path, lines=3) == "997\n998\n999"
     assert log_tail(tmp_path / "missing.log") == ""
+
+
+@pytest.mark.django_db
+def test_the_engine_spec_comes_from_the_worker_and_its_model():
+    from models_registry.constants import Engine
+    from models_registry.models import LoraAdapter
+    from tests.factories import TenantFactory
+    from tests.registry.factories import DeploymentFactory, ModelFactory
+    from workers.agent import engine_spec
+    from workers.models import Worker
+
+    model = ModelFactory(
+        name="llama-3.1-8b-instruct",
+        source="meta-llama/Llama-3.1-8B-Instruct",
+        source_kind="hf",
+        revision="abc123",
+        tensor_parallel_size=2,
+        context_length=8192,
+        dtype="bfloat16",
+        engine_args=["--max-num-seqs", "64"],
+    )
+    tenant = TenantFactory(slug="acme")
+    LoraAdapter.objects.create(tenant=tenant, base_model=model, name="support", source="/loras/support")
+    worker = Worker.objects.create(
+        deployment=DeploymentFactory(model=model, engine=Engine.VLLM), api_key="k", gpu_indices=[2, 3]
+    )
+    spec = engine_spec(worker, host="10.0.0.5", port=8123)
+    assert (spec.engine, spec.served_name, spec.source, spec.revision) == (
+        "vllm",
+        "llama-3.1-8b-instruct",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "abc123",
+    )
+    assert (spec.host, spec.port, spec.api_key, spec.gpu_indices) == ("10.0.0.5", 8123, "k", (2, 3))
+    assert (spec.tensor_parallel_size, spec.max_model_len, spec.dtype) == (2, 8192, "bfloat16")
+    assert spec.extra_args == ("--max-num-seqs", "64")
+    assert [(m.name, m.path) for m in spec.lora_modules] == [("acme/support", "/loras/support")]

@@ -71,3 +71,39 @@ def test_a_pass_reads_engine_load_and_gateway_demand(seams, redis_client):
         deployment.refresh_from_db()
     assert (busy.desired_replicas, cold.desired_replicas, idle.desired_replicas) == (3, 1, 0)
     assert busy.last_active_at is not None
+
+
+@pytest.mark.django_db
+def test_it_prefers_the_gateways_fresh_scrape_over_probing(seams, redis_client):
+    import json
+    import time
+
+    deployment = DeploymentFactory(desired_replicas=1, max_replicas=4, target_concurrency=1)
+    fresh = Worker.objects.create(
+        deployment=deployment, state=WorkerState.READY, url="http://a.test:1", api_key="k"
+    )
+    stale = Worker.objects.create(
+        deployment=deployment, state=WorkerState.READY, url="http://b.test:1", api_key="k"
+    )
+    redis_client.hset(
+        rkey("engine_load"),
+        mapping={
+            str(fresh.pk): json.dumps({"running": 2, "waiting": 1, "kv": 0.1, "at": time.time()}),
+            str(stale.pk): json.dumps({"running": 50, "waiting": 0, "kv": 0.1, "at": time.time() - 600}),
+        },
+    )
+    seams.loads[stale.url] = 0  # the stale scrape is ignored; the engine itself says idle
+    autoscaler.autoscale()
+    deployment.refresh_from_db()
+    assert deployment.desired_replicas == 3
+
+
+@pytest.mark.django_db
+def test_scaling_up_from_zero_asks_for_a_reconcile_at_once(
+    seams, redis_client, django_capture_on_commit_callbacks
+):
+    cold = DeploymentFactory(desired_replicas=0, max_replicas=2)
+    redis_client.set(rkey("demand", cold.model.name), "1", ex=60)
+    with django_capture_on_commit_callbacks(execute=True):
+        autoscaler.autoscale()
+    assert ("reconcile", "", "celery") in seams.sent
