@@ -63,7 +63,9 @@ class UsageHourly(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "model", "hour"], name="one_rollup_per_tenant_model_hour")
+            models.UniqueConstraint(
+                fields=["tenant", "model", "hour"], name="one_rollup_per_tenant_model_hour"
+            )
         ]
         ordering = ["-hour"]
 

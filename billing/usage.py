@@ -148,7 +148,9 @@ def consume_batch(
     client = client or get_redis()
     consumer = consumer or consumer_name()
     stream = rkey(STREAM)
-    _, claimed = client.xautoclaim(stream, GROUP, consumer, min_idle_time=claim_idle_ms, start_id="0-0", count=count)[:2]
+    _, claimed = client.xautoclaim(
+        stream, GROUP, consumer, min_idle_time=claim_idle_ms, start_id="0-0", count=count
+    )[:2]
     entries = list(claimed or [])
     if not entries:
         response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)

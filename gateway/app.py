@@ -121,14 +121,14 @@ class Gateway:
     async def http(self, scope, receive, send) -> None:
         path = scope["path"]
         method = scope["method"]
+        request_id = "req_" + uuid.uuid4().hex
         if path == "/healthz":
-            await _respond(send, 200, b'{"status":"ok"}', JSON, [])
+            await _respond(send, 200, b'{"status":"ok"}', JSON, [(b"x-request-id", request_id.encode())])
             return
         if path == "/metrics" and method == "GET":
             body, content_type = metrics.render()
-            await _respond(send, 200, body, content_type, [])
+            await _respond(send, 200, body, content_type, [(b"x-request-id", request_id.encode())])
             return
-        request_id = "req_" + uuid.uuid4().hex
         ctx = RequestContext(request_id, method, path, scope)
         ctx.receive = receive
         sender = _TrackingSend(send)
@@ -143,9 +143,7 @@ class Gateway:
                     raise _method_not_allowed(method, path)
                 await self.state.proxy.handle(ctx, endpoint, receive, sender)
             else:
-                raise GatewayError(
-                    404, f"Unknown request URL: {method} {path}.", code="unknown_url"
-                )
+                raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except GatewayError as exc:
             ctx.status = exc.status
             ctx.error_code = exc.code
@@ -153,7 +151,11 @@ class Gateway:
                 metrics.QUOTA_REFUSALS.labels(ctx.model or "", exc.code or "").inc()
             if not sender.started:
                 await _respond(
-                    sender, exc.status, exc.body(), JSON, [(b"x-request-id", request_id.encode()), *exc.headers]
+                    sender,
+                    exc.status,
+                    exc.body(),
+                    JSON,
+                    [(b"x-request-id", request_id.encode()), *exc.headers],
                 )
         except Exception:
             logger.exception("unhandled error in request %s", request_id)

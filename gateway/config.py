@@ -35,7 +35,9 @@ class GatewaySettings(BaseSettings):
     key_cache_seconds: float = Field(1.0, validation_alias="BERTH_GATEWAY_KEY_CACHE_SECONDS", ge=0, le=1)
 
     # How often this gateway hands key last-use times to Redis (a Celery task takes them on).
-    last_used_flush_seconds: float = Field(5.0, validation_alias="BERTH_GATEWAY_LAST_USED_FLUSH_SECONDS", gt=0)
+    last_used_flush_seconds: float = Field(
+        5.0, validation_alias="BERTH_GATEWAY_LAST_USED_FLUSH_SECONDS", gt=0
+    )
 
     # Quotas
     lease_seconds: int = Field(90, validation_alias="BERTH_GATEWAY_LEASE_SECONDS", ge=5)
@@ -97,4 +99,3 @@ class GatewaySettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> GatewaySettings:
     return GatewaySettings()  # type: ignore[call-arg]
-

@@ -38,9 +38,7 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
     return GatewayError(400, message, param=param, code=code)
 
 
-INVALID_KEY = (
-    "Incorrect API key provided. You can find your API key in the Berth console."
-)
+INVALID_KEY = "Incorrect API key provided. You can find your API key in the Berth console."
 
 
 def invalid_api_key() -> GatewayError:

@@ -19,12 +19,21 @@ from prometheus_client import (
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-REQUESTS = Counter("berth_gateway_requests_total", "Requests by model, endpoint and status", ["model", "endpoint", "status"])
+REQUESTS = Counter(
+    "berth_gateway_requests_total", "Requests by model, endpoint and status", ["model", "endpoint", "status"]
+)
 TOKENS = Counter("berth_gateway_tokens_total", "Tokens metered, by model and kind", ["model", "kind"])
-LATENCY = Histogram("berth_gateway_request_seconds", "Total request latency", ["model", "status"], buckets=_LATENCY_BUCKETS)
-TTFT = Histogram("berth_gateway_ttft_seconds", "Time to first token (streams)", ["model"], buckets=_LATENCY_BUCKETS)
+LATENCY = Histogram(
+    "berth_gateway_request_seconds", "Total request latency", ["model", "status"], buckets=_LATENCY_BUCKETS
+)
+TTFT = Histogram(
+    "berth_gateway_ttft_seconds", "Time to first token (streams)", ["model"], buckets=_LATENCY_BUCKETS
+)
 QUEUE_WAIT = Histogram(
-    "berth_gateway_queue_wait_seconds", "Time held waiting for a ready worker", ["model"], buckets=_LATENCY_BUCKETS
+    "berth_gateway_queue_wait_seconds",
+    "Time held waiting for a ready worker",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
 )
 QUOTA_REFUSALS = Counter("berth_gateway_quota_refusals_total", "429s by model and code", ["model", "code"])
 UPSTREAM_RETRIES = Counter("berth_gateway_upstream_retries_total", "Retries on another worker", ["model"])

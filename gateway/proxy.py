@@ -65,7 +65,9 @@ def _estimate_tokens(body: dict, endpoint: str) -> int:
             chars = len(value)
         elif isinstance(value, list):
             for item in value:
-                chars += len(item) if isinstance(item, str) else (len(item) * 4 if isinstance(item, list) else 4)
+                chars += (
+                    len(item) if isinstance(item, str) else (len(item) * 4 if isinstance(item, list) else 4)
+                )
     return chars // 4 + 1
 
 
@@ -147,11 +149,15 @@ class Proxy:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise GatewayError(400, "Client disconnected while sending the request.", code="client_disconnected")
+                raise GatewayError(
+                    400, "Client disconnected while sending the request.", code="client_disconnected"
+                )
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise GatewayError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+                raise GatewayError(
+                    413, f"Request body is larger than {limit} bytes.", code="request_too_large"
+                )
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
@@ -200,14 +206,22 @@ class Proxy:
         stream = bool(stream) and endpoint != "embeddings"
         info = await state.router.model(model)
         allowed = principal.key.allowed_models
-        if info is None or not info.visible_to(principal.tenant.tenant_id) or (allowed and model not in allowed):
+        if (
+            info is None
+            or not info.visible_to(principal.tenant.tenant_id)
+            or (allowed and model not in allowed)
+        ):
             raise model_not_found(model)
         ctx.model = model
         if self.settings.log_content:
             ctx.content = raw[:2000].decode("utf-8", "replace")
 
         estimate = _estimate_tokens(body, endpoint)
-        reserve = estimate if endpoint == "embeddings" else estimate + (max_tokens or self.settings.default_max_tokens_reserve)
+        reserve = (
+            estimate
+            if endpoint == "embeddings"
+            else estimate + (max_tokens or self.settings.default_max_tokens_reserve)
+        )
         lease = await state.quotas.admit(principal, ctx.request_id, reserve)
 
         modified = False
@@ -242,8 +256,14 @@ class Proxy:
             "ts": int(time.time() * 1000),
         }
         try:
-            prefix = _prefix(body, endpoint, self.settings.prefix_chars) if self.settings.routing == "prefix" else None
-            await self._forward(ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send)
+            prefix = (
+                _prefix(body, endpoint, self.settings.prefix_chars)
+                if self.settings.routing == "prefix"
+                else None
+            )
+            await self._forward(
+                ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send
+            )
         except GatewayError as exc:
             event["h"] = exc.status
             raise
@@ -301,7 +321,9 @@ class Proxy:
                 headers["Authorization"] = f"Bearer {worker.api_key}"
             router.acquire(worker)
             try:
-                response = await self.state.upstream.send("POST", worker.url + endpoint_path, headers, payload)
+                response = await self.state.upstream.send(
+                    "POST", worker.url + endpoint_path, headers, payload
+                )
             except UpstreamError as exc:
                 router.release(worker)
                 last_error = str(exc)
@@ -322,7 +344,9 @@ class Proxy:
             code="upstream_unavailable",
         )
 
-    async def _forward(self, ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send):
+    async def _forward(
+        self, ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send
+    ):
         state = self.state
         path = ctx.path
         worker, response = await self._open(ctx, info, payload, stream, path, prefix)
@@ -332,7 +356,9 @@ class Proxy:
             if response.status != 200 or not stream:
                 await self._plain(ctx, response, base_headers, lease, event, send)
             else:
-                await self._stream(ctx, response, base_headers, client_usage, client_continuous, lease, event, send)
+                await self._stream(
+                    ctx, response, base_headers, client_usage, client_continuous, lease, event, send
+                )
         finally:
             await response.close()
             state.router.release(worker)
@@ -342,7 +368,9 @@ class Proxy:
             raw = await response.read()
         except Exception as exc:
             raise GatewayError(
-                502, "The model worker failed while answering. Retry the request.", type="server_error",
+                502,
+                "The model worker failed while answering. Retry the request.",
+                type="server_error",
                 code="upstream_error",
             ) from exc
         status = response.status
@@ -377,7 +405,9 @@ class Proxy:
         )
         await send({"type": "http.response.body", "body": raw})
 
-    async def _stream(self, ctx, response, base_headers, client_usage, client_continuous, lease, event, send) -> None:
+    async def _stream(
+        self, ctx, response, base_headers, client_usage, client_continuous, lease, event, send
+    ) -> None:
         state = self.state
         disconnected = asyncio.Event()
 
@@ -398,7 +428,9 @@ class Proxy:
         first = True
         buffer = b""
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *base_headers]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *base_headers]}
+            )
             async for chunk in response.chunks():
                 buffer += chunk
                 if b"\n\n" not in buffer:
@@ -450,7 +482,14 @@ class Proxy:
                     metrics.TTFT.labels(event["m"]).observe(ctx.ttft)
                 if (final_usage is not None or done) and not lease.settled:
                     # The last bytes are about to go: meter first.
-                    self._fill(event, ctx, final_usage or pending_usage or delivered_usage or {}, content_chunks, "ok", 200)
+                    self._fill(
+                        event,
+                        ctx,
+                        final_usage or pending_usage or delivered_usage or {},
+                        content_chunks,
+                        "ok",
+                        200,
+                    )
                     await state.metering.record(event, lease)
                 if done:
                     out.append(b"data: [DONE]\n\n")
@@ -486,4 +525,3 @@ class Proxy:
         event["s"] = status
         event["h"] = http
         event["l"] = int((time.perf_counter() - ctx.start) * 1000)
-

@@ -182,9 +182,9 @@ class Router:
         pipe.publish(self.settings.key("demand"), model)
         await pipe.execute()
 
-    async def wait_for_workers(self, model: str, timeout: float) -> list[Worker]:
+    async def wait_for_workers(self, model: str, wait_seconds: float) -> list[Worker]:
         """Cold start: signal demand and poll the routing table until a worker is ready."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_seconds
         while True:
             await self.signal_demand(model)
             workers = await self.workers(model, fresh=True)
@@ -255,7 +255,9 @@ class Router:
             return False
         workers: dict[str, Worker] = {}
         async for name in self.redis.scan_iter(match=self.settings.key("route", "*"), count=500):
-            model = (name.decode() if isinstance(name, bytes) else name)[len(self.settings.key("route", "")) :]
+            model = (name.decode() if isinstance(name, bytes) else name)[
+                len(self.settings.key("route", "")) :
+            ]
             for worker in await self._read_routes(model):
                 workers[worker.worker_id] = worker
         if not workers or self.upstream is None:
@@ -263,7 +265,7 @@ class Router:
 
         async def one(worker: Worker):
             try:
-                text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, timeout=2.0)
+                text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, limit_s=2.0)
             except Exception:  # a worker that does not answer simply has no fresh load figure
                 return None
             return worker.worker_id, {**parse_engine_metrics(text), "at": time.time()}

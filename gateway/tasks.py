@@ -34,9 +34,11 @@ def flush_key_last_used() -> int:
                 uuid.UUID(key_id)
             except ValueError:
                 continue
-            updated += ApiKey.objects.filter(pk=key_id).filter(
-                Q(last_used_at__isnull=True) | Q(last_used_at__lt=when - LAST_USED_GRANULARITY)
-            ).update(last_used_at=when)
+            updated += (
+                ApiKey.objects.filter(pk=key_id)
+                .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=when - LAST_USED_GRANULARITY))
+                .update(last_used_at=when)
+            )
     finally:
         client.delete(claimed)
     return updated

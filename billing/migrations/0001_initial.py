@@ -5,52 +5,92 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenants', '0002_default_plans'),
+        ("tenants", "0002_default_plans"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UsageHourly',
+            name="UsageHourly",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('model', models.CharField(max_length=200)),
-                ('hour', models.DateTimeField()),
-                ('requests', models.PositiveIntegerField(default=0)),
-                ('errors', models.PositiveIntegerField(default=0)),
-                ('prompt_tokens', models.PositiveBigIntegerField(default=0)),
-                ('completion_tokens', models.PositiveBigIntegerField(default=0)),
-                ('tenant', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='usage_hours', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("model", models.CharField(max_length=200)),
+                ("hour", models.DateTimeField()),
+                ("requests", models.PositiveIntegerField(default=0)),
+                ("errors", models.PositiveIntegerField(default=0)),
+                ("prompt_tokens", models.PositiveBigIntegerField(default=0)),
+                ("completion_tokens", models.PositiveBigIntegerField(default=0)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="usage_hours",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-hour'],
-                'constraints': [models.UniqueConstraint(fields=('tenant', 'model', 'hour'), name='one_rollup_per_tenant_model_hour')],
+                "ordering": ["-hour"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("tenant", "model", "hour"), name="one_rollup_per_tenant_model_hour"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(max_length=64, unique=True)),
-                ('api_key_id', models.UUIDField(blank=True, null=True)),
-                ('model', models.CharField(max_length=200)),
-                ('endpoint', models.CharField(max_length=32)),
-                ('prompt_tokens', models.PositiveIntegerField(default=0)),
-                ('completion_tokens', models.PositiveIntegerField(default=0)),
-                ('status', models.CharField(choices=[('ok', 'Completed'), ('client_disconnected', 'Client disconnected (billed for delivered tokens)'), ('upstream_error', 'Engine error'), ('error', 'Gateway error')], max_length=24)),
-                ('http_status', models.PositiveSmallIntegerField()),
-                ('latency_ms', models.PositiveIntegerField(default=0)),
-                ('ttft_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('worker_id', models.CharField(blank=True, default='', max_length=64)),
-                ('occurred_at', models.DateTimeField()),
-                ('recorded_at', models.DateTimeField(auto_now_add=True)),
-                ('tenant', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='usage_records', to='tenants.tenant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("request_id", models.CharField(max_length=64, unique=True)),
+                ("api_key_id", models.UUIDField(blank=True, null=True)),
+                ("model", models.CharField(max_length=200)),
+                ("endpoint", models.CharField(max_length=32)),
+                ("prompt_tokens", models.PositiveIntegerField(default=0)),
+                ("completion_tokens", models.PositiveIntegerField(default=0)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("ok", "Completed"),
+                            ("client_disconnected", "Client disconnected (billed for delivered tokens)"),
+                            ("upstream_error", "Engine error"),
+                            ("error", "Gateway error"),
+                        ],
+                        max_length=24,
+                    ),
+                ),
+                ("http_status", models.PositiveSmallIntegerField()),
+                ("latency_ms", models.PositiveIntegerField(default=0)),
+                ("ttft_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("worker_id", models.CharField(blank=True, default="", max_length=64)),
+                ("occurred_at", models.DateTimeField()),
+                ("recorded_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="usage_records",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['tenant', 'occurred_at'], name='usage_tenant_time')],
+                "indexes": [models.Index(fields=["tenant", "occurred_at"], name="usage_tenant_time")],
             },
         ),
     ]

@@ -71,8 +71,23 @@ class Proc:
 
 
 def uvicorn(app: str, port: int, env: dict[str, str], health: str) -> Proc:
-    argv = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+    ]
     return Proc(argv, {**os.environ, **env}, f"http://127.0.0.1:{port}", health)
 
 
@@ -96,7 +111,12 @@ def start_gateway(**extra: str) -> Proc:
 @pytest.fixture(scope="session")
 def engines(_use_test_redis_db):
     procs = [
-        uvicorn("tests.gateway.fake_upstream:app", free_port(), {"FAKE_API_KEY": f"engine-{n}", "FAKE_NAME": n}, "/health")
+        uvicorn(
+            "tests.gateway.fake_upstream:app",
+            free_port(),
+            {"FAKE_API_KEY": f"engine-{n}", "FAKE_NAME": n},
+            "/health",
+        )
         for n in ("w1", "w2")
     ]
     for proc, name in zip(procs, ("w1", "w2"), strict=True):
@@ -118,7 +138,9 @@ def engine_stats(engine) -> dict:
     return httpx.get(engine.url + "/_stats").json()
 
 
-def register_model(redis, engines, *, name: str | None = None, visibility="public", tenants=(), task="chat", served_name=None) -> str:
+def register_model(
+    redis, engines, *, name: str | None = None, visibility="public", tenants=(), task="chat", served_name=None
+) -> str:
     name = name or f"model-{next(_names)}-{os.getpid()}"
     redis.hset(
         settings.REDIS_PREFIX + f"model:{name}",

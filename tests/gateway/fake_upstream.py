@@ -34,7 +34,14 @@ WAITING = float(os.environ.get("FAKE_WAITING", "0"))
 TOKEN_DELAY = float(os.environ.get("FAKE_TOKEN_DELAY", "0"))
 FAIL = int(os.environ.get("FAKE_FAIL", "0"))
 
-STATS = {"requests": 0, "running": 0, "max_running": 0, "aborted": 0, "completion_tokens_sent": 0, "models": []}
+STATS = {
+    "requests": 0,
+    "running": 0,
+    "max_running": 0,
+    "aborted": 0,
+    "completion_tokens_sent": 0,
+    "models": [],
+}
 JSON = [(b"content-type", b"application/json")]
 
 
@@ -55,7 +62,14 @@ async def _json(send, status: int, body, headers=()) -> None:
 
 
 def _error(status: int, message: str) -> dict:
-    return {"error": {"message": message, "type": "BadRequestError" if status < 500 else "InternalServerError", "param": None, "code": status}}
+    return {
+        "error": {
+            "message": message,
+            "type": "BadRequestError" if status < 500 else "InternalServerError",
+            "param": None,
+            "code": status,
+        }
+    }
 
 
 async def _read(receive) -> bytes:
@@ -97,7 +111,9 @@ async def app(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b""})
         return
     if path == "/metrics":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
         await send({"type": "http.response.body", "body": _metrics()})
         return
     if path == "/_reset":
@@ -112,7 +128,9 @@ async def app(scope, receive, send) -> None:
         await _json(send, 401, {"error": "Unauthorized"})
         return
     if path == "/v1/models":
-        await _json(send, 200, {"object": "list", "data": [{"id": NAME, "object": "model", "owned_by": "vllm"}]})
+        await _json(
+            send, 200, {"object": "list", "data": [{"id": NAME, "object": "model", "owned_by": "vllm"}]}
+        )
         return
     if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         await _json(send, 404, {"detail": "Not Found"})
@@ -150,7 +168,10 @@ async def _embeddings(body, send) -> None:
         {
             "object": "list",
             "model": body.get("model"),
-            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]} for i in range(len(items))],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]}
+                for i in range(len(items))
+            ],
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
         },
     )
@@ -183,7 +204,11 @@ async def _generate(path, body, receive, send) -> None:
                 "created": created,
                 "model": model,
                 "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": prompt_tokens + n,
+                },
             },
         )
         return
@@ -198,7 +223,9 @@ async def _generate(path, body, receive, send) -> None:
         disconnected.set()
 
     watcher = asyncio.create_task(watch())
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    )
     try:
         for i in range(1, n + 1):
             if delay:
@@ -208,9 +235,19 @@ async def _generate(path, body, receive, send) -> None:
                 return
             if chat:
                 delta = {"content": "tok "} if i > 1 else {"role": "assistant", "content": "tok "}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "length" if i == n else None}
+                choice = {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": "length" if i == n else None,
+                }
             else:
-                choice = {"index": 0, "text": "tok ", "logprobs": None, "finish_reason": "length" if i == n else None}
+                choice = {
+                    "index": 0,
+                    "text": "tok ",
+                    "logprobs": None,
+                    "finish_reason": "length" if i == n else None,
+                }
             chunk = {
                 "id": rid,
                 "object": "chat.completion.chunk" if chat else "text_completion",
@@ -219,8 +256,18 @@ async def _generate(path, body, receive, send) -> None:
                 "choices": [choice],
             }
             if continuous:
-                chunk["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": i, "total_tokens": prompt_tokens + i}
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+                chunk["usage"] = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": i,
+                    "total_tokens": prompt_tokens + i,
+                }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
             STATS["completion_tokens_sent"] += 1
         tail = b""
         if include_usage:
@@ -230,7 +277,11 @@ async def _generate(path, body, receive, send) -> None:
                 "created": created,
                 "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": prompt_tokens + n,
+                },
             }
             tail = b"data: " + orjson.dumps(final) + b"\n\n"
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})

@@ -20,11 +20,20 @@ def test_it_records_key_use_in_batches(gateway, redis_client, settings):
     tenant = make_tenant()
     key = make_key(tenant)
     api_key = ApiKey.objects.get(tenant=tenant)
-    assert httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
-    response = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "none"}, headers={"authorization": f"Bearer {key}"})
+    assert (
+        httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
+    )
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "none"},
+        headers={"authorization": f"Bearer {key}"},
+    )
     assert response.status_code == 404
     deadline = time.monotonic() + 5
-    while not redis_client.hget(settings.REDIS_PREFIX + "key_last_used", str(api_key.pk)) and time.monotonic() < deadline:
+    while (
+        not redis_client.hget(settings.REDIS_PREFIX + "key_last_used", str(api_key.pk))
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert flush_key_last_used() == 1
     api_key.refresh_from_db()

@@ -18,7 +18,9 @@ async def _burst(url: str, key: str, model: str, n: int, **body) -> list[httpx.R
         payload = {"model": model, "messages": [{"role": "user", "content": "hi"}], **body}
         return await asyncio.gather(
             *(
-                client.post(url + "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"})
+                client.post(
+                    url + "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+                )
                 for _ in range(n)
             )
         )

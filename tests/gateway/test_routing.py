@@ -15,7 +15,15 @@ from django.conf import settings as django_settings
 
 from gateway.config import GatewaySettings
 from gateway.routing import Router, Worker, parse_engine_metrics
-from tests.gateway.conftest import ROOT, engine_stats, free_port, make_key, make_tenant, register_model, set_routes
+from tests.gateway.conftest import (
+    ROOT,
+    engine_stats,
+    free_port,
+    make_key,
+    make_tenant,
+    register_model,
+    set_routes,
+)
 
 WORKERS = [Worker(f"w{i}", f"http://127.0.0.1:{9000 + i}", "") for i in range(4)]
 
@@ -52,7 +60,12 @@ def test_prefix_routing_respects_bounded_load():
 
 def test_least_load_uses_engine_metrics_and_round_robin_rotates():
     r = router("least_load")
-    r.engine_load = {"w0": {"waiting": 5, "kv": 0.5}, "w1": {"waiting": 0, "kv": 0.9}, "w2": {"waiting": 1, "kv": 0}, "w3": {"waiting": 3}}
+    r.engine_load = {
+        "w0": {"waiting": 5, "kv": 0.5},
+        "w1": {"waiting": 0, "kv": 0.9},
+        "w2": {"waiting": 1, "kv": 0},
+        "w3": {"waiting": 3},
+    }
     assert r.choose(WORKERS, None).worker_id == "w2"
     rr = router("round_robin")
     assert [rr.choose(WORKERS, "same").worker_id for _ in range(4)] == ["w0", "w1", "w2", "w3"]
@@ -78,8 +91,14 @@ def test_requests_sharing_a_prefix_land_on_one_worker(gateway, engines, redis_cl
     for i in range(12):
         response = httpx.post(
             gateway.url + "/v1/chat/completions",
-            json={"model": model, "max_tokens": 1, "messages": [
-                {"role": "system", "content": system}, {"role": "user", "content": f"question {i}"}]},
+            json={
+                "model": model,
+                "max_tokens": 1,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"question {i}"},
+                ],
+            },
             headers={"authorization": f"Bearer {key}"},
         )
         assert response.status_code == 200
@@ -118,7 +137,9 @@ def test_cold_start_holds_the_request_until_a_worker_is_ready(gateway, engines, 
     thread = threading.Thread(target=call)
     thread.start()
     deadline = time.monotonic() + 5
-    while not redis_client.hget(django_settings.REDIS_PREFIX + "demand", model) and time.monotonic() < deadline:
+    while (
+        not redis_client.hget(django_settings.REDIS_PREFIX + "demand", model) and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert redis_client.hget(django_settings.REDIS_PREFIX + "demand", model)  # the autoscaler's signal
     assert thread.is_alive()  # held, not refused
@@ -153,7 +174,11 @@ def test_a_worker_failing_before_the_first_byte_is_retried_on_another(gateway, e
     for i in range(8):
         response = httpx.post(
             gateway.url + "/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": f"prompt {i}"}], "stream": i % 2 == 1},
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": f"prompt {i}"}],
+                "stream": i % 2 == 1,
+            },
             headers={"authorization": f"Bearer {key}"},
         )
         assert response.status_code == 200

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tenants.constants import TenantStatus
 from tenants import mirror
+from tenants.constants import TenantStatus
 from tenants.keys import revoke_api_key
 from tenants.models import ApiKey
 from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model
@@ -108,7 +108,9 @@ def test_it_lists_only_models_the_key_may_use(gateway, engines, redis_client):
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model=theirs, messages=[{"role": "user", "content": "x"}])
     assert exc.value.code == "model_not_found"
-    limited = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant, allowed_models=[mine]), max_retries=0)
+    limited = openai.OpenAI(
+        base_url=gateway.url + "/v1", api_key=make_key(tenant, allowed_models=[mine]), max_retries=0
+    )
     assert {m.id for m in limited.models.list()} == {mine}
     with pytest.raises(openai.NotFoundError):
         limited.chat.completions.create(model=public, messages=[{"role": "user", "content": "x"}])
@@ -144,7 +146,9 @@ def test_it_maps_quota_refusals_to_rate_limit_error(gateway, engines, redis_clie
     tenant = make_tenant(requests_per_minute=1)
     model = register_model(redis_client, engines)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
-    ok = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "x"}])
+    ok = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "x"}]
+    )
     assert ok.headers["x-ratelimit-limit-requests"] == "1"
     assert ok.headers["x-ratelimit-remaining-requests"] == "0"
     with pytest.raises(openai.RateLimitError) as exc:
@@ -156,9 +160,13 @@ def test_it_maps_quota_refusals_to_rate_limit_error(gateway, engines, redis_clie
 
 def test_it_revokes_keys_within_a_second(setup, gateway):
     tenant, key, model, _ = setup
-    assert httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
+    assert (
+        httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
+    )
     revoke_api_key(api_key=ApiKey.objects.get(tenant=tenant))
-    mirror.unpublish_key(key[len("sk-berth-") :][:12])  # the on_commit hook, run by hand in a test transaction
+    mirror.unpublish_key(
+        key[len("sk-berth-") :][:12]
+    )  # the on_commit hook, run by hand in a test transaction
     revoked_at = time.monotonic()
     status = 200
     while status == 200 and time.monotonic() - revoked_at < 3:
@@ -173,17 +181,29 @@ def test_it_revokes_keys_within_a_second(setup, gateway):
         (b"{not json", {"content-type": "application/json"}, 400, "invalid_json"),
         (b'{"messages": []}', {"content-type": "application/json"}, 400, "missing_model"),
         (b'{"model": "m", "max_tokens": -1}', {"content-type": "application/json"}, 400, "invalid_value"),
-        (b'{"model": "m", "max_tokens": 10000000000}', {"content-type": "application/json"}, 400, "invalid_value"),
+        (
+            b'{"model": "m", "max_tokens": 10000000000}',
+            {"content-type": "application/json"},
+            400,
+            "invalid_value",
+        ),
         (b'{"model": "m", "max_tokens": "5"}', {"content-type": "application/json"}, 400, "invalid_type"),
         (b'{"model": "m"}', {"content-type": "text/plain"}, 400, "invalid_content_type"),
         (b"[1, 2]", {"content-type": "application/json"}, 400, "invalid_json"),
-        (b'{"model": "x"}' + b" " * (9 * 1024 * 1024), {"content-type": "application/json"}, 413, "request_too_large"),
+        (
+            b'{"model": "x"}' + b" " * (9 * 1024 * 1024),
+            {"content-type": "application/json"},
+            413,
+            "request_too_large",
+        ),
     ],
 )
 def test_it_rejects_bad_input_in_openai_shape(setup, gateway, body, headers, status, code):
     _, key, _, _ = setup
     response = httpx.post(
-        gateway.url + "/v1/chat/completions", content=body, headers={**headers, "authorization": f"Bearer {key}"}
+        gateway.url + "/v1/chat/completions",
+        content=body,
+        headers={**headers, "authorization": f"Bearer {key}"},
     )
     assert response.status_code == status
     error = response.json()["error"]

@@ -14,9 +14,9 @@ import openai
 import pytest
 from django.db.models import Sum
 
+from berth.redis import rkey
 from billing import usage
 from billing.models import UsageHourly, UsageRecord
-from berth.redis import rkey
 from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model, start_gateway
 
 pytestmark = pytest.mark.django_db
@@ -46,17 +46,24 @@ def test_usage_equals_engine_reported_tokens_over_mixed_requests(gateway, engine
             words = " ".join("w" for _ in range(rng.randint(1, 30)))
             max_tokens = rng.randint(1, 40)
             if kind == 0:
-                r = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": words}], max_tokens=max_tokens)
+                r = await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": words}], max_tokens=max_tokens
+                )
                 p, c = r.usage.prompt_tokens, r.usage.completion_tokens
             elif kind == 1:
                 s = await client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": words}], max_tokens=max_tokens,
-                    stream=True, stream_options={"include_usage": True},
+                    model=model,
+                    messages=[{"role": "user", "content": words}],
+                    max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
                 )
                 chunks = [c async for c in s]
                 p, c = chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens
             elif kind == 2:
-                s = await client.completions.create(model=model, prompt=words, max_tokens=max_tokens, stream=True)
+                s = await client.completions.create(
+                    model=model, prompt=words, max_tokens=max_tokens, stream=True
+                )
                 n = len([c async for c in s])
                 p, c = len(words.split()) + 1, n  # the fake's rule: words + 1, one token per chunk
             elif kind == 3:
@@ -94,13 +101,21 @@ def test_a_disconnect_mid_stream_is_billed_for_delivered_tokens_only(gateway, en
     model = register_model(redis_client, [engine])
     httpx.post(engine.url + "/_reset")
     seen = 0
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST",
-        gateway.url + "/v1/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400,
-              "stream": True, "fake_delay": 0.02},
-        headers={"authorization": f"Bearer {key}"},
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 400,
+                "stream": True,
+                "fake_delay": 0.02,
+            },
+            headers={"authorization": f"Bearer {key}"},
+        ) as response,
+    ):
         request_id = response.headers["x-request-id"]
         for line in response.iter_lines():
             if line.startswith("data: {"):
@@ -117,7 +132,7 @@ def test_a_disconnect_mid_stream_is_billed_for_delivered_tokens_only(gateway, en
     assert record.status == "client_disconnected"
     assert 10 <= record.completion_tokens <= stats["completion_tokens_sent"] < 400
     # The concurrency lease and token reservation were settled too.
-    assert not redis_client.zcard(f"{rkey('q', '{%s}' % tenant.pk, 't')}:conc")
+    assert not redis_client.zcard(rkey("q", "{" + str(tenant.pk) + "}", "t") + ":conc")
 
 
 def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_client):
@@ -128,11 +143,18 @@ def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_clien
     completed: list[str] = []
 
     async def one(client, i):
-        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "fake_delay": 0.01}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 20,
+            "fake_delay": 0.01,
+        }
         headers = {"authorization": f"Bearer {key}"}
         try:
             if i % 2:
-                async with client.stream("POST", proc.url + "/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r:
+                async with client.stream(
+                    "POST", proc.url + "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+                ) as r:
                     lines = [line async for line in r.aiter_lines()]
                     if r.status_code == 200 and "data: [DONE]" in lines:
                         completed.append(r.headers["x-request-id"])
@@ -147,7 +169,7 @@ def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_clien
         async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=50)) as client:
             tasks = [asyncio.create_task(one(client, i)) for i in range(600)]
             deadline = time.monotonic() + 20
-            while len(completed) < 30 and time.monotonic() < deadline:
+            while len(completed) < 30 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             proc.stop(signal.SIGKILL)  # mid-run: hundreds of requests are still in flight
             await asyncio.gather(*tasks)
@@ -165,8 +187,21 @@ def test_ingestion_is_idempotent_and_reclaims_a_dead_consumers_entries(redis_cli
     stream = rkey("usage")
     now = int(time.time() * 1000)
     events = [
-        {"id": f"req_{i}", "t": str(tenant.pk), "k": None, "m": "m", "ep": "chat", "p": 3, "c": 4,
-         "s": "ok", "h": 200, "l": 5, "f": 1, "w": "w1", "ts": now}
+        {
+            "id": f"req_{i}",
+            "t": str(tenant.pk),
+            "k": None,
+            "m": "m",
+            "ep": "chat",
+            "p": 3,
+            "c": 4,
+            "s": "ok",
+            "h": 200,
+            "l": 5,
+            "f": 1,
+            "w": "w1",
+            "ts": now,
+        }
         for i in range(10)
     ]
     for event in events:
