@@ -27,6 +27,7 @@ from gateway.errors import GatewayError, error_body
 from gateway.metering import Metering
 from gateway.proxy import ENDPOINTS, Proxy
 from gateway.quotas import Quotas
+from gateway.redis_pipe import make_pipe
 from gateway.routing import Router
 from gateway.upstream import make_upstream
 
@@ -62,7 +63,8 @@ class Gateway:
         state.redis = aioredis.Redis(connection_pool=pool)
         state.upstream = make_upstream(settings)
         state.auth = Authenticator(state.redis, settings)
-        state.quotas = Quotas(state.redis, settings)
+        state.hot = make_pipe(settings.redis_url, state.redis)
+        state.quotas = Quotas(state.redis, settings, state.hot)
         try:
             await state.quotas.load_scripts()
         except Exception:  # Redis not up yet: the scripts are loaded on first NOSCRIPT
@@ -89,6 +91,8 @@ class Gateway:
                 logger.warning("could not flush key last-use times at shutdown")
         if hasattr(state, "upstream"):
             await state.upstream.close()
+        if hasattr(state, "hot"):
+            await state.hot.close()
         if hasattr(state, "redis"):
             await state.redis.aclose()
             await state.redis.connection_pool.disconnect()
