@@ -208,10 +208,13 @@ def test_ingestion_is_idempotent_and_reclaims_a_dead_consumers_entries(redis_cli
         redis_client.xadd(stream, {"e": json.dumps(event)})
     redis_client.xadd(stream, {"e": json.dumps(events[0])})  # a duplicate delivery
     redis_client.xadd(stream, {"e": "not json"})
+    redis_client.xadd(
+        stream, {"e": json.dumps({**events[1], "id": "req_bad", "ts": 1.5})}
+    )  # would fail the batch
     # A consumer reads everything and dies before writing/acknowledging.
     redis_client.xreadgroup(usage.GROUP, "dead", {stream: ">"}, count=100)
     assert usage.consume_batch(consumer="alive", block_ms=None, claim_idle_ms=60_000) == 0  # not idle yet
-    assert usage.consume_batch(consumer="alive", block_ms=None, claim_idle_ms=0) == 12
+    assert usage.consume_batch(consumer="alive", block_ms=None, claim_idle_ms=0) == 13
     assert redis_client.xpending(stream, usage.GROUP)["pending"] == 0
     assert UsageRecord.objects.filter(tenant=tenant).count() == 10
     # Re-delivering the same events changes nothing, rollups included.
