@@ -136,8 +136,9 @@ class Gateway:
         ctx = RequestContext(request_id, method, path, scope)
         ctx.receive = receive
         sender = _TrackingSend(send)
+        endpoint = ENDPOINTS.get(path)
+        ctx.endpoint = endpoint or ("models" if path == "/v1/models" else "other")
         try:
-            endpoint = ENDPOINTS.get(path)
             if path == "/v1/models":
                 if method != "GET":
                     raise _method_not_allowed(method, path)
@@ -172,10 +173,10 @@ class Gateway:
                 )
                 await _respond(sender, 500, body, JSON, [(b"x-request-id", request_id.encode())])
         finally:
-            if ctx.model and ctx.endpoint:
-                status_label = str(ctx.status)
-                metrics.REQUESTS.labels(ctx.model, ctx.endpoint, status_label).inc()
-                metrics.LATENCY.labels(ctx.model, status_label).observe(time.perf_counter() - ctx.start)
+            # Requests refused before a model was known (401, bad JSON) count under model="".
+            status_label = str(ctx.status)
+            metrics.REQUESTS.labels(ctx.model or "", ctx.endpoint, status_label).inc()
+            metrics.LATENCY.labels(ctx.model or "", status_label).observe(time.perf_counter() - ctx.start)
             if self.state.settings.access_log:
                 ctx.log()
 

@@ -228,6 +228,15 @@ def test_it_sends_the_engines_served_name(gateway, engines, redis_client):
     assert any("served-internal-name" in engine_stats(e)["models"] for e in engines)
 
 
-def test_metrics_and_health(gateway):
-    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
-    assert b"berth_gateway_requests_total" in httpx.get(gateway.url + "/metrics").content
+def test_metrics_and_health(setup, gateway):
+    _, _, model, client = setup
+    list(
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], stream=True)
+    )
+    health = httpx.get(gateway.url + "/healthz")
+    assert health.json() == {"status": "ok"} and health.headers["x-request-id"]
+    text = httpx.get(gateway.url + "/metrics").text
+    assert f'berth_gateway_requests_total{{endpoint="chat",model="{model}",status="200"}} 1.0' in text
+    assert f'berth_gateway_ttft_seconds_count{{model="{model}"}} 1.0' in text
+    assert f'berth_gateway_tokens_total{{kind="completion",model="{model}"}} 8.0' in text
+    assert "berth_gateway_quota_refusals_total" in text and "berth_gateway_queue_wait_seconds" in text
