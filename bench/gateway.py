@@ -169,6 +169,63 @@ async def streams(url: str, key: str, n: int, tokens: int, delay: float) -> floa
     return counted / elapsed
 
 
+def server_comparison(key: str, env: dict[str, str], duration: int) -> list[tuple[str, str, str]]:
+    """Gateway CPU per request: httptools vs h11 (proxied chat), raw ASGI vs Starlette (/healthz)."""
+    rows = []
+    cases = [
+        ("gateway.app:app", "httptools", "/v1/chat/completions"),
+        ("gateway.app:app", "h11", "/v1/chat/completions"),
+        ("gateway.app:app", "httptools", "/healthz"),
+        ("bench.starlette_healthz:app", "httptools", "/healthz"),
+    ]
+    for app, http, path in cases:
+        port = free_port()
+        argv = [
+            *pin(0),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            http,
+        ]
+        proc = start(argv, env, f"http://127.0.0.1:{port}/healthz")
+        url = f"http://127.0.0.1:{port}{path}"
+        if path == "/healthz":
+            cpu0 = cpu_seconds(proc.pid)
+            out = subprocess.run(  # noqa: S603
+                [*pin(1), "wrk", "-t1", "-c64", f"-d{duration}s", url],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        else:
+            wrk(url, key, duration=2, connections=64)
+            cpu0 = cpu_seconds(proc.pid)
+            rps = wrk(url, key, duration=duration, connections=64)["rps"]
+        per = (cpu_seconds(proc.pid) - cpu0) / (rps * duration)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        rows.append(
+            (
+                f"server: {app.split(':')[0]} on {http}, {path}",
+                f"{rps:,.0f} req/s, {per * 1e6:,.0f} µs CPU",
+                "",
+            )
+        )
+    return rows
+
+
 def ingestion(tenant_id: str, events: int) -> float:
     from billing import usage
     from billing.models import UsageHourly, UsageRecord
@@ -246,6 +303,9 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds between a stream's tokens")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clients", action="store_true", help="also measure httpx as the upstream client")
+    parser.add_argument(
+        "--servers", action="store_true", help="also compare httptools/h11 and raw ASGI/Starlette"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = parser.parse_args()
     global CPUS
@@ -389,6 +449,10 @@ def main() -> None:
             )
             gw.send_signal(signal.SIGTERM)
             gw.wait(30)
+        if args.servers:
+            rows += server_comparison(
+                key, {**gw_env, "BERTH_GATEWAY_UPSTREAM_CLIENT": "aiohttp"}, args.duration
+            )
         rows.append(("HTTP/socket errors reported by wrk", str(errors), "0"))
     finally:
         engine.send_signal(signal.SIGTERM)
