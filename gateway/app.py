@@ -70,6 +70,7 @@ class Gateway:
         except Exception:  # Redis not up yet: the scripts are loaded on first NOSCRIPT
             logger.warning("could not load quota scripts into Redis at start-up", exc_info=True)
         state.router = Router(state.redis, settings, state.upstream)
+        state.auth.on_other = state.router.invalidate
         state.metering = Metering(state.redis, settings, state.quotas)
         state.proxy = Proxy(state)
         state.tasks = [

@@ -13,14 +13,17 @@ under ``BERTH_REDIS_PREFIX`` (``berth:``):
 * ``models`` — set of every public model name (for ``GET /v1/models``).
 * ``route:<public name>`` — hash, written by the reconciler/health checks: one field per **ready**
   worker, ``<worker id>`` → JSON ``{"url": "http://host:port", "api_key": "<engine key>"}``.
-  A worker leaves the hash when it starts draining or fails.
+  A worker leaves the hash when it starts draining or fails. (Provisioning's entries
+  also carry ``worker_id``, ``node``, ``deployment_id`` and ``model``; the gateway ignores them.)
 * ``engine_load`` — hash ``<worker id>`` → JSON ``{"waiting", "running", "kv", "at"}``: the
   engines' own ``/metrics`` (``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
   ``vllm:kv_cache_usage_perc``) scraped about once a second by ONE gateway task, elected through
   the lock ``lock:engine_scraper`` (``SET NX PX``), and read by every gateway.
-* **Demand signal for the autoscaler** — ``demand`` hash ``<public name>`` → epoch ms of the last
-  request that found no ready worker (HSET at most once a second per gateway and model), and a
-  ``PUBLISH`` of the model name on channel ``demand`` so a waiting autoscaler can react at once.
+* **Demand signal for the autoscaler** — ``demand:<public name>`` = epoch seconds of the last
+  request that found no ready worker (``SET … EX 60``, at most once a second per gateway and
+  model; read by ``workers.autoscaler``), and a ``PUBLISH`` of the model name on channel ``demand``.
+* channel ``invalidate`` — ``route:<name>`` / ``model:<name>`` (published by provisioning and the
+  registry mirror) drop this gateway's cached copy at once (``Router.invalidate``).
 
 Worker choice (``BERTH_GATEWAY_ROUTING``): ``least_load`` — the lowest load, where load = this
 gateway's outstanding requests to the worker + the engine's waiting requests + 4 × its KV-cache
@@ -178,7 +181,7 @@ class Router:
             return
         self._demand_sent[model] = now
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.settings.key("demand"), model, int(time.time() * 1000))
+        pipe.set(self.settings.key("demand", model), int(time.time()), ex=60)
         pipe.publish(self.settings.key("demand"), model)
         await pipe.execute()
 
@@ -191,6 +194,14 @@ class Router:
             if workers or time.monotonic() >= deadline:
                 return workers
             await asyncio.sleep(min(0.25, max(0.01, deadline - time.monotonic())))
+
+    def invalidate(self, kind: str, name: str) -> None:
+        """Drop a cached route table or model entry (from the ``invalidate`` channel)."""
+        if kind == "route":
+            self._routes.pop(name, None)
+        elif kind == "model":
+            self._models.pop(name, None)
+            self._model_names = (0.0, [])
 
     # ------------------------------------------------------------------ choice
 
