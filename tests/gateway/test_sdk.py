@@ -13,7 +13,7 @@ from tenants import mirror
 from tenants.constants import TenantStatus
 from tenants.keys import revoke_api_key
 from tenants.models import ApiKey
-from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model
+from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model, set_routes
 
 pytestmark = pytest.mark.django_db
 
@@ -240,3 +240,14 @@ def test_metrics_and_health(setup, gateway):
     assert f'berth_gateway_ttft_seconds_count{{model="{model}"}} 1.0' in text
     assert f'berth_gateway_tokens_total{{kind="completion",model="{model}"}} 8.0' in text
     assert "berth_gateway_quota_refusals_total" in text and "berth_gateway_queue_wait_seconds" in text
+
+
+def test_an_engine_refusing_the_gateways_key_is_a_502_not_the_clients_401(gateway, engines, redis_client):
+    tenant = make_tenant()
+    model = register_model(redis_client, engines)
+    bad = type("E", (), {"name": "w1", "url": engines[0].url, "api_key": "wrong-engine-key"})()
+    set_routes(redis_client, model, [bad])
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 502 and exc.value.code == "upstream_auth"

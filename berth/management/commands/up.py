@@ -1,10 +1,10 @@
 """``manage.py up``: run the whole platform on one machine, supervised.
 
 Migrates, creates (once) a staff user, then starts and supervises the web server (ASGI), the
-gateway, a Celery worker and Celery beat, with prefixed, coloured logs. A child that dies is
-restarted with backoff; one that keeps crashing stops the platform. Ctrl-C or SIGTERM stops every
-child (SIGTERM, then SIGKILL after a grace period) and, when they are embedded, PostgreSQL and
-Redis too, so nothing is left running.
+gateway, the usage consumer (``consume_usage``), a Celery worker and Celery beat, with prefixed,
+coloured logs. A child that dies is restarted with backoff; one that keeps crashing stops the
+platform. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period) and,
+when they are embedded, PostgreSQL and Redis too, so nothing is left running.
 """
 
 from __future__ import annotations
