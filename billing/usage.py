@@ -177,5 +177,10 @@ def run(*, count: int = 5000, stop_after: float | None = None) -> None:
         except (redis.ConnectionError, redis.TimeoutError):
             logger.warning("Redis unavailable; retrying in 1s", exc_info=True)
             time.sleep(1)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            ensure_group(client)  # Redis lost the stream (flushed, restarted without persistence)
         finally:
-            connection.close_if_unusable_or_obsolete()
+            if not connection.in_atomic_block:  # (a test's transaction) — else drop a stale connection
+                connection.close_if_unusable_or_obsolete()

@@ -221,3 +221,14 @@ def test_ingestion_is_idempotent_and_reclaims_a_dead_consumers_entries(redis_cli
     assert usage.write_events(events) == 0
     rollup = UsageHourly.objects.get(tenant=tenant, model="m")
     assert (rollup.requests, rollup.prompt_tokens, rollup.completion_tokens) == (10, 30, 40)
+
+
+def test_the_consumer_loop_recreates_a_lost_group(redis_client):
+    tenant = make_tenant()
+    usage.ensure_group()
+    redis_client.delete(rkey("usage"))  # e.g. Redis restarted without persistence
+    event = {"id": "req_after_loss", "t": str(tenant.pk), "k": None, "m": "m", "ep": "chat", "p": 1, "c": 2,
+             "s": "ok", "h": 200, "l": 1, "f": None, "w": "", "ts": int(time.time() * 1000)}  # fmt: skip
+    redis_client.xadd(rkey("usage"), {"e": json.dumps(event)})
+    usage.run(stop_after=1.5)
+    assert UsageRecord.objects.filter(request_id="req_after_loss").exists()
