@@ -67,9 +67,9 @@ def pin(cpu: int) -> list[str]:
 
 
 def start(argv: list[str], env: dict[str, str], health: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603 - our own command line
         argv, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )  # noqa: S603
+    )
     import urllib.request
 
     deadline = time.monotonic() + 30
@@ -158,7 +158,8 @@ async def streams(url: str, key: str, n: int, tokens: int, delay: float) -> floa
         async def one():
             nonlocal counted
             async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
-                assert response.status == 200, await response.text()
+                if response.status != 200:
+                    raise RuntimeError(await response.text())
                 async for chunk in response.content.iter_any():
                     counted += chunk.count(b'data: {"id"')
 
@@ -166,6 +167,63 @@ async def streams(url: str, key: str, n: int, tokens: int, delay: float) -> floa
         await asyncio.gather(*(one() for _ in range(n)))
         elapsed = time.perf_counter() - started
     return counted / elapsed
+
+
+def server_comparison(key: str, env: dict[str, str], duration: int) -> list[tuple[str, str, str]]:
+    """Gateway CPU per request: httptools vs h11 (proxied chat), raw ASGI vs Starlette (/healthz)."""
+    rows = []
+    cases = [
+        ("gateway.app:app", "httptools", "/v1/chat/completions"),
+        ("gateway.app:app", "h11", "/v1/chat/completions"),
+        ("gateway.app:app", "httptools", "/healthz"),
+        ("bench.starlette_healthz:app", "httptools", "/healthz"),
+    ]
+    for app, http, path in cases:
+        port = free_port()
+        argv = [
+            *pin(0),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            http,
+        ]
+        proc = start(argv, env, f"http://127.0.0.1:{port}/healthz")
+        url = f"http://127.0.0.1:{port}{path}"
+        if path == "/healthz":
+            cpu0 = cpu_seconds(proc.pid)
+            out = subprocess.run(  # noqa: S603
+                [*pin(1), "wrk", "-t1", "-c64", f"-d{duration}s", url],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        else:
+            wrk(url, key, duration=2, connections=64)
+            cpu0 = cpu_seconds(proc.pid)
+            rps = wrk(url, key, duration=duration, connections=64)["rps"]
+        per = (cpu_seconds(proc.pid) - cpu0) / (rps * duration)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        rows.append(
+            (
+                f"server: {app.split(':')[0]} on {http}, {path}",
+                f"{rps:,.0f} req/s, {per * 1e6:,.0f} µs CPU",
+                "",
+            )
+        )
+    return rows
 
 
 def ingestion(tenant_id: str, events: int) -> float:
@@ -202,7 +260,8 @@ def ingestion(tenant_id: str, events: int) -> float:
     while handled < events:
         handled += usage.consume_batch(consumer="bench", count=5000, block_ms=None, client=client)
     elapsed = time.perf_counter() - started
-    assert UsageRecord.objects.filter(request_id__startswith=f"bench_{now}_").count() == events
+    if UsageRecord.objects.filter(request_id__startswith=f"bench_{now}_").count() != events:
+        raise RuntimeError("not every usage event reached PostgreSQL")
     UsageRecord.objects.filter(request_id__startswith="bench_").delete()
     UsageHourly.objects.filter(tenant_id=tenant_id).delete()
     return events / elapsed
@@ -244,6 +303,9 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds between a stream's tokens")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clients", action="store_true", help="also measure httpx as the upstream client")
+    parser.add_argument(
+        "--servers", action="store_true", help="also compare httptools/h11 and raw ASGI/Starlette"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = parser.parse_args()
     global CPUS
@@ -387,6 +449,10 @@ def main() -> None:
             )
             gw.send_signal(signal.SIGTERM)
             gw.wait(30)
+        if args.servers:
+            rows += server_comparison(
+                key, {**gw_env, "BERTH_GATEWAY_UPSTREAM_CLIENT": "aiohttp"}, args.duration
+            )
         rows.append(("HTTP/socket errors reported by wrk", str(errors), "0"))
     finally:
         engine.send_signal(signal.SIGTERM)
@@ -407,8 +473,9 @@ def main() -> None:
         print(f"{name:<{width}}  {value:>24}  {target}")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nload average at the end (1/5/15 min): {load} — other sessions share this machine")
+    placement = "gateway pinned to CPU 0, wrk and fake engine to CPU 1" if CPUS >= 2 else "no CPU pinning"
     print(
-        f"{CPUS} CPUs; gateway pinned to CPU 0, wrk/engine/stores on CPU 1; wrk -t1 -c{args.connections} -d{args.duration}s; "
+        f"{os.cpu_count()} CPUs; {placement} (Redis/PostgreSQL unpinned); wrk -t1 -c{args.connections} -d{args.duration}s; "
         f"half load paced by wrk delay() over 32 connections; streams: {args.stream_tokens} tokens, {args.token_delay * 1000:.0f} ms apart."
     )
 

@@ -27,6 +27,7 @@ from gateway.errors import GatewayError, error_body
 from gateway.metering import Metering
 from gateway.proxy import ENDPOINTS, Proxy
 from gateway.quotas import Quotas
+from gateway.redis_pipe import make_pipe
 from gateway.routing import Router
 from gateway.upstream import make_upstream
 
@@ -62,12 +63,14 @@ class Gateway:
         state.redis = aioredis.Redis(connection_pool=pool)
         state.upstream = make_upstream(settings)
         state.auth = Authenticator(state.redis, settings)
-        state.quotas = Quotas(state.redis, settings)
+        state.hot = make_pipe(settings.redis_url, state.redis)
+        state.quotas = Quotas(state.redis, settings, state.hot)
         try:
             await state.quotas.load_scripts()
         except Exception:  # Redis not up yet: the scripts are loaded on first NOSCRIPT
             logger.warning("could not load quota scripts into Redis at start-up", exc_info=True)
         state.router = Router(state.redis, settings, state.upstream)
+        state.auth.on_other = state.router.invalidate
         state.metering = Metering(state.redis, settings, state.quotas)
         state.proxy = Proxy(state)
         state.tasks = [
@@ -89,6 +92,8 @@ class Gateway:
                 logger.warning("could not flush key last-use times at shutdown")
         if hasattr(state, "upstream"):
             await state.upstream.close()
+        if hasattr(state, "hot"):
+            await state.hot.close()
         if hasattr(state, "redis"):
             await state.redis.aclose()
             await state.redis.connection_pool.disconnect()
@@ -121,19 +126,20 @@ class Gateway:
     async def http(self, scope, receive, send) -> None:
         path = scope["path"]
         method = scope["method"]
+        request_id = "req_" + uuid.uuid4().hex
         if path == "/healthz":
-            await _respond(send, 200, b'{"status":"ok"}', JSON, [])
+            await _respond(send, 200, b'{"status":"ok"}', JSON, [(b"x-request-id", request_id.encode())])
             return
         if path == "/metrics" and method == "GET":
             body, content_type = metrics.render()
-            await _respond(send, 200, body, content_type, [])
+            await _respond(send, 200, body, content_type, [(b"x-request-id", request_id.encode())])
             return
-        request_id = "req_" + uuid.uuid4().hex
         ctx = RequestContext(request_id, method, path, scope)
         ctx.receive = receive
         sender = _TrackingSend(send)
+        endpoint = ENDPOINTS.get(path)
+        ctx.endpoint = endpoint or ("models" if path == "/v1/models" else "other")
         try:
-            endpoint = ENDPOINTS.get(path)
             if path == "/v1/models":
                 if method != "GET":
                     raise _method_not_allowed(method, path)
@@ -168,10 +174,10 @@ class Gateway:
                 )
                 await _respond(sender, 500, body, JSON, [(b"x-request-id", request_id.encode())])
         finally:
-            if ctx.model and ctx.endpoint:
-                status_label = str(ctx.status)
-                metrics.REQUESTS.labels(ctx.model, ctx.endpoint, status_label).inc()
-                metrics.LATENCY.labels(ctx.model, status_label).observe(time.perf_counter() - ctx.start)
+            # Requests refused before a model was known (401, bad JSON) count under model="".
+            status_label = str(ctx.status)
+            metrics.REQUESTS.labels(ctx.model or "", ctx.endpoint, status_label).inc()
+            metrics.LATENCY.labels(ctx.model or "", status_label).observe(time.perf_counter() - ctx.start)
             if self.state.settings.access_log:
                 ctx.log()
 

@@ -6,7 +6,7 @@ secret, a retired pepper and an expired key all spend the same HMAC and fail wit
 
 Entries (including "absent") are cached in-process for ``key_cache_seconds`` (≤1 s) and dropped
 at once when the control plane publishes ``apikey:<id>`` / ``tenant:<id>`` on the invalidation
-channel, so a revocation takes effect within a second even if the subscription lags.
+channel (``route:<model>`` / ``model:<name>`` on it are handed to the router), so a revocation takes effect within a second even if the subscription lags.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class Authenticator:
         self.ttl = settings.key_cache_seconds
         self._keys: dict[str, tuple[float, KeyEntry | None]] = {}
         self._tenants: dict[str, tuple[float, TenantEntry | None]] = {}
+        # Routing-table and model-registry invalidations share the channel; the router takes them.
+        self.on_other = None
 
     # ------------------------------------------------------------------ cache
 
@@ -93,6 +95,9 @@ class Authenticator:
             self._keys.pop(ident, None)
         elif kind == "tenant":
             self._tenants.pop(ident, None)
+        elif kind in ("route", "model"):
+            if self.on_other is not None:
+                self.on_other(kind, ident)
         else:  # unknown message: be safe
             self._keys.clear()
             self._tenants.clear()

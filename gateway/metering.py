@@ -17,7 +17,8 @@ import logging
 import time
 
 import orjson
-from redis.exceptions import NoScriptError
+
+from gateway.redis_pipe import is_noscript
 
 logger = logging.getLogger("berth.gateway.metering")
 
@@ -38,17 +39,15 @@ class Metering:
 
     async def record(self, event: dict, lease) -> None:
         """Append the usage event and settle the request's quota in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.stream, {"e": orjson.dumps(event)})
-        settle = None
+        commands = [("XADD", self.stream, "*", "e", orjson.dumps(event))]
         if lease is not None and not lease.settled:
-            settle = self.quotas.settle_into(pipe, lease, event["p"] + event["c"])
-        results = await pipe.execute(raise_on_error=False)
+            commands.append(self.quotas.settle_command(lease, event["p"] + event["c"]))
+        results = await self.quotas.hot.execute(*commands)
         if isinstance(results[0], Exception):
             raise results[0]  # the usage event is what must not be lost: fail the request
-        if settle is not None and isinstance(results[1], NoScriptError):
-            await self.quotas.settle_fallback(*settle)
-        elif settle is not None and isinstance(results[1], Exception):
+        if len(results) > 1 and is_noscript(results[1]):
+            await self.quotas.retry_settle(commands[1])
+        elif len(results) > 1 and isinstance(results[1], Exception):
             logger.warning("quota settlement failed for %s: %s", event["id"], results[1])
 
     async def flush_last_used(self) -> None:

@@ -9,15 +9,18 @@ for — the extra usage chunk, per-chunk usage — is stripped again on the way 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import orjson
 
 from gateway import metrics
-from gateway.errors import GatewayError, bad_request, model_not_found
+from gateway.errors import GatewayError, bad_request, error_body, model_not_found
 from gateway.upstream import UpstreamError
 
-# path -> (endpoint label, generates tokens)
+logger = logging.getLogger("berth.gateway.proxy")
+
+# path -> endpoint label
 ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
@@ -383,6 +386,16 @@ class Proxy:
             event["p"] = int(usage.get("prompt_tokens") or 0)
             event["c"] = int(usage.get("completion_tokens") or 0)
             event["s"] = "ok"
+        elif status in (401, 403):
+            # The engine refused *our* key: the client's key was fine, so this is our fault.
+            logger.error("worker %s refused the gateway's engine key (HTTP %s)", event["w"], status)
+            status = 502
+            raw = error_body(
+                "The model worker rejected the gateway's credentials. The operator has been told.",
+                type="server_error",
+                code="upstream_auth",
+            )
+            event["s"] = "upstream_error"
         else:
             raw = openai_error(status, raw)
             event["s"] = "upstream_error"

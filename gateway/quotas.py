@@ -28,9 +28,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from redis.exceptions import NoScriptError
-
 from gateway.errors import GatewayError
+from gateway.redis_pipe import is_noscript
 
 logger = logging.getLogger("berth.gateway.quotas")
 MONTH_TTL = 40 * 86400
@@ -131,8 +130,9 @@ class Lease:
 
 
 class Quotas:
-    def __init__(self, redis, settings):
+    def __init__(self, redis, settings, hot):
         self.redis = redis
+        self.hot = hot  # the auto-pipelined connection (gateway/redis_pipe.py)
         self.settings = settings
         self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
@@ -143,16 +143,14 @@ class Quotas:
         await self.redis.script_load(SETTLE)
 
     async def _admit(self, keys: list[str], args: list):
-        # EVALSHA directly: redis-py's Script objects cost an extra SCRIPT EXISTS in pipelines.
-        try:
-            return await self.redis.evalsha(self._admit_sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted or flushed its script cache
+        command = ("EVALSHA", self._admit_sha, len(keys), *keys, *args)
+        result = (await self.hot.execute(command))[0]
+        if is_noscript(result):  # Redis restarted or flushed its script cache
             await self.load_scripts()
-            return await self.redis.evalsha(self._admit_sha, len(keys), *keys, *args)
-
-    async def settle_fallback(self, lease_keys: list[str], args: list) -> None:
-        await self.load_scripts()
-        await self.redis.evalsha(self._settle_sha, len(lease_keys), *lease_keys, *args)
+            result = (await self.hot.execute(command))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _scopes(self, principal) -> list[tuple[str, dict]]:
         scopes = [("t", principal.tenant.plan)]
@@ -253,26 +251,12 @@ class Quotas:
             headers = [h for h in headers if h[0] != b"retry-after"]
         return GatewayError(429, message, type=code, code=code, headers=headers)
 
-    async def settle(self, lease: Lease, actual_tokens: int) -> None:
-        """Replace the reservation by the tokens actually used and free the concurrency lease."""
-        if lease.settled:
-            return
+    def settle_command(self, lease: Lease, actual_tokens: int) -> tuple:
+        """The settlement as one command (sent with the usage event); marks the lease settled."""
         lease.settled = True
         self.in_flight.pop(lease.request_id, None)
-        args = [actual_tokens - lease.reserved, lease.request_id, lease.nscopes]
-        try:
-            await self.redis.evalsha(self._settle_sha, len(lease.settle_keys), *lease.settle_keys, *args)
-        except NoScriptError:
-            await self.settle_fallback(lease.settle_keys, args)
-
-    def settle_into(self, pipe, lease: Lease, actual_tokens: int) -> tuple[list[str], list]:
-        """Queue the settlement on ``pipe`` (so it travels with the usage event).
-
-        Returns what ``settle_fallback`` needs should Redis have lost the script.
-        """
-        lease.settled = True
-        self.in_flight.pop(lease.request_id, None)
-        pipe.evalsha(
+        return (
+            "EVALSHA",
             self._settle_sha,
             len(lease.settle_keys),
             *lease.settle_keys,
@@ -280,7 +264,13 @@ class Quotas:
             lease.request_id,
             lease.nscopes,
         )
-        return lease.settle_keys, [actual_tokens - lease.reserved, lease.request_id, lease.nscopes]
+
+    async def retry_settle(self, command: tuple) -> None:
+        """Run a settlement again after NOSCRIPT (the script cache was lost)."""
+        await self.load_scripts()
+        result = (await self.hot.execute(command))[0]
+        if isinstance(result, Exception):
+            raise result
 
     async def run_background(self) -> None:
         while True:

@@ -13,7 +13,8 @@ under ``BERTH_REDIS_PREFIX`` (``berth:``):
 * ``models`` — set of every public model name (for ``GET /v1/models``).
 * ``route:<public name>`` — hash, written by the reconciler/health checks: one field per **ready**
   worker, ``<worker id>`` → JSON ``{"url": "http://host:port", "api_key": "<engine key>"}``.
-  A worker leaves the hash when it starts draining or fails.
+  A worker leaves the hash when it starts draining or fails. (Provisioning's entries
+  also carry ``worker_id``, ``node``, ``deployment_id`` and ``model``; the gateway ignores them.)
 * ``engine_load`` — hash ``<worker id>`` → JSON ``{"waiting", "running", "kv", "at"}``: the
   engines' own ``/metrics`` (``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
   ``vllm:kv_cache_usage_perc``) scraped about once a second by ONE gateway task, elected through
@@ -21,6 +22,8 @@ under ``BERTH_REDIS_PREFIX`` (``berth:``):
 * **Demand signal for the autoscaler** — ``demand:<public name>`` = epoch seconds of the last
   request that found no ready worker (``SET … EX 60``, at most once a second per gateway and
   model; read by ``workers.autoscaler``), and a ``PUBLISH`` of the model name on channel ``demand``.
+* channel ``invalidate`` — ``route:<name>`` / ``model:<name>`` (published by provisioning and the
+  registry mirror) drop this gateway's cached copy at once (``Router.invalidate``).
 
 Worker choice (``BERTH_GATEWAY_ROUTING``): ``least_load`` — the lowest load, where load = this
 gateway's outstanding requests to the worker + the engine's waiting requests + 4 × its KV-cache
@@ -177,21 +180,28 @@ class Router:
         if now - self._demand_sent.get(model, 0.0) < 1.0:
             return
         self._demand_sent[model] = now
-        # The autoscaler (workers.autoscaler) reads demand:<model> = epoch seconds, kept 60 s.
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(self.settings.key("demand", model), int(time.time()), ex=60)
         pipe.publish(self.settings.key("demand"), model)
         await pipe.execute()
 
-    async def wait_for_workers(self, model: str, timeout: float) -> list[Worker]:
+    async def wait_for_workers(self, model: str, wait_seconds: float) -> list[Worker]:
         """Cold start: signal demand and poll the routing table until a worker is ready."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_seconds
         while True:
             await self.signal_demand(model)
             workers = await self.workers(model, fresh=True)
             if workers or time.monotonic() >= deadline:
                 return workers
             await asyncio.sleep(min(0.25, max(0.01, deadline - time.monotonic())))
+
+    def invalidate(self, kind: str, name: str) -> None:
+        """Drop a cached route table or model entry (from the ``invalidate`` channel)."""
+        if kind == "route":
+            self._routes.pop(name, None)
+        elif kind == "model":
+            self._models.pop(name, None)
+            self._model_names = (0.0, [])
 
     # ------------------------------------------------------------------ choice
 
@@ -266,7 +276,7 @@ class Router:
 
         async def one(worker: Worker):
             try:
-                text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, timeout=2.0)
+                text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, limit_s=2.0)
             except Exception:  # a worker that does not answer simply has no fresh load figure
                 return None
             return worker.worker_id, {**parse_engine_metrics(text), "at": time.time()}

@@ -68,10 +68,10 @@ class AiohttpUpstream:
             raise UpstreamError(str(exc) or type(exc).__name__) from exc
         return _AiohttpResponse(response)
 
-    async def get_text(self, url: str, api_key: str, *, timeout: float) -> str:
+    async def get_text(self, url: str, api_key: str, *, limit_s: float) -> str:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         async with self.session.get(
-            url, headers=headers, timeout=self._aiohttp.ClientTimeout(total=timeout)
+            url, headers=headers, timeout=self._aiohttp.ClientTimeout(total=limit_s)
         ) as response:
             return await response.text()
 
@@ -116,9 +116,9 @@ class HttpxUpstream:
             raise UpstreamError(str(exc) or type(exc).__name__) from exc
         return _HttpxResponse(response)
 
-    async def get_text(self, url: str, api_key: str, *, timeout: float) -> str:
+    async def get_text(self, url: str, api_key: str, *, limit_s: float) -> str:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        response = await self.client.get(url, headers=headers, timeout=timeout)
+        response = await self.client.get(url, headers=headers, timeout=limit_s)
         return response.text
 
     async def close(self) -> None:

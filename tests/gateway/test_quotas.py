@@ -113,3 +113,21 @@ def test_it_recovers_when_redis_lost_its_scripts(gateway, engines, redis_client)
         )
         assert response.status_code == 200
         redis_client.script_flush()
+
+
+def test_per_key_limits_apply_on_top_of_the_plan(gateway, engines, redis_client, settings):
+    tenant = make_tenant(requests_per_minute=100)
+    model = register_model(redis_client, engines)
+    limited, free = make_key(tenant), make_key(tenant)
+    # The mirror's optional per-key limits (same shape as the plan's).
+    redis_client.hset(f"{settings.REDIS_PREFIX}apikey:{limited[9:21]}", "limits", '{"rpm": 2}')
+
+    def call(key):
+        return httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+            headers={"authorization": f"Bearer {key}"},
+        ).status_code
+
+    assert [call(limited) for _ in range(3)] == [200, 200, 429]
+    assert [call(free) for _ in range(3)] == [200, 200, 200]

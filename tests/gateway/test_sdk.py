@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 
-from tenants.constants import TenantStatus
 from tenants import mirror
+from tenants.constants import TenantStatus
 from tenants.keys import revoke_api_key
 from tenants.models import ApiKey
-from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model
+from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model, set_routes
 
 pytestmark = pytest.mark.django_db
 
@@ -228,6 +228,26 @@ def test_it_sends_the_engines_served_name(gateway, engines, redis_client):
     assert any("served-internal-name" in engine_stats(e)["models"] for e in engines)
 
 
-def test_metrics_and_health(gateway):
-    assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
-    assert b"berth_gateway_requests_total" in httpx.get(gateway.url + "/metrics").content
+def test_metrics_and_health(setup, gateway):
+    _, _, model, client = setup
+    list(
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}], stream=True)
+    )
+    health = httpx.get(gateway.url + "/healthz")
+    assert health.json() == {"status": "ok"} and health.headers["x-request-id"]
+    text = httpx.get(gateway.url + "/metrics").text
+    assert f'berth_gateway_requests_total{{endpoint="chat",model="{model}",status="200"}} 1.0' in text
+    assert f'berth_gateway_ttft_seconds_count{{model="{model}"}} 1.0' in text
+    assert f'berth_gateway_tokens_total{{kind="completion",model="{model}"}} 8.0' in text
+    assert "berth_gateway_quota_refusals_total" in text and "berth_gateway_queue_wait_seconds" in text
+
+
+def test_an_engine_refusing_the_gateways_key_is_a_502_not_the_clients_401(gateway, engines, redis_client):
+    tenant = make_tenant()
+    model = register_model(redis_client, engines)
+    bad = type("E", (), {"name": "w1", "url": engines[0].url, "api_key": "wrong-engine-key"})()
+    set_routes(redis_client, model, [bad])
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 502 and exc.value.code == "upstream_auth"

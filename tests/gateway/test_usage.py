@@ -14,9 +14,9 @@ import openai
 import pytest
 from django.db.models import Sum
 
+from berth.redis import rkey
 from billing import usage
 from billing.models import UsageHourly, UsageRecord
-from berth.redis import rkey
 from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model, start_gateway
 
 pytestmark = pytest.mark.django_db
@@ -132,7 +132,7 @@ def test_a_disconnect_mid_stream_is_billed_for_delivered_tokens_only(gateway, en
     assert record.status == "client_disconnected"
     assert 10 <= record.completion_tokens <= stats["completion_tokens_sent"] < 400
     # The concurrency lease and token reservation were settled too.
-    assert not redis_client.zcard(f"{rkey('q', '{%s}' % tenant.pk, 't')}:conc")
+    assert not redis_client.zcard(rkey("q", "{" + str(tenant.pk) + "}", "t") + ":conc")
 
 
 def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_client):
@@ -169,7 +169,7 @@ def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_clien
         async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=50)) as client:
             tasks = [asyncio.create_task(one(client, i)) for i in range(600)]
             deadline = time.monotonic() + 20
-            while len(completed) < 30 and time.monotonic() < deadline:
+            while len(completed) < 30 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             proc.stop(signal.SIGKILL)  # mid-run: hundreds of requests are still in flight
             await asyncio.gather(*tasks)
@@ -208,13 +208,27 @@ def test_ingestion_is_idempotent_and_reclaims_a_dead_consumers_entries(redis_cli
         redis_client.xadd(stream, {"e": json.dumps(event)})
     redis_client.xadd(stream, {"e": json.dumps(events[0])})  # a duplicate delivery
     redis_client.xadd(stream, {"e": "not json"})
+    redis_client.xadd(
+        stream, {"e": json.dumps({**events[1], "id": "req_bad", "ts": 1.5})}
+    )  # would fail the batch
     # A consumer reads everything and dies before writing/acknowledging.
     redis_client.xreadgroup(usage.GROUP, "dead", {stream: ">"}, count=100)
     assert usage.consume_batch(consumer="alive", block_ms=None, claim_idle_ms=60_000) == 0  # not idle yet
-    assert usage.consume_batch(consumer="alive", block_ms=None, claim_idle_ms=0) == 12
+    assert usage.consume_batch(consumer="alive", block_ms=None, claim_idle_ms=0) == 13
     assert redis_client.xpending(stream, usage.GROUP)["pending"] == 0
     assert UsageRecord.objects.filter(tenant=tenant).count() == 10
     # Re-delivering the same events changes nothing, rollups included.
     assert usage.write_events(events) == 0
     rollup = UsageHourly.objects.get(tenant=tenant, model="m")
     assert (rollup.requests, rollup.prompt_tokens, rollup.completion_tokens) == (10, 30, 40)
+
+
+def test_the_consumer_loop_recreates_a_lost_group(redis_client):
+    tenant = make_tenant()
+    usage.ensure_group()
+    redis_client.delete(rkey("usage"))  # e.g. Redis restarted without persistence
+    event = {"id": "req_after_loss", "t": str(tenant.pk), "k": None, "m": "m", "ep": "chat", "p": 1, "c": 2,
+             "s": "ok", "h": 200, "l": 1, "f": None, "w": "", "ts": int(time.time() * 1000)}  # fmt: skip
+    redis_client.xadd(rkey("usage"), {"e": json.dumps(event)})
+    usage.run(stop_after=1.5)
+    assert UsageRecord.objects.filter(request_id="req_after_loss").exists()

@@ -1,10 +1,11 @@
 """``manage.py up``: run the whole platform on one machine, supervised.
 
-Migrates, creates (once) a staff user, registers a small CPU model on first run, then starts and
-supervises the web server (ASGI), the gateway, a Celery worker, Celery beat and a local node
-agent, with prefixed, coloured logs. A child that dies is restarted with backoff; one that keeps
-crashing stops the platform. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a
-grace period) and, when they are embedded, PostgreSQL and Redis too, so nothing is left running.
+Migrates, creates (once) a staff user, registers small CPU models on first run, then starts and
+supervises the web server (ASGI), the gateway, the usage consumer (``consume_usage``), a Celery
+worker, Celery beat and a local node agent, with prefixed, coloured logs. A child that dies is
+restarted with backoff; one that keeps crashing stops the platform. Ctrl-C or SIGTERM stops every
+child (SIGTERM, then SIGKILL after a grace period) and, when they are embedded, PostgreSQL and
+Redis too, so nothing is left running.
 """
 
 from __future__ import annotations
