@@ -296,10 +296,16 @@ class Command(BaseCommand):
             sup.log("up", "stopping…")
             sup.stop_all()
             if not options["keep_embedded"]:
-                if settings.EMBEDDED_DATABASE and embedded.stop_postgres(settings.DATA_DIR):
-                    sup.log("up", "embedded PostgreSQL stopped")
-                if settings.EMBEDDED_REDIS and embedded.stop_redis(settings.DATA_DIR):
-                    sup.log("up", "embedded Redis stopped")
+                for enabled, stop, label in (
+                    (settings.EMBEDDED_DATABASE, embedded.stop_postgres, "PostgreSQL"),
+                    (settings.EMBEDDED_REDIS, embedded.stop_redis, "Redis"),
+                ):
+                    try:
+                        if enabled and stop(settings.DATA_DIR):
+                            sup.log("up", f"embedded {label} stopped")
+                    except embedded.EmbeddedError as exc:  # still stop the other one
+                        sup.log("up", f"could not stop embedded {label}: {exc}")
+                        sup.failed = sup.failed or f"embedded {label} did not stop"
             sup.log("up", "bye")
         if sup.failed:
             raise CommandError(sup.failed)
