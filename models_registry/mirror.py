@@ -16,14 +16,8 @@ Signals keep it current whatever edits the registry (admin, API, ``pull_model``,
 from __future__ import annotations
 
 import json
-import logging
 
-import redis
-
-from berth.redis import get_redis, rkey
-
-logger = logging.getLogger(__name__)
-INVALIDATE_CHANNEL = "invalidate"
+from berth.redis import get_redis, mirror_write, rkey
 
 
 def entry(model) -> dict[str, str]:
@@ -39,30 +33,20 @@ def entry(model) -> dict[str, str]:
 
 
 def publish_model(model) -> bool:
-    try:
-        pipe = get_redis().pipeline(transaction=True)
+    def write(pipe):
         pipe.delete(rkey("model", model.name))
         pipe.hset(rkey("model", model.name), mapping=entry(model))
         pipe.sadd(rkey("models"), model.name)
-        pipe.publish(rkey(INVALIDATE_CHANNEL), f"model:{model.name}")
-        pipe.execute()
-    except redis.RedisError:
-        logger.exception("could not mirror model %s to Redis; the periodic resync will", model.name)
-        return False
-    return True
+
+    return mirror_write(write, invalidate=f"model:{model.name}", what=f"model {model.name}")
 
 
 def unpublish_model(name: str) -> bool:
-    try:
-        pipe = get_redis().pipeline(transaction=True)
+    def write(pipe):
         pipe.delete(rkey("model", name))
         pipe.srem(rkey("models"), name)
-        pipe.publish(rkey(INVALIDATE_CHANNEL), f"model:{name}")
-        pipe.execute()
-    except redis.RedisError:
-        logger.exception("could not remove model %s from Redis", name)
-        return False
-    return True
+
+    return mirror_write(write, invalidate=f"model:{name}", what=f"model {name}")
 
 
 def resync() -> dict[str, int]:

@@ -17,16 +17,13 @@ Writes happen after the database commit. If Redis was unreachable at that moment
 from __future__ import annotations
 
 import json
-import logging
 
-import redis
 from django.db.models import Q
 from django.utils import timezone
 
-from berth.redis import get_redis, rkey
+from berth.redis import get_redis, mirror_write, rkey
 from tenants.constants import KeyKind
 
-logger = logging.getLogger(__name__)
 INVALIDATE_CHANNEL = "invalidate"
 
 
@@ -61,40 +58,25 @@ def _write_tenant(pipe, tenant) -> None:
 
 
 def publish_key(api_key) -> bool:
-    try:
-        pipe = get_redis().pipeline(transaction=True)
+    def write(pipe):
         _write_tenant(pipe, api_key.tenant)
         _write_key(pipe, api_key)
-        pipe.publish(rkey(INVALIDATE_CHANNEL), f"apikey:{api_key.lookup_id}")
-        pipe.execute()
-    except redis.RedisError:
-        logger.exception("could not mirror key %s to Redis; the periodic resync will", api_key.lookup_id)
-        return False
-    return True
+
+    return mirror_write(write, invalidate=f"apikey:{api_key.lookup_id}", what=f"key {api_key.lookup_id}")
 
 
 def unpublish_key(lookup_id: str) -> bool:
-    try:
-        pipe = get_redis().pipeline(transaction=True)
-        pipe.delete(rkey("apikey", lookup_id))
-        pipe.publish(rkey(INVALIDATE_CHANNEL), f"apikey:{lookup_id}")
-        pipe.execute()
-    except redis.RedisError:
-        logger.exception("could not remove key %s from Redis; the periodic resync will", lookup_id)
-        return False
-    return True
+    return mirror_write(
+        lambda pipe: pipe.delete(rkey("apikey", lookup_id)),
+        invalidate=f"apikey:{lookup_id}",
+        what=f"key {lookup_id}",
+    )
 
 
 def publish_tenant(tenant) -> bool:
-    try:
-        pipe = get_redis().pipeline(transaction=True)
-        _write_tenant(pipe, tenant)
-        pipe.publish(rkey(INVALIDATE_CHANNEL), f"tenant:{tenant.pk}")
-        pipe.execute()
-    except redis.RedisError:
-        logger.exception("could not mirror tenant %s to Redis", tenant.pk)
-        return False
-    return True
+    return mirror_write(
+        lambda pipe: _write_tenant(pipe, tenant), invalidate=f"tenant:{tenant.pk}", what=f"tenant {tenant.pk}"
+    )
 
 
 def resync() -> dict[str, int]:

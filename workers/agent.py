@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -36,20 +35,13 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from berth.process import die_with_parent_kill
 from workers import gpus, lifecycle, routing
 from workers.constants import HOLDING_STATES, TERMINAL_STATES, EventKind, NodeBackend, NodeStatus, WorkerState
 from workers.engines.base import EngineLaunch, EngineSpec, LoraModule
 from workers.models import Gpu, Node, Worker
 
 logger = logging.getLogger(__name__)
-
-
-def _pdeathsig_kill() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port(host: str) -> int:
@@ -207,7 +199,7 @@ class Agent:
         while True:
             argv, kwargs, future = self._spawn_requests.get()
             try:
-                future.set_result(subprocess.Popen(argv, preexec_fn=_pdeathsig_kill, **kwargs))  # noqa: S603, PLW1509
+                future.set_result(subprocess.Popen(argv, preexec_fn=die_with_parent_kill, **kwargs))  # noqa: S603, PLW1509
             except Exception as exc:  # reported to the task that asked
                 future.set_exception(exc)
 

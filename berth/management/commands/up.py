@@ -10,7 +10,6 @@ Redis too, so nothing is left running.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import signal
@@ -26,20 +25,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from berth import embedded
+from berth.process import die_with_parent
 
 COLOURS = {"web": 36, "gateway": 35, "worker": 33, "beat": 34, "agent": 32, "usage": 31, "up": 37}
 GRACE_SECONDS = 10
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
 RESTART_WINDOW = 120
-
-
-def _set_pdeathsig() -> None:
-    """Child side: die with the supervisor even if it is SIGKILLed (Linux only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -86,7 +77,7 @@ class Supervisor:
             env=self.env,
             cwd=settings.BASE_DIR,
             start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop the group
-            preexec_fn=_set_pdeathsig,  # noqa: PLW1509
+            preexec_fn=die_with_parent,  # noqa: PLW1509
             text=True,
             bufsize=1,
             errors="replace",
