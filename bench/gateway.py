@@ -83,8 +83,8 @@ def start(argv: list[str], env: dict[str, str], health: str) -> subprocess.Popen
     raise RuntimeError(f"{argv} did not start")
 
 
-def uvicorn(app: str, port: int, cpu: int, env: dict[str, str], health: str) -> subprocess.Popen:
-    argv = [
+def uvicorn_argv(app: str, port: int, cpu: int, http: str = "httptools") -> list[str]:
+    return [
         *pin(cpu),
         sys.executable,
         "-m",
@@ -100,8 +100,12 @@ def uvicorn(app: str, port: int, cpu: int, env: dict[str, str], health: str) -> 
         "--loop",
         "uvloop",
         "--http",
-        "httptools",
+        http,
     ]
+
+
+def uvicorn(app: str, port: int, cpu: int, env: dict[str, str], health: str) -> subprocess.Popen:
+    argv = uvicorn_argv(app, port, cpu)
     return start(argv, env, f"http://127.0.0.1:{port}{health}")
 
 
@@ -180,24 +184,7 @@ def server_comparison(key: str, env: dict[str, str], duration: int) -> list[tupl
     ]
     for app, http, path in cases:
         port = free_port()
-        argv = [
-            *pin(0),
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--loop",
-            "uvloop",
-            "--http",
-            http,
-        ]
+        argv = uvicorn_argv(app, port, 0, http)
         proc = start(argv, env, f"http://127.0.0.1:{port}/healthz")
         url = f"http://127.0.0.1:{port}{path}"
         if path == "/healthz":

@@ -35,37 +35,28 @@ def ensure_default_models() -> str | None:
     if not (folder / "config.json").exists():
         create_tiny_model(folder)
     with transaction.atomic():
-        model = Model.objects.create(
-            name=DEFAULT_MODEL_NAME,
-            source_kind=SourceKind.LOCAL,
-            source=str(folder),
-            task=Task.CHAT,
-            context_length=2048,
-        )
-        Deployment.objects.create(
-            model=model, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
-        )
-        Price.objects.create(
-            model=model, input_per_million=Decimal("0.10"), output_per_million=Decimal("0.20")
-        )
+        _register(DEFAULT_MODEL_NAME, folder, Task.CHAT, 2048, Decimal("0.10"), Decimal("0.20"))
         registered = [DEFAULT_MODEL_NAME]
         embedding_folder = _embedding_folder()
         if embedding_folder is not None:
-            embedding = Model.objects.create(
-                name=EMBEDDING_MODEL_NAME,
-                source_kind=SourceKind.LOCAL,
-                source=str(embedding_folder),
-                task=Task.EMBEDDING,
-                context_length=256,
-            )
-            Deployment.objects.create(
-                model=embedding, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
-            )
-            Price.objects.create(
-                model=embedding, input_per_million=Decimal("0.02"), output_per_million=Decimal("0")
+            _register(
+                EMBEDDING_MODEL_NAME, embedding_folder, Task.EMBEDDING, 256, Decimal("0.02"), Decimal("0")
             )
             registered.append(EMBEDDING_MODEL_NAME)
     return f"registered {', '.join(registered)} with one CPU replica each"
+
+
+def _register(
+    name: str, folder: Path, task: str, context_length: int, input_price: Decimal, output_price: Decimal
+) -> None:
+    """A local model with one always-on CPU replica (up to two) and its price."""
+    model = Model.objects.create(
+        name=name, source_kind=SourceKind.LOCAL, source=str(folder), task=task, context_length=context_length
+    )
+    Deployment.objects.create(
+        model=model, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
+    )
+    Price.objects.create(model=model, input_per_million=input_price, output_per_million=output_price)
 
 
 def _embedding_folder() -> Path | None:

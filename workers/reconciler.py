@@ -105,7 +105,7 @@ def _pass(now: datetime) -> dict[str, int]:
         except Exception:  # the local half of the pass must still publish its routes
             logger.exception("Kubernetes sync failed; its routes stay as they were this pass")
             stats["k8s_errors"] += 1
-            local_ids = {str(w.pk) for w in Worker.objects.only("pk")}
+            local_ids = {str(pk) for pk in Worker.objects.values_list("pk", flat=True)}
             for model_name, entries in routing.current_tables(exclude_worker_ids=local_ids).items():
                 table.setdefault(model_name, {}).update(entries)
     routing.publish(table)
