@@ -217,7 +217,12 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
-STATICFILES_DIRS: list[Path] = []
+# Front-end libraries come from npm (package.json / package-lock.json, `npm ci`), never pasted in:
+# each package's dist/ folder is served under static/vendor/<name>/ (console/checks.py says what to
+# run when node_modules is missing). NODE_MODULES_DIR lets a Docker build stage put them elsewhere.
+NODE_MODULES_DIR = Path(env_str("BERTH_NODE_MODULES", str(BASE_DIR / "node_modules")))
+FRONTEND_VENDOR = {"htmx": "htmx.org/dist", "chartjs": "chart.js/dist"}
+STATICFILES_DIRS: list = [(f"vendor/{name}", NODE_MODULES_DIR / sub) for name, sub in FRONTEND_VENDOR.items()]
 WHITENOISE_USE_FINDERS = DEBUG
 # WhiteNoise serves files through a sync iterator; under ASGI Django warns about it on every file.
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
