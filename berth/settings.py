@@ -318,6 +318,19 @@ DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
 # Bearer token for /internal/* (Prometheus service discovery and pool gauges); empty: no token.
 INTERNAL_TOKEN = env_secret("BERTH_INTERNAL_TOKEN")
 
+# --------------------------------------------------------------------------- billing (billing/)
+
+BILLING_PERIOD = env_str("BERTH_BILLING_PERIOD", "month")  # month | week | day (billing/periods.py)
+BILLING_CURRENCY = env_str("BERTH_BILLING_CURRENCY", "USD").upper()
+# Percent-of-limit budget alerts a new tenant gets; each tenant can change theirs in settings.
+SPEND_ALERT_THRESHOLDS = [
+    int(x) for x in env_str("BERTH_SPEND_ALERT_THRESHOLDS", "50,80,100").split(",") if x
+]
+SPEND_CHECK_SECONDS = env_int("BERTH_SPEND_CHECK_SECONDS", 60, minimum=5)
+# After a failed payment: a warning at once, suspension when the invoice is still unpaid after this.
+PAYMENT_GRACE_DAYS = env_int("BERTH_PAYMENT_GRACE_DAYS", 7, minimum=0)
+INVOICE_DAYS_UNTIL_DUE = env_int("BERTH_INVOICE_DAYS_UNTIL_DUE", 14, minimum=0)
+
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # point the stripe client at a local server

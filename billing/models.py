@@ -6,7 +6,12 @@ from them only. Token counts are integers; prices and amounts live with invoicin
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import Q
 
 
 class UsageStatus(models.TextChoices):
@@ -36,9 +41,19 @@ class UsageRecord(models.Model):
     worker_id = models.CharField(max_length=64, blank=True, default="")
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # Set when an invoice claims the record (billing/invoicing.py): a record is billed exactly once,
+    # and one that arrives after its period closed is claimed by the next invoice.
+    invoice = models.ForeignKey(
+        "billing.Invoice", null=True, blank=True, on_delete=models.PROTECT, related_name="usage_records"
+    )
 
     class Meta:
-        indexes = [models.Index(fields=["tenant", "occurred_at"], name="usage_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "occurred_at"], name="usage_tenant_time"),
+            models.Index(
+                fields=["tenant", "occurred_at"], condition=Q(invoice__isnull=True), name="usage_unbilled"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.prompt_tokens}+{self.completion_tokens}"
@@ -71,3 +86,138 @@ class UsageHourly(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.model} {self.hour:%Y-%m-%d %H}:00"
+
+
+money = {"max_digits": 14, "decimal_places": 3, "default": Decimal("0")}
+
+
+class BillingAccount(models.Model):
+    """A tenant's billing settings and payment state (created on first use)."""
+
+    tenant = models.OneToOneField(
+        "tenants.Tenant", primary_key=True, on_delete=models.CASCADE, related_name="billing_account"
+    )
+    billing_email = models.EmailField(
+        blank=True, help_text="Invoices and alerts; owners and billing members get them too."
+    )
+    # None: the plan's monthly_spend_limit applies (None there too: no limit).
+    spend_limit = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(Decimal("0"))]
+    )
+    alert_thresholds = models.JSONField(
+        default=list, blank=True, help_text="Percent of the spend limit, e.g. [50, 80, 100]."
+    )
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    payment_failed_at = models.DateTimeField(null=True, blank=True)
+    payment_warning_sent_at = models.DateTimeField(null=True, blank=True)
+    suspended_for_nonpayment = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"billing for {self.tenant_id}"
+
+
+class InvoiceStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    OPEN = "open", "Open"
+    PAID = "paid", "Paid"
+    VOID = "void", "Void"
+    UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+
+
+class InvoiceQuerySet(models.QuerySet):
+    def for_tenant(self, tenant) -> InvoiceQuerySet:
+        return self.filter(tenant=tenant)
+
+
+class Invoice(models.Model):
+    """One tenant's bill for one period ``[period_start, period_end)``; at most one per period."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    number = models.CharField(max_length=32, unique=True)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="invoices")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=InvoiceStatus.choices, default=InvoiceStatus.DRAFT)
+    currency = models.CharField(max_length=3)
+    subtotal = models.DecimalField(**money)
+    total = models.DecimalField(**money)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finalized_at = models.DateTimeField(null=True, blank=True)
+    due_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    stripe_invoice_id = models.CharField(max_length=64, blank=True)
+    stripe_hosted_url = models.URLField(max_length=500, blank=True)
+    stripe_synced_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InvoiceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period_start"], name="one_invoice_per_tenant_period"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.number} ({self.currency} {self.total})"
+
+
+class TokenKind(models.TextChoices):
+    INPUT = "input", "Input tokens"
+    OUTPUT = "output", "Output tokens"
+
+
+class InvoiceLine(models.Model):
+    """Tokens of one kind for one model at one price; ``amount`` rounded once (billing/money.py)."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    model = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=TokenKind.choices)
+    tokens = models.PositiveBigIntegerField()
+    unit_price_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    price = models.ForeignKey(
+        "models_registry.Price", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    amount = models.DecimalField(**money)
+    requests = models.PositiveIntegerField(default=0)
+    # Requests from before this invoice's period (late usage events) counted in this line.
+    late_requests = models.PositiveIntegerField(default=0)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.kind} {self.tokens} @ {self.unit_price_per_million}/M = {self.amount}"
+
+    @property
+    def description(self) -> str:
+        return f"{self.model} — {self.get_kind_display().lower()}"
+
+
+class SpendAlert(models.Model):
+    """A budget alert sent: at most one per tenant, period and threshold."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="spend_alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField()
+    spend = models.DecimalField(max_digits=14, decimal_places=6)
+    limit = models.DecimalField(max_digits=12, decimal_places=2)
+    sent_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "period_start", "threshold"], name="one_alert_per_threshold_period"
+            )
+        ]
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event handled (by its id), so a replayed event changes nothing."""
+
+    id = models.CharField(max_length=255, primary_key=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)

@@ -1,0 +1,97 @@
+"""Usage × price: every record priced by the Price in effect when it *occurred*.
+
+One query groups a set of usage records by model and by the price row in effect at each record's
+``occurred_at`` (a correlated subquery over the append-only Price history), so a price change in
+the middle of a period splits that model's usage exactly at the change. Hourly rollups cannot do
+this (a price may change mid-hour), so invoices and spend are computed from the records; the
+rollups serve charts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
+
+from billing import money
+from billing.models import TokenKind
+from models_registry.models import Price
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    """Tokens of one kind, for one model, at one price (``price`` None: the model had no price)."""
+
+    model: str
+    kind: str
+    tokens: int
+    price: Price | None
+    requests: int
+    late_requests: int
+
+    @property
+    def unit_price(self) -> Decimal:
+        if self.price is None:
+            return Decimal("0")
+        return self.price.input_per_million if self.kind == TokenKind.INPUT else self.price.output_per_million
+
+    def amount(self, currency: str) -> Decimal:
+        return money.line_amount(self.tokens, self.unit_price, currency)
+
+    def exact_cost(self) -> Decimal:
+        return money.exact_cost(self.tokens, self.unit_price)
+
+
+class CurrencyMismatch(ValueError):
+    pass
+
+
+def _price_in_effect():
+    return Subquery(
+        Price.objects.filter(model__name=OuterRef("model"), effective_from__lte=OuterRef("occurred_at"))
+        .order_by("-effective_from")
+        .values("pk")[:1]
+    )
+
+
+def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_group: tuple = ()) -> list:
+    """Group ``records`` (UsageRecord queryset) into priced lines, input before output.
+
+    ``late_before``: records that occurred before it are counted as late. ``extra_group``: more
+    fields to group by (e.g. a day); each result then is ``(group_values, PricedLine)``.
+    """
+    late = Q(occurred_at__lt=late_before) if late_before is not None else Q(pk__in=[])
+    rows = list(
+        records.annotate(price_id=_price_in_effect())
+        .values(*extra_group, "model", "price_id")
+        .annotate(
+            n=Count("pk"),
+            n_late=Count("pk", filter=late),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+        )
+        .order_by(*extra_group, "model")
+    )
+    prices = Price.objects.in_bulk({row["price_id"] for row in rows if row["price_id"]})
+    out = []
+    for row in rows:
+        price = prices.get(row["price_id"])
+        if price is not None and price.currency.upper() != currency.upper():
+            raise CurrencyMismatch(
+                f"{row['model']} is priced in {price.currency} but the bill is in {currency}; "
+                "add a price in the billing currency (BERTH_BILLING_CURRENCY)."
+            )
+        for kind, tokens in ((TokenKind.INPUT, row["prompt"]), (TokenKind.OUTPUT, row["completion"])):
+            if not tokens:
+                continue
+            line = PricedLine(row["model"], kind, int(tokens), price, row["n"], row["n_late"])
+            out.append((tuple(row[f] for f in extra_group), line) if extra_group else line)
+    key = (lambda item: (item[0], _sort_key(item[1]))) if extra_group else _sort_key
+    out.sort(key=key)
+    return out
+
+
+def _sort_key(line: PricedLine):
+    started = line.price.effective_from.timestamp() if line.price else 0.0
+    return (line.model, started, 0 if line.kind == TokenKind.INPUT else 1)

@@ -1,0 +1,30 @@
+"""Celery beat tasks of billing: close periods, push invoices to Stripe, spend checks, dunning."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+log = logging.getLogger("berth.billing")
+
+
+@shared_task(name="billing.tasks.close_periods")
+def close_periods() -> int:
+    """Close the last ended period for every tenant (idempotent), then sync new invoices to Stripe."""
+    from billing import invoicing
+
+    results = invoicing.close_all()
+    created = [r for r in results if r.created]
+    for result in created:
+        log.info(result.message)
+    sync_pending_invoices()
+    return len(created)
+
+
+@shared_task(name="billing.tasks.sync_pending_invoices")
+def sync_pending_invoices() -> int:
+    """Create in Stripe every open invoice not there yet (a no-op without STRIPE_SECRET_KEY)."""
+    from billing import stripe_sync
+
+    return stripe_sync.sync_pending()
