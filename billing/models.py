@@ -212,6 +212,9 @@ class SpendAlert(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.threshold}% of {self.limit} ({self.period_start:%Y-%m-%d})"
+
 
 class StripeEvent(models.Model):
     """A Stripe webhook event handled (by its id), so a replayed event changes nothing."""
@@ -221,3 +224,6 @@ class StripeEvent(models.Model):
     payload = models.JSONField()
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.type}"
