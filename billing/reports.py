@@ -1,0 +1,93 @@
+"""Usage and spend figures for the console, the API and spend checks (tenant-scoped always).
+
+Costs here are *estimates* per group (exact cost, rounded for display); the invoice is the bill.
+Month-to-date ``spend`` rounds per (model, price, kind) group exactly as an invoice line would.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+
+from billing import money, pricing
+from billing.models import UsageRecord, UsageStatus
+from billing.periods import period_containing
+
+
+@dataclass
+class DayModelUsage:
+    day: date
+    model: str
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = field(default_factory=lambda: Decimal("0"))  # exact, unrounded
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def records(tenant, start: datetime, end: datetime):
+    """The tenant's usage records with ``start <= occurred_at < end``."""
+    return UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=end)
+
+
+def usage_by_day(tenant, start: datetime, end: datetime) -> list[DayModelUsage]:
+    """Per UTC day and model: requests, errors, tokens and estimated cost, oldest day first."""
+    qs = records(tenant, start, end).annotate(day=TruncDate("occurred_at", tzinfo=UTC))
+    rows: dict[tuple, DayModelUsage] = {}
+    counts = qs.values("day", "model").annotate(
+        n=Count("pk"),
+        errors=Count("pk", filter=~Q(status__in=[UsageStatus.OK, UsageStatus.CLIENT_DISCONNECTED])),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+    )
+    for row in counts:
+        rows[(row["day"], row["model"])] = DayModelUsage(
+            row["day"], row["model"], row["n"], row["errors"], row["prompt"] or 0, row["completion"] or 0
+        )
+    for (day,), line in pricing.priced_lines(qs, currency=settings.BILLING_CURRENCY, extra_group=("day",)):
+        rows[(day, line.model)].cost += line.exact_cost()
+    return sorted(rows.values(), key=lambda r: (r.day, r.model))
+
+
+def totals(rows: list[DayModelUsage]) -> dict:
+    out = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal("0")}
+    for row in rows:
+        out["requests"] += row.requests
+        out["errors"] += row.errors
+        out["prompt_tokens"] += row.prompt_tokens
+        out["completion_tokens"] += row.completion_tokens
+        out["cost"] += row.cost
+    out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    return out
+
+
+def spend(tenant, start: datetime, end: datetime) -> Decimal:
+    """What an invoice for usage in ``[start, end)`` would total: lines rounded, then summed."""
+    currency = settings.BILLING_CURRENCY
+    lines = pricing.priced_lines(records(tenant, start, end), currency=currency)
+    return sum((line.amount(currency) for line in lines), money.round_money(0, currency))
+
+
+def period_spend(tenant, now: datetime) -> Decimal:
+    period = period_containing(now)
+    return spend(tenant, period.start, period.end)
+
+
+def series_by_model(rows: list[DayModelUsage], days: list[date], value: str = "total_tokens") -> dict:
+    """``{model: [value per day]}`` for charts, zero-filled over ``days``."""
+    series: dict[str, list] = defaultdict(lambda: [0] * len(days))
+    index = {d: i for i, d in enumerate(days)}
+    for row in rows:
+        if row.day in index:
+            series[row.model][index[row.day]] += getattr(row, value)
+    return dict(sorted(series.items()))
