@@ -300,6 +300,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "models_registry.tasks.resync_model_mirror",
         "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
     },
+    "billing-check-spend": {
+        "task": "billing.tasks.check_spend",
+        "schedule": env_int("BERTH_SPEND_CHECK_SECONDS", 60, minimum=5),
+    },
     "gateway-flush-key-last-used": {
         "task": "gateway.tasks.flush_key_last_used",
         "schedule": 30,
@@ -313,6 +317,8 @@ WEB_PORT = env_int("BERTH_WEB_PORT", 8000, minimum=1)
 GATEWAY_HOST = env_str("BERTH_GATEWAY_HOST", "127.0.0.1")
 GATEWAY_PORT = env_int("BERTH_GATEWAY_PORT", 8001, minimum=1)
 # The URL tenants use for inference; shown in the console's snippets.
+# Where people reach the console; links in emails point here.
+WEB_PUBLIC_URL = env_str("BERTH_WEB_URL", f"http://{WEB_HOST}:{WEB_PORT}").rstrip("/")
 GATEWAY_PUBLIC_URL = env_str("BERTH_GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}/v1")
 DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
 # Bearer token for /internal/* (Prometheus service discovery and pool gauges); empty: no token.
@@ -326,7 +332,6 @@ BILLING_CURRENCY = env_str("BERTH_BILLING_CURRENCY", "USD").upper()
 SPEND_ALERT_THRESHOLDS = [
     int(x) for x in env_str("BERTH_SPEND_ALERT_THRESHOLDS", "50,80,100").split(",") if x
 ]
-SPEND_CHECK_SECONDS = env_int("BERTH_SPEND_CHECK_SECONDS", 60, minimum=5)
 # After a failed payment: a warning at once, suspension when the invoice is still unpaid after this.
 PAYMENT_GRACE_DAYS = env_int("BERTH_PAYMENT_GRACE_DAYS", 7, minimum=0)
 INVOICE_DAYS_UNTIL_DUE = env_int("BERTH_INVOICE_DAYS_UNTIL_DUE", 14, minimum=0)

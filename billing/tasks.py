@@ -28,3 +28,11 @@ def sync_pending_invoices() -> int:
     from billing import stripe_sync
 
     return stripe_sync.sync_pending()
+
+
+@shared_task(name="billing.tasks.check_spend")
+def check_spend() -> int:
+    """Spend limits and budget alerts for every tenant (billing/spend.py)."""
+    from billing import spend
+
+    return spend.check_all()
