@@ -5,4 +5,5 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("tenants.api.urls")),
     path("", include("models_registry.api.urls")),
+    path("", include("billing.api.urls")),
 ]

@@ -328,6 +328,8 @@ INTERNAL_TOKEN = env_secret("BERTH_INTERNAL_TOKEN")
 
 BILLING_PERIOD = env_str("BERTH_BILLING_PERIOD", "month")  # month | week | day (billing/periods.py)
 BILLING_CURRENCY = env_str("BERTH_BILLING_CURRENCY", "USD").upper()
+# Who issues invoices: printed under the title of every invoice PDF (name, address, tax id).
+BILLING_ISSUER = env_str("BERTH_BILLING_ISSUER", "Berth inference platform")
 # Percent-of-limit budget alerts a new tenant gets; each tenant can change theirs in settings.
 SPEND_ALERT_THRESHOLDS = [
     int(x) for x in env_str("BERTH_SPEND_ALERT_THRESHOLDS", "50,80,100").split(",") if x

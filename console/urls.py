@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console import team, views
+from console import invoices, team, views
 
 app_name = "console"
 
@@ -15,4 +15,7 @@ urlpatterns = [
     path("team/members/<uuid:membership_id>/remove/", team.remove_member, name="remove-member"),
     path("team/invitations/<uuid:invitation_id>/revoke/", team.revoke_invitation, name="revoke-invitation"),
     path("invite/<str:token>/", team.accept_invitation, name="accept-invitation"),
+    path("billing/", invoices.invoices, name="invoices"),
+    path("billing/invoices/<uuid:invoice_id>/", invoices.invoice_detail, name="invoice"),
+    path("billing/invoices/<uuid:invoice_id>/pdf/", invoices.invoice_pdf, name="invoice-pdf"),
 ]

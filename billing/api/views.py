@@ -1,0 +1,156 @@
+"""Management API for usage and invoices, tenant-scoped; money needs the view_billing permission."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import money, pdf, reports
+from billing.models import Invoice, InvoiceLine
+from tenants.api.permissions import TenantPermission, request_tenant
+from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
+
+MAX_RANGE_DAYS = 366
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    start = serializers.DateField(required=False, help_text="First UTC day (default: 30 days ago).")
+    end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
+
+    def validate(self, attrs):
+        today = timezone.now().astimezone(UTC).date()
+        end = attrs.get("end") or today
+        start = attrs.get("start") or end - timedelta(days=29)
+        if start > end:
+            raise serializers.ValidationError({"end": "The end date must be on or after the start date."})
+        if (end - start).days + 1 > MAX_RANGE_DAYS:
+            raise serializers.ValidationError({"start": f"Ask for at most {MAX_RANGE_DAYS} days at a time."})
+        return {"start": start, "end": end}
+
+
+class UsageRowSerializer(serializers.Serializer):
+    date = serializers.DateField(source="day")
+    model = serializers.CharField()
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(
+        max_digits=20, decimal_places=6, required=False, help_text="Estimate; the invoice is the bill."
+    )
+
+
+class UsageView(APIView):
+    """Usage per UTC day and model for a date range; ``cost`` only for members who see billing."""
+
+    permission_classes = [TenantPermission]
+    read_perm = PERM_VIEW
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATE),
+            OpenApiParameter("end", OpenApiTypes.DATE),
+        ],
+        responses={200: UsageRowSerializer(many=True)},
+    )
+    def get(self, request):
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        start, end = query.validated_data["start"], query.validated_data["end"]
+        tenant = request_tenant(request)
+        rows = reports.usage_by_day(
+            tenant,
+            datetime.combine(start, time.min, tzinfo=UTC),
+            datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
+        )
+        data = UsageRowSerializer(rows, many=True).data
+        totals = reports.totals(rows)
+        if not request.user.has_perm(f"tenants.{PERM_VIEW_BILLING}", tenant):
+            for row in data:
+                row.pop("cost", None)
+            totals.pop("cost")
+        else:
+            totals["cost"] = f"{totals['cost']:.6f}"
+        return Response({"start": start, "end": end, "data": data, "totals": totals})
+
+
+class InvoiceLineSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = InvoiceLine
+        fields = ["model", "kind", "tokens", "unit_price_per_million", "amount", "requests", "late_requests"]
+
+
+class InvoiceSerializer(serializers.ModelSerializer):
+    lines = InvoiceLineSerializer(many=True, read_only=True)
+    pdf_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "id",
+            "number",
+            "status",
+            "currency",
+            "period_start",
+            "period_end",
+            "subtotal",
+            "total",
+            "finalized_at",
+            "due_at",
+            "paid_at",
+            "stripe_hosted_url",
+            "pdf_url",
+            "lines",
+        ]
+
+    def to_representation(self, invoice):
+        data = super().to_representation(invoice)
+        # Amounts in the currency's minor unit ("12.30" for USD), as strings like Stripe's docs show.
+        for field in ("subtotal", "total"):
+            data[field] = str(money.round_money(getattr(invoice, field), invoice.currency))
+        for line, row in zip(invoice.lines.all(), data["lines"], strict=True):
+            row["amount"] = str(money.round_money(line.amount, invoice.currency))
+        return data
+
+    def get_pdf_url(self, invoice) -> str:
+        return self.context["request"].build_absolute_uri(f"/api/v1/invoices/{invoice.pk}/pdf")
+
+
+class PDFRenderer(BaseRenderer):
+    """Lets clients ask for ``Accept: application/pdf``; the view returns the bytes itself."""
+
+    media_type = "application/pdf"
+    format = "pdf"
+    charset = None
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data
+
+
+class InvoiceViewSet(viewsets.ReadOnlyModelViewSet):
+    """The current tenant's invoices (``view_billing``: owners, admins and billing members)."""
+
+    serializer_class = InvoiceSerializer
+    permission_classes = [TenantPermission]
+    read_perm = PERM_VIEW_BILLING
+
+    def get_queryset(self):
+        return Invoice.objects.for_tenant(request_tenant(self.request)).prefetch_related("lines")
+
+    @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, PDFRenderer])
+    def pdf(self, request, pk=None):
+        invoice = self.get_object()
+        response = HttpResponse(pdf.render(invoice), content_type="application/pdf")
+        response["Content-Disposition"] = f'attachment; filename="{pdf.filename(invoice)}"'
+        return response

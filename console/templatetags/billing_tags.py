@@ -1,0 +1,44 @@
+"""Money and number filters for console templates."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django import template
+from django.conf import settings
+
+from billing.money import format_money, round_money
+
+register = template.Library()
+
+
+@register.filter
+def money(value, currency: str = ""):
+    """An amount in its currency, to the minor unit (estimates are rounded for display only)."""
+    if value is None or value == "":
+        return ""
+    currency = currency or settings.BILLING_CURRENCY
+    return format_money(round_money(Decimal(value), currency), currency)
+
+
+@register.filter
+def price(value, currency: str = ""):
+    """A per-million price with its significant decimals (e.g. $0.125)."""
+    currency = currency or settings.BILLING_CURRENCY
+    text = f"{Decimal(value).normalize():f}"
+    if "." not in text or len(text.split(".")[1]) < 2:
+        text = f"{Decimal(value):.2f}"
+    symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency.upper())
+    return f"{symbol}{text}" if symbol else f"{text} {currency}"
+
+
+@register.filter
+def thousands(value):
+    return f"{int(value):,}"
+
+
+@register.filter
+def last_day(end):
+    """The last day inside a half-open period ending at ``end``."""
+    return end - timedelta(microseconds=1)
