@@ -258,7 +258,15 @@ def revenue(request):
             {
                 "currency": currency,
                 "data_id": f"revenue-data-{currency}",
-                "months": months,
+                "rows": [
+                    {
+                        "month": m.month,
+                        "paid": format_money(m.paid, currency),
+                        "open": format_money(m.open, currency),
+                        "total": format_money(m.total, currency),
+                    }
+                    for m in months
+                ],
                 "data": {
                     "labels": [f"{m.month:%b %Y}" for m in months],
                     "paid": [str(m.paid) for m in months],

@@ -64,7 +64,7 @@ def test_revenue_page_has_chart_table_and_empty_state(staff_client):
     invoice(TenantFactory(), datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0), "42.50", "paid")
     html = staff_client.get(reverse("staff:revenue")).content.decode()
     assert 'data-chart="revenue"' in html and 'aria-label="Bar chart' in html
-    assert "<caption>Invoice totals per month in USD</caption>" in html and "42.50" in html
+    assert "<caption>Invoice totals per month in USD</caption>" in html and "<td>$42.50</td>" in html
     assert 'id="revenue-data-USD"' in html and "chart.umd.min.js" in html
 
 

@@ -47,7 +47,7 @@ def test_tenants_list_plan_members_tokens_and_spend(staff_client):
     usage(acme, "tiny", 500, 0, at=timezone.now() - timedelta(days=70))  # an earlier period
     html = staff_client.get(reverse("staff:tenants")).content.decode()
     row = html.split(f'id="tenant-{acme.pk}"')[1].split("</tr>")[0]
-    assert "Free" in row and "<td>2</td>" in row and "<td>2000000</td>" in row and "$2.00" in row
+    assert "Free" in row and "<td>2</td>" in row and "<td>2,000,000</td>" in row and "$2.00" in row
     quiet = Tenant.objects.get(name="Quiet")
     row = html.split(f'id="tenant-{quiet.pk}"')[1].split("</tr>")[0]
     assert "<td>0</td>" in row and "$0.00" in row and "Suspend" in row
