@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.urls import reverse
 
+from staff import queries
 from tests.factories import UserFactory
 from tests.registry.factories import DeploymentFactory, NodeFactory, add_gpus
 from workers.constants import WorkerState
@@ -91,3 +94,28 @@ def test_fleet_shows_nodes_slots_and_workers(staff_client):
 def test_empty_fleet(staff_client):
     html = staff_client.get(reverse("staff:fleet")).content.decode()
     assert "No nodes yet" in html and "No deployments yet" in html and "No workers." in html
+
+
+def test_pool_puts_a_multi_gpu_worker_on_each_of_its_gpus_and_ignores_finished_ones(staff_client):
+    node = NodeFactory(name="big", cpu_slots=0)
+    add_gpus(node, 4)
+    deployment = DeploymentFactory(engine="vllm", model__tensor_parallel_size=2, max_replicas=2)
+    live = Worker.objects.create(
+        deployment=deployment, node=node, gpu_indices=[1, 2], state="starting", api_key="k"
+    )
+    Worker.objects.create(deployment=deployment, node=node, gpu_indices=[3], state="stopped", api_key="k")
+    [card] = queries.pool()
+    assert [slot.worker for slot in card.gpus] == [None, live, live, None]
+    assert (card.used, card.total) == (2, 4) and card.cpu_slots == []
+
+
+def test_every_input_on_the_fleet_page_has_a_label_and_every_button_has_text(staff_client):
+    DeploymentFactory()
+    DeploymentFactory()
+    html = staff_client.get(reverse("staff:fleet")).content.decode()
+    inputs = re.findall(r'<input id="([^"]+)"[^>]*type="number"', html)
+    assert len(inputs) == 2
+    for input_id in inputs:
+        assert f'<label for="{input_id}">' in html
+    for label in re.findall(r"<button[^>]*>(.*?)</button>", html, flags=re.S):
+        assert re.sub(r"<[^>]+>", "", label).strip()
