@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "gateway",
     "billing",
     "console",
+    "staff",
 ]
 
 MIDDLEWARE = [

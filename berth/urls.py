@@ -12,6 +12,7 @@ urlpatterns = [
     path("internal/prometheus/engines", observability.engine_targets, name="prometheus-engines"),
     path("internal/metrics", observability.pool_metrics, name="pool-metrics"),
     path("admin/", admin.site.urls),
+    path("staff/", include("staff.urls")),
     path("api/v1/", include("berth.api_router")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

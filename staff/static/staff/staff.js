@@ -1,0 +1,75 @@
+// Staff dashboard charts (Chart.js from npm). Data comes from json_script blocks in the page;
+// the traffic blob is re-rendered every 30 s by htmx and the charts are updated in place.
+(function () {
+  "use strict";
+  const charts = {};
+
+  function readJson(id) {
+    const node = document.getElementById(id);
+    return node ? JSON.parse(node.textContent) : null;
+  }
+
+  function lineChart(id, labels, datasets, yTitle) {
+    const canvas = document.getElementById(id);
+    if (!canvas) return;
+    if (charts[id]) {
+      charts[id].data.labels = labels;
+      charts[id].data.datasets.forEach((set, i) => { set.data = datasets[i].data; });
+      charts[id].update("none");
+      return;
+    }
+    charts[id] = new Chart(canvas, {
+      type: "line",
+      data: { labels: labels, datasets: datasets.map((set) => Object.assign({ tension: 0.2, pointRadius: 0, spanGaps: false }, set)) },
+      options: {
+        maintainAspectRatio: false,
+        animation: false,
+        interaction: { mode: "index", intersect: false },
+        scales: { y: { beginAtZero: true, title: { display: true, text: yTitle } } },
+      },
+    });
+  }
+
+  function renderTraffic() {
+    const s = readJson("traffic-series");
+    if (!s) return;
+    const hasTraffic = s.requests_per_s.some((v) => v > 0);
+    const box = document.getElementById("traffic-charts");
+    if (box) box.hidden = !hasTraffic;
+    if (!hasTraffic) return;
+    lineChart("chart-rps", s.labels, [{ label: "Requests/s", data: s.requests_per_s, borderColor: "#0b5cad" }], "requests/s");
+    lineChart("chart-tps", s.labels, [{ label: "Tokens/s", data: s.tokens_per_s, borderColor: "#1a7f37" }], "tokens/s");
+    lineChart("chart-errors", s.labels, [{ label: "Error rate %", data: s.error_rate, borderColor: "#b42318" }], "% of requests");
+    lineChart("chart-latency", s.labels, [
+      { label: "p50 latency (ms)", data: s.p50_ms, borderColor: "#0b5cad" },
+      { label: "p99 latency (ms)", data: s.p99_ms, borderColor: "#8250df", borderDash: [6, 3] },
+    ], "ms");
+  }
+
+  function renderRevenue() {
+    document.querySelectorAll('canvas[data-chart="revenue"]').forEach((canvas) => {
+      const d = readJson(canvas.dataset.source);
+      if (!d) return;
+      new Chart(canvas, {
+        type: "bar",
+        data: {
+          labels: d.labels,
+          datasets: [
+            { label: "Paid (" + d.currency + ")", data: d.paid.map(Number), backgroundColor: "#1a7f37" },
+            { label: "Open (" + d.currency + ")", data: d.open.map(Number), backgroundColor: "#d4a72c" },
+          ],
+        },
+        options: {
+          maintainAspectRatio: false,
+          animation: false,
+          scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: d.currency } } },
+        },
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { renderRevenue(); renderTraffic(); });
+  document.addEventListener("htmx:afterSwap", (event) => {
+    if (event.detail.target && event.detail.target.id === "traffic-data") renderTraffic();
+  });
+})();

@@ -1,0 +1,306 @@
+"""Staff dashboard: the fleet, deployments, tenants, revenue and gateway traffic.
+
+Every view needs ``is_staff``: anonymous users are sent to log in, signed-in non-staff get 403.
+Actions are POSTs (CSRF) that work both from htmx (the changed row is swapped in) and without
+JavaScript (redirect back with a message). Who did it goes into the event / reason text.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from billing import reports
+from billing.money import format_money
+from billing.periods import period_containing
+from models_registry.models import Deployment
+from staff import queries
+from tenants import accounts
+from tenants.constants import TenantStatus
+from tenants.models import Tenant
+from workers import lifecycle, reconciler
+from workers.constants import EventKind, WorkerState
+from workers.models import Worker
+
+TENANTS_PER_PAGE = 50
+
+
+def staff_required(view):
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not (request.user.is_active and request.user.is_staff):
+            raise PermissionDenied("Staff only.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _htmx(request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _who(request) -> str:
+    return f"by {request.user.email or request.user.get_username()} via staff dashboard"
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def _fleet_context(now):
+    return {
+        "cards": queries.pool(),
+        "workers": queries.workers(now),
+        "now": now,
+    }
+
+
+@staff_required
+@require_GET
+def fleet(request):
+    now = timezone.now()
+    context = _fleet_context(now) | {"deployments": queries.deployments(), "section": "fleet"}
+    return render(request, "staff/fleet.html", context)
+
+
+@staff_required
+@require_GET
+def fleet_pool(request):
+    return render(request, "staff/partials/pool.html", {"cards": queries.pool()})
+
+
+@staff_required
+@require_GET
+def fleet_workers(request):
+    return render(request, "staff/partials/workers.html", {"workers": queries.workers(timezone.now())})
+
+
+@staff_required
+@require_GET
+def fleet_deployments(request):
+    return render(request, "staff/partials/deployments.html", {"deployments": queries.deployments()})
+
+
+class ScaleForm(forms.Form):
+    replicas = forms.IntegerField(
+        min_value=0,
+        error_messages={
+            "required": "Enter a number of replicas.",
+            "invalid": "Enter a whole number of replicas.",
+            "min_value": "Replicas cannot be negative.",
+        },
+    )
+
+
+def _deployment_done(request, deployment_pk, *, notice: str = "", error: str = "", value=None):
+    """htmx: the deployment's row, re-rendered with the outcome; otherwise back to the fleet."""
+    if _htmx(request):
+        row = queries.deployment(deployment_pk)
+        context = {"d": row, "notice": notice, "error": error, "value": value}
+        return render(request, "staff/partials/deployment_row.html", context)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, notice)
+    return redirect(reverse("staff:fleet") + "#deployments")
+
+
+@staff_required
+@require_POST
+def scale(request, deployment_id):
+    deployment = get_object_or_404(Deployment.objects.select_related("model"), pk=deployment_id)
+    form = ScaleForm(request.POST)
+    if not form.is_valid():
+        error = f"{deployment.model.name}: {' '.join(form.errors['replicas'])}"
+        return _deployment_done(request, deployment.pk, error=error, value=request.POST.get("replicas", ""))
+    wanted = form.cleaned_data["replicas"]
+    before = deployment.desired_replicas
+    reconciler.scale(deployment=deployment, replicas=wanted, reason=_who(request))
+    notice = f"{deployment.model.name}: desired replicas {before} → {deployment.desired_replicas}"
+    if deployment.desired_replicas != wanted:
+        notice += f" ({wanted} is above the maximum of {deployment.max_replicas})"
+    return _deployment_done(request, deployment.pk, notice=notice + ".")
+
+
+def _drain_one(worker: Worker, message: str) -> bool:
+    if worker.state == WorkerState.PENDING:
+        return lifecycle.transition(worker, WorkerState.STOPPED, message=message)
+    return reconciler.drain(worker=worker, message=message)
+
+
+@staff_required
+@require_POST
+def drain_deployment(request, deployment_id):
+    deployment = get_object_or_404(Deployment.objects.select_related("model"), pk=deployment_id)
+    ready = Worker.objects.filter(deployment=deployment, state=WorkerState.READY).select_related(
+        "deployment__model"
+    )
+    count = sum(_drain_one(worker, f"drained {_who(request)}") for worker in ready)
+    notice = f"{deployment.model.name}: {count} ready worker(s) draining."
+    if count and deployment.desired_replicas:
+        notice += " Replacements start while desired replicas stay above zero."
+    return _deployment_done(request, deployment.pk, notice=notice)
+
+
+@staff_required
+@require_POST
+def restart(request, deployment_id):
+    deployment = get_object_or_404(Deployment.objects.select_related("model"), pk=deployment_id)
+    count = reconciler.restart_deployment(deployment=deployment)
+    lifecycle.record(
+        kind=EventKind.DRAINING,
+        message=f"restart requested {_who(request)}: {count} worker(s) replaced",
+        deployment_id=deployment.pk,
+    )
+    return _deployment_done(
+        request, deployment.pk, notice=f"{deployment.model.name}: restarting {count} worker(s)."
+    )
+
+
+@staff_required
+@require_POST
+def drain_worker(request, worker_id):
+    worker = get_object_or_404(Worker.objects.select_related("deployment__model", "node"), pk=worker_id)
+    short = str(worker.pk)[:8]
+    if _drain_one(worker, f"drained {_who(request)}"):
+        notice, error = f"Worker {short} is draining.", ""
+    else:
+        notice, error = "", f"Worker {short} is {worker.state}: nothing to drain."
+    if _htmx(request):
+        worker.refresh_from_db()
+        context = {"w": worker, "now": timezone.now(), "notice": notice, "error": error}
+        return render(request, "staff/partials/worker_row.html", context)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, notice)
+    return redirect(reverse("staff:fleet") + "#workers")
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+def _tenant_rows(tenants, now):
+    tokens = queries.period_tokens([t.pk for t in tenants], now)
+    currency = settings.BILLING_CURRENCY
+    for tenant in tenants:
+        tenant.period_tokens = tokens.get(tenant.pk, 0)
+        # One query per tenant (priced lines); fine for a page of 50.
+        tenant.period_spend = format_money(reports.period_spend(tenant, now), currency)
+    return tenants
+
+
+@staff_required
+@require_GET
+def tenants(request):
+    now = timezone.now()
+    queryset = Tenant.objects.select_related("plan").annotate(members=Count("memberships")).order_by("name")
+    page = Paginator(queryset, TENANTS_PER_PAGE).get_page(request.GET.get("page"))
+    _tenant_rows(page.object_list, now)
+    context = {"page": page, "period": period_containing(now), "section": "tenants"}
+    return render(request, "staff/tenants.html", context)
+
+
+@staff_required
+@require_POST
+def tenant_status(request, tenant_id):
+    tenant = get_object_or_404(Tenant.objects.select_related("plan"), pk=tenant_id)
+    try:
+        status = TenantStatus(request.POST.get("status", ""))
+    except ValueError:
+        status = None
+    if status is None:
+        error = "Unknown status."
+        if _htmx(request):
+            return render(request, "staff/partials/tenant_row.html", _one_tenant(tenant) | {"error": error})
+        messages.error(request, error)
+        return redirect("staff:tenants")
+    if not request.POST.get("confirmed"):
+        # Without JavaScript there was no confirm() dialog: ask on a page of its own.
+        return render(request, "staff/tenant_confirm.html", {"tenant": tenant, "status": status})
+    accounts.set_status(tenant=tenant, status=status)
+    verb = "suspended" if status == TenantStatus.SUSPENDED else "resumed"
+    notice = f"{tenant.name} {verb}."
+    if _htmx(request):
+        return render(request, "staff/partials/tenant_row.html", _one_tenant(tenant) | {"notice": notice})
+    messages.success(request, notice)
+    return redirect("staff:tenants")
+
+
+def _one_tenant(tenant):
+    tenant = Tenant.objects.select_related("plan").annotate(members=Count("memberships")).get(pk=tenant.pk)
+    _tenant_rows([tenant], timezone.now())
+    return {"t": tenant}
+
+
+# --------------------------------------------------------------------------- revenue & traffic
+
+
+@staff_required
+@require_GET
+def revenue(request):
+    by_currency = queries.revenue_by_month(timezone.now())
+    charts = []
+    for currency, months in by_currency.items():
+        charts.append(
+            {
+                "currency": currency,
+                "data_id": f"revenue-data-{currency}",
+                "rows": [
+                    {
+                        "month": m.month,
+                        "paid": format_money(m.paid, currency),
+                        "open": format_money(m.open, currency),
+                        "total": format_money(m.total, currency),
+                    }
+                    for m in months
+                ],
+                "data": {
+                    "labels": [f"{m.month:%b %Y}" for m in months],
+                    "paid": [str(m.paid) for m in months],
+                    "open": [str(m.open) for m in months],
+                    "currency": currency,
+                },
+                "paid_total": format_money(sum((m.paid for m in months), 0), currency),
+                "open_total": format_money(sum((m.open for m in months), 0), currency),
+            }
+        )
+    return render(request, "staff/revenue.html", {"charts": charts, "section": "revenue"})
+
+
+def _traffic_context():
+    rows = queries.traffic(timezone.now())
+    return {
+        "rows": rows,
+        "series": queries.traffic_series(rows),
+        "has_traffic": any(row.requests for row in rows),
+        "totals": {
+            "requests": sum(r.requests for r in rows),
+            "tokens": sum(r.tokens for r in rows),
+            "errors": sum(r.errors for r in rows),
+        },
+    }
+
+
+@staff_required
+@require_GET
+def traffic(request):
+    return render(request, "staff/traffic.html", _traffic_context() | {"section": "traffic"})
+
+
+@staff_required
+@require_GET
+def traffic_data(request):
+    return render(request, "staff/partials/traffic_data.html", _traffic_context())
