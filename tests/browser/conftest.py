@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# The real gateway and fake engines, for pages that call /v1 (session-scoped, started on first use).
+from tests.gateway.conftest import engines, gateway  # noqa: F401
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

@@ -1,0 +1,109 @@
+"""The whole tenant path in a real browser: sign up → key → gateway call with the openai SDK →
+usage on the overview chart → invoice page → PDF download; a plain member cannot see billing."""
+
+from __future__ import annotations
+
+import io
+import re
+from decimal import Decimal
+
+import openai
+import pytest
+from django.utils import timezone
+from pypdf import PdfReader
+
+from billing import invoicing
+from billing.models import UsageRecord
+from billing.periods import period_containing
+from models_registry.models import Price
+from tenants import accounts
+from tenants.constants import Role
+from tenants.models import Tenant
+from tests.factories import PASSWORD, UserFactory, free_plan
+from tests.gateway.conftest import register_model
+from tests.gateway.test_usage import drain
+from tests.registry.factories import ModelFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
+    live_server,
+    page,
+    shot,
+    gateway,
+    engines,
+    redis_client,
+    tmp_path,
+):
+    free_plan()
+    model = register_model(redis_client, engines, name="e2e-chat")
+    Price.objects.create(
+        model=ModelFactory(name=model), input_per_million=Decimal("2.50"), output_per_million=Decimal("10")
+    )
+
+    page.goto(f"{live_server.url}/signup/")
+    page.get_by_label("Work email").fill("ada@example.test")
+    page.get_by_label("Organization name").fill("Lovelace Inc")
+    page.get_by_label("Password").fill("a-Long-pass-991")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(re.compile(r"/keys/$"))
+    page.get_by_label("Name").fill("first key")
+    page.get_by_role("button", name="Create key").click()
+    key = page.get_by_label("New API key").input_value()
+
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    for question in ("What is a berth?", "Name three harbours.", "Count to five."):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], max_tokens=12
+        )
+        assert reply.choices[0].message.content
+    drain()  # the usage consumer (a process under `manage.py up`)
+    tenant = Tenant.objects.get(name="Lovelace Inc")
+    records = list(UsageRecord.objects.filter(tenant=tenant))
+    assert len(records) == 3
+    prompt = sum(r.prompt_tokens for r in records)
+    completion = sum(r.completion_tokens for r in records)
+
+    page.goto(f"{live_server.url}/")
+    chart = page.get_by_role("img", name=re.compile("tokens per day", re.I))
+    chart.wait_for()
+    # The chart's data (json_script) carries this month's tokens of the model just called.
+    series = page.evaluate("JSON.parse(document.getElementById('tokens-by-day').textContent)")
+    assert sum(series["series"][model]) == prompt + completion
+    assert page.evaluate("Chart.getChart(document.querySelector('canvas')) !== undefined")
+    shot(page, "e2e-overview")
+
+    # The period ends (here: closed as of its end) and the invoice appears.
+    period = period_containing(timezone.now())
+    invoice = invoicing.close_period(tenant=tenant, period=period, now=period.end).invoice
+    expected = (Decimal(prompt) * Decimal("2.50") / 1_000_000).quantize(Decimal("0.01")) + (
+        Decimal(completion) * 10 / Decimal(1_000_000)
+    ).quantize(Decimal("0.01"))
+    assert invoice.total == expected
+    page.get_by_role("link", name="Billing").click()
+    page.get_by_role("link", name=invoice.number).click()
+    assert page.get_by_role("heading", name=re.compile(invoice.number)).is_visible()
+    assert f"{prompt:,}" in page.content() and f"{completion:,}" in page.content()
+    shot(page, "e2e-invoice")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download PDF").click()
+    path = tmp_path / "invoice.pdf"
+    download_info.value.save_as(path)
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(path.read_bytes())).pages)
+    assert invoice.number in text and "Lovelace Inc" in text and f"{prompt:,}" in text
+
+    # A plain member of the same organization sees usage but no billing.
+    developer = UserFactory(email="dev@example.test")
+    accounts.add_member(tenant=tenant, user=developer, role=Role.MEMBER)
+    page.context.clear_cookies()
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_label("Email").fill("dev@example.test")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name=re.compile("Log in", re.I)).click()
+    page.wait_for_url(re.compile(r"/$"))
+    assert page.get_by_role("link", name="Billing").count() == 0
+    response = page.goto(f"{live_server.url}/billing/invoices/{invoice.pk}/pdf/")
+    assert response.status == 403
+    assert "does not include billing" in page.content()
+    shot(page, "e2e-member-no-billing")
