@@ -28,3 +28,11 @@ def sync_pending_invoices() -> int:
     from billing import stripe_sync
 
     return stripe_sync.sync_pending()
+
+
+@shared_task(name="billing.tasks.enforce_payment_grace")
+def enforce_payment_grace() -> int:
+    """Suspend tenants whose failed payment is still unpaid after PAYMENT_GRACE_DAYS."""
+    from billing import dunning
+
+    return len(dunning.enforce_grace())
