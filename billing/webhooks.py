@@ -42,11 +42,15 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
         return _error(400, "Missing Stripe-Signature header.")
     payload = request.body
     try:
-        stripe.Webhook.construct_event(payload, signature, secret)
+        # What stripe.Webhook.construct_event verifies, without its parsing, which fails with an
+        # AttributeError (a 500) on a correctly signed body that is not a JSON object.
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"), signature, secret, stripe.Webhook.DEFAULT_TOLERANCE
+        )
         event = json.loads(payload)
     except stripe.SignatureVerificationError:
         return _error(400, "Invalid Stripe signature.")
-    except ValueError:  # not JSON (or not UTF-8)
+    except ValueError:  # not UTF-8 or not JSON
         return _error(400, "Invalid payload.")
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event.get("type"):
         return _error(400, "Not a Stripe event.")
