@@ -146,6 +146,15 @@ def _existing_item_lines(stripe_client: stripe.StripeClient, stripe_invoice_id: 
     return found
 
 
+def _check_total(remote, invoice: Invoice) -> None:
+    expected = money.to_minor_units(invoice.total, invoice.currency)
+    if remote.total != expected or remote.currency != invoice.currency.lower():
+        raise SyncError(
+            f"Stripe invoice {remote.id} is {remote.total} {remote.currency} in minor units; "
+            f"Berth's {invoice.number} is {expected} {invoice.currency}"
+        )
+
+
 def sync_invoice(invoice: Invoice, stripe_client: stripe.StripeClient | None = None) -> bool:
     """Create, fill, finalize and send ``invoice`` in Stripe; False if there is nothing to do."""
     if invoice.status != InvoiceStatus.OPEN or invoice.total <= 0 or invoice.stripe_synced_at:
@@ -171,14 +180,12 @@ def sync_invoice(invoice: Invoice, stripe_client: stripe.StripeClient | None = N
                 params=item_params(line, invoice, customer_id, remote.id),
                 options={"idempotency_key": f"berth-line-{line.pk}"},
             )
+        # Never finalize an invoice that does not add up to Berth's total.
+        _check_total(_v1(stripe_client).invoices.retrieve(remote.id), invoice)
         remote = _v1(stripe_client).invoices.finalize_invoice(
             remote.id, params={"auto_advance": False}, options={"idempotency_key": f"berth-finalize-{key}"}
         )
-    expected = money.to_minor_units(invoice.total, invoice.currency)
-    if remote.total != expected:
-        raise SyncError(
-            f"Stripe invoice {remote.id} totals {remote.total} minor units, Berth's {invoice.number} {expected}"
-        )
+    _check_total(remote, invoice)
     if remote.status == "open":
         remote = _v1(stripe_client).invoices.send_invoice(
             remote.id, options={"idempotency_key": f"berth-send-{key}"}
@@ -207,6 +214,6 @@ def sync_pending() -> int:
         try:
             if sync_invoice(invoice, stripe_client):
                 synced += 1
-        except (stripe.StripeError, SyncError):
+        except (stripe.StripeError, SyncError, ValueError):
             log.exception("could not sync invoice %s to Stripe; will retry", invoice.number)
     return synced

@@ -214,6 +214,17 @@ def test_one_failing_tenant_does_not_block_the_others(fake_stripe, invoice):
     assert Invoice.objects.filter(stripe_synced_at=None).count() == 0
 
 
+def test_an_invoice_that_does_not_add_up_is_not_finalized(fake_stripe, invoice, caplog):
+    Invoice.objects.filter(pk=invoice.pk).update(total=invoice.total + 1)
+
+    assert stripe_sync.sync_pending() == 0
+
+    assert stripe_invoice(fake_stripe)["status"] == "draft"
+    assert fake_stripe.calls("POST", FINALIZE) == []
+    assert "could not sync invoice" in caplog.text
+    assert Invoice.objects.get(pk=invoice.pk).stripe_synced_at is None
+
+
 def test_a_wrong_key_is_refused_by_stripe(fake_stripe, invoice, settings):
     settings.STRIPE_SECRET_KEY = "sk_test_wrong"
     with pytest.raises(stripe.AuthenticationError):
