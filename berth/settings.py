@@ -309,6 +309,19 @@ CELERY_BEAT_SCHEDULE = {
         "task": "gateway.tasks.flush_key_last_used",
         "schedule": 30,
     },
+    # Billing (billing/tasks.py): closing a period is idempotent, so hourly just catches up.
+    "billing-close-periods": {
+        "task": "billing.tasks.close_periods",
+        "schedule": 3600,
+    },
+    "billing-sync-pending-invoices": {
+        "task": "billing.tasks.sync_pending_invoices",
+        "schedule": 600,
+    },
+    "billing-enforce-payment-grace": {
+        "task": "billing.tasks.enforce_payment_grace",
+        "schedule": 3600,
+    },
 }
 
 # --------------------------------------------------------------------------- Berth

@@ -149,6 +149,8 @@ class Invoice(models.Model):
     stripe_invoice_id = models.CharField(max_length=64, blank=True)
     stripe_hosted_url = models.URLField(max_length=500, blank=True)
     stripe_synced_at = models.DateTimeField(null=True, blank=True)
+    # When Stripe reported a failed payment for this invoice (webhook); dunning counts such invoices.
+    payment_failed_at = models.DateTimeField(null=True, blank=True)
 
     objects = InvoiceQuerySet.as_manager()
 

@@ -20,12 +20,15 @@ def recipients(tenant) -> list[str]:
         .order_by("created_at")
         .values_list("user__email", flat=True)
     )
-    account = getattr(tenant, "billing_account", None)
+    from billing.models import BillingAccount
+
+    account = BillingAccount.objects.filter(tenant=tenant).first()
     if account is not None and account.billing_email:
         emails.append(account.billing_email)
     seen: dict[str, None] = {}
     for email in emails:
-        seen.setdefault(email.lower(), None)
+        if email:
+            seen.setdefault(email.lower(), None)
     return list(seen)
 
 

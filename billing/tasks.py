@@ -36,3 +36,11 @@ def check_spend() -> int:
     from billing import spend
 
     return spend.check_all()
+
+
+@shared_task(name="billing.tasks.enforce_payment_grace")
+def enforce_payment_grace() -> int:
+    """Suspend tenants whose failed payment is still unpaid after PAYMENT_GRACE_DAYS."""
+    from billing import dunning
+
+    return len(dunning.enforce_grace())
