@@ -161,7 +161,9 @@ class Invoice(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.number} ({self.currency} {self.total})"
+        from billing.money import format_money
+
+        return f"{self.number} ({format_money(self.total, self.currency)})"
 
 
 class TokenKind(models.TextChoices):

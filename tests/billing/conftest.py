@@ -16,6 +16,9 @@ from billing import invoicing
 from billing.models import UsageRecord
 from billing.periods import period_containing
 from tests.billing.fake_stripe import API_KEY, FakeStripe
+
+# The real gateway and fake engines, for end-to-end billing (session-scoped, started on first use).
+from tests.gateway.conftest import engines, gateway  # noqa: F401
 from tests.registry.factories import ModelFactory, PriceFactory
 
 WEBHOOK_SECRET = "whsec_berth_test"
