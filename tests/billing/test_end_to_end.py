@@ -16,8 +16,8 @@ from django.utils import timezone
 from pypdf import PdfReader
 
 from billing import pdf
-from billing.money import format_money
 from billing.models import Invoice, UsageRecord
+from billing.money import format_money
 from billing.periods import period_containing
 from models_registry.models import Price
 from tests.gateway.conftest import make_key, make_tenant, register_model
