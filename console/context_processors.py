@@ -13,8 +13,19 @@ def _memberships(request):
     return list(Membership.objects.filter(user=user).select_related("tenant").order_by("tenant__name"))
 
 
+def _can_view_billing(request) -> bool:
+    from tenants.constants import PERM_VIEW_BILLING
+
+    tenant = getattr(request, "tenant", None)
+    user = getattr(request, "user", None)
+    return bool(
+        tenant and user and user.is_authenticated and user.has_perm(f"tenants.{PERM_VIEW_BILLING}", tenant)
+    )
+
+
 def console(request):
     return {
+        "can_view_billing": SimpleLazyObject(lambda: _can_view_billing(request)),
         "gateway_url": settings.GATEWAY_PUBLIC_URL,
         "current_tenant": getattr(request, "tenant", None) or None,
         "current_membership": getattr(request, "membership", None) or None,

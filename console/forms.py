@@ -6,8 +6,9 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.utils import timezone
 
+from billing.models import BillingAccount
 from tenants.constants import Role
-from tenants.models import User
+from tenants.models import Tenant, User
 
 
 class SignupForm(forms.Form):
@@ -91,3 +92,61 @@ class AcceptSignupForm(forms.Form):
         password = self.cleaned_data["password"]
         password_validation.validate_password(password, User(email=self.email))
         return password
+
+
+MAX_USAGE_DAYS = 366
+
+
+class UsageRangeForm(forms.Form):
+    start = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("start"), cleaned.get("end")
+        if start and end:
+            if end < start:
+                self.add_error("end", "The end date must be on or after the start date.")
+            elif (end - start).days + 1 > MAX_USAGE_DAYS:
+                self.add_error(
+                    "start", f"Choose at most {MAX_USAGE_DAYS} days; export longer ranges in parts."
+                )
+        return cleaned
+
+
+class OrganizationForm(forms.ModelForm):
+    class Meta:
+        model = Tenant
+        fields = ["name"]
+        labels = {"name": "Organization name"}
+
+
+ALERT_CHOICES = [(50, "50 %"), (80, "80 %"), (100, "100 % (requests are refused from here)")]
+
+
+class BillingSettingsForm(forms.ModelForm):
+    alert_thresholds = forms.TypedMultipleChoiceField(
+        label="Email alerts when spend reaches",
+        choices=ALERT_CHOICES,
+        coerce=int,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Owners and billing members (and the billing email) get one email per threshold each month.",
+    )
+
+    class Meta:
+        model = BillingAccount
+        fields = ["spend_limit", "alert_thresholds", "billing_email"]
+        labels = {"spend_limit": "Monthly spend limit (USD)", "billing_email": "Billing email"}
+
+    def __init__(self, *args, plan=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        default = plan.monthly_spend_limit if plan is not None else None
+        plan_text = f"the {plan.name} plan's {default}" if default is not None else "no limit"
+        self.fields["spend_limit"].help_text = (
+            f"Leave empty for {plan_text}. At the limit the API answers 429 insufficient_quota until "
+            "you raise it or the month ends."
+        )
+        self.fields["spend_limit"].widget.attrs.update({"min": "0", "step": "0.01", "inputmode": "decimal"})
+        self.fields["billing_email"].help_text = "Also receives invoices and alerts (optional)."
+        self.initial.setdefault("alert_thresholds", list(self.instance.alert_thresholds or []))

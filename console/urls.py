@@ -1,11 +1,15 @@
 from django.urls import path
 
-from console import invoices, team, views
+from console import invoices, pages, team, views
 
 app_name = "console"
 
 urlpatterns = [
-    path("", views.overview, name="overview"),
+    path("", pages.overview, name="overview"),
+    path("models/", pages.models_page, name="models"),
+    path("usage/", pages.usage, name="usage"),
+    path("usage.csv", pages.usage_csv, name="usage-csv"),
+    path("settings/", pages.settings_page, name="settings"),
     path("signup/", views.signup, name="signup"),
     path("switch/", views.switch_tenant, name="switch-tenant"),
     path("keys/", views.api_keys, name="keys"),

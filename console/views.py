@@ -46,13 +46,6 @@ def _tenant_or_404(request):
 
 
 @login_required
-def overview(request):
-    tenant = request.tenant
-    context = {"key_count": ApiKey.objects.for_tenant(tenant).usable().count() if tenant else 0}
-    return render(request, "console/overview.html", context)
-
-
-@login_required
 @require_POST
 def switch_tenant(request):
     try:

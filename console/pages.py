@@ -1,0 +1,264 @@
+"""Console pages: overview (with the tokens chart), models, usage (+ CSV) and settings."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.http import HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+
+from billing import reports, spend
+from billing.models import BillingAccount, UsageRecord
+from billing.periods import period_containing
+from console.forms import BillingSettingsForm, OrganizationForm, UsageRangeForm
+from models_registry.constants import Task
+from models_registry.models import Model, Price
+from tenants.constants import PERM_MANAGE_BILLING, PERM_MANAGE_SETTINGS, PERM_USE_KEYS, PERM_VIEW_BILLING
+from tenants.models import ApiKey, Tenant
+from workers.constants import WorkerState
+
+CHART_DAYS = 30
+
+
+def _can(request, perm: str) -> bool:
+    return bool(request.tenant) and request.user.has_perm(f"tenants.{perm}", request.tenant)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _chart(rows, days: list[date]) -> dict:
+    return {
+        "labels": [d.isoformat() for d in days],
+        "series": reports.series_by_model(rows, days, "total_tokens"),
+    }
+
+
+def models_for(tenant):
+    """Models ``tenant`` may use, with the price in effect and ready replicas."""
+    now = timezone.now()
+    current = Price.objects.filter(model=OuterRef("pk"), effective_from__lte=now).order_by("-effective_from")
+    return (
+        Model.objects.visible_to(tenant)
+        .annotate(
+            price_input=Subquery(current.values("input_per_million")[:1]),
+            price_output=Subquery(current.values("output_per_million")[:1]),
+            ready_replicas=Count(
+                "deployments__workers", filter=Q(deployments__workers__state=WorkerState.READY)
+            ),
+            deployment_count=Count("deployments", distinct=True),
+        )
+        .order_by("name")
+    )
+
+
+@login_required
+def overview(request):
+    tenant: Tenant | None = request.tenant
+    if not tenant:
+        return render(request, "console/overview.html", {})
+    now = timezone.now()
+    period = period_containing(now)
+    today = now.astimezone(UTC).date()
+    days = [today - timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
+    chart_rows = reports.usage_by_day(tenant, _day_start(days[0]), _day_start(today + timedelta(days=1)))
+    period_rows = reports.usage_by_day(tenant, period.start, period.end)
+    totals = reports.totals(period_rows)
+    can_bill = _can(request, PERM_VIEW_BILLING)
+    limit = spend.limit_for(tenant) if can_bill else None
+    spent = reports.spend(tenant, period.start, period.end) if can_bill else None
+    budget = tenant.plan.monthly_token_budget
+    chat_model = models_for(tenant).filter(task=Task.CHAT).values_list("name", flat=True).first()
+    context = {
+        "period": period,
+        "totals": totals,
+        "token_budget": budget,
+        "token_percent": min(100, round(totals["total_tokens"] * 100 / budget)) if budget else None,
+        "can_bill": can_bill,
+        "spend": spent,
+        "spend_limit": limit,
+        "spend_percent": (min(100, round(spent * 100 / limit)) if limit else (100 if limit == 0 else None))
+        if can_bill and limit is not None
+        else None,
+        "chart": _chart(chart_rows, days),
+        "chart_days": CHART_DAYS,
+        "has_usage": any(r.total_tokens for r in chart_rows),
+        "key_count": ApiKey.objects.for_tenant(tenant).usable().count(),
+        "example_model": chat_model or "MODEL",
+        "can_use_keys": _can(request, PERM_USE_KEYS),
+    }
+    return render(request, "console/overview.html", context)
+
+
+@login_required
+def models_page(request):
+    tenant = request.tenant
+    rows = list(models_for(tenant)) if tenant else []
+    return render(request, "console/models.html", {"models": rows})
+
+
+def _range(request) -> tuple[UsageRangeForm, date, date]:
+    form = UsageRangeForm(request.GET or None)
+    today = timezone.now().astimezone(UTC).date()
+    start, end = today - timedelta(days=29), today
+    if request.GET and form.is_valid():
+        start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+    elif not request.GET:
+        form = UsageRangeForm(initial={"start": start, "end": end})
+    return form, start, end
+
+
+@login_required
+def usage(request):
+    tenant = request.tenant
+    if not tenant:
+        return render(request, "console/overview.html", {})
+    form, start, end = _range(request)
+    valid = not form.is_bound or form.is_valid()
+    rows = (
+        reports.usage_by_day(tenant, _day_start(start), _day_start(end + timedelta(days=1))) if valid else []
+    )
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    context = {
+        "form": form,
+        "start": start,
+        "end": end,
+        "rows": rows,
+        "totals": reports.totals(rows),
+        "chart": _chart(rows, days),
+        "can_bill": _can(request, PERM_VIEW_BILLING),
+        "valid": valid,
+    }
+    template = "console/_usage_results.html" if request.headers.get("HX-Request") else "console/usage.html"
+    return render(request, template, context, status=200 if valid else 400)
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+@login_required
+def usage_csv(request):
+    tenant = request.tenant
+    if not tenant:
+        return HttpResponse(
+            "You are not a member of any organization.", status=404, content_type="text/plain"
+        )
+    form = UsageRangeForm(request.GET)
+    if not form.is_valid():
+        errors = "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items())
+        return HttpResponse(f"Invalid range. {errors}", status=400, content_type="text/plain; charset=utf-8")
+    start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+    granularity = request.GET.get("granularity", "request")
+    if granularity not in ("request", "day"):
+        return HttpResponse("granularity must be request or day.", status=400, content_type="text/plain")
+    can_bill = _can(request, PERM_VIEW_BILLING)
+    writer = csv.writer(_Echo())
+    lo, hi = _day_start(start), _day_start(end + timedelta(days=1))
+    rows = _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant, lo, hi)
+    response = StreamingHttpResponse(
+        (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
+    )
+    name = (
+        f"berth-usage-{tenant.slug}-{start:%Y%m%d}-{end:%Y%m%d}{'-daily' if granularity == 'day' else ''}.csv"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _csv_requests(tenant, lo, hi):
+    yield [
+        "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
+        "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
+    ]  # fmt: skip
+    records = (
+        UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=lo, occurred_at__lt=hi)
+        .order_by("occurred_at", "pk")
+        .values_list(
+            "occurred_at",
+            "request_id",
+            "model",
+            "endpoint",
+            "api_key_id",
+            "prompt_tokens",
+            "completion_tokens",
+            "status",
+            "http_status",
+            "latency_ms",
+            "ttft_ms",
+        )  # fmt: skip
+    )
+    for at, rid, model, endpoint, key, prompt, completion, status, http, latency, ttft in records.iterator(
+        2000
+    ):
+        yield [
+            at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, completion,
+            prompt + completion, status, http, latency, "" if ttft is None else ttft,
+        ]  # fmt: skip
+
+
+def _csv_days(tenant, lo, hi, can_bill: bool):
+    header = ["date", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
+    yield [*header, "estimated_cost"] if can_bill else header
+    for row in reports.usage_by_day(tenant, lo, hi):
+        line = [row.day.isoformat(), row.model, row.requests, row.errors, row.prompt_tokens,
+                row.completion_tokens, row.total_tokens]  # fmt: skip
+        yield [*line, f"{row.cost:.6f}"] if can_bill else line
+
+
+@login_required
+def settings_page(request):
+    tenant = request.tenant
+    if not tenant:
+        return render(request, "console/overview.html", {})
+    can_settings = _can(request, PERM_MANAGE_SETTINGS)
+    can_billing = _can(request, PERM_MANAGE_BILLING)
+    account = spend.account_for(tenant) if can_billing else BillingAccount(tenant=tenant)
+    which = request.POST.get("form") if request.method == "POST" else None
+    org_form = OrganizationForm(
+        request.POST if which == "organization" else None, instance=tenant, prefix="org"
+    )
+    billing_form = BillingSettingsForm(
+        request.POST if which == "billing" else None, instance=account, prefix="billing", plan=tenant.plan
+    )
+    status = 200
+    if which == "organization":
+        if not can_settings:
+            return _forbidden(request, "Only owners and admins can rename the organization.")
+        if org_form.is_valid():
+            org_form.save()
+            messages.success(request, "Organization name saved.")
+            return redirect("console:settings")
+        status = 400
+    elif which == "billing":
+        if not can_billing:
+            return _forbidden(request, "Only owners and billing members can change spend limits and alerts.")
+        if billing_form.is_valid():
+            with transaction.atomic():
+                billing_form.save()
+                transaction.on_commit(lambda: spend.check_tenant(tenant=tenant))
+            messages.success(request, "Billing settings saved. The new limit applies within seconds.")
+            return redirect("console:settings")
+        status = 400
+    context = {
+        "org_form": org_form,
+        "billing_form": billing_form,
+        "can_settings": can_settings,
+        "can_billing": can_billing,
+        "plan": tenant.plan,
+        "spend": reports.period_spend(tenant, timezone.now()) if can_billing else None,
+    }
+    return render(request, "console/settings.html", context, status=status)
+
+
+def _forbidden(request, message: str):
+    return render(request, "console/forbidden.html", {"message": message}, status=403)
