@@ -39,7 +39,7 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     free_plan()
     model = register_model(redis_client, engines, name="e2e-chat")
     Price.objects.create(
-        model=ModelFactory(name=model), input_per_million=Decimal("2.50"), output_per_million=Decimal("10")
+        model=ModelFactory(name=model), input_per_million=Decimal("250"), output_per_million=Decimal("1000")
     )
 
     page.goto(f"{live_server.url}/signup/")
@@ -77,12 +77,12 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     # The period ends (here: closed as of its end) and the invoice appears.
     period = period_containing(timezone.now())
     invoice = invoicing.close_period(tenant=tenant, period=period, now=period.end).invoice
-    expected = (Decimal(prompt) * Decimal("2.50") / 1_000_000).quantize(Decimal("0.01")) + (
-        Decimal(completion) * 10 / Decimal(1_000_000)
+    expected = (Decimal(prompt) * Decimal("250") / 1_000_000).quantize(Decimal("0.01")) + (
+        Decimal(completion) * 1000 / Decimal(1_000_000)
     ).quantize(Decimal("0.01"))
     assert invoice.total == expected
     page.get_by_role("link", name="Billing").click()
-    page.get_by_role("link", name=invoice.number).click()
+    page.get_by_role("link", name=invoice.number, exact=True).click()
     assert page.get_by_role("heading", name=re.compile(invoice.number)).is_visible()
     assert f"{prompt:,}" in page.content() and f"{completion:,}" in page.content()
     shot(page, "e2e-invoice")
