@@ -8,7 +8,6 @@ import itertools
 import json
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import pytest
 
@@ -19,7 +18,6 @@ from tests.billing.fake_stripe import API_KEY, FakeStripe
 
 # The real gateway and fake engines, for end-to-end billing (session-scoped, started on first use).
 from tests.gateway.conftest import engines, gateway  # noqa: F401
-from tests.registry.factories import ModelFactory, PriceFactory
 
 WEBHOOK_SECRET = "whsec_berth_test"
 PAST = datetime(2026, 9, 15, 12, tzinfo=UTC)
@@ -77,17 +75,6 @@ def add_usage(tenant, model_name: str, prompt: int, completion: int, at: datetim
         http_status=200,
         occurred_at=at,
     )
-
-
-def priced_model(name: str, input_price: str = "0.10", output_price: str = "0.40"):
-    model = ModelFactory(name=name)
-    PriceFactory(
-        model=model,
-        input_per_million=Decimal(input_price),
-        output_per_million=Decimal(output_price),
-        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    return model
 
 
 def closed_invoice(tenant, usage: list[tuple[str, int, int]]):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 
 import pytest
 
@@ -12,18 +11,14 @@ from billing.models import Invoice, InvoiceStatus
 from billing.periods import parse_period
 from tests.billing.usage import record
 from tests.factories import TenantFactory, UserFactory
-from tests.registry.factories import ModelFactory, PriceFactory
+from tests.registry.factories import priced_model
 
 pytestmark = pytest.mark.django_db
 
 
 def test_mark_paid_from_the_admin(client):
     staff = UserFactory(is_staff=True, is_superuser=True)
-    PriceFactory(
-        model=ModelFactory(name="m-admin"),
-        input_per_million=Decimal("1"),
-        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-    )
+    priced_model("m-admin", "1", "0")
     tenant = TenantFactory()
     period = parse_period("2026-10", "month")
     record(tenant, "m-admin", period.start + timedelta(days=1), 5_000_000, 0)

@@ -14,7 +14,7 @@ from billing import invoicing, pdf
 from billing.periods import parse_period
 from tests.billing.usage import record
 from tests.factories import TenantFactory, member
-from tests.registry.factories import ModelFactory, PriceFactory
+from tests.registry.factories import priced_model
 
 pytestmark = pytest.mark.django_db
 
@@ -24,13 +24,7 @@ NOW = datetime(2026, 11, 3, tzinfo=UTC)
 
 @pytest.fixture
 def billed():
-    model = ModelFactory(name="chat-doc")
-    PriceFactory(
-        model=model,
-        input_per_million=Decimal("0.10"),
-        output_per_million=Decimal("0.20"),
-        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-    )
+    priced_model("chat-doc", "0.10", "0.20")
     tenant = TenantFactory(name="Acme <Labs> & Co")
     record(tenant, "chat-doc", OCT.start + timedelta(days=1), 3_000_000, 1_500_000)
     record(

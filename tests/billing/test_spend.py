@@ -12,20 +12,14 @@ from billing import spend
 from billing.models import BillingAccount, SpendAlert
 from tests.billing.usage import record
 from tests.factories import TenantFactory, member
-from tests.registry.factories import ModelFactory, PriceFactory
+from tests.registry.factories import priced_model
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
 @pytest.fixture
 def tenant(db):
-    model = ModelFactory(name="chat-s")
-    PriceFactory(
-        model=model,
-        input_per_million=Decimal("1.00"),
-        output_per_million=Decimal("2.00"),
-        effective_from=datetime(2026, 1, 1, tzinfo=UTC),
-    )
+    priced_model("chat-s", "1.00", "2.00")
     tenant = TenantFactory()
     member(tenant, "owner", email="owner@example.test")
     member(tenant, "billing", email="books@example.test")

@@ -8,9 +8,10 @@ import stripe
 from billing import money, stripe_sync
 from billing.models import BillingAccount, Invoice, InvoiceStatus
 from tenants.constants import Role
-from tests.billing.conftest import closed_invoice, priced_model
+from tests.billing.conftest import closed_invoice
 from tests.billing.fake_stripe import FakeStripe
 from tests.factories import TenantFactory, member
+from tests.registry.factories import priced_model
 
 pytestmark = pytest.mark.django_db
 

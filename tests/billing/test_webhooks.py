@@ -14,8 +14,9 @@ from billing import dunning
 from billing.models import BillingAccount, Invoice, InvoiceStatus, StripeEvent
 from tenants.constants import Role, TenantStatus
 from tenants.models import Tenant
-from tests.billing.conftest import closed_invoice, invoice_event, post_event, priced_model, sign
+from tests.billing.conftest import closed_invoice, invoice_event, post_event, sign
 from tests.factories import TenantFactory, member
+from tests.registry.factories import priced_model
 
 URL = "/billing/stripe/webhook/"
 

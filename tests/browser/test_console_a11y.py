@@ -4,8 +4,7 @@ navigation and forms, the usage range updates in place (htmx) and the CSV downlo
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -14,7 +13,7 @@ from billing import invoicing
 from billing.periods import parse_period
 from tests.billing.usage import record
 from tests.factories import PASSWORD, TenantFactory, free_plan, member
-from tests.registry.factories import DeploymentFactory, ModelFactory, PriceFactory
+from tests.registry.factories import DeploymentFactory, priced_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,13 +33,7 @@ def log_in(page, base, email):
 
 def test_main_pages_are_labelled_keyboard_usable_and_work(live_server, page, shot, tmp_path):
     free_plan()
-    model = ModelFactory(name="chat-a11y", context_length=4096)
-    PriceFactory(
-        model=model,
-        input_per_million=Decimal("0.30"),
-        output_per_million=Decimal("1.20"),
-        effective_from=datetime(2025, 1, 1, tzinfo=UTC),
-    )
+    model = priced_model("chat-a11y", "0.30", "1.20", context_length=4096)
     DeploymentFactory(model=model)
     tenant = TenantFactory(name="Accessible Co")
     member(tenant, "owner", email="owner@a11y.test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -15,20 +15,14 @@ from billing.models import BillingAccount
 from models_registry.constants import Visibility
 from tests.billing.usage import record
 from tests.factories import TenantFactory, member
-from tests.registry.factories import DeploymentFactory, ModelFactory, PriceFactory
+from tests.registry.factories import DeploymentFactory, ModelFactory, priced_model
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def world():
-    chat = ModelFactory(name="chat-one", context_length=8192)
-    PriceFactory(
-        model=chat,
-        input_per_million=Decimal("0.125"),
-        output_per_million=Decimal("0.5"),
-        effective_from=datetime(2025, 1, 1, tzinfo=UTC),
-    )
+    chat = priced_model("chat-one", "0.125", "0.5", context_length=8192)
     DeploymentFactory(model=chat)
     ours, theirs = TenantFactory(name="Ours"), TenantFactory(name="Theirs")
     secret = ModelFactory(name="their-secret", visibility=Visibility.PRIVATE)

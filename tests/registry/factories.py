@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import factory
@@ -43,6 +44,18 @@ class PriceFactory(factory.django.DjangoModelFactory):
     model = factory.SubFactory(ModelFactory)
     input_per_million = Decimal("0.50")
     output_per_million = Decimal("1.50")
+
+
+def priced_model(name: str, input_price="0.10", output_price="0.40", *, since=None, **model_fields) -> Model:
+    """A model with one price in effect since ``since`` (1 Jan 2025 by default), per million tokens."""
+    model = ModelFactory(name=name, **model_fields)
+    PriceFactory(
+        model=model,
+        input_per_million=Decimal(str(input_price)),
+        output_per_million=Decimal(str(output_price)),
+        effective_from=since or datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    return model
 
 
 class NodeFactory(factory.django.DjangoModelFactory):
