@@ -233,7 +233,7 @@ def settings_page(request):
     status = 200
     if which == "organization":
         if not can_settings:
-            return _forbidden(request, "Only owners and admins can rename the organization.")
+            return forbidden(request, "Only owners and admins can rename the organization.")
         if org_form.is_valid():
             org_form.save()
             messages.success(request, "Organization name saved.")
@@ -241,7 +241,7 @@ def settings_page(request):
         status = 400
     elif which == "billing":
         if not can_billing:
-            return _forbidden(request, "Only owners and billing members can change spend limits and alerts.")
+            return forbidden(request, "Only owners and billing members can change spend limits and alerts.")
         if billing_form.is_valid():
             with transaction.atomic():
                 billing_form.save()
@@ -260,5 +260,5 @@ def settings_page(request):
     return render(request, "console/settings.html", context, status=status)
 
 
-def _forbidden(request, message: str):
+def forbidden(request, message: str):
     return render(request, "console/forbidden.html", {"message": message}, status=403)

@@ -1,12 +1,14 @@
 from django.urls import path
 
-from console import invoices, pages, team, views
+from console import invoices, pages, playground, team, views
 
 app_name = "console"
 
 urlpatterns = [
     path("", pages.overview, name="overview"),
     path("models/", pages.models_page, name="models"),
+    path("playground/", playground.playground, name="playground"),
+    path("playground/key/", playground.playground_key_view, name="playground-key"),
     path("usage/", pages.usage, name="usage"),
     path("usage.csv", pages.usage_csv, name="usage-csv"),
     path("settings/", pages.settings_page, name="settings"),

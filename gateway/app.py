@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import GatewaySettings, get_settings
+from gateway.cors import Cors, CorsSend
 from gateway.errors import GatewayError, error_body
 from gateway.metering import Metering
 from gateway.proxy import ENDPOINTS, Proxy
@@ -51,6 +52,7 @@ class Gateway:
         _configure_logging(settings)
         state = self.state
         state.settings = settings
+        state.cors = Cors(settings.cors_origin_list())
         # A blocking pool: a burst of requests queues for a connection instead of failing.
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
@@ -127,6 +129,15 @@ class Gateway:
         path = scope["path"]
         method = scope["method"]
         request_id = "req_" + uuid.uuid4().hex
+        cors = self.state.cors
+        if cors.enabled:
+            origin = cors.origin_of(scope)
+            if origin is not None:
+                if method == "OPTIONS":
+                    await self._preflight(cors, origin, scope, send, request_id)
+                    return
+                if cors.allowed(origin):
+                    send = CorsSend(send, cors.response_headers(origin))
         if path == "/healthz":
             await _respond(send, 200, b'{"status":"ok"}', JSON, [(b"x-request-id", request_id.encode())])
             return
@@ -180,6 +191,18 @@ class Gateway:
             metrics.LATENCY.labels(ctx.model or "", status_label).observe(time.perf_counter() - ctx.start)
             if self.state.settings.access_log:
                 ctx.log()
+
+    async def _preflight(self, cors: Cors, origin: bytes, scope, send, request_id: str) -> None:
+        headers = [(b"x-request-id", request_id.encode())]
+        if not cors.allowed(origin):
+            body = error_body(
+                "This origin may not call the gateway from a browser (BERTH_GATEWAY_CORS_ORIGINS).",
+                type="invalid_request_error",
+                code="origin_not_allowed",
+            )
+            await _respond(send, 403, body, JSON, headers)
+            return
+        await _respond(send, 204, b"", JSON, [*headers, *cors.preflight_headers(origin, scope)])
 
     async def list_models(self, ctx: RequestContext, send) -> None:
         headers = _headers(ctx.scope)

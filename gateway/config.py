@@ -61,6 +61,12 @@ class GatewaySettings(BaseSettings):
     read_timeout: float = Field(600.0, validation_alias="BERTH_GATEWAY_READ_TIMEOUT", gt=0)
     max_connections: int = Field(4096, validation_alias="BERTH_GATEWAY_MAX_CONNECTIONS", ge=1)
 
+    # Browsers calling the gateway from another origin (the console's playground): comma-separated
+    # origins, or "*" for any. Empty: no CORS headers at all.
+    cors_origins: str = Field(
+        "http://127.0.0.1:8000,http://localhost:8000", validation_alias="BERTH_GATEWAY_CORS_ORIGINS"
+    )
+
     # Logs
     access_log: bool = Field(True, validation_alias="BERTH_GATEWAY_ACCESS_LOG")
     log_content: bool = Field(False, validation_alias="BERTH_GATEWAY_LOG_CONTENT")
@@ -90,6 +96,9 @@ class GatewaySettings(BaseSettings):
         if not result:
             raise ValueError("BERTH_KEY_PEPPERS (or BERTH_KEY_PEPPERS_FILE) must be set for the gateway")
         return result
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     def key(self, *parts: object) -> str:
         """A namespaced Redis key, as ``berth.redis.rkey`` builds it on the control plane."""

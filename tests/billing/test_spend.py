@@ -107,3 +107,14 @@ def test_check_all_covers_every_tenant(tenant, redis_client):
     assert spend.check_all(now=NOW) == 1
     assert redis_client.exists(spend.blocked_key(other.pk)) == 1
     assert redis_client.exists(spend.blocked_key(tenant.pk)) == 0
+
+
+@pytest.mark.django_db
+def test_a_new_free_tenant_is_not_blocked(redis_client):
+    from tenants.models import Plan
+
+    free = Plan.objects.get(slug="free")  # as the data migrations leave it
+    assert free.monthly_spend_limit is None
+    tenant = TenantFactory(plan=free)
+    assert not spend.check_tenant(tenant=tenant, now=NOW).blocked
+    assert redis_client.exists(spend.blocked_key(tenant.pk)) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 # The real gateway and fake engines, for pages that call /v1 (session-scoped, started on first use).
-from tests.gateway.conftest import engines, gateway  # noqa: F401
+from tests.gateway.conftest import engines, gateway, start_gateway  # noqa: F401
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -72,3 +72,12 @@ def shot():
         return path
 
     return take
+
+
+@pytest.fixture
+def console_gateway(live_server, engines, settings):  # noqa: F811
+    """A gateway that lets the live server's origin call it from the browser (the playground)."""
+    proc = start_gateway(BERTH_GATEWAY_CORS_ORIGINS=live_server.url)
+    settings.GATEWAY_PUBLIC_URL = proc.url + "/v1"
+    yield proc
+    proc.stop()

@@ -1,5 +1,6 @@
-"""The whole tenant path in a real browser: sign up → key → gateway call with the openai SDK →
-usage on the overview chart → invoice page → PDF download; a plain member cannot see billing."""
+"""The whole tenant path in a real browser: sign up → a streamed playground answer → a key → a
+gateway call with the openai SDK → usage on the overview chart → invoice page → PDF download; a
+plain member cannot see billing."""
 
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     live_server,
     page,
     shot,
-    gateway,
+    console_gateway,
     engines,
     redis_client,
     tmp_path,
 ):
+    gateway = console_gateway
     free_plan()
     model = register_model(redis_client, engines, name="e2e-chat")
     Price.objects.create(
@@ -48,6 +50,19 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     page.get_by_label("Password").fill("a-Long-pass-991")
     page.get_by_role("button", name="Create account").click()
     page.wait_for_url(re.compile(r"/keys/$"))
+
+    # The playground answers, streamed from the gateway with a key minted for the session.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Playground").click()
+    page.get_by_label("Message").fill("Say hello to the harbour")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function(
+        "() => (document.querySelector('.chat-msg.assistant .chat-text') || {}).textContent?.startsWith('tok')"
+    )
+    page.wait_for_function("() => document.getElementById('usage-last').textContent.includes('completion')")
+    assert re.fullmatch(r"\d+ prompt \+ \d+ completion tokens", page.locator("#usage-last").inner_text())
+    shot(page, "e2e-playground")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys").click()
     page.get_by_label("Name").fill("first key")
     page.get_by_role("button", name="Create key").click()
     key = page.get_by_label("New API key").input_value()
@@ -61,7 +76,9 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     drain()  # the usage consumer (a process under `manage.py up`)
     tenant = Tenant.objects.get(name="Lovelace Inc")
     records = list(UsageRecord.objects.filter(tenant=tenant))
-    assert len(records) == 3
+    assert len(records) == 4  # the playground's answer is metered like any request
+    playground_key = tenant.api_keys.get(name="Playground · ada@example.test")
+    assert [r.api_key_id for r in records].count(playground_key.pk) == 1
     prompt = sum(r.prompt_tokens for r in records)
     completion = sum(r.completion_tokens for r in records)
 

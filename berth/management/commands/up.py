@@ -196,6 +196,9 @@ class Command(BaseCommand):
             manage = str(settings.BASE_DIR / "manage.py")
             web = f"http://{options['web_host']}:{options['web_port']}"
             gateway = f"http://{options['gateway_host']}:{options['gateway_port']}"
+            # The console's playground calls the gateway from the web's origin (CORS).
+            origins = {web, settings.WEB_PUBLIC_URL, f"http://localhost:{options['web_port']}"}
+            sup.env.setdefault("BERTH_GATEWAY_CORS_ORIGINS", ",".join(sorted(origins)))
             sup.add(
                 Child(
                     "web",

@@ -1,0 +1,90 @@
+"""The playground's short-lived API key: minted per session and tenant, reused until near expiry.
+
+The browser calls the gateway directly (so answers stream and are metered like any client's), and
+needs a key for that. A one-hour key named "Playground · <email>" is created for the user in the
+current tenant and kept in the session (keyed by tenant, so never reused across tenants); it is
+an ordinary key: listed on the keys page, revocable, billed like any other.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from models_registry.constants import Task
+from tenants import keys
+from tenants.constants import PERM_USE_KEYS
+from tenants.models import ApiKey
+
+SESSION_KEY = "berth_playground_keys"
+KEY_LIFETIME = timedelta(hours=1)
+# A key this close to expiry is replaced, so a conversation does not fail mid-way.
+RENEW_BEFORE = timedelta(minutes=5)
+
+
+def playground_key(request, tenant) -> dict[str, str]:
+    """``{"key_id", "key", "expires_at"}`` for ``request.user`` in ``tenant``."""
+    now = timezone.now()
+    stored = {
+        tenant_id: entry
+        for tenant_id, entry in (request.session.get(SESSION_KEY) or {}).items()
+        if datetime.fromisoformat(entry["expires_at"]) > now
+    }
+    entry = stored.get(str(tenant.pk))
+    if entry and datetime.fromisoformat(entry["expires_at"]) - now > RENEW_BEFORE:
+        still_usable = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).exists()
+        if still_usable:
+            return entry
+    created = keys.create_api_key(
+        tenant=tenant,
+        name=f"Playground · {request.user.email}"[:100],
+        created_by=request.user,
+        expires_at=now + KEY_LIFETIME,
+    )
+    entry = {
+        "key_id": str(created.api_key.pk),
+        "key": created.plaintext,
+        "expires_at": created.api_key.expires_at.isoformat(),
+    }
+    stored[str(tenant.pk)] = entry
+    request.session[SESSION_KEY] = stored
+    return entry
+
+
+@login_required
+def playground(request):
+    from console.pages import forbidden, models_for
+
+    tenant = request.tenant
+    if not tenant:
+        return render(request, "console/overview.html", {})
+    if not request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant):
+        return forbidden(
+            request, "The playground calls the gateway with an API key, and your role cannot use keys."
+        )
+    chat_models = list(models_for(tenant).filter(task=Task.CHAT).values_list("name", flat=True))
+    response = render(request, "console/playground.html", {"chat_models": chat_models})
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def playground_key_view(request):
+    tenant = request.tenant
+    if not tenant:
+        return JsonResponse({"error": "You are not a member of any organization."}, status=404)
+    if not request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant):
+        return JsonResponse({"error": "Your role cannot use API keys."}, status=403)
+    entry = playground_key(request, tenant)
+    response = JsonResponse(
+        {"key": entry["key"], "expires_at": entry["expires_at"], "gateway_url": settings.GATEWAY_PUBLIC_URL}
+    )
+    response["Cache-Control"] = "no-store"
+    return response

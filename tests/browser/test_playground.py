@@ -1,0 +1,33 @@
+"""The playground says what went wrong when the gateway cannot answer (a model with no worker)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tenants import mirror
+from tenants.constants import Role
+from tests.factories import PASSWORD, TenantFactory, member
+from tests.gateway.conftest import register_model
+from tests.registry.factories import ModelFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_playground_shows_gateway_errors(live_server, page, redis_client, console_gateway):
+    tenant = TenantFactory()
+    mirror.publish_tenant(tenant)
+    ModelFactory(name="pg-cold")
+    # Known to the gateway but without any worker: the gateway holds the request, then says 503.
+    register_model(redis_client, [], name="pg-cold")
+    user = member(tenant, Role.MEMBER)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/playground/")
+    page.get_by_label("Message").fill("Hello?")
+    page.get_by_role("button", name="Send").click()
+    error = page.locator("#chat-error")
+    error.wait_for(state="visible", timeout=20_000)
+    assert "starting from zero" in error.inner_text()
