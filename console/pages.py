@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import Count, Q
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -18,7 +18,7 @@ from billing.models import BillingAccount, UsageRecord
 from billing.periods import period_containing
 from console.forms import BillingSettingsForm, OrganizationForm, UsageRangeForm
 from models_registry.constants import Task
-from models_registry.models import Model, Price
+from models_registry.models import Model
 from tenants.constants import PERM_MANAGE_BILLING, PERM_MANAGE_SETTINGS, PERM_USE_KEYS, PERM_VIEW_BILLING
 from tenants.models import ApiKey, Tenant
 from workers.constants import WorkerState
@@ -43,13 +43,10 @@ def _chart(rows, days: list[date]) -> dict:
 
 def models_for(tenant):
     """Models ``tenant`` may use, with the price in effect and ready replicas."""
-    now = timezone.now()
-    current = Price.objects.filter(model=OuterRef("pk"), effective_from__lte=now).order_by("-effective_from")
     return (
         Model.objects.visible_to(tenant)
+        .with_current_price()
         .annotate(
-            price_input=Subquery(current.values("input_per_million")[:1]),
-            price_output=Subquery(current.values("output_per_million")[:1]),
             ready_replicas=Count(
                 "deployments__workers", filter=Q(deployments__workers__state=WorkerState.READY)
             ),

@@ -14,7 +14,7 @@ from datetime import datetime
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from models_registry.constants import DEFAULT_CURRENCY, Engine, SourceKind, Task, Visibility
@@ -32,6 +32,19 @@ class ModelQuerySet(models.QuerySet):
             return self.none()
         granted = Model.allowed_tenants.through.objects.filter(tenant=tenant).values("model_id")
         return self.filter(Q(visibility=Visibility.PUBLIC) | Q(pk__in=granted))
+
+    def with_current_price(self, at: datetime | None = None) -> ModelQuerySet:
+        """Annotate ``price_input``/``price_output``/``price_currency``/``price_from``: the price in
+        effect at ``at`` (now), in the same query (the API's model list and the console use it)."""
+        current = Price.objects.filter(
+            model=OuterRef("pk"), effective_from__lte=at or timezone.now()
+        ).order_by("-effective_from")
+        return self.annotate(
+            price_input=Subquery(current.values("input_per_million")[:1]),
+            price_output=Subquery(current.values("output_per_million")[:1]),
+            price_currency=Subquery(current.values("currency")[:1]),
+            price_from=Subquery(current.values("effective_from")[:1]),
+        )
 
 
 class Model(models.Model):

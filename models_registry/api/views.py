@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import OuterRef, Subquery
-from django.utils import timezone
 from rest_framework import mixins, viewsets
 
 from models_registry.api.serializers import ModelSerializer
-from models_registry.models import Model, Price
+from models_registry.models import Model
 from tenants.api.permissions import TenantPermission, request_tenant
 
 
@@ -20,12 +18,4 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self):
-        current = Price.objects.filter(model=OuterRef("pk"), effective_from__lte=timezone.now()).order_by(
-            "-effective_from"
-        )
-        return Model.objects.visible_to(request_tenant(self.request)).annotate(
-            price_input=Subquery(current.values("input_per_million")[:1]),
-            price_output=Subquery(current.values("output_per_million")[:1]),
-            price_currency=Subquery(current.values("currency")[:1]),
-            price_from=Subquery(current.values("effective_from")[:1]),
-        )
+        return Model.objects.visible_to(request_tenant(self.request)).with_current_price()
