@@ -3,7 +3,6 @@ navigation and forms, the usage range updates in place (htmx) and the CSV downlo
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pytest
@@ -12,7 +11,8 @@ from django.utils import timezone
 from billing import invoicing
 from billing.periods import parse_period
 from tests.billing.usage import record
-from tests.factories import PASSWORD, TenantFactory, free_plan, member
+from tests.browser.helpers import log_in
+from tests.factories import TenantFactory, free_plan, member
 from tests.registry.factories import DeploymentFactory, priced_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,14 +21,6 @@ UNLABELLED = """() => [...document.querySelectorAll('main input, main select, ma
   .filter(el => el.type !== 'hidden' && !el.closest('[hidden]'))
   .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby'))
   .map(el => el.name || el.id)"""
-
-
-def log_in(page, base, email):
-    page.goto(f"{base}/accounts/login/")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/$"))
 
 
 def test_main_pages_are_labelled_keyboard_usable_and_work(live_server, page, shot, tmp_path):

@@ -20,7 +20,8 @@ from models_registry.models import Price
 from tenants import accounts
 from tenants.constants import Role
 from tenants.models import Tenant
-from tests.factories import PASSWORD, UserFactory, free_plan
+from tests.browser.helpers import log_in
+from tests.factories import UserFactory, free_plan
 from tests.gateway.conftest import register_model
 from tests.gateway.test_usage import drain
 from tests.registry.factories import ModelFactory
@@ -114,11 +115,7 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     developer = UserFactory(email="dev@example.test")
     accounts.add_member(tenant=tenant, user=developer, role=Role.MEMBER)
     page.context.clear_cookies()
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.get_by_label("Email").fill("dev@example.test")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name=re.compile("Log in", re.I)).click()
-    page.wait_for_url(re.compile(r"/$"))
+    log_in(page, live_server.url, "dev@example.test")
     assert page.get_by_role("link", name="Billing").count() == 0
     response = page.goto(f"{live_server.url}/billing/invoices/{invoice.pk}/pdf/")
     assert response.status == 403

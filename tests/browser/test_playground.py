@@ -6,7 +6,8 @@ import pytest
 
 from tenants import mirror
 from tenants.constants import Role
-from tests.factories import PASSWORD, TenantFactory, member
+from tests.browser.helpers import log_in
+from tests.factories import TenantFactory, member
 from tests.gateway.conftest import register_model
 from tests.registry.factories import ModelFactory
 
@@ -20,11 +21,7 @@ def test_playground_shows_gateway_errors(live_server, page, redis_client, consol
     # Known to the gateway but without any worker: the gateway holds the request, then says 503.
     register_model(redis_client, [], name="pg-cold")
     user = member(tenant, Role.MEMBER)
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.get_by_label("Email").fill(user.email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{live_server.url}/")
+    log_in(page, live_server.url, user.email)
     page.goto(f"{live_server.url}/playground/")
     page.get_by_label("Message").fill("Hello?")
     page.get_by_role("button", name="Send").click()
