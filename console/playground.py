@@ -41,6 +41,11 @@ def playground_key(request, tenant) -> dict[str, str]:
         still_usable = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).exists()
         if still_usable:
             return entry
+    if entry:
+        # Being replaced (near expiry or revoked): it must not outlive its use in this session.
+        old = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).first()
+        if old is not None:
+            keys.revoke_api_key(api_key=old)
     created = keys.create_api_key(
         tenant=tenant,
         name=f"Playground · {request.user.email}"[:100],

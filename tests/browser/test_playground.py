@@ -23,8 +23,11 @@ def test_playground_shows_gateway_errors(live_server, page, redis_client, consol
     user = member(tenant, Role.MEMBER)
     log_in(page, live_server.url, user.email)
     page.goto(f"{live_server.url}/playground/")
-    page.get_by_label("Message").fill("Hello?")
-    page.get_by_role("button", name="Send").click()
+    message = page.get_by_label("Message")
+    message.fill("Hello?")
+    message.press("Shift+Enter")  # a new line, not a send
+    assert message.input_value() == "Hello?\n"
+    message.press("Enter")  # sends
     error = page.locator("#chat-error")
     error.wait_for(state="visible", timeout=20_000)
     assert "starting from zero" in error.inner_text()

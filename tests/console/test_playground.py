@@ -82,6 +82,10 @@ def test_playground_key_is_replaced_near_expiry_or_when_revoked(client):
     session.save()
     second = client.post("/playground/key/").json()["key"]
     assert second != first
+    # The replaced key is revoked at once rather than left usable until it expires.
+    first_key = ApiKey.objects.get(pk=entry["key_id"])
+    assert first_key.revoked_at is not None
+    assert ApiKey.objects.usable().count() == 1
 
     ApiKey.objects.filter(name__startswith="Playground").update(revoked_at=timezone.now())
     third = client.post("/playground/key/").json()["key"]

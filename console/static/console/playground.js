@@ -74,13 +74,17 @@
     var error = (payload && payload.error) || {};
     var message = error.message || "";
     if (status === 429) {
+      if (error.code === "insufficient_quota") {
+        return "Limit reached: " + message + " An owner or billing member can raise the spend limit in Settings; Usage shows what was used.";
+      }
       var wait = retryAfter ? " Try again in " + retryAfter + " s." : "";
-      return "Limit reached (" + (error.code || "rate limit") + "): " + message + wait;
+      return "Rate limit reached (" + (error.code || "rate limit") + "): " + message + wait + " Your plan's limits are listed in Settings.";
     }
+    if (status === 404) return "The gateway does not know this model for your organization: " + message + " Pick another model.";
     if (status === 503 && error.code === "model_not_ready") {
       return "The model is starting from zero; this can take a minute or more. Send again shortly. (" + message + ")";
     }
-    if (status === 401) return "The playground key was not accepted: " + message;
+    if (status === 401) return "The playground key was not accepted: " + message + " Reload the page to get a fresh key.";
     if (status === 0) return "Could not reach the gateway at " + (session ? session.gatewayUrl : "?") + ". " + message;
     return "The gateway answered HTTP " + status + (message ? ": " + message : ".");
   }
@@ -194,7 +198,8 @@
   });
 
   input.addEventListener("keydown", function (event) {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    // Enter sends, Shift+Enter starts a new line (and Ctrl/Cmd+Enter also sends).
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
