@@ -111,9 +111,18 @@ def test_check_all_covers_every_tenant(tenant, redis_client):
 
 @pytest.mark.django_db
 def test_a_new_free_tenant_is_not_blocked(redis_client):
-    from tenants.models import Plan
+    import importlib
 
-    free = Plan.objects.get(slug="free")  # as the data migrations leave it
+    from django.apps import apps
+
+    from tests.factories import free_plan
+
+    # The free plan as the first data migration made it (transactional tests flush migration data).
+    free = free_plan()
+    free.monthly_spend_limit = Decimal("0.00")
+    free.save()
+    importlib.import_module("tenants.migrations.0004_free_plan_no_spend_limit").lift(apps, None)
+    free.refresh_from_db()
     assert free.monthly_spend_limit is None
     tenant = TenantFactory(plan=free)
     assert not spend.check_tenant(tenant=tenant, now=NOW).blocked
