@@ -42,10 +42,6 @@ def locked_account(tenant: Tenant) -> BillingAccount:
     return BillingAccount.objects.select_for_update().get(pk=tenant.pk)
 
 
-def _send(tenant: Tenant, subject: str, body: str) -> int:
-    return notify.send(tenant, subject, body)
-
-
 def payment_failed(invoice: Invoice, *, at: datetime | None = None) -> bool:
     """Record a failed payment of ``invoice``; warn the tenant once. True if the warning was sent."""
     at = at or timezone.now()
@@ -62,7 +58,7 @@ def payment_failed(invoice: Invoice, *, at: datetime | None = None) -> bool:
         warn = account.payment_warning_sent_at is None
         if warn:
             # Sent inside the transaction: if mail fails, nothing is recorded and Stripe redelivers.
-            _send(invoice.tenant, *warning_email(invoice, suspension_date(account.payment_failed_at)))
+            notify.send(invoice.tenant, *warning_email(invoice, suspension_date(account.payment_failed_at)))
             account.payment_warning_sent_at = timezone.now()
         account.save(update_fields=["payment_failed_at", "payment_warning_sent_at", "updated_at"])
     return warn
@@ -142,7 +138,7 @@ def enforce_grace(now: datetime | None = None) -> list[Tenant]:
         log.warning("%s suspended for non-payment of %s", tenant.slug, ", ".join(i.number for i in failing))
         suspended.append(tenant)
         try:
-            _send(tenant, *suspended_email(tenant, failing))
+            notify.send(tenant, *suspended_email(tenant, failing))
         except Exception:  # the suspension stands; a lost email must not undo or repeat it
             log.exception("could not email %s about its suspension", tenant.slug)
     return suspended

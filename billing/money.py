@@ -52,7 +52,21 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
     return int(scaled)
 
 
-def format_money(amount: Decimal, currency: str) -> str:
-    symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency.upper())
-    text = f"{Decimal(amount):,.{minor_exponent(currency)}f}"
+_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
+
+
+def _with_currency(text: str, currency: str) -> str:
+    symbol = _SYMBOLS.get(currency.upper())
     return f"{symbol}{text}" if symbol else f"{text} {currency.upper()}"
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    return _with_currency(f"{Decimal(amount):,.{minor_exponent(currency)}f}", currency)
+
+
+def format_price(per_million: Decimal, currency: str) -> str:
+    """A per-million price with all its significant decimals, at least two (e.g. $0.125, $2.50)."""
+    text = f"{Decimal(per_million).normalize():f}"
+    if "." not in text or len(text.split(".")[1]) < 2:
+        text = f"{Decimal(per_million):.2f}"
+    return _with_currency(text, currency)

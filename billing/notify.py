@@ -7,6 +7,7 @@ import logging
 from django.conf import settings
 from django.core.mail import send_mail
 
+from billing.models import BillingAccount
 from tenants.constants import Role
 from tenants.models import Membership
 
@@ -20,8 +21,6 @@ def recipients(tenant) -> list[str]:
         .order_by("created_at")
         .values_list("user__email", flat=True)
     )
-    from billing.models import BillingAccount
-
     account = BillingAccount.objects.filter(tenant=tenant).first()
     if account is not None and account.billing_email:
         emails.append(account.billing_email)

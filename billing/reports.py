@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -18,6 +18,17 @@ from django.db.models.functions import TruncDate
 from billing import money, pricing
 from billing.models import UsageRecord, UsageStatus
 from billing.periods import period_containing
+
+# The longest date range the console and the API show or export at once.
+MAX_RANGE_DAYS = 366
+
+
+def day_bounds(first: date, last: date) -> tuple[datetime, datetime]:
+    """UTC instants ``[first 00:00, the day after last 00:00)`` for an inclusive range of days."""
+    return (
+        datetime.combine(first, time.min, tzinfo=UTC),
+        datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC),
+    )
 
 
 @dataclass

@@ -41,11 +41,14 @@ class SpendStatus:
 
     @property
     def percent(self) -> float | None:
-        if self.limit is None:
-            return None
-        if self.limit == 0:
-            return 100.0
-        return float(self.spend / self.limit * 100)
+        return None if self.limit is None else percent_of(self.spend, self.limit)
+
+
+def percent_of(used, limit) -> float:
+    """``used`` as a percentage of ``limit``; a zero limit is already all used."""
+    if limit == 0:
+        return 100.0
+    return float(used * 100 / limit)
 
 
 def account_for(tenant: Tenant) -> BillingAccount:

@@ -6,6 +6,7 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.utils import timezone
 
+from billing import reports
 from billing.models import BillingAccount
 from tenants.constants import Role
 from tenants.models import Tenant, User
@@ -94,9 +95,6 @@ class AcceptSignupForm(forms.Form):
         return password
 
 
-MAX_USAGE_DAYS = 366
-
-
 class UsageRangeForm(forms.Form):
     start = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(label="To", widget=forms.DateInput(attrs={"type": "date"}))
@@ -107,9 +105,9 @@ class UsageRangeForm(forms.Form):
         if start and end:
             if end < start:
                 self.add_error("end", "The end date must be on or after the start date.")
-            elif (end - start).days + 1 > MAX_USAGE_DAYS:
+            elif (end - start).days + 1 > reports.MAX_RANGE_DAYS:
                 self.add_error(
-                    "start", f"Choose at most {MAX_USAGE_DAYS} days; export longer ranges in parts."
+                    "start", f"Choose at most {reports.MAX_RANGE_DAYS} days; export longer ranges in parts."
                 )
         return cleaned
 

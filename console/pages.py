@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -30,10 +30,6 @@ def _can(request, perm: str) -> bool:
     return bool(request.tenant) and request.user.has_perm(f"tenants.{perm}", request.tenant)
 
 
-def _day_start(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
-
-
 def _chart(rows, days: list[date]) -> dict:
     return {
         "labels": [d.isoformat() for d in days],
@@ -56,6 +52,11 @@ def models_for(tenant):
     )
 
 
+def _bar(percent: float) -> int:
+    """A progress bar's value: whole percent, full at 100."""
+    return min(100, round(percent))
+
+
 @login_required
 def overview(request):
     tenant: Tenant | None = request.tenant
@@ -65,7 +66,7 @@ def overview(request):
     period = period_containing(now)
     today = now.astimezone(UTC).date()
     days = [today - timedelta(days=n) for n in range(CHART_DAYS - 1, -1, -1)]
-    chart_rows = reports.usage_by_day(tenant, _day_start(days[0]), _day_start(today + timedelta(days=1)))
+    chart_rows = reports.usage_by_day(tenant, *reports.day_bounds(days[0], today))
     period_rows = reports.usage_by_day(tenant, period.start, period.end)
     totals = reports.totals(period_rows)
     can_bill = _can(request, PERM_VIEW_BILLING)
@@ -77,13 +78,11 @@ def overview(request):
         "period": period,
         "totals": totals,
         "token_budget": budget,
-        "token_percent": min(100, round(totals["total_tokens"] * 100 / budget)) if budget else None,
+        "token_percent": _bar(spend.percent_of(totals["total_tokens"], budget)) if budget else None,
         "can_bill": can_bill,
         "spend": spent,
         "spend_limit": limit,
-        "spend_percent": (min(100, round(spent * 100 / limit)) if limit else (100 if limit == 0 else None))
-        if can_bill and limit is not None
-        else None,
+        "spend_percent": _bar(spend.percent_of(spent, limit)) if can_bill and limit is not None else None,
         "chart": _chart(chart_rows, days),
         "chart_days": CHART_DAYS,
         "has_usage": any(r.total_tokens for r in chart_rows),
@@ -119,9 +118,7 @@ def usage(request):
         return render(request, "console/overview.html", {})
     form, start, end = _range(request)
     valid = not form.is_bound or form.is_valid()
-    rows = (
-        reports.usage_by_day(tenant, _day_start(start), _day_start(end + timedelta(days=1))) if valid else []
-    )
+    rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end)) if valid else []
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     context = {
         "form": form,
@@ -159,7 +156,7 @@ def usage_csv(request):
         return HttpResponse("granularity must be request or day.", status=400, content_type="text/plain")
     can_bill = _can(request, PERM_VIEW_BILLING)
     writer = csv.writer(_Echo())
-    lo, hi = _day_start(start), _day_start(end + timedelta(days=1))
+    lo, hi = reports.day_bounds(start, end)
     rows = _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant, lo, hi)
     response = StreamingHttpResponse(
         (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"

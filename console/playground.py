@@ -37,15 +37,12 @@ def playground_key(request, tenant) -> dict[str, str]:
         if datetime.fromisoformat(entry["expires_at"]) > now
     }
     entry = stored.get(str(tenant.pk))
-    if entry and datetime.fromisoformat(entry["expires_at"]) - now > RENEW_BEFORE:
-        still_usable = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).exists()
-        if still_usable:
+    current = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).first() if entry else None
+    if current is not None:
+        if datetime.fromisoformat(entry["expires_at"]) - now > RENEW_BEFORE:
             return entry
-    if entry:
-        # Being replaced (near expiry or revoked): it must not outlive its use in this session.
-        old = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).first()
-        if old is not None:
-            keys.revoke_api_key(api_key=old)
+        # Being replaced near expiry: it must not outlive its use in this session.
+        keys.revoke_api_key(api_key=current)
     created = keys.create_api_key(
         tenant=tenant,
         name=f"Playground · {request.user.email}"[:100],

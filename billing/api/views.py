@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, timedelta
 
 from django.http import HttpResponse
 from django.utils import timezone
@@ -19,8 +19,6 @@ from billing.models import Invoice, InvoiceLine
 from tenants.api.permissions import TenantPermission, request_tenant
 from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
 
-MAX_RANGE_DAYS = 366
-
 
 class UsageQuerySerializer(serializers.Serializer):
     start = serializers.DateField(required=False, help_text="First UTC day (default: 30 days ago).")
@@ -32,8 +30,10 @@ class UsageQuerySerializer(serializers.Serializer):
         start = attrs.get("start") or end - timedelta(days=29)
         if start > end:
             raise serializers.ValidationError({"end": "The end date must be on or after the start date."})
-        if (end - start).days + 1 > MAX_RANGE_DAYS:
-            raise serializers.ValidationError({"start": f"Ask for at most {MAX_RANGE_DAYS} days at a time."})
+        if (end - start).days + 1 > reports.MAX_RANGE_DAYS:
+            raise serializers.ValidationError(
+                {"start": f"Ask for at most {reports.MAX_RANGE_DAYS} days at a time."}
+            )
         return {"start": start, "end": end}
 
 
@@ -68,11 +68,7 @@ class UsageView(APIView):
         query.is_valid(raise_exception=True)
         start, end = query.validated_data["start"], query.validated_data["end"]
         tenant = request_tenant(request)
-        rows = reports.usage_by_day(
-            tenant,
-            datetime.combine(start, time.min, tzinfo=UTC),
-            datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
-        )
+        rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end))
         data = UsageRowSerializer(rows, many=True).data
         totals = reports.totals(rows)
         if not request.user.has_perm(f"tenants.{PERM_VIEW_BILLING}", tenant):

@@ -8,7 +8,7 @@ from decimal import Decimal
 from django import template
 from django.conf import settings
 
-from billing.money import format_money, round_money
+from billing.money import format_money, format_price, round_money
 
 register = template.Library()
 
@@ -25,12 +25,7 @@ def money(value, currency: str = ""):
 @register.filter
 def price(value, currency: str = ""):
     """A per-million price with its significant decimals (e.g. $0.125)."""
-    currency = currency or settings.BILLING_CURRENCY
-    text = f"{Decimal(value).normalize():f}"
-    if "." not in text or len(text.split(".")[1]) < 2:
-        text = f"{Decimal(value):.2f}"
-    symbol = {"USD": "$", "EUR": "€", "GBP": "£"}.get(currency.upper())
-    return f"{symbol}{text}" if symbol else f"{text} {currency}"
+    return format_price(value, currency or settings.BILLING_CURRENCY)
 
 
 @register.filter
