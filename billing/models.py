@@ -111,6 +111,13 @@ class BillingAccount(models.Model):
     payment_failed_at = models.DateTimeField(null=True, blank=True)
     payment_warning_sent_at = models.DateTimeField(null=True, blank=True)
     suspended_for_nonpayment = models.BooleanField(default=False)
+    # Staff resumed the tenant while invoices were still failing: the grace period restarts here.
+    grace_restarted_at = models.DateTimeField(null=True, blank=True)
+    # The last failed attempt to close a period into an invoice (billing/invoicing.py): the next
+    # run retries that period; a successful close clears these.
+    close_failed_at = models.DateTimeField(null=True, blank=True)
+    close_failed_period_start = models.DateTimeField(null=True, blank=True)
+    close_error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
