@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import transaction
 
-from billing import payments
+from billing import payments, spend
 from billing.models import (
     BillingAccount,
     Invoice,
@@ -109,6 +110,12 @@ class BillingAccountAdmin(admin.ModelAdmin):
         "close_error",
         "updated_at",
     ]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # A new limit reaches the gateway's mirror and the spend block at once.
+        tenant = obj.tenant
+        transaction.on_commit(lambda: spend.check_tenant(tenant=tenant))
 
 
 @admin.register(SpendAlert)

@@ -7,4 +7,4 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from billing import signals  # noqa: F401 - republishes tenants whose spend limit changes
+        from billing import signals  # noqa: F401 - republishes tenants whose plan limit changes

@@ -1,5 +1,6 @@
-"""Republish a tenant's mirror entry when its spend limit changes, so the gateway refuses at the
-new limit within one request (the periodic spend check repairs any write missed here)."""
+"""Republish the tenants of a plan whose spend limit changes, so the gateway refuses at the new
+limit within one request. An account's own limit is republished by ``spend.check_tenant``, which
+the console's settings and the admin run on save; the periodic check repairs anything missed."""
 
 from __future__ import annotations
 
@@ -7,31 +8,7 @@ from django.db import transaction
 from django.db.models.signals import post_init, post_save
 from django.dispatch import receiver
 
-from billing.models import BillingAccount
 from tenants.models import Plan, Tenant
-
-
-def _publish(tenants) -> None:
-    from tenants import mirror
-
-    for tenant in tenants:
-        mirror.publish_tenant(tenant)
-
-
-@receiver(post_init, sender=BillingAccount)
-def _remember_account_limit(sender, instance, **kwargs):
-    instance._mirrored_limit = instance.spend_limit
-
-
-@receiver(post_save, sender=BillingAccount)
-def _account_saved(sender, instance, created, **kwargs):
-    if instance.spend_limit == instance._mirrored_limit and not (
-        created and instance.spend_limit is not None
-    ):
-        return  # dunning and alerts save accounts often; only a new limit concerns the gateway
-    instance._mirrored_limit = instance.spend_limit
-    tenant_id = instance.tenant_id
-    transaction.on_commit(lambda: _publish(Tenant.objects.select_related("plan").filter(pk=tenant_id)))
 
 
 @receiver(post_init, sender=Plan)
@@ -45,8 +22,11 @@ def _plan_saved(sender, instance, created, **kwargs):
         return
     instance._mirrored_limit = instance.monthly_spend_limit
     plan_id = instance.pk
-    transaction.on_commit(
-        lambda: _publish(
-            Tenant.objects.select_related("plan").filter(plan_id=plan_id).iterator(chunk_size=500)
-        )
-    )
+
+    def publish():
+        from tenants import mirror
+
+        for tenant in Tenant.objects.select_related("plan").filter(plan_id=plan_id).iterator(chunk_size=500):
+            mirror.publish_tenant(tenant)
+
+    transaction.on_commit(publish)

@@ -154,7 +154,7 @@ def republish_prices(*, now: datetime | None = None) -> list[str]:
     from models_registry import mirror
     from models_registry.models import Model
 
-    models = list(Model.objects.prefetch_related("allowed_tenants").order_by("name"))
+    models = list(Model.objects.order_by("name"))
     if not models:
         return []
     pipe = get_redis().pipeline(transaction=False)

@@ -16,8 +16,9 @@ from billing.models import BillingAccount
 from gateway.spend import COUNTER_TTL_SECONDS, counter_key, period_id
 from models_registry.models import Price
 from tenants import mirror as tenant_mirror
+from tenants.constants import Role
 from tests.billing.usage import record
-from tests.factories import TenantFactory
+from tests.factories import TenantFactory, UserFactory, member
 from tests.registry.factories import ModelFactory, PriceFactory, priced_model
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,26 +62,38 @@ def test_a_scheduled_price_is_published_when_it_takes_effect(redis_client, time_
     assert spend.republish_prices() == []  # nothing changed since
 
 
-def test_the_tenant_mirror_carries_the_spend_limit(redis_client, settings):
+def test_the_tenant_mirror_carries_the_spend_limit(client, redis_client):
     tenant = TenantFactory()
+    owner = member(tenant, Role.OWNER, email="owner@limit.test")
     tenant_mirror.publish_tenant(tenant)
     name = rkey("tenant", tenant.pk)
     assert redis_client.hget(name, "spend_limit_micros") == ""  # no limit
 
-    # The account's limit, saved as the console's settings form saves it.
-    account = spend.account_for(tenant)
-    account.spend_limit = Decimal("12.34")
-    account.save()
+    # The account's limit, set in the console's settings.
+    client.force_login(owner)
+    form = {"form": "billing", "billing-alert_thresholds": ["100"], "billing-spend_limit": "12.34"}
+    assert client.post("/settings/", form).status_code == 302
     assert redis_client.hget(name, "spend_limit_micros") == "12340000"
 
     # Without one, the plan's limit; changing the plan's limit republishes its tenants.
-    account.spend_limit = None
-    account.save()
-    plan = tenant.plan
+    assert client.post("/settings/", form | {"billing-spend_limit": ""}).status_code == 302
     assert redis_client.hget(name, "spend_limit_micros") == ""
+    plan = tenant.plan
     plan.monthly_spend_limit = Decimal("5")
     plan.save()
     assert redis_client.hget(name, "spend_limit_micros") == "5000000"
+
+
+def test_a_limit_set_in_the_admin_reaches_the_mirror(client, redis_client):
+    tenant = TenantFactory()
+    tenant_mirror.publish_tenant(tenant)
+    account = spend.account_for(tenant)
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    url = f"/admin/billing/billingaccount/{account.pk}/change/"
+    form = {"tenant": str(tenant.pk), "spend_limit": "3.50", "alert_thresholds": "[50]", "billing_email": ""}
+    response = client.post(url, form)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert redis_client.hget(rkey("tenant", tenant.pk), "spend_limit_micros") == "3500000"
 
 
 def test_the_spend_check_repairs_a_limit_changed_without_signals(redis_client):
