@@ -72,6 +72,9 @@ def close_period(*, tenant: Tenant, period: Period, now: datetime | None = None)
     existing = Invoice.objects.filter(tenant=tenant, period_start=period.start).first()
     if existing is not None:
         return CloseResult(tenant, existing, created=False)
+    unbilled = UsageRecord.objects.filter(tenant=tenant, invoice__isnull=True, occurred_at__lt=period.end)
+    if not unbilled.exists():
+        return CloseResult(tenant, None, created=False)  # and no invoice number drawn
     currency = settings.BILLING_CURRENCY
     try:
         with transaction.atomic():
@@ -83,9 +86,7 @@ def close_period(*, tenant: Tenant, period: Period, now: datetime | None = None)
                 currency=currency,
                 status=InvoiceStatus.DRAFT,
             )
-            claimed = UsageRecord.objects.filter(
-                tenant=tenant, invoice__isnull=True, occurred_at__lt=period.end
-            ).update(invoice=invoice)
+            claimed = unbilled.update(invoice=invoice)
             if not claimed:
                 transaction.set_rollback(True)
                 return CloseResult(tenant, None, created=False)

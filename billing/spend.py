@@ -135,7 +135,7 @@ def _raise_counter(tenant: Tenant, micros: int, now: datetime) -> bool:
 
 
 def _check_limit_mirror(tenant: Tenant, limit: Decimal | None) -> None:
-    """Republish the tenant if its mirrored limit differs (a change made without a signal)."""
+    """Republish the tenant if its mirrored limit is not ``limit`` (just changed, or a write was lost)."""
     from tenants import mirror
 
     wanted = "" if limit is None else str(to_micros(limit))

@@ -129,3 +129,15 @@ def test_staff_see_a_failed_close_in_the_tenants_page_and_the_admin(client):
     assert "Aardvark" in listing and "Zebra" not in listing
     page = client.get(f"/admin/billing/billingaccount/{broken.pk}/change/").content.decode()
     assert "CurrencyMismatch" in page
+
+
+def test_tenants_without_usage_draw_no_invoice_number():
+    priced_model("m-idle", "1", "0")
+    busy = TenantFactory(slug="busy")
+    for i in range(5):
+        TenantFactory(slug=f"idle-{i}")
+    record(busy, "m-idle", SEP.start + timedelta(days=1), 1_000_000, 0)
+    record(busy, "m-idle", OCT.start + timedelta(days=1), 1_000_000, 0)
+    (sep,) = [r.invoice for r in invoicing.close_all(period=SEP, now=NOV_3) if r.invoice]
+    (oct_,) = [r.invoice for r in invoicing.close_all(period=OCT, now=NOV_3) if r.invoice]
+    assert int(oct_.number.rsplit("-", 1)[1]) == int(sep.number.rsplit("-", 1)[1]) + 1
