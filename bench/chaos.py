@@ -428,7 +428,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             "BERTH_GATEWAY_ACCESS_LOG": "0",
             "BERTH_GATEWAY_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS),
             "BERTH_GATEWAY_CHECKPOINT_TOKENS": str(CHECKPOINT_TOKENS),
-            "BERTH_USAGE_CHECKPOINT_STALE_SECONDS": str(CHECKPOINT_STALE_SECONDS),
+            "BERTH_GATEWAY_CHECKPOINT_LOST_AFTER": str(CHECKPOINT_STALE_SECONDS),
         }
         engines = []
         for name in ("e1", "e2"):
@@ -617,7 +617,7 @@ def settle(timeout: float) -> None:
     while time.monotonic() < deadline:
         try:
             left = unconsumed(client, rkey("usage"))
-            checkpoints = sum(1 for _ in client.scan_iter(match=rkey("ckpt*"), count=1000))
+            checkpoints = client.zcard(rkey("usage_ckpt_due"))
         except Exception:  # noqa: BLE001 - Redis may still be starting
             left, checkpoints = 1, 1
         if left == 0 and checkpoints == 0:
