@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/v1/", include("berth.api_router")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("accounts/", include("console.account_urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("billing/", include("billing.urls")),
     path("", include("console.urls")),
