@@ -5,12 +5,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from berth.health import healthz
+from console import views as console_views
 from workers import observability
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("internal/prometheus/engines", observability.engine_targets, name="prometheus-engines"),
     path("internal/metrics", observability.pool_metrics, name="pool-metrics"),
+    path("admin/login/", console_views.admin_login),  # throttled, then Django's admin login
     path("admin/", admin.site.urls),
     path("staff/", include("staff.urls")),
     path("api/v1/", include("berth.api_router")),

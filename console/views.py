@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -87,6 +87,17 @@ class LoginView(auth_views.LoginView):
             context = self.get_context_data(form=form, throttled=throttling.message(wait))
             return self.render_to_response(context, status=429)
         return super().post(request, *args, **kwargs)
+
+
+def admin_login(request):
+    """The admin's login, throttled with the same counters as the console's (one budget)."""
+    if request.method == "POST":
+        wait = throttling.check(request, flow="login", account=request.POST.get("username", ""))
+        if wait:
+            return render(
+                request, "registration/throttled.html", {"message": throttling.message(wait)}, status=429
+            )
+    return admin.site.login(request)
 
 
 class PasswordResetView(auth_views.PasswordResetView):

@@ -270,3 +270,17 @@ def test_throttling_fails_open_when_the_cache_is_unreachable(client, settings):
     }
     user = UserFactory()
     assert client.post("/accounts/login/", {"username": user.email, "password": PASSWORD}).status_code == 302
+
+
+def test_the_admin_login_shares_the_login_throttle(client, settings):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "login": ("100/h", "2/h")}
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    client.post("/accounts/login/", {"username": staff.email, "password": "nope"})
+    client.post("/admin/login/", {"username": staff.email, "password": "nope"})
+    refused = client.post("/admin/login/", {"username": staff.email, "password": PASSWORD})
+    assert refused.status_code == 429 and "Too many attempts" in refused.content.decode()
+    assert client.get("/admin/").status_code == 302
+    assert client.get("/admin/login/").status_code == 200
+    other = UserFactory(is_staff=True, is_superuser=True)
+    assert client.post("/admin/login/", {"username": other.email, "password": PASSWORD}).status_code == 302
+    assert client.get("/admin/").status_code == 200
