@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
@@ -43,6 +43,16 @@ def _check_assign(request, *, role: str, target: Membership | None = None) -> No
         accounts.check_can_assign(actor=request_membership(request), role=role, target=target)
     except DjangoPermissionDenied as exc:
         raise PermissionDenied(str(exc)) from exc
+
+
+INVITE_RESPONSES = {
+    201: InvitationSerializer,
+    400: OpenApiResponse(description="Invalid address or role, or the person is already a member."),
+    403: OpenApiResponse(
+        description="No permission, a role only owners grant, or your address is unverified."
+    ),
+    429: OpenApiResponse(description="Too many invitations from you, or from your organization today."),
+}
 
 
 def _require_verified(request) -> None:
@@ -110,7 +120,7 @@ class MemberViewSet(
 
     @extend_schema(
         request=MemberCreateSerializer,
-        responses={201: InvitationSerializer},
+        responses=INVITE_RESPONSES,
         description="Invites the address to join (an email with a single-use link); it becomes a "
         "member when that person accepts, logged in with the address, verified.",
     )
@@ -202,7 +212,7 @@ class InvitationViewSet(
     def get_queryset(self):
         return Invitation.objects.pending().filter(tenant=request_tenant(self.request))
 
-    @extend_schema(request=InvitationCreateSerializer, responses={201: InvitationSerializer})
+    @extend_schema(request=InvitationCreateSerializer, responses=INVITE_RESPONSES)
     def create(self, request, *args, **kwargs):
         return _invite(request)
 
