@@ -62,11 +62,11 @@ class Metering:
         """Store what a stream has delivered so far; billed only if this gateway dies."""
         rid = event["id"]
         snapshot = {**event, "s": "gateway_lost", "h": 0, "u": "checkpoint"}
+        self.checkpointed.add(rid)  # from now on the final event must remove it
         results = await self.quotas.hot.execute(
             ("HSET", self.checkpoints, rid, orjson.dumps(snapshot)),
             ("ZADD", self.checkpoints_due, self._due(), rid),
         )
-        self.checkpointed.add(rid)
         for result in results:
             if isinstance(result, Exception):
                 raise result

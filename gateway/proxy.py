@@ -572,7 +572,7 @@ class Proxy:
                             or now - checkpoint_at >= settings.checkpoint_seconds
                         ):
                             checkpoint_tokens, checkpoint_at = delivered, now
-                            await self._checkpoint(event, ctx, delivered_usage, delivered_chunks)
+                            await self._checkpoint(event, ctx, target, delivered_usage, delivered_chunks)
         except asyncio.CancelledError:
             if not lease.settled:
                 # Cut by the gateway's own shutdown: bill what the client received (recorded by
@@ -622,9 +622,11 @@ class Proxy:
             await state.metering.record(event, lease)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _checkpoint(self, event, ctx, usage, chunks: int) -> None:
+    async def _checkpoint(self, event, ctx, target: _Target, usage, chunks: int) -> None:
         snapshot = dict(event)
         self._fill(snapshot, ctx, usage, chunks, "gateway_lost", 0)
+        if not _has_tokens(usage, "prompt_tokens"):  # an engine without per-chunk usage
+            snapshot["p"] = _estimate_tokens(target.body(), event["ep"])
         try:
             await self.state.metering.checkpoint(snapshot)
         except Exception:  # a missed checkpoint only widens what a SIGKILL could lose
