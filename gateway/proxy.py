@@ -138,6 +138,7 @@ class Proxy:
         self.state = state
         self.settings = state.settings
         self.active = 0  # forwards in progress; shutdown waits for their usage to be recorded
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ input
 
@@ -365,6 +366,11 @@ class Proxy:
         state = self.state
         target = _Target(payload)
         self.active += 1
+        # A request still running after checkpoint_seconds without a stream checkpoint (a long
+        # prefill, a long non-streaming answer) gets one with its estimated prompt.
+        timer = asyncio.get_running_loop().call_later(
+            self.settings.checkpoint_seconds, self._start_early_checkpoint, event, lease, target
+        )
         try:
             try:
                 worker, response = await self._open(ctx, info, payload, stream, target, prefix)
@@ -402,7 +408,24 @@ class Proxy:
                 await state.metering.record(event, lease)
             raise
         finally:
+            timer.cancel()
             self.active -= 1
+
+    def _start_early_checkpoint(self, event, lease, target: _Target) -> None:
+        task = asyncio.ensure_future(self._early_checkpoint(event, lease, target))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _early_checkpoint(self, event, lease, target: _Target) -> None:
+        # Checked and queued on the Redis pipe in one step of the loop: a final event recorded
+        # before this sees no checkpoint; one recorded after it removes this one.
+        if lease.settled or target.worker is None or event["id"] in self.state.metering.checkpointed:
+            return
+        snapshot = {**event, "p": _estimate_tokens(target.body(), event["ep"]), "c": 0}
+        try:
+            await self.state.metering.checkpoint(snapshot)
+        except Exception:
+            logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
 
     async def _plain(self, ctx, response, base_headers, lease, event, send, target) -> None:
         try:

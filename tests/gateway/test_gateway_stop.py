@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import httpx
@@ -131,6 +132,34 @@ def test_a_sigkilled_gateways_stream_is_billed_once_from_its_last_checkpoint(eng
     )
 
 
+def test_a_sigkilled_gateways_long_answer_is_billed_its_estimated_prompt(engines, redis_client):
+    key = make_key(make_tenant())
+    model = register_model(redis_client, [engines[0]])
+    proc = gateway_process(BERTH_GATEWAY_CHECKPOINT_SECONDS="0.5", BERTH_GATEWAY_CHECKPOINT_LOST_AFTER="2")
+    body = {"model": model, "messages": PROMPT, "max_tokens": 20, "fake_delay": 0.5}  # a 10 s answer
+
+    def kill_soon():
+        time.sleep(1.5)
+        proc.stop(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(
+            proc.url + "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+    killer.join()
+    [request_id] = redis_client.hkeys(rkey(CHECKPOINT_HASH))
+    time.sleep(2.2)
+    assert checkpoints.bill_lost_streams() == 1
+    rec = record(request_id)
+    assert (rec.status, rec.usage_source, rec.completion_tokens) == ("gateway_lost", "checkpoint", 0)
+    assert rec.prompt_tokens == (len(PROMPT[0]["content"]) + 16) // 4 + 1  # the gateway's estimate
+
+
 def test_a_live_gateways_slow_stream_is_never_billed_as_lost(engines, redis_client):
     key = make_key(make_tenant())
     model = register_model(redis_client, [engines[0]])
@@ -150,10 +179,16 @@ def test_a_live_gateways_slow_stream_is_never_billed_as_lost(engines, redis_clie
             moved += checkpoints.bill_lost_streams()
         assert chunks == 3
         assert moved == 0
+        # A non-streaming answer outliving checkpoint_seconds: checkpointed, then removed.
+        answer = openai.OpenAI(base_url=proc.url + "/v1", api_key=key, max_retries=0).chat.completions.create(
+            model=model, messages=PROMPT, max_tokens=3, extra_body={"fake_delay": 0.4}
+        )
+        assert answer.usage.completion_tokens == 3
     finally:
         proc.stop()
     rec = record(request_id)
     assert (rec.status, rec.completion_tokens, rec.usage_source) == ("ok", 3, "engine")
+    assert record(answer._request_id).status == "ok"
     assert not redis_client.hlen(rkey(CHECKPOINT_HASH))
     assert not redis_client.zcard(rkey(CHECKPOINT_DUE))
 
