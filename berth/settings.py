@@ -366,6 +366,9 @@ WEB_HOST = env_str("BERTH_WEB_HOST", "127.0.0.1")
 WEB_PORT = env_int("BERTH_WEB_PORT", 8000, minimum=1)
 GATEWAY_HOST = env_str("BERTH_GATEWAY_HOST", "127.0.0.1")
 GATEWAY_PORT = env_int("BERTH_GATEWAY_PORT", 8001, minimum=1)
+# On SIGTERM the gateway stops accepting and lets in-flight requests finish for this long; what is
+# cut after it is billed as delivered (status gateway_stopped).
+GATEWAY_GRACE_SECONDS = env_int("BERTH_GATEWAY_GRACE_SECONDS", 30, minimum=0)
 # The URL tenants use for inference; shown in the console's snippets.
 # Where people reach the console; links in emails point here.
 WEB_PUBLIC_URL = env_str("BERTH_WEB_URL", f"http://{WEB_HOST}:{WEB_PORT}").rstrip("/")
