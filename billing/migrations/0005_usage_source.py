@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0003_stripe_invoice_payment_failed_at"),
+        ("billing", "0004_invoice_numbers"),
     ]
 
     operations = [
