@@ -358,6 +358,9 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     parser.add_argument("--phase-seconds", type=float, default=None)
     parser.add_argument("--concurrency", type=int, default=12)
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument(
+        "--mismatches", type=Path, help="write every request billed ≠ produced here (JSON lines)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, ledgers)")
     args = parser.parse_args()
     phase_seconds = args.phase_seconds or (8.0 if args.short else 30.0)
@@ -504,12 +507,11 @@ def main() -> int:  # noqa: PLR0915 - one linear script
 
         from billing.models import UsageRecord
 
-        records = {
-            rid: p + c
-            for rid, p, c in UsageRecord.objects.filter(model__in=(CHAT, EMBED)).values_list(
-                "request_id", "prompt_tokens", "completion_tokens"
-            )
-        }
+        rows_db = UsageRecord.objects.filter(model__in=(CHAT, EMBED)).values_list(
+            "request_id", "prompt_tokens", "completion_tokens", "status", "usage_source"
+        )
+        records = {rid: p + c for rid, p, c, _, _ in rows_db}
+        details = {rid: (status, source) for rid, _, _, status, source in rows_db}
         ledgers = read_ledgers([scratch_dir / f"ledger-{name}.tsv" for name in ("e1", "e2")])
         bound = CHECKPOINT_TOKENS + 1  # one checkpoint's worth of tokens per choice, plus a chunk in flight
         rows, ok = report(windows, ledgers, records, traffic.outcomes, bound)
@@ -518,6 +520,21 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         )
         print_table(rows)
         print("\nall targets met" if ok else "\nTARGETS MISSED")
+        if args.mismatches:
+            with args.mismatches.open("w") as out:
+                for rid, engines in ledgers.items():
+                    produced = sum(p + c for p, c, _ in engines.values())
+                    if records.get(rid) != produced or len(engines) > 1:
+                        at = min(a for _, _, a in engines.values())
+                        row = {
+                            "id": rid,
+                            "phase": phase_of(at, windows),
+                            "engines": engines,
+                            "produced": produced,
+                            "billed": records.get(rid),
+                            "record": details.get(rid),
+                        }
+                        out.write(json.dumps(row) + "\n")
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
         return 0 if ok else 1
