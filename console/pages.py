@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from datetime import UTC, date, timedelta
 
+from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -139,6 +140,12 @@ class _Echo:
         return value
 
 
+# Rows per query and per chunk sent. The export is read by keyset pagination, one batch at a time
+# in a worker thread, and streamed by an async generator: under ASGI Django would otherwise turn a
+# sync iterator into a list first, holding the whole CSV in the web process.
+CSV_BATCH_ROWS = 2000
+
+
 @login_required
 def usage_csv(request):
     tenant = request.tenant
@@ -155,12 +162,11 @@ def usage_csv(request):
     if granularity not in ("request", "day"):
         return HttpResponse("granularity must be request or day.", status=400, content_type="text/plain")
     can_bill = _can(request, PERM_VIEW_BILLING)
-    writer = csv.writer(_Echo())
     lo, hi = reports.day_bounds(start, end)
-    rows = _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant, lo, hi)
-    response = StreamingHttpResponse(
-        (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
+    batches = (
+        _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant.pk, lo, hi)
     )
+    response = StreamingHttpResponse(_csv_text(batches), content_type="text/csv; charset=utf-8")
     name = (
         f"berth-usage-{tenant.slug}-{start:%Y%m%d}-{end:%Y%m%d}{'-daily' if granularity == 'day' else ''}.csv"
     )
@@ -169,44 +175,56 @@ def usage_csv(request):
     return response
 
 
-def _csv_requests(tenant, lo, hi):
-    yield [
+async def _csv_text(batches):
+    """One chunk of CSV text per batch of rows."""
+    writer = csv.writer(_Echo())
+    async for rows in batches:
+        yield "".join(writer.writerow(row) for row in rows)
+
+
+_REQUEST_COLUMNS = (
+    "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
+    "status", "http_status", "latency_ms", "ttft_ms", "pk",
+)  # fmt: skip
+
+
+def _request_batch(tenant_id, lo, hi, after) -> list[tuple]:
+    records = UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__gte=lo, occurred_at__lt=hi)
+    if after is not None:
+        at, pk = after
+        records = records.filter(Q(occurred_at__gt=at) | Q(occurred_at=at, pk__gt=pk))
+    return list(records.order_by("occurred_at", "pk").values_list(*_REQUEST_COLUMNS)[:CSV_BATCH_ROWS])
+
+
+async def _csv_requests(tenant_id, lo, hi):
+    yield [[
         "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
         "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
-    ]  # fmt: skip
-    records = (
-        UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=lo, occurred_at__lt=hi)
-        .order_by("occurred_at", "pk")
-        .values_list(
-            "occurred_at",
-            "request_id",
-            "model",
-            "endpoint",
-            "api_key_id",
-            "prompt_tokens",
-            "completion_tokens",
-            "status",
-            "http_status",
-            "latency_ms",
-            "ttft_ms",
-        )  # fmt: skip
-    )
-    for at, rid, model, endpoint, key, prompt, completion, status, http, latency, ttft in records.iterator(
-        2000
-    ):
+    ]]  # fmt: skip
+    after = None
+    while True:
+        batch = await sync_to_async(_request_batch)(tenant_id, lo, hi, after)
+        if not batch:
+            return
         yield [
-            at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, completion,
-            prompt + completion, status, http, latency, "" if ttft is None else ttft,
+            [at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, completion,
+             prompt + completion, status, http, latency, "" if ttft is None else ttft]
+            for at, rid, model, endpoint, key, prompt, completion, status, http, latency, ttft, _ in batch
         ]  # fmt: skip
+        if len(batch) < CSV_BATCH_ROWS:
+            return
+        after = (batch[-1][0], batch[-1][-1])
 
 
-def _csv_days(tenant, lo, hi, can_bill: bool):
+async def _csv_days(tenant, lo, hi, can_bill: bool):
+    # One row per day and model over at most MAX_RANGE_DAYS: small, so one query.
     header = ["date", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
-    yield [*header, "estimated_cost"] if can_bill else header
-    for row in reports.usage_by_day(tenant, lo, hi):
+    rows = [[*header, "estimated_cost"] if can_bill else header]
+    for row in await sync_to_async(reports.usage_by_day)(tenant, lo, hi):
         line = [row.day.isoformat(), row.model, row.requests, row.errors, row.prompt_tokens,
                 row.completion_tokens, row.total_tokens]  # fmt: skip
-        yield [*line, f"{row.cost:.6f}"] if can_bill else line
+        rows.append([*line, f"{row.cost:.6f}"] if can_bill else line)
+    yield rows
 
 
 @login_required
