@@ -104,3 +104,70 @@ def test_a_redis_outage_does_not_fail_key_creation(monkeypatch, redis_client):
     assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
     mirror.resync()  # what the periodic task does
     assert redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+
+
+def _between_snapshot_and_write(monkeypatch, action):
+    """Run ``action`` (committed at once) after the resync read the database, before it writes."""
+    snapshot = mirror._snapshot
+
+    def then_act():
+        result = snapshot()
+        action()
+        return result
+
+    monkeypatch.setattr(mirror, "_snapshot", then_act)
+
+
+def test_resync_does_not_resurrect_a_key_revoked_while_it_runs(monkeypatch, redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    other = keys.create_api_key(tenant=created.api_key.tenant, name="other")
+    _between_snapshot_and_write(monkeypatch, lambda: keys.revoke_api_key(api_key=created.api_key))
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(rkey(mirror.INVALIDATE_CHANNEL))
+    pubsub.get_message(timeout=1)
+    mirror.resync()
+    assert mirror.lookup(created.api_key.lookup_id) is None
+    assert mirror.lookup(other.api_key.lookup_id) is not None
+    messages = [pubsub.get_message(timeout=0.5) for _ in range(3)]
+    assert f"apikey:{created.api_key.lookup_id}" in [m["data"] for m in messages if m]
+    pubsub.close()
+
+
+def test_resync_does_not_reactivate_a_tenant_suspended_while_it_runs(monkeypatch, redis_client):
+    tenant = TenantFactory()
+    keys.create_api_key(tenant=tenant, name="k")
+    _between_snapshot_and_write(
+        monkeypatch, lambda: accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+    )
+    mirror.resync()
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+
+
+def test_resync_leaves_a_newer_tenant_write_alone(monkeypatch, redis_client):
+    """Suspended during the resync, then re-activated after its second look: active wins."""
+    tenant = TenantFactory()
+    _between_snapshot_and_write(
+        monkeypatch, lambda: accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+    )
+    entries = mirror._tenant_entries
+    calls = []
+
+    def second_look_then_reactivate():
+        result = entries()
+        calls.append(1)
+        if len(calls) == 2:  # the resync's second look; the first is inside the snapshot
+            accounts.set_status(tenant=tenant, status=TenantStatus.ACTIVE)
+        return result
+
+    monkeypatch.setattr(mirror, "_tenant_entries", second_look_then_reactivate)
+    mirror.resync()
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+
+
+def test_resync_drops_deleted_tenants(redis_client):
+    tenant = TenantFactory()
+    mirror.publish_tenant(tenant)
+    redis_client.hset(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"), mapping={"status": "active"})
+    mirror.resync()
+    assert redis_client.exists(rkey("tenant", tenant.pk))
+    assert not redis_client.exists(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"))
