@@ -13,6 +13,7 @@ from django.utils import timezone
 from berth.redis import rkey
 from tenants import accounts, keys, mirror
 from tenants.constants import KeyKind, TenantStatus
+from tenants.models import ApiKey
 from tests.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -171,3 +172,30 @@ def test_resync_drops_deleted_tenants(redis_client):
     mirror.resync()
     assert redis_client.exists(rkey("tenant", tenant.pk))
     assert not redis_client.exists(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"))
+
+
+def test_deleting_a_key_with_the_orm_unpublishes_it(redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    assert mirror.lookup(created.api_key.lookup_id)
+    ApiKey.objects.filter(pk=created.api_key.pk).delete()
+    assert mirror.lookup(created.api_key.lookup_id) is None
+
+
+def test_deleting_a_tenant_unpublishes_it_and_its_keys_by_cascade(redis_client):
+    tenant = TenantFactory()
+    created = [keys.create_api_key(tenant=tenant, name=f"k{n}") for n in range(3)]
+    other = keys.create_api_key(tenant=TenantFactory(), name="other")
+    tenant.delete()
+    assert not redis_client.exists(rkey("tenant", tenant.id))
+    assert all(mirror.lookup(c.api_key.lookup_id) is None for c in created)
+    assert mirror.lookup(other.api_key.lookup_id) is not None
+
+
+def test_a_delete_that_rolls_back_stays_published(redis_client):
+    from django.db import transaction
+
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        created.api_key.tenant.delete()
+        raise RuntimeError("boom")
+    assert mirror.lookup(created.api_key.lookup_id) is not None
