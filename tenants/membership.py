@@ -37,14 +37,11 @@ def remove_member(*, tenant: Tenant, user: User, acting_user: User | None) -> Re
     """
     with transaction.atomic():
         membership = Membership.objects.get(tenant=tenant, user=user)
+        theirs = list(
+            ApiKey.objects.for_tenant(tenant).usable().filter(created_by=user).order_by("created_at")
+        )
         accounts.remove_member(membership=membership)
-        revoked = [
-            keys.revoke_api_key(api_key=api_key)
-            for api_key in ApiKey.objects.for_tenant(tenant)
-            .usable()
-            .filter(created_by=user)
-            .order_by("created_at")
-        ]
+        revoked = [keys.revoke_api_key(api_key=api_key) for api_key in theirs]
         transaction.on_commit(
             lambda: _notify_admins(tenant=tenant, user=user, acting_user=acting_user, revoked=revoked)
         )

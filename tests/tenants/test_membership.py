@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from tenants import keys, membership, mirror
 from tenants.constants import KeyKind, Role
-from tenants.models import ApiKey, Membership
+from tenants.models import ApiKey, Membership, User
 from tests.factories import TenantFactory, member
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,3 +88,33 @@ def test_a_refused_removal_revokes_nothing(team, redis_client):
         membership.remove_member(tenant=team["tenant"], user=owner, acting_user=owner)
     assert ApiKey.objects.get(pk=mine.api_key.pk).is_usable and _mirrored(mine)
     assert mail.outbox == []
+
+
+def test_a_membership_deleted_with_the_orm_takes_the_keys_too(team, redis_client):
+    Membership.objects.filter(tenant=team["tenant"], user=team["leaving"]).delete()
+    made = team["keys"]
+    assert not any(_mirrored(created) for created in made["inference"])
+    assert _mirrored(made["colleague"]) and _mirrored(made["elsewhere"])
+
+
+def test_deleting_a_user_revokes_their_keys_everywhere(team, redis_client):
+    team["leaving"].delete()
+    made = team["keys"]
+    assert not any(_mirrored(created) for created in [*made["inference"], made["elsewhere"]])
+    assert ApiKey.objects.get(pk=made["management"].api_key.pk).is_revoked
+    assert _mirrored(made["colleague"])
+
+
+def test_staff_removing_a_membership_in_the_admin_goes_through_the_service(client, team, redis_client):
+    staff = User.objects.create_superuser(email="staff@berth.test", password="x-Long-pass-1")
+    client.force_login(staff)
+    leaving = Membership.objects.get(tenant=team["tenant"], user=team["leaving"])
+    response = client.post(f"/admin/tenants/membership/{leaving.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    notice = _assert_removed_and_revoked(team)
+    assert staff.email in notice.body
+    last_owner = Membership.objects.get(tenant=team["tenant"], user=team["owner"])
+    Membership.objects.filter(tenant=team["tenant"], user=team["admin"]).delete()
+    response = client.post(f"/admin/tenants/membership/{last_owner.pk}/delete/", {"post": "yes"}, follow=True)
+    assert response.status_code == 200 and "at least one owner" in response.content.decode()
+    assert Membership.objects.filter(pk=last_owner.pk).exists()
