@@ -8,6 +8,7 @@ from datetime import UTC, date, timedelta
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
 from django.db.models import Count, Q
 from django.http import HttpResponse, StreamingHttpResponse
@@ -140,9 +141,10 @@ class _Echo:
         return value
 
 
-# Rows per query and per chunk sent. The export is read by keyset pagination, one batch at a time
-# in a worker thread, and streamed by an async generator: under ASGI Django would otherwise turn a
-# sync iterator into a list first, holding the whole CSV in the web process.
+# Rows per query and per chunk sent. The export is read by keyset pagination, one batch per query.
+# Under ASGI it is handed to Django as an async iterator that fetches each batch in the request's
+# sync thread: given a sync iterator, Django's ASGI handler would first read it whole into a list,
+# holding the entire CSV in the web process.
 CSV_BATCH_ROWS = 2000
 
 
@@ -166,7 +168,11 @@ def usage_csv(request):
     batches = (
         _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant.pk, lo, hi)
     )
-    response = StreamingHttpResponse(_csv_text(batches), content_type="text/csv; charset=utf-8")
+    chunks = _csv_text(batches)
+    response = StreamingHttpResponse(
+        _in_sync_thread(chunks) if isinstance(request, ASGIRequest) else chunks,
+        content_type="text/csv; charset=utf-8",
+    )
     name = (
         f"berth-usage-{tenant.slug}-{start:%Y%m%d}-{end:%Y%m%d}{'-daily' if granularity == 'day' else ''}.csv"
     )
@@ -175,10 +181,20 @@ def usage_csv(request):
     return response
 
 
-async def _csv_text(batches):
+_END = object()
+
+
+async def _in_sync_thread(iterator):
+    """Advance a sync iterator (one that queries the database) one item per await."""
+    step = sync_to_async(next)
+    while (item := await step(iterator, _END)) is not _END:
+        yield item
+
+
+def _csv_text(batches):
     """One chunk of CSV text per batch of rows."""
     writer = csv.writer(_Echo())
-    async for rows in batches:
+    for rows in batches:
         yield "".join(writer.writerow(row) for row in rows)
 
 
@@ -188,22 +204,15 @@ _REQUEST_COLUMNS = (
 )  # fmt: skip
 
 
-def _request_batch(tenant_id, lo, hi, after) -> list[tuple]:
-    records = UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__gte=lo, occurred_at__lt=hi)
-    if after is not None:
-        at, pk = after
-        records = records.filter(Q(occurred_at__gt=at) | Q(occurred_at=at, pk__gt=pk))
-    return list(records.order_by("occurred_at", "pk").values_list(*_REQUEST_COLUMNS)[:CSV_BATCH_ROWS])
-
-
-async def _csv_requests(tenant_id, lo, hi):
+def _csv_requests(tenant_id, lo, hi):
     yield [[
         "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
         "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
     ]]  # fmt: skip
-    after = None
+    records = UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__gte=lo, occurred_at__lt=hi)
+    page = records
     while True:
-        batch = await sync_to_async(_request_batch)(tenant_id, lo, hi, after)
+        batch = list(page.order_by("occurred_at", "pk").values_list(*_REQUEST_COLUMNS)[:CSV_BATCH_ROWS])
         if not batch:
             return
         yield [
@@ -213,14 +222,15 @@ async def _csv_requests(tenant_id, lo, hi):
         ]  # fmt: skip
         if len(batch) < CSV_BATCH_ROWS:
             return
-        after = (batch[-1][0], batch[-1][-1])
+        at, pk = batch[-1][0], batch[-1][-1]
+        page = records.filter(Q(occurred_at__gt=at) | Q(occurred_at=at, pk__gt=pk))
 
 
-async def _csv_days(tenant, lo, hi, can_bill: bool):
-    # One row per day and model over at most MAX_RANGE_DAYS: small, so one query.
+def _csv_days(tenant, lo, hi, can_bill: bool):
+    # One row per day and model over at most MAX_RANGE_DAYS: small, so one query and one batch.
     header = ["date", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
     rows = [[*header, "estimated_cost"] if can_bill else header]
-    for row in await sync_to_async(reports.usage_by_day)(tenant, lo, hi):
+    for row in reports.usage_by_day(tenant, lo, hi):
         line = [row.day.isoformat(), row.model, row.requests, row.errors, row.prompt_tokens,
                 row.completion_tokens, row.total_tokens]  # fmt: skip
         rows.append([*line, f"{row.cost:.6f}"] if can_bill else line)
