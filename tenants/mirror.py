@@ -30,6 +30,7 @@ from tenants.constants import KeyKind
 
 INVALIDATE_CHANNEL = "invalidate"
 logger = logging.getLogger(__name__)
+RESYNC_BATCH = 500
 
 
 def key_entry(api_key) -> dict[str, str]:
@@ -142,6 +143,18 @@ def _republish_tenant_if_unchanged(tenant_id: str, rev: str, entry: dict[str, st
     return True
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _batched(items: list) -> list[list]:
+    return [items[first : first + RESYNC_BATCH] for first in range(0, len(items), RESYNC_BATCH)]
+
+
 def resync() -> dict[str, int]:
     """Make the mirror equal to PostgreSQL: write every usable key and tenant, drop the rest.
 
@@ -156,12 +169,18 @@ def resync() -> dict[str, int]:
     client = get_redis()
     keys, tenants = _snapshot()
     rev = uuid.uuid4().hex
-    pipe = client.pipeline(transaction=False)
-    for tenant_id, entry in tenants.items():
-        _write_tenant(pipe, tenant_id, entry, rev)
-    for key in keys:
-        _write_key(pipe, key)
-    pipe.execute()
+    # MULTI/EXEC per batch: a key's DEL and HSET must not be seen apart (a gateway reading between
+    # them would refuse a good key), and short batches never block Redis for long.
+    for batch in _batched(list(tenants.items())):
+        with client.pipeline(transaction=True) as pipe:
+            for tenant_id, entry in batch:
+                _write_tenant(pipe, tenant_id, entry, rev)
+            pipe.execute()
+    for batch in _batched(keys):
+        with client.pipeline(transaction=True) as pipe:
+            for key in batch:
+                _write_key(pipe, key)
+            pipe.execute()
 
     # The second look, after the writes.
     written = {key.lookup_id for key in keys}
@@ -189,7 +208,7 @@ def resync() -> dict[str, int]:
     # Tenants deleted while Redis could not be told.
     prefix = rkey("tenant", "")
     mirrored = {name[len(prefix) :] for name in client.scan_iter(match=prefix + "*", count=1000)}
-    gone = {tenant_id for tenant_id in mirrored if ":" not in tenant_id} - set(now_tenants)
+    gone = {tenant_id for tenant_id in mirrored if _is_uuid(tenant_id)} - set(now_tenants)
     gone -= {str(pk) for pk in Tenant.objects.filter(pk__in=gone).values_list("pk", flat=True)}
     for tenant_id in gone:
         unpublish_tenant(tenant_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import timedelta
@@ -79,7 +80,9 @@ def test_resync_restores_missing_entries_and_drops_stale_ones(redis_client):
     redis_client.flushdb()
     # A stale entry, e.g. a revocation whose Redis write failed.
     redis_client.hset(rkey("apikey", revoked.api_key.lookup_id), mapping={"hash": "x"})
-    call_command("rebuild_key_mirror")
+    out = io.StringIO()
+    call_command("rebuild_key_mirror", stdout=out)
+    assert "Mirrored 1 key(s) and 1 tenant(s); removed 1 stale key(s)" in out.getvalue()
     assert redis_client.exists(rkey("apikey", kept.api_key.lookup_id))
     assert not redis_client.exists(rkey("apikey", revoked.api_key.lookup_id))
     assert redis_client.exists(rkey("tenant", tenant.pk))
@@ -169,9 +172,11 @@ def test_resync_drops_deleted_tenants(redis_client):
     tenant = TenantFactory()
     mirror.publish_tenant(tenant)
     redis_client.hset(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"), mapping={"status": "active"})
+    redis_client.set(rkey("tenant", "not-a-tenant-id"), "left alone")
     mirror.resync()
     assert redis_client.exists(rkey("tenant", tenant.pk))
     assert not redis_client.exists(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"))
+    assert redis_client.get(rkey("tenant", "not-a-tenant-id")) == "left alone"
 
 
 def test_deleting_a_key_with_the_orm_unpublishes_it(redis_client):
