@@ -24,6 +24,7 @@ case "$role" in
   worker)
     exec "$python" -m celery -A berth worker -l "${LOG_LEVEL:-INFO}" --concurrency "${CELERY_CONCURRENCY:-4}" -n "control@%h" ;;
   beat)
+    mkdir -p "${BERTH_DATA_DIR:-/data}"  # a volume in the image; maybe not yet there elsewhere
     exec "$python" -m celery -A berth beat -l "${LOG_LEVEL:-INFO}" -s "${BERTH_DATA_DIR:-/data}/celerybeat-schedule" ;;
   agent)
     exec "$python" manage.py node_agent --name "${BERTH_NODE_NAME:-$(hostname)}" ;;
