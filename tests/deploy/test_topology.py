@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import connection
 
 from berth import roles
+from tests.billing.tcp_proxy import TcpProxy
 
 ROOT = Path(settings.BASE_DIR)
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -153,6 +154,10 @@ def test_every_role_started_by_the_entrypoint_bills_sdk_traffic(
     tmp_path, dedicated_database, dedicated_redis
 ):
     web_port, gateway_port, usage_port = free_port(), free_port(), free_port()
+    # Every role reaches PostgreSQL through a proxy the test can cut, as an outage would.
+    direct = psycopg.conninfo.conninfo_to_dict(dedicated_database)
+    proxy = TcpProxy(direct["host"], int(direct["port"]))
+    proxied_database = dedicated_database.replace(f":{direct['port']}/", f":{proxy.port}/")
     env = {
         **{
             k: v
@@ -169,7 +174,7 @@ def test_every_role_started_by_the_entrypoint_bills_sdk_traffic(
         "BERTH_KEY_PEPPERS": "p1:" + uuid.uuid4().hex * 2,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "BERTH_INTERNAL_TOKEN": INTERNAL_TOKEN,
-        "DATABASE_URL": dedicated_database,
+        "DATABASE_URL": proxied_database,
         "REDIS_URL": dedicated_redis,
         "BERTH_DATA_DIR": str(tmp_path / "data"),
         "STATIC_ROOT": str(tmp_path / "static"),
@@ -291,4 +296,5 @@ def test_every_role_started_by_the_entrypoint_bills_sdk_traffic(
         topology.alive()
     finally:
         topology.stop()
+        proxy.cut()
         (tmp_path / "logs.txt").write_text(topology.logs())
