@@ -48,6 +48,10 @@ def test_the_control_plane_image_is_multi_stage_non_root_and_healthchecked():
     user = re.search(r"^USER\s+(\S+)", final, re.M)
     assert user and not user.group(1).startswith(("root", "0"))
     assert "HEALTHCHECK" in final and 'ENTRYPOINT ["/app/docker/entrypoint.sh"]' in final
+    # collectstatic at build time loads production settings, which need every required secret.
+    build = "\n".join(stages[-2])
+    for name in ("SECRET_KEY=", "BERTH_KEY_PEPPERS=", "ALLOWED_HOSTS=", "BERTH_INTERNAL_TOKEN="):
+        assert name in build, name
 
 
 def test_the_agent_image_builds_on_the_official_vllm_image():
