@@ -15,11 +15,13 @@ acknowledge), so nothing waits for ``XAUTOCLAIM``'s idle time and nothing is dou
 
 Run as the ``usage`` role (``manage.py consume_usage``, berth/roles.py), several processes sharing
 the group; ``consume_batch`` is also what tests and the bench call directly. ``run`` serves its lag
-to Prometheus (``berth_usage_*``) and ``/healthz``/``/readyz`` for the probes on its own port.
+to Prometheus (``berth_usage_*``, behind ``BERTH_INTERNAL_TOKEN``) and ``/healthz``/``/readyz``
+for the probes on its own port.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import random
@@ -31,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import redis
+from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, connection, transaction
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -47,7 +50,8 @@ CLAIM_IDLE_MS = 60_000
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 HOUSEKEEPING_SECONDS = 5.0  # trim the stream and refresh the lag gauges at most this often
-READY_WITHIN_SECONDS = 60.0  # /readyz: a batch (or an empty read) succeeded this recently
+READY_WITHIN_SECONDS = 60.0
+FORGET_IDLE_MS = 86_400_000  # consumers with nothing pending, idle this long, leave the group  # /readyz: a batch (or an empty read) succeeded this recently
 
 # The batch travels as ONE JSON array parameter (psycopg adapts a str in C; thirteen Python lists
 # cost it more than the insert itself) and PostgreSQL unpacks it with json_to_recordset.
@@ -313,13 +317,23 @@ class _Metrics:
 METRICS = _Metrics()
 
 
+def _authorized(header: str) -> bool:
+    """/metrics takes the same bearer token as /internal/* (open only in a DEBUG start-up)."""
+    token = settings.INTERNAL_TOKEN
+    if not token:
+        return settings.INTERNAL_OPEN_WITHOUT_TOKEN
+    return hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+
+
 class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - probes every few seconds: not worth a line
         pass
 
     def do_GET(self):  # noqa: N802
         now = time.monotonic()
-        if self.path == "/metrics":
+        if self.path == "/metrics" and not _authorized(self.headers.get("Authorization", "")):
+            body, status, content_type = b"unauthorized\n", 401, "text/plain"
+        elif self.path == "/metrics":
             body, status, content_type = generate_latest(METRICS.registry), 200, CONTENT_TYPE_LATEST
         elif self.path == "/healthz":  # liveness: the loop turns (backing off during an outage is fine)
             ok = now - METRICS.turned_at < BACKOFF_MAX * 2 + 30
@@ -348,9 +362,20 @@ def serve_metrics(*, host: str = "0.0.0.0", port: int) -> ThreadingHTTPServer:  
     return server
 
 
+def forget_idle_consumers(client: redis.Redis, *, idle_ms: int = FORGET_IDLE_MS) -> int:
+    """Drop consumers that hold nothing and were idle a day: every restarted pod or container adds
+    a name (host:pid) to the group. One still alive is simply re-created by its next read."""
+    removed = 0
+    for consumer in client.xinfo_consumers(rkey(STREAM), GROUP):
+        if consumer["pending"] == 0 and consumer["idle"] >= idle_ms:
+            removed += client.xgroup_delconsumer(rkey(STREAM), GROUP, consumer["name"]) == 0
+    return removed
+
+
 def _housekeeping(client: redis.Redis) -> None:
     """Every few seconds: trim what every group acknowledged, refresh the lag gauges."""
     trim_acknowledged(client)
+    forget_idle_consumers(client)
     METRICS.refresh(client)
     # Stale stream checkpoints (billing/checkpoints.py) are billed here: one call, same cadence.
 

@@ -72,6 +72,20 @@ def test_it_trims_only_what_every_group_has_acknowledged(redis_client):
 
 
 @pytest.mark.django_db
+def test_consumers_that_hold_nothing_and_sleep_are_forgotten_but_not_those_with_pending_entries(redis_client):
+    tenant = TenantFactory()
+    usage.ensure_group()
+    stream = rkey(usage.STREAM)
+    publish(redis_client, [event(tenant, "held")])
+    redis_client.xreadgroup(usage.GROUP, "gone-with-entries", {stream: ">"}, count=1)
+    redis_client.xgroup_createconsumer(stream, usage.GROUP, "gone-empty")
+    time.sleep(0.05)
+    assert usage.forget_idle_consumers(redis_client, idle_ms=10) == 1
+    names = {c["name"] for c in redis_client.xinfo_consumers(stream, usage.GROUP)}
+    assert names == {"gone-with-entries"}
+
+
+@pytest.mark.django_db
 def test_events_postgresql_refuses_are_parked_and_do_not_block_the_stream(redis_client):
     """Before: one event PostgreSQL refused failed its whole batch, forever."""
     tenant = TenantFactory()

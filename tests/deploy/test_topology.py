@@ -291,7 +291,10 @@ def test_every_role_started_by_the_entrypoint_bills_sdk_traffic(
             assert abs(float(total) - expected) < 0.02 and total > 0, (total, expected)
 
         # The consumer's lag reached Prometheus' format on its own port.
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{usage_port}/metrics", timeout=5).read().decode()  # noqa: S310
+        scrape = f"http://127.0.0.1:{usage_port}/metrics"
+        assert http_status(scrape) == 401  # the same token as /internal/*
+        request = urllib.request.Request(scrape, headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"})  # noqa: S310
+        metrics = urllib.request.urlopen(request, timeout=5).read().decode()  # noqa: S310
         assert "berth_usage_events_consumed_total" in metrics and "berth_usage_pending 0.0" in metrics
         topology.alive()
     finally:
