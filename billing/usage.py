@@ -423,7 +423,7 @@ def run(
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 kind, error = "redis", exc
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if "NOGROUP" not in str(exc) and "no such key" not in str(exc).lower():
                     raise
                 # Redis lost the stream (flushed, restarted without persistence): recreate the group.
                 group_ready = False
