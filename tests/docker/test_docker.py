@@ -465,8 +465,6 @@ def test_prometheus_scrapes_the_usage_consumer_and_presents_the_token_to_berth()
 
 
 def test_the_alert_rules_are_loaded_and_watch_metrics_the_consumer_exports():
-    from billing.usage import METRICS
-
     config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     mounted = [target for _, target in volumes(compose_config()["services"]["prometheus"])]
@@ -475,9 +473,7 @@ def test_the_alert_rules_are_loaded_and_watch_metrics_the_consumer_exports():
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     assert {"BerthUsageConsumerDown", "BerthUsageLagTooOld"} <= set(alerts)
     assert 'up{job="berth-usage"}' in alerts["BerthUsageConsumerDown"]["expr"]
-    exported = {sample.name for family in METRICS.registry.collect() for sample in family.samples} | {
-        family.name for family in METRICS.registry.collect()
-    }
+    exported = consumer_metric_names()
     used = {m for r in alerts.values() for m in re.findall(r"\b(berth_usage_[a-z_]+)", r["expr"])}
     assert used and used <= exported, used - exported
 
@@ -513,6 +509,7 @@ def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports(
             "berth_pool_cpu_slots",
             "berth_pool_cpu_slots_in_use",
         }
+        | consumer_metric_names()
         | {
             "vllm:num_requests_waiting",
             "vllm:num_requests_running",
@@ -522,6 +519,13 @@ def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports(
         }
     )
     assert names and names <= exported, names - exported
+
+
+def consumer_metric_names() -> set[str]:
+    from billing.usage import METRICS
+
+    families = list(METRICS.registry.collect())
+    return {f.name for f in families} | {s.name for f in families for s in f.samples}
 
 
 def gateway_metric_names() -> set[str]:
