@@ -134,8 +134,9 @@ def write_events(events: list[dict]) -> int:
         return cursor.rowcount
 
 
-def _decode_entries(entries) -> tuple[list[str], list[dict]]:
-    ids, events = [], []
+def _decode_entries(entries) -> tuple[list[str], list[dict], list[dict]]:
+    """Entry ids, valid events, and the fields of malformed ones (parked, never written)."""
+    ids, events, malformed = [], [], []
     for entry_id, fields in entries or ():
         if fields is None:  # deleted while pending
             ids.append(entry_id)
@@ -147,10 +148,13 @@ def _decode_entries(entries) -> tuple[list[str], list[dict]]:
         except orjson.JSONDecodeError:
             event = None
         if event is None or not _valid(event):
-            logger.error("dropping malformed usage event %s: %r", entry_id, fields)
+            logger.error(
+                "malformed usage event %s: %r; kept in %s", entry_id, fields, rkey(DEAD_LETTER_STREAM)
+            )
+            malformed.append({"e": str(raw)[:65536], "error": "malformed"})
             continue
         events.append(event)
-    return ids, events
+    return ids, events, malformed
 
 
 def _write_or_dead_letter(events: list[dict], *, client: redis.Redis) -> None:
@@ -207,8 +211,11 @@ def consume_batch(
                 entries.extend(stream_entries)
     if not entries:
         return 0
-    ids, events = _decode_entries(entries)
+    ids, events, malformed = _decode_entries(entries)
     _write_or_dead_letter(events, client=client)
+    for fields in malformed:
+        client.xadd(rkey(DEAD_LETTER_STREAM), fields)
+        METRICS.errors.labels("refused").inc()
     # Acknowledge only after the commit: a crash before this line means re-delivery, which the
     # unique request id turns into a no-op. No XDEL: other groups may not have read these yet.
     client.xack(stream, GROUP, *ids)

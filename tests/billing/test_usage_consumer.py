@@ -93,12 +93,14 @@ def test_events_postgresql_refuses_are_parked_and_do_not_block_the_stream(redis_
     publish(
         redis_client, [event(tenant, "ok_1"), event(tenant, "bad", m="nul\u0000byte"), event(tenant, "ok_2")]
     )
+    redis_client.xadd(rkey(usage.STREAM), {"e": "not json"})  # malformed: parked too, not dropped
 
-    assert usage.consume_batch(consumer="c1", block_ms=None) == 3
+    assert usage.consume_batch(consumer="c1", block_ms=None) == 4
     assert set(UsageRecord.objects.values_list("request_id", flat=True)) == {"ok_1", "ok_2"}
     assert redis_client.xpending(rkey(usage.STREAM), usage.GROUP)["pending"] == 0
     parked = redis_client.xrange(rkey(usage.DEAD_LETTER_STREAM))
-    assert [json.loads(fields["e"])["id"] for _, fields in parked] == ["bad"]
+    assert [json.loads(fields["e"])["id"] for _, fields in parked[:1]] == ["bad"]
+    assert parked[1][1] == {"e": "not json", "error": "malformed"}
 
 
 @pytest.mark.django_db
