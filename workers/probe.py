@@ -1,14 +1,18 @@
-"""HTTP checks of engines (``/health`` and ``/metrics``): the one outbound seam to engines.
+"""Checks of engines: HTTP (``/health`` and ``/metrics``), the one outbound seam to engines, and
+on the agent's own host, who listens on an engine's port.
 
 Tests and the benchmark replace ``health`` and ``load`` here, nowhere else.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+
+import psutil
 
 _METRIC = re.compile(r"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$")
 
@@ -56,3 +60,31 @@ def load(url: str, *, api_key: str = "", timeout: float = 2.0) -> Load | None:
     if status != 200:
         return None
     return parse_load(text)
+
+
+class PortHolder(enum.Enum):
+    NOBODY = "nobody"  # nothing listens yet
+    ENGINE = "engine"  # every listener is the engine or one of its descendants
+    FOREIGN = "foreign"  # some other process listens too (or one we may not inspect)
+
+
+def port_holder(*, port: int, pid: int) -> PortHolder:
+    """Who listens on TCP ``port`` of this host, seen from the engine process ``pid``.
+
+    A health check cannot tell an engine from a foreign server that took its port, so the node
+    agent asks the kernel (through psutil) before it publishes the engine's URL. A listener whose
+    owner we cannot see (another user's process) counts as foreign.
+    """
+    try:
+        engine = psutil.Process(pid)
+        tree = {pid} | {child.pid for child in engine.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return PortHolder.NOBODY
+    holders = {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+    }
+    if not holders:
+        return PortHolder.NOBODY
+    return PortHolder.ENGINE if holders <= tree else PortHolder.FOREIGN

@@ -1,7 +1,7 @@
 """The CPU engine's HTTP server: vLLM's OpenAI-compatible surface over ``cpu_backends``.
 
 Run as ``python -m workers.engines.cpu_server --task chat --model DIR --served-model-name NAME
---host H --port P`` with the API key in ``VLLM_API_KEY`` (the variable ``vllm serve`` reads, and
+--host H --port P`` (or ``--fd N``: serve on a bound socket inherited from the node agent) with the API key in ``VLLM_API_KEY`` (the variable ``vllm serve`` reads, and
 unlike argv it does not show in ``ps``). ``workers.engines.cpu.build_launch`` writes that command.
 
 Every difference from vLLM that a client could see is decided here, in one place: auth on
@@ -677,6 +677,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--served-model-name", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--fd",
+        type=int,
+        default=None,
+        help="serve on this inherited, bound socket instead of binding --host/--port (the node agent's)",
+    )
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=16, help="requests batched together")
     parser.add_argument(
@@ -727,10 +733,11 @@ def main(argv: list[str] | None = None) -> None:
         api_key=os.environ.get(API_KEY_ENV),
     )
     try:
-        # The port opens only now, after the model has loaded: /health is 200 from its first answer.
+        # Requests are accepted only now, after the model has loaded: /health is 200 from its first
+        # answer.
         # On SIGTERM uvicorn stops accepting, lets open requests run for the grace period, then
         # cancels them, which cancels their generation (the node agent drains before stopping).
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
@@ -738,6 +745,10 @@ def main(argv: list[str] | None = None) -> None:
             access_log=False,
             timeout_graceful_shutdown=args.graceful_shutdown_timeout,
         )
+        # An inherited socket (--fd) is already bound and may already queue connections; they are
+        # accepted from now on. socket(fileno=) reads its real family, unlike uvicorn's own --fd.
+        sockets = [socket.socket(fileno=args.fd)] if args.fd is not None else None
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         backend.stop()
 
