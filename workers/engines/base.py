@@ -3,13 +3,17 @@
 The provisioner fills an EngineSpec from a Deployment/Model/Worker; a node agent runs the
 EngineLaunch. Every engine, whatever its kind, must then behave like ``vllm serve``:
 
-* listen on ``host:port``, or serve on the inherited socket ``listen_fd`` when the launcher takes it; require ``Authorization: Bearer <api_key>`` on ``/v1/...``;
+* listen on ``host:port`` (or serve on the inherited socket ``listen_fd`` when the launcher
+  takes it); require ``Authorization: Bearer <api_key>`` on ``/v1/...``;
 * serve the model under ``served_name`` at ``/v1/chat/completions``, ``/v1/completions``
   (streaming and not, ``usage`` included, ``stream_options.include_usage`` honoured, streams
   ending with ``data: [DONE]``), ``/v1/embeddings`` for embedding models, ``/v1/models``;
+* never share prefix-cache blocks between requests whose ``cache_salt`` differs (the gateway
+  sets one per tenant), and answer failures with generic OpenAI-shaped errors, not exception text;
 * answer ``GET /health`` with 200 once ready, and Prometheus ``GET /metrics`` with vLLM's metric
   names (``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
-  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, labelled ``model_name``).
+  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, and for generation
+  ``vllm:prefix_cache_queries_total``/``vllm:prefix_cache_hits_total``, labelled ``model_name``).
 """
 
 from __future__ import annotations
