@@ -3,7 +3,7 @@
 DRF passes any integer through to the database (PostgreSQL refuses an OFFSET or LIMIT beyond a
 bigint: ``?offset=99999999999999999999`` was a 500) and silently ignores a value that is not one
 (``?limit=ten`` gave the default page). Both were found by tests/security/test_api_schema.py; a
-bad value is now a 400 in DRF's error shape, as the schema promises.
+value outside the bounds the schema states is now a 400 in DRF's error shape.
 """
 
 from rest_framework.exceptions import ValidationError
@@ -22,9 +22,17 @@ class Pagination(LimitOffsetPagination):
                 errors[name] = ["Give this parameter once."]
             elif values and not (values[0].isascii() and values[0].isdigit()):
                 errors[name] = ["Must be a whole number of 0 or more."]
+            elif values and (len(values[0]) > 15 or int(values[0]) > self._maximum(name)):
+                errors[name] = [f"At most {self._maximum(name)}."]
         if errors:
             raise ValidationError(errors)
         return super().paginate_queryset(queryset, request, view)
 
-    def get_offset(self, request):
-        return min(super().get_offset(request), self.max_offset)
+    def _maximum(self, name: str) -> int:
+        return self.max_limit if name == self.limit_query_param else self.max_offset
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"].update(minimum=0, maximum=self._maximum(parameter["name"]))
+        return parameters
