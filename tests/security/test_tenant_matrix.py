@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.contenttypes.models import ContentType
@@ -238,7 +239,16 @@ def client_for(world: World, role: str) -> APIClient:
 
 
 def body_of(response) -> str:
-    content = b"".join(response.streaming_content) if response.streaming else response.content
+    if not response.streaming:
+        content = response.content
+    elif response.is_async:  # a download streamed from an async generator (the usage CSV)
+
+        async def collect():
+            return b"".join([part async for part in response.streaming_content])
+
+        content = async_to_sync(collect)()
+    else:
+        content = b"".join(response.streaming_content)
     return content.decode("utf-8", errors="replace")
 
 
