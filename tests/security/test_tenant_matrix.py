@@ -378,7 +378,7 @@ def test_a_management_key_sees_only_its_own_tenant(world):
 # ---------------------------------------------------------------------------- the admin
 
 ADMIN_KINDS = {
-    # suffix of the route → (how to build a path, expected for staff)
+    # each registered model's pages: kind → path under the model's base
     "changelist": "{base}",
     "add": "{base}add/",
     "history": "{base}{pk}/history/",
@@ -470,6 +470,6 @@ def test_the_admin_is_for_staff_only(world):
     assert not problems, "\n".join(problems)
 
 
-def test_the_admin_login_page_is_probed():
+def test_the_admin_kinds_cover_the_site():
     kinds = {admin_kind(route) for route in url_routes() if route.startswith("admin/")}
     assert {"index", "login", "changelist", "change", "catch_all"} <= kinds
