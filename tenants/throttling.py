@@ -10,6 +10,7 @@ a few unthrottled minutes, and the per-tenant invitation cap (a database count) 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 
 from django.conf import settings
@@ -26,7 +27,7 @@ def check(request, *, flow: str, account: str) -> int | None:
     account_value = hashlib.sha256(account.strip().lower().encode()).hexdigest()
     waits = []
     for scope, rate, key in (
-        ("ip", ip_rate, "ip"),
+        ("ip", ip_rate, lambda group, request: client_address(request)),
         ("account", account_rate, lambda group, request: account_value),
     ):
         try:
@@ -37,6 +38,22 @@ def check(request, *, flow: str, account: str) -> int | None:
         if usage and usage["should_limit"]:
             waits.append(max(int(usage["time_left"]), 1))
     return max(waits) if waits else None
+
+
+def client_address(request) -> str:
+    """The client's address as the server saw it (IPv6 per /64, as django-ratelimit counts).
+
+    ``REMOTE_ADDR`` is absent when the ASGI server knows no client address (a Unix socket, a test
+    client); those requests share one counter instead of failing.
+    """
+    raw = request.META.get("REMOTE_ADDR") or ""
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return "unknown"
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False).network_address)
+    return str(address)
 
 
 def message(wait: int) -> str:

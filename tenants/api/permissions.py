@@ -30,6 +30,8 @@ class TenantPermission(permissions.BasePermission):
     """
 
     def has_permission(self, request, view) -> bool:
+        if not request.user or not request.user.is_authenticated:
+            return False  # DRF answers 401 with WWW-Authenticate: Bearer, not "not a member"
         tenant = request_tenant(request)
         if tenant is None:
             raise exceptions.PermissionDenied("You are not a member of any organization.")

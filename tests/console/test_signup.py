@@ -284,3 +284,14 @@ def test_the_admin_login_shares_the_login_throttle(client, settings):
     other = UserFactory(is_staff=True, is_superuser=True)
     assert client.post("/admin/login/", {"username": other.email, "password": PASSWORD}).status_code == 302
     assert client.get("/admin/").status_code == 200
+
+
+def test_throttling_counts_a_request_without_a_client_address_instead_of_failing(rf):
+    from tenants import throttling
+
+    request = rf.post("/signup/")
+    del request.META["REMOTE_ADDR"]  # an ASGI server on a Unix socket reports no client
+    assert throttling.client_address(request) == "unknown"
+    assert throttling.check(request, flow="signup", account="a@example.com") is None
+    request.META["REMOTE_ADDR"] = "2001:db8::1"
+    assert throttling.client_address(request) == "2001:db8::"

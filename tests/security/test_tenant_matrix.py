@@ -128,6 +128,9 @@ PROBES: list[Probe] = [
     console("accounts/password_reset/done/", "GET", "/accounts/password_reset/done/", everyone(200)),
     console("accounts/reset/<uidb64>/<token>/", "GET", "/accounts/reset/MQ/not-a-token/", everyone(200)),
     console("accounts/reset/done/", "GET", "/accounts/reset/done/", everyone(200)),
+    console("accounts/verify/<str:token>/", "GET", "/accounts/verify/not-a-token/", by_role(400, 400, 400, 400, 400, LOGIN, 400)),
+    console("accounts/verify/resend/", "POST", "/accounts/verify/resend/", by_role(302, 302, 302, 302, 302, LOGIN, 302)),
+    console("accounts/keys/revoke/", "POST", "/accounts/keys/revoke/", by_role(302, 302, 302, 302, 302, LOGIN, 302)),
     # ---------------------------------------------------------------- Stripe webhook (signature, no session)
     console("billing/stripe/webhook/", "POST", "/billing/stripe/webhook/", everyone(400), data={"id": "evt_1"}),
     # ---------------------------------------------------------------- staff dashboard
@@ -185,20 +188,8 @@ PROBES: list[Probe] = [
     api("api/v1/invoices/(?P<pk>[^/.]+)/pdf/?$", "GET", "/api/v1/invoices/{foreign_invoice}/pdf", by_role(404, 404, 403, 404, 404, 401, 403)),
 ]  # fmt: skip
 
-# Known defects in code this suite's authors may not change; (probe id, role) → why.
-API_ANONYMOUS_403 = (
-    "tenants/api/permissions.py TenantPermission raises PermissionDenied for a request without "
-    "credentials, so the API answers 403 'not a member' instead of 401 with WWW-Authenticate: Bearer"
-)
-MEMBERS_API_ADDS_ACCOUNTS = (
-    "tenants/api/views.py MemberViewSet.create adds an existing account without its consent and "
-    "answers 400 'No Berth account uses this address' otherwise (an enumeration oracle); issue 12 "
-    "item 1: it sends an invitation (201) whatever the address"
-)
-DEFECTS: dict[tuple[str, str], str] = {
-    **{(probe.id, "anonymous"): API_ANONYMOUS_403 for probe in PROBES if probe.route.startswith("api/v1/")},
-    **{("POST /api/v1/members/", role): MEMBERS_API_ADDS_ACCOUNTS for role in ("owner", "admin", "outsider")},
-}
+# Known defects in code this suite's authors may not change; (probe id, role) → why. None left.
+DEFECTS: dict[tuple[str, str], str] = {}
 
 
 def _join(first: str, second: str) -> str:
