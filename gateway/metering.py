@@ -41,7 +41,9 @@ class Metering:
         """Append the usage event and settle the request's quota in one round trip."""
         commands = [("XADD", self.stream, "*", "e", orjson.dumps(event))]
         if lease is not None and not lease.settled:
-            commands.append(self.quotas.settle_command(lease, event["p"] + event["c"]))
+            commands.append(
+                self.quotas.settle_command(lease, prompt_tokens=event["p"], completion_tokens=event["c"])
+            )
         results = await self.quotas.hot.execute(*commands)
         if isinstance(results[0], Exception):
             raise results[0]  # the usage event is what must not be lost: fail the request
