@@ -234,7 +234,7 @@ class Quotas:
         rpm, tpm = _limit(plan.get("rpm")), _limit(plan.get("tpm"))
         if int(result[0]) != 1:
             reason = result[1].decode() if isinstance(result[1], bytes) else result[1]
-            raise self._refusal(reason, int(result[2]), rpm, tpm)
+            raise self._refusal(reason, int(result[2]), rpm, tpm, reserve)
         used_r, used_t, reset_ms = int(result[4]), int(result[5]), int(result[6])
         headers: list[tuple[bytes, bytes]] = []
         if rpm >= 0:
@@ -263,7 +263,7 @@ class Quotas:
         self.in_flight[request_id] = lease
         return lease
 
-    def _refusal(self, reason: str, retry_ms: int, rpm: int, tpm: int) -> GatewayError:
+    def _refusal(self, reason: str, retry_ms: int, rpm: int, tpm: int, reserve: int) -> GatewayError:
         retry_after = str(max(1, math.ceil(retry_ms / 1000))).encode()
         headers = [(b"retry-after", retry_after)]
         if rpm >= 0:
@@ -293,6 +293,13 @@ class Quotas:
             ),
         }
         message, code = messages.get(reason, ("Rate limit reached.", "rate_limit_exceeded"))
+        if reason == "tpm" and 0 <= tpm < reserve:
+            # Waiting will not help: say what to change.
+            message = (
+                f"Request too large: it may use up to {reserve} tokens (the prompt plus max_tokens for "
+                "each choice; without max_tokens, what the model's context leaves), more than your "
+                f"limit of {tpm} tokens per minute. Set a lower max_tokens."
+            )
         if code == "insufficient_quota":
             headers = [h for h in headers if h[0] != b"retry-after"]
         return GatewayError(429, message, type=code, code=code, headers=headers)

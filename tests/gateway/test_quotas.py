@@ -185,4 +185,5 @@ def test_a_tokens_per_minute_limit_refuses_what_n_choices_could_exceed(gateway, 
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(model=model, messages=HI, max_tokens=30, n=4)
     assert refused.value.code == "rate_limit_exceeded"
+    assert "up to 125 tokens" in refused.value.message and "max_tokens" in refused.value.message
     assert client.chat.completions.create(model=model, messages=HI, max_tokens=30).choices
