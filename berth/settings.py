@@ -7,6 +7,7 @@ is also what makes ``DEBUG`` default to on (a production deployment always names
 
 from __future__ import annotations
 
+import re
 import secrets
 import warnings
 from pathlib import Path
@@ -113,6 +114,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "guardian",
+    "django_ratelimit",
     "berth.apps.BerthConfig",
     "tenants",
     "models_registry",
@@ -209,6 +211,40 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "console:overview"
 LOGOUT_REDIRECT_URL = "login"
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous object permissions
+
+# Self-service sign-ups verify their address through a signed link valid this long.
+EMAIL_VERIFICATION_MAX_AGE = env_int("BERTH_EMAIL_VERIFICATION_HOURS", 72, minimum=1) * 3600
+
+# --------------------------------------------------------------------------- throttling
+
+# django-ratelimit counts in the shared Redis cache, so every web replica sees the same windows.
+# Each flow has a per-IP and a per-account rate, "COUNT/PERIOD" (s, m, h, d; "15m" allowed).
+_RATE = re.compile(r"^\d+/\d*[smhd]$")
+
+
+def _rate_pair(name: str, default: str) -> tuple[str, str]:
+    raw = env_str(name, default) or default
+    pair = tuple(part.strip() for part in raw.split(","))
+    if len(pair) != 2 or not all(_RATE.match(rate) for rate in pair):
+        raise ImproperlyConfigured(
+            f"{name} must look like '30/15m,10/15m' (per IP, per account); got {raw!r}"
+        )
+    return pair  # type: ignore[return-value]
+
+
+THROTTLE_RATES = {
+    "login": _rate_pair("BERTH_LOGIN_RATE", "30/15m,10/15m"),
+    "signup": _rate_pair("BERTH_SIGNUP_RATE", "10/h,3/h"),
+    "password_reset": _rate_pair("BERTH_PASSWORD_RESET_RATE", "10/h,3/h"),
+    "invitation": _rate_pair("BERTH_INVITATION_RATE", "60/h,30/h"),
+}
+# Invitations (console and API) a tenant may send per 24 hours: any self-service owner could
+# otherwise make the platform mail anyone.
+INVITATIONS_PER_TENANT_PER_DAY = env_int("BERTH_INVITATIONS_PER_TENANT_PER_DAY", 50, minimum=1)
+RATELIMIT_USE_CACHE = "default"
+# Django's RedisCache does the atomic add/incr django-ratelimit needs; the check predates it.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+RATELIMIT_FAIL_OPEN = True  # see tenants/throttling.py
 
 # --------------------------------------------------------------------------- i18n & static
 
@@ -330,6 +366,9 @@ WEB_HOST = env_str("BERTH_WEB_HOST", "127.0.0.1")
 WEB_PORT = env_int("BERTH_WEB_PORT", 8000, minimum=1)
 GATEWAY_HOST = env_str("BERTH_GATEWAY_HOST", "127.0.0.1")
 GATEWAY_PORT = env_int("BERTH_GATEWAY_PORT", 8001, minimum=1)
+# On SIGTERM the gateway stops accepting and lets in-flight requests finish for this long; what is
+# cut after it is billed as delivered (status gateway_stopped).
+GATEWAY_GRACE_SECONDS = env_int("BERTH_GATEWAY_GRACE_SECONDS", 30, minimum=0)
 # The URL tenants use for inference; shown in the console's snippets.
 # Where people reach the console; links in emails point here.
 WEB_PUBLIC_URL = env_str("BERTH_WEB_URL", f"http://{WEB_HOST}:{WEB_PORT}").rstrip("/")

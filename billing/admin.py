@@ -1,15 +1,16 @@
-"""Admin for billing: invoices (read-only lines; mark paid/void when paid offline), accounts, events."""
+"""Admin for billing: invoices (read-only lines; mark paid/void through billing/payments.py), accounts
+(with any failed period close), events."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.utils import timezone
+from django.db import transaction
 
+from billing import payments, spend
 from billing.models import (
     BillingAccount,
     Invoice,
     InvoiceLine,
-    InvoiceStatus,
     SpendAlert,
     StripeEvent,
     UsageRecord,
@@ -60,24 +61,61 @@ class InvoiceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark paid (payment received outside Stripe)")
     def mark_paid(self, request, queryset):
-        count = queryset.filter(status=InvoiceStatus.OPEN).update(
-            status=InvoiceStatus.PAID, paid_at=timezone.now()
-        )
-        self.message_user(request, f"{count} open invoice(s) marked paid.", messages.SUCCESS)
+        self._apply(request, queryset, payments.mark_paid, "marked paid")
 
-    @admin.action(description="Void (cancel) open invoices")
+    @admin.action(description="Void (cancel) unpaid invoices")
     def mark_void(self, request, queryset):
-        count = queryset.filter(status__in=[InvoiceStatus.DRAFT, InvoiceStatus.OPEN]).update(
-            status=InvoiceStatus.VOID
-        )
-        self.message_user(request, f"{count} invoice(s) voided.", messages.SUCCESS)
+        self._apply(request, queryset, payments.void, "voided")
+
+    def _apply(self, request, queryset, action, verb: str) -> None:
+        done, resumed = 0, []
+        for invoice in queryset.select_related("tenant").order_by("number"):
+            try:
+                outcome = action(invoice=invoice, user=request.user)
+            except payments.PaymentActionError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
+            done += 1
+            if outcome.resumed:
+                resumed.append(outcome.invoice.tenant.name)
+        if done:
+            self.message_user(request, f"{done} invoice(s) {verb}.", messages.SUCCESS)
+        if resumed:
+            self.message_user(
+                request, f"Resumed (nothing left unpaid): {', '.join(resumed)}.", messages.SUCCESS
+            )
 
 
 @admin.register(BillingAccount)
 class BillingAccountAdmin(admin.ModelAdmin):
-    list_display = ["tenant", "spend_limit", "billing_email", "stripe_customer_id", "payment_failed_at"]
+    list_display = [
+        "tenant",
+        "spend_limit",
+        "billing_email",
+        "stripe_customer_id",
+        "payment_failed_at",
+        "suspended_for_nonpayment",
+        "close_failed_at",
+    ]
+    list_filter = [("close_failed_at", admin.EmptyFieldListFilter), "suspended_for_nonpayment"]
     search_fields = ["tenant__name", "tenant__slug", "billing_email", "stripe_customer_id"]
-    readonly_fields = ["stripe_customer_id", "payment_failed_at", "payment_warning_sent_at", "updated_at"]
+    readonly_fields = [
+        "stripe_customer_id",
+        "payment_failed_at",
+        "payment_warning_sent_at",
+        "suspended_for_nonpayment",
+        "grace_restarted_at",
+        "close_failed_at",
+        "close_failed_period_start",
+        "close_error",
+        "updated_at",
+    ]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # A new limit reaches the gateway's mirror and the spend block at once.
+        tenant = obj.tenant
+        transaction.on_commit(lambda: spend.check_tenant(tenant=tenant))
 
 
 @admin.register(SpendAlert)

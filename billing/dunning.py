@@ -4,7 +4,8 @@ An invoice *fails* when Stripe reports ``invoice.payment_failed`` for it (``Invo
 and keeps counting while it is open or uncollectible; paying or voiding it settles it. The account
 carries the earliest failure of its failing invoices (``BillingAccount.payment_failed_at``), which
 starts the grace period. Only suspensions made here (``suspended_for_nonpayment``) are lifted here:
-a tenant suspended by staff stays suspended when it pays.
+a tenant suspended by staff stays suspended when it pays. Staff who resume a tenant suspended
+here restart its grace period (``grace_restarted_at``, billing/payments.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Min
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from billing import money, notify
@@ -88,6 +89,7 @@ def settle(tenant: Tenant) -> bool:
         account.payment_failed_at = earliest
         if earliest is None:
             account.payment_warning_sent_at = None
+            account.grace_restarted_at = None
         resume = earliest is None and account.suspended_for_nonpayment
         if resume:
             account.suspended_for_nonpayment = False
@@ -118,9 +120,11 @@ def enforce_grace(now: datetime | None = None) -> list[Tenant]:
     """Suspend the tenants whose grace period after a failed payment is over; returns them."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.PAYMENT_GRACE_DAYS)
-    due = BillingAccount.objects.filter(
-        payment_failed_at__lte=cutoff, suspended_for_nonpayment=False
-    ).values_list("tenant_id", flat=True)
+    due = (
+        BillingAccount.objects.filter(payment_failed_at__lte=cutoff, suspended_for_nonpayment=False)
+        .filter(Q(grace_restarted_at__isnull=True) | Q(grace_restarted_at__lte=cutoff))
+        .values_list("tenant_id", flat=True)
+    )
     suspended = []
     for tenant in Tenant.objects.filter(pk__in=list(due)):
         with transaction.atomic():

@@ -18,7 +18,20 @@ class UsageStatus(models.TextChoices):
     OK = "ok", "Completed"
     CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected (billed for delivered tokens)"
     UPSTREAM_ERROR = "upstream_error", "Engine error"
+    UPSTREAM_TIMEOUT = "upstream_timeout", "Engine did not answer in time (billed for the prompt)"
+    GATEWAY_STOPPED = "gateway_stopped", "Cut by a stopping gateway (billed for delivered tokens)"
+    GATEWAY_LOST = "gateway_lost", "Gateway died mid-stream (billed from its last checkpoint)"
     ERROR = "error", "Gateway error"
+
+
+class UsageSource(models.TextChoices):
+    """Where a record's token counts come from, most exact first."""
+
+    ENGINE = "engine", "Reported by the engine"
+    TOKENIZER = "tokenizer", "Counted with the engine's tokenizer"
+    CHUNKS = "chunks", "Completion counted by streamed chunks"
+    ESTIMATE = "estimate", "Estimated by the gateway (about 4 characters per token)"
+    CHECKPOINT = "checkpoint", "Last checkpoint of a stream whose gateway died"
 
 
 class UsageRecord(models.Model):
@@ -39,6 +52,7 @@ class UsageRecord(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     worker_id = models.CharField(max_length=64, blank=True, default="")
+    usage_source = models.CharField(max_length=16, choices=UsageSource.choices, default=UsageSource.ENGINE)
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
     # Set when an invoice claims the record (billing/invoicing.py): a record is billed exactly once,
@@ -111,6 +125,13 @@ class BillingAccount(models.Model):
     payment_failed_at = models.DateTimeField(null=True, blank=True)
     payment_warning_sent_at = models.DateTimeField(null=True, blank=True)
     suspended_for_nonpayment = models.BooleanField(default=False)
+    # Staff resumed the tenant while invoices were still failing: the grace period restarts here.
+    grace_restarted_at = models.DateTimeField(null=True, blank=True)
+    # The last failed attempt to close a period into an invoice (billing/invoicing.py): the next
+    # run retries that period; a successful close clears these.
+    close_failed_at = models.DateTimeField(null=True, blank=True)
+    close_failed_period_start = models.DateTimeField(null=True, blank=True)
+    close_error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

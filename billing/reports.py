@@ -82,11 +82,20 @@ def totals(rows: list[DayModelUsage]) -> dict:
     return out
 
 
+def priced(tenant, start: datetime, end: datetime) -> list[pricing.PricedLine]:
+    """The tenant's usage in ``[start, end)`` as priced lines in the billing currency."""
+    return pricing.priced_lines(records(tenant, start, end), currency=settings.BILLING_CURRENCY)
+
+
+def rounded_total(lines: list[pricing.PricedLine]) -> Decimal:
+    """What an invoice of ``lines`` would total: lines rounded, then summed."""
+    currency = settings.BILLING_CURRENCY
+    return sum((line.amount(currency) for line in lines), money.round_money(0, currency))
+
+
 def spend(tenant, start: datetime, end: datetime) -> Decimal:
     """What an invoice for usage in ``[start, end)`` would total: lines rounded, then summed."""
-    currency = settings.BILLING_CURRENCY
-    lines = pricing.priced_lines(records(tenant, start, end), currency=currency)
-    return sum((line.amount(currency) for line in lines), money.round_money(0, currency))
+    return rounded_total(priced(tenant, start, end))
 
 
 def period_spend(tenant, now: datetime) -> Decimal:

@@ -8,6 +8,14 @@ threshold per period** (a unique ``SpendAlert`` row). At 100 % the Redis key
 ``q:{<tenant>}:spend_blocked`` is set until the period ends, and the gateway answers 429
 ``insufficient_quota``; raising the limit (``check_tenant`` runs on save) or the new period lifts it.
 Celery beat runs ``check_all`` every ``BERTH_SPEND_CHECK_SECONDS``.
+
+That check lags by up to a minute of traffic, so the gateway also keeps a per-tenant spend counter
+in Redis (gateway/spend.py: it adds each settled request's cost, priced from the model mirror, and
+refuses admission once the counter reaches ``spend_limit_micros`` from the tenant mirror). The
+check reconciles that counter with PostgreSQL: it raises it to the exact spend of the usage
+records (never lowers it: events still in the usage stream are not in PostgreSQL yet), republishes
+models whose price in effect changed (prices scheduled for later) and tenants whose mirrored limit
+differs from ``limit_for``.
 """
 
 from __future__ import annotations
@@ -26,7 +34,18 @@ from berth.redis import get_redis, rkey
 from billing import money, notify, reports
 from billing.models import BillingAccount, SpendAlert
 from billing.periods import Period, period_containing
+from gateway.spend import COUNTER_TTL_SECONDS, counter_key, period_id, to_micros
 from tenants.models import Tenant
+
+# Raise the counter to ARGV[1] (never lower it); atomic against the gateway's concurrent INCRBYs.
+RAISE_COUNTER = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
 
 log = logging.getLogger("berth.billing")
 
@@ -38,6 +57,9 @@ class SpendStatus:
     period: Period
     blocked: bool
     alerts_sent: list[int]
+    # The exact spend in micro-units (unrounded, what the gateway's counter adds up to).
+    spend_micros: int = 0
+    counter_raised: bool = False
 
     @property
     def percent(self) -> float | None:
@@ -73,9 +95,11 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
     now = now or timezone.now()
     account = account_for(tenant)
     period = period_containing(now)
-    spend = reports.spend(tenant, period.start, period.end)
+    lines = reports.priced(tenant, period.start, period.end)
+    spend = reports.rounded_total(lines)
     limit = limit_for(tenant, account)
     status = SpendStatus(spend, limit, period, blocked=False, alerts_sent=[])
+    status.spend_micros = to_micros(sum((line.exact_cost() for line in lines), Decimal(0)))
     if limit is not None:
         status.blocked = spend >= limit
         percent = status.percent
@@ -84,7 +108,69 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
                 status.alerts_sent.append(threshold)
                 _send_alert(tenant, status, threshold)
     _publish_block(tenant, status, now)
+    status.counter_raised = _raise_counter(tenant, status.spend_micros, now)
+    _check_limit_mirror(tenant, limit)
     return status
+
+
+def spend_counter_key(tenant_id, now: datetime) -> str:
+    return counter_key(settings.REDIS_PREFIX, str(tenant_id), period_id(settings.BILLING_PERIOD, now))
+
+
+def _raise_counter(tenant: Tenant, micros: int, now: datetime) -> bool:
+    """Raise the gateway's spend counter to ``micros`` if it is lower; True if it was raised."""
+    if micros <= 0:
+        return False
+    try:
+        client = get_redis()
+        raised = client.register_script(RAISE_COUNTER)(
+            keys=[spend_counter_key(tenant.pk, now)], args=[micros, COUNTER_TTL_SECONDS]
+        )
+    except Exception:  # noqa: BLE001 - Redis down: the next check (every minute) repairs it
+        log.exception("could not reconcile the spend counter of %s", tenant.slug)
+        return False
+    if raised:
+        log.info("spend counter of %s raised to %s micro-units from PostgreSQL", tenant.slug, micros)
+    return bool(raised)
+
+
+def _check_limit_mirror(tenant: Tenant, limit: Decimal | None) -> None:
+    """Republish the tenant if its mirrored limit is not ``limit`` (just changed, or a write was lost)."""
+    from tenants import mirror
+
+    wanted = "" if limit is None else str(to_micros(limit))
+    try:
+        mirrored = get_redis().hget(rkey("tenant", tenant.pk), "spend_limit_micros")
+    except Exception:  # noqa: BLE001 - Redis down: the next check repairs it
+        log.exception("could not read the mirrored spend limit of %s", tenant.slug)
+        return
+    if mirrored != wanted:
+        mirror.publish_tenant(tenant)
+
+
+def republish_prices(*, now: datetime | None = None) -> list[str]:
+    """Republish every mirrored model whose mirrored price is not the one in effect ``now`` (a
+    price scheduled for later took effect, or a write was missed); returns their names."""
+    from models_registry import mirror
+    from models_registry.models import Model
+
+    models = list(Model.objects.order_by("name"))
+    if not models:
+        return []
+    pipe = get_redis().pipeline(transaction=False)
+    for model in models:
+        pipe.hmget(rkey("model", model.name), ["served_name", *mirror.PRICE_FIELDS])
+    changed = []
+    for model, (served, *prices) in zip(models, pipe.execute(), strict=True):
+        if served is None:
+            continue  # not mirrored (yet): the registry's resync publishes it whole
+        wanted = mirror.price_fields(model, now)
+        if prices != [wanted.get(name) for name in mirror.PRICE_FIELDS]:
+            mirror.publish_model(model)
+            changed.append(model.name)
+    if changed:
+        log.info("prices republished for %s", ", ".join(changed))
+    return changed
 
 
 def _record_alert(tenant, period: Period, threshold: int, spend: Decimal, limit: Decimal) -> bool:
@@ -139,6 +225,10 @@ def _publish_block(tenant: Tenant, status: SpendStatus, now: datetime) -> None:
 def check_all(*, now: datetime | None = None) -> int:
     """Check every active tenant; returns how many are blocked."""
     now = now or timezone.now()
+    try:
+        republish_prices(now=now)
+    except Exception:  # noqa: BLE001 - the spend checks below must still run
+        log.exception("could not republish model prices")
     blocked = 0
     for tenant in Tenant.objects.select_related("plan").order_by("slug"):
         try:

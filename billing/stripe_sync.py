@@ -9,6 +9,9 @@ The Stripe invoice id is saved as soon as Stripe returns it; ``stripe_synced_at`
 the invoice is finalized and sent, so an invoice interrupted half-way is picked up again by
 :func:`sync_pending` and resumed (items already on the Stripe invoice are not created again, even
 after Stripe's idempotency keys have expired).
+
+Invoices settled by hand (billing/payments.py) are settled in Stripe too: paid out of band or
+voided, with idempotency keys, so the customer cannot pay them a second time.
 """
 
 from __future__ import annotations
@@ -157,6 +160,14 @@ def sync_invoice(invoice: Invoice, stripe_client: stripe.StripeClient | None = N
         )
         Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=remote.id)
         invoice.stripe_invoice_id = remote.id
+    if (
+        remote.status == "draft"
+        and not Invoice.objects.filter(pk=invoice.pk, status=InvoiceStatus.OPEN).exists()
+    ):
+        # Paid or voided by hand while this sync ran: never send the customer a payable copy.
+        _v1(stripe_client).invoices.delete(remote.id)
+        log.info("invoice %s was settled meanwhile: Stripe draft %s deleted", invoice.number, remote.id)
+        return False
     if remote.status == "draft":
         present = _existing_item_lines(stripe_client, remote.id) if resumed else set()
         for line in invoice.lines.order_by("position", "pk"):
@@ -203,3 +214,49 @@ def sync_pending() -> int:
         except (stripe.StripeError, SyncError, ValueError):
             log.exception("could not sync invoice %s to Stripe; will retry", invoice.number)
     return synced
+
+
+class SettleError(Exception):
+    """Stripe cannot settle the invoice as asked (e.g. voiding one the customer already paid)."""
+
+
+def pay_out_of_band(invoice: Invoice, stripe_client: stripe.StripeClient | None = None) -> str:
+    """Mark ``invoice``'s Stripe invoice paid outside Stripe, so the customer cannot pay it again.
+
+    Returns what was done: ``paid``, ``already paid``, ``draft deleted`` (never sent, so never
+    payable) or ``not in Stripe``.
+    """
+    if not invoice.stripe_invoice_id:
+        return "not in Stripe"
+    v1 = _v1(stripe_client or client())
+    remote = v1.invoices.retrieve(invoice.stripe_invoice_id)
+    if remote.status == "paid":
+        return "already paid"
+    if remote.status == "draft":
+        v1.invoices.delete(remote.id)
+        return "draft deleted"
+    if remote.status == "void":
+        raise SettleError(f"Stripe invoice {remote.id} is void; it cannot be paid.")
+    v1.invoices.pay(
+        remote.id,
+        params={"paid_out_of_band": True},
+        options={"idempotency_key": f"berth-pay-{invoice.pk}"},
+    )
+    return "paid"
+
+
+def void(invoice: Invoice, stripe_client: stripe.StripeClient | None = None) -> str:
+    """Void ``invoice``'s Stripe invoice (delete it while it is a draft); see :func:`pay_out_of_band`."""
+    if not invoice.stripe_invoice_id:
+        return "not in Stripe"
+    v1 = _v1(stripe_client or client())
+    remote = v1.invoices.retrieve(invoice.stripe_invoice_id)
+    if remote.status == "void":
+        return "already void"
+    if remote.status == "paid":
+        raise SettleError(f"Stripe invoice {remote.id} is already paid; refund it in Stripe instead.")
+    if remote.status == "draft":
+        v1.invoices.delete(remote.id)
+        return "draft deleted"
+    v1.invoices.void_invoice(remote.id, options={"idempotency_key": f"berth-void-{invoice.pk}"})
+    return "voided"

@@ -24,12 +24,15 @@ import redis
 from django.db import connection, transaction
 
 from berth.redis import get_redis, rkey
+from billing import checkpoints
+from billing.models import UsageSource
 
 logger = logging.getLogger(__name__)
 
 STREAM = "usage"
 GROUP = "billing"
 CLAIM_IDLE_MS = 60_000
+USAGE_SOURCES = frozenset(UsageSource.values)
 
 # The batch travels as ONE JSON array parameter (psycopg adapts a str in C; thirteen Python lists
 # cost it more than the insert itself) and PostgreSQL unpacks it with json_to_recordset.
@@ -37,13 +40,14 @@ _INSERT = """
 WITH ins AS (
     INSERT INTO billing_usagerecord (
         request_id, tenant_id, api_key_id, model, endpoint, prompt_tokens, completion_tokens,
-        status, http_status, latency_ms, ttft_ms, worker_id, occurred_at, recorded_at
+        status, http_status, latency_ms, ttft_ms, worker_id, usage_source, occurred_at, recorded_at
     )
     SELECT r.id, r.t, r.k, r.m, coalesce(r.ep, ''), coalesce(r.p, 0), coalesce(r.c, 0),
            coalesce(r.s, 'ok'), coalesce(r.h, 0), coalesce(r.l, 0), r.f, coalesce(r.w, ''),
-           to_timestamp(r.ts / 1000.0), now()
+           coalesce(r.u, 'engine'), to_timestamp(r.ts / 1000.0), now()
     FROM json_to_recordset(%s::json) AS r(
-        id text, t uuid, k uuid, m text, ep text, p int, c int, s text, h int, l int, f int, w text, ts bigint
+        id text, t uuid, k uuid, m text, ep text, p int, c int, s text, h int, l int, f int, w text, u text,
+        ts bigint
     )
     ON CONFLICT (request_id) DO NOTHING
     RETURNING tenant_id, model, occurred_at, prompt_tokens, completion_tokens, status
@@ -85,6 +89,7 @@ def _valid(event) -> bool:
             for name in ("p", "c", "h", "l", "f")
         )
         strings_ok = all(event.get(name) is None or isinstance(event[name], str) for name in ("ep", "s", "w"))
+        source_ok = event.get("u") is None or event["u"] in USAGE_SOURCES
         return (
             isinstance(event["id"], str)
             and 0 < len(event["id"]) <= 64
@@ -94,6 +99,7 @@ def _valid(event) -> bool:
             and event["ts"] > 0
             and ints_ok
             and strings_ok
+            and source_ok
         )
     except (KeyError, ValueError, TypeError, AttributeError):
         return False
@@ -173,6 +179,7 @@ def run(*, count: int = 5000, stop_after: float | None = None) -> None:
     started = time.monotonic()
     while stop_after is None or time.monotonic() - started < stop_after:
         try:
+            checkpoints.bill_lost_streams_every(client=client)
             consume_batch(consumer=consumer, count=count, client=client)
         except (redis.ConnectionError, redis.TimeoutError):
             logger.warning("Redis unavailable; retrying in 1s", exc_info=True)

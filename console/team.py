@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from console.forms import AcceptSignupForm, InviteForm
-from tenants import accounts, invitations
+from tenants import accounts, invitations, throttling, verification
 from tenants.constants import PERM_MANAGE_MEMBERS, Role
 from tenants.middleware import SESSION_KEY
 from tenants.models import Invitation, Membership, User
@@ -37,11 +37,16 @@ def team(request):
         return redirect("console:overview")
     can_manage = request.user.has_perm(f"tenants.{PERM_MANAGE_MEMBERS}", tenant)
     form = InviteForm(request.POST or None)
+    wait = None
     if request.method == "POST":
         if not can_manage:
             return HttpResponseForbidden("Only owners and admins can invite people.")
-        if form.is_valid():
+        wait = form.is_valid() and throttling.check(request, flow="invitation", account=str(request.user.pk))
+        if wait:
+            form.add_error(None, throttling.message(wait))
+        elif form.is_valid():
             try:
+                verification.require_verified(request.user)
                 accounts.check_can_assign(actor=request.membership, role=form.cleaned_data["role"])
                 sent = invitations.invite(
                     tenant=tenant,
@@ -50,6 +55,10 @@ def team(request):
                     invited_by=request.user,
                     base_url=request.build_absolute_uri("/"),
                 )
+            except verification.Unverified as exc:
+                form.add_error(None, str(exc))
+            except invitations.LimitReached as exc:
+                form.add_error(None, str(exc))
             except PermissionDenied as exc:
                 form.add_error("role", str(exc))
             except ValidationError as exc:
@@ -65,7 +74,7 @@ def team(request):
         "pending": Invitation.objects.pending().filter(tenant=tenant) if can_manage else [],
         "roles": Role.choices,
     }
-    return render(request, "console/team.html", context)
+    return render(request, "console/team.html", context, status=429 if wait else 200)
 
 
 @_login_required
@@ -129,8 +138,9 @@ def accept_invitation(request, token):
         try:
             with transaction.atomic():
                 if user is None and form is not None and form.is_valid():
+                    # The link was mailed to this address: following it verifies it.
                     user = User.objects.create_user(
-                        email=invitation.email, password=form.cleaned_data["password"]
+                        email=invitation.email, password=form.cleaned_data["password"], email_verified=True
                     )
                     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
                 if user is not None:

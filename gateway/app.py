@@ -37,6 +37,7 @@ access_logger = logging.getLogger("berth.gateway.access")
 logger = logging.getLogger("berth.gateway")
 
 JSON = b"application/json"
+SHUTDOWN_RECORD_SECONDS = 10
 
 
 class Gateway:
@@ -81,10 +82,17 @@ class Gateway:
             asyncio.create_task(state.router.run_background(), name="engine-loads"),
             asyncio.create_task(state.quotas.run_background(), name="lease-renewal"),
             asyncio.create_task(state.metering.run_background(), name="last-used"),
+            asyncio.create_task(state.metering.run_heartbeat(), name="usage-checkpoints"),
         ]
 
     async def shutdown(self) -> None:
         state = self.state
+        # uvicorn has stopped accepting and waited out its grace period (--timeout-graceful-shutdown),
+        # then cancelled what was left; those requests are still recording what they delivered
+        # (the engine's /tokenize included): keep Redis and the upstream client until they are done.
+        deadline = time.monotonic() + SHUTDOWN_RECORD_SECONDS
+        while getattr(getattr(state, "proxy", None), "active", 0) and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, not an event
+            await asyncio.sleep(0.05)
         for task in getattr(state, "tasks", []):
             task.cancel()
         await asyncio.gather(*getattr(state, "tasks", []), return_exceptions=True)

@@ -83,6 +83,16 @@ class GatewaySettings(BaseSettings):
     connect_timeout: float = Field(5.0, validation_alias="BERTH_GATEWAY_CONNECT_TIMEOUT", gt=0)
     read_timeout: float = Field(600.0, validation_alias="BERTH_GATEWAY_READ_TIMEOUT", gt=0)
     max_connections: int = Field(4096, validation_alias="BERTH_GATEWAY_MAX_CONNECTIONS", ge=1)
+    # The engine's /tokenize, asked for the prompt of a request dropped before the engine reported
+    # usage, and to count an answer that came without usage.
+    tokenize_timeout: float = Field(2.0, validation_alias="BERTH_GATEWAY_TOKENIZE_TIMEOUT", gt=0)
+
+    # Usage checkpoints of long streams (gateway/metering.py): a SIGKILLed gateway loses at most
+    # the tokens delivered since the last one (the consumer bills that checkpoint).
+    checkpoint_seconds: float = Field(5.0, validation_alias="BERTH_GATEWAY_CHECKPOINT_SECONDS", gt=0)
+    checkpoint_tokens: int = Field(200, validation_alias="BERTH_GATEWAY_CHECKPOINT_TOKENS", ge=1)
+    # A checkpoint not refreshed for this long belongs to a dead gateway and is billed.
+    checkpoint_lost_after: float = Field(60.0, validation_alias="BERTH_GATEWAY_CHECKPOINT_LOST_AFTER", gt=0)
 
     # Browsers calling the gateway from another origin (the console's playground): comma-separated
     # origins, or "*" for any. Empty: no CORS headers at all.

@@ -3,9 +3,17 @@
 * ``usage`` — a Redis stream; one entry per admitted request, field ``e`` = JSON
   ``{"id", "t" (tenant), "k" (key id), "m" (model), "ep" (endpoint), "p", "c" (prompt/completion
   tokens), "s" (status), "h" (HTTP code), "l" (latency ms), "f" (TTFT ms or null), "w" (worker),
-  "ts" (epoch ms)}``. It is written, together with the quota settlement, **before** the last bytes
+  "ts" (epoch ms), "u" (usage source: ``engine``, ``tokenizer`` — counted with the engine's
+  ``/tokenize`` or by chunks —, ``estimate``, ``checkpoint``)}``. It is written, together with the quota settlement, **before** the last bytes
   of the response leave, so a client that saw a complete answer is always billed for it. The
   consumer in ``billing/usage.py`` moves it to PostgreSQL.
+* ``usage_ckpt`` — hash ``<request id>`` → the usage event of a long stream *as delivered so far*
+  (status ``gateway_lost``, source ``checkpoint``), refreshed every ``checkpoint_seconds`` or
+  ``checkpoint_tokens``; ``usage_ckpt_due`` — sorted set ``<request id>`` → epoch ms after which
+  the checkpoint counts as abandoned (pushed forward by this gateway's heartbeat while the stream
+  lives). The final event and the checkpoint's removal are one Lua script, so a stream is billed
+  either by its final event or, if the gateway died (SIGKILL, OOM), by ``billing/checkpoints.py``
+  moving the last checkpoint into ``usage`` — never both.
 * ``key_last_used`` — hash ``<key id>`` → epoch seconds, flushed by this gateway every few
   seconds; ``gateway.tasks.flush_key_last_used`` writes it to ``ApiKey.last_used_at``.
 """
@@ -24,6 +32,16 @@ logger = logging.getLogger("berth.gateway.metering")
 
 USAGE_STREAM = "usage"
 LAST_USED_HASH = "key_last_used"
+CHECKPOINT_HASH = "usage_ckpt"
+CHECKPOINT_DUE = "usage_ckpt_due"
+
+# KEYS: usage stream, checkpoint hash, due set; ARGV: event, request id.
+FINAL_WITH_CHECKPOINT = """
+redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
 
 
 class Metering:
@@ -32,19 +50,57 @@ class Metering:
         self.settings = settings
         self.quotas = quotas
         self.stream = settings.key(USAGE_STREAM)
+        self.checkpoints = settings.key(CHECKPOINT_HASH)
+        self.checkpoints_due = settings.key(CHECKPOINT_DUE)
         self.last_used: dict[str, int] = {}
+        self.checkpointed: set[str] = set()  # request ids with a checkpoint in Redis
+
+    def _due(self) -> int:
+        return int((time.time() + self.settings.checkpoint_lost_after) * 1000)
+
+    async def checkpoint(self, event: dict) -> None:
+        """Store what a stream has delivered so far; billed only if this gateway dies."""
+        rid = event["id"]
+        snapshot = {**event, "s": "gateway_lost", "h": 0, "u": "checkpoint"}
+        self.checkpointed.add(rid)  # from now on the final event must remove it
+        results = await self.quotas.hot.execute(
+            ("HSET", self.checkpoints, rid, orjson.dumps(snapshot)),
+            ("ZADD", self.checkpoints_due, self._due(), rid),
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
 
     def touch(self, key_id: str) -> None:
         self.last_used[key_id] = int(time.time())
 
     async def record(self, event: dict, lease) -> None:
         """Append the usage event and settle the request's quota in one round trip."""
-        commands = [("XADD", self.stream, "*", "e", orjson.dumps(event))]
+        rid = event["id"]
+        if rid in self.checkpointed:
+            commands = [
+                (
+                    "EVAL",
+                    FINAL_WITH_CHECKPOINT,
+                    3,
+                    self.stream,
+                    self.checkpoints,
+                    self.checkpoints_due,
+                    orjson.dumps(event),
+                    rid,
+                )
+            ]
+        else:
+            commands = [("XADD", self.stream, "*", "e", orjson.dumps(event))]
         if lease is not None and not lease.settled:
             commands.append(
                 self.quotas.settle_command(lease, prompt_tokens=event["p"], completion_tokens=event["c"])
             )
-        results = await self.quotas.hot.execute(*commands)
+        try:
+            results = await self.quotas.hot.execute(*commands)
+        finally:
+            # Recorded, or else the last checkpoint is what gets billed: stop refreshing it.
+            self.checkpointed.discard(rid)
         if isinstance(results[0], Exception):
             raise results[0]  # the usage event is what must not be lost: fail the request
         if len(results) > 1 and is_noscript(results[1]):
@@ -57,6 +113,24 @@ class Metering:
             return
         batch, self.last_used = self.last_used, {}
         await self.redis.hset(self.settings.key(LAST_USED_HASH), mapping=batch)
+
+    async def heartbeat(self) -> None:
+        """Keep this gateway's checkpoints from being billed as lost while their streams live."""
+        if not self.checkpointed:
+            return
+        due = self._due()
+        await self.redis.zadd(self.checkpoints_due, dict.fromkeys(self.checkpointed, due), xx=True)
+
+    async def run_heartbeat(self) -> None:
+        interval = min(self.settings.checkpoint_seconds, self.settings.checkpoint_lost_after / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("could not refresh usage checkpoints", exc_info=True)
 
     async def run_background(self) -> None:
         while True:

@@ -109,6 +109,8 @@ class Proxy:
         self._salt_key = self.settings.cache_salt_key()
         self._salt_groups = self.settings.cache_salt_group_map()
         self._salts: dict[str, str] = {}
+        self.active = 0  # forwards in progress; shutdown waits for their usage to be recorded
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ input
 
@@ -297,8 +299,13 @@ class Proxy:
             )
         return workers
 
-    async def _open(self, ctx, info, payload: bytes, stream: bool, endpoint_path: str, prefix: str | None):
-        """Send to a worker; once more to another if the first fails before its first byte."""
+    async def _open(self, ctx, info, payload: bytes, stream: bool, target: _Target, prefix: str | None):
+        """Send to a worker; once more to another only if the first surely never got the request.
+
+        Retried: a connection that could not be opened, and a 502/503/504 the engine answered
+        before any byte of a body. Not retried (``UpstreamError`` with ``sent``): a read timeout or
+        a connection dropped after the request was written — the engine may have run it already.
+        """
         router = self.state.router
         tried: set[str] = set()
         last_error = "no worker"
@@ -316,19 +323,25 @@ class Proxy:
             if worker.api_key:
                 headers["Authorization"] = f"Bearer {worker.api_key}"
             router.acquire(worker)
+            target.worker = worker
             try:
-                response = await self.state.upstream.send(
-                    "POST", worker.url + endpoint_path, headers, payload
-                )
+                response = await self.state.upstream.send("POST", worker.url + ctx.path, headers, payload)
             except UpstreamError as exc:
                 router.release(worker)
+                if exc.sent:
+                    raise
+                target.worker = None
                 last_error = str(exc)
                 if attempt == 0:
                     metrics.UPSTREAM_RETRIES.labels(info.name).inc()
                 continue
+            except BaseException:
+                router.release(worker)
+                raise
             if response.status in RETRYABLE_STATUS and attempt == 0 and len(workers) > 1:
                 await response.close()
                 router.release(worker)
+                target.worker = None
                 metrics.UPSTREAM_RETRIES.labels(info.name).inc()
                 last_error = f"HTTP {response.status}"
                 continue
@@ -344,41 +357,95 @@ class Proxy:
         self, ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send
     ):
         state = self.state
-        path = ctx.path
-        worker, response = await self._open(ctx, info, payload, stream, path, prefix)
-        ctx.worker = event["w"] = worker.worker_id
-        base_headers = [(b"x-request-id", ctx.request_id.encode()), *lease.headers]
+        target = _Target(payload)
+        self.active += 1
+        # A request still running after checkpoint_seconds without a stream checkpoint (a long
+        # prefill, a long non-streaming answer) gets one with its estimated prompt.
+        timer = asyncio.get_running_loop().call_later(
+            self.settings.checkpoint_seconds, self._start_early_checkpoint, event, lease, target
+        )
         try:
-            if response.status != 200 or not stream:
-                await self._plain(ctx, response, base_headers, lease, event, send)
-            else:
-                await self._stream(
-                    ctx, response, base_headers, client_usage, client_continuous, lease, event, send
-                )
+            try:
+                worker, response = await self._open(ctx, info, payload, stream, target, prefix)
+            except UpstreamError as exc:
+                ctx.worker = event["w"] = target.worker.worker_id
+                await self._bill_prompt(event, target)
+                raise _unanswered(exc, event, self.settings.read_timeout) from exc
+            ctx.worker = event["w"] = worker.worker_id
+            base_headers = [(b"x-request-id", ctx.request_id.encode()), *lease.headers]
+            try:
+                if response.status != 200 or not stream:
+                    await self._plain(ctx, response, base_headers, lease, event, send, target)
+                else:
+                    await self._stream(
+                        ctx,
+                        response,
+                        base_headers,
+                        client_usage,
+                        client_continuous,
+                        lease,
+                        event,
+                        send,
+                        target,
+                    )
+            finally:
+                await response.close()
+                state.router.release(worker)
+        except asyncio.CancelledError:
+            # The gateway is stopping and its grace period is over: bill what the engine did.
+            if not lease.settled and target.worker is not None:
+                if event["s"] == "error":
+                    event["s"], event["h"] = "gateway_stopped", 503
+                await self._bill_prompt(event, target)
+                event["l"] = int((time.perf_counter() - ctx.start) * 1000)
+                await state.metering.record(event, lease)
+            raise
         finally:
-            await response.close()
-            state.router.release(worker)
+            timer.cancel()
+            self.active -= 1
 
-    async def _plain(self, ctx, response, base_headers, lease, event, send) -> None:
+    def _start_early_checkpoint(self, event, lease, target: _Target) -> None:
+        task = asyncio.ensure_future(self._early_checkpoint(event, lease, target))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _early_checkpoint(self, event, lease, target: _Target) -> None:
+        # Checked and queued on the Redis pipe in one step of the loop: a final event recorded
+        # before this sees no checkpoint; one recorded after it removes this one.
+        if lease.settled or target.worker is None or event["id"] in self.state.metering.checkpointed:
+            return
+        snapshot = {**event, "p": _estimate_tokens(target.body(), event["ep"]), "c": 0}
+        try:
+            await self.state.metering.checkpoint(snapshot)
+        except Exception:
+            logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
+
+    async def _plain(self, ctx, response, base_headers, lease, event, send, target) -> None:
         try:
             raw = await response.read()
         except Exception as exc:
-            raise GatewayError(
-                502,
-                "The model worker failed while answering. Retry the request.",
-                type="server_error",
-                code="upstream_error",
-            ) from exc
+            # The answer started and broke off: the engine worked on it, so it is not retried.
+            error = exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc) or type(exc).__name__)
+            await self._bill_prompt(event, target)
+            raise _unanswered(error, event, self.settings.read_timeout) from exc
         status = response.status
         extra = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP and k != b"content-type"]
         if status == 200:
             try:
-                usage = orjson.loads(raw).get("usage") or {}
-            except (orjson.JSONDecodeError, AttributeError):
-                usage = {}
-            event["p"] = int(usage.get("prompt_tokens") or 0)
-            event["c"] = int(usage.get("completion_tokens") or 0)
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                answer = None
+            usage = answer.get("usage") if isinstance(answer, dict) else None
             event["s"] = "ok"
+            if _has_tokens(usage, "prompt_tokens"):
+                event["p"] = usage["prompt_tokens"]
+                completion = usage.get("completion_tokens")
+                event["c"] = completion if type(completion) is int and completion >= 0 else 0
+                event["u"] = "engine"
+            else:
+                # An engine that reports no usage is counted, and the record says how.
+                await self._bill_prompt(event, target)
+                await self._count_answer(event, target, answer)
         elif status in (401, 403):
             # The engine refused *our* key: the client's key was fine, so this is our fault.
             logger.error("worker %s refused the gateway's engine key (HTTP %s)", event["w"], status)
@@ -412,9 +479,10 @@ class Proxy:
         await send({"type": "http.response.body", "body": raw})
 
     async def _stream(
-        self, ctx, response, base_headers, client_usage, client_continuous, lease, event, send
+        self, ctx, response, base_headers, client_usage, client_continuous, lease, event, send, target
     ) -> None:
         state = self.state
+        settings = self.settings
         disconnected = asyncio.Event()
 
         async def watch_disconnect() -> None:
@@ -429,10 +497,16 @@ class Proxy:
         watcher = asyncio.create_task(watch_disconnect())
         ctx.status = 200
         delivered_usage = None  # usage as of the last chunk the client received
+        engine_usage = None  # the latest usage the engine reported (delivered or not)
         final_usage = None
         content_chunks = 0
+        delivered_chunks = 0
         first = True
         buffer = b""
+        # Checkpoints (a SIGKILLed gateway's streams are billed from the last one): at the first
+        # delivered chunk, then every checkpoint_seconds or checkpoint_tokens.
+        checkpoint_tokens = -1
+        checkpoint_at = 0.0
         try:
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *base_headers]}
@@ -464,12 +538,12 @@ class Proxy:
                         continue
                     usage = obj.get("usage")
                     if obj.get("choices") == [] and usage:
-                        final_usage = usage  # the include_usage chunk
+                        final_usage = engine_usage = usage  # the include_usage chunk
                         if client_usage:
                             out.append(raw_event + b"\n\n")
                         continue
                     if usage:
-                        pending_usage = usage
+                        pending_usage = engine_usage = usage
                     if "usage" in obj and not client_continuous:
                         if client_usage:
                             obj["usage"] = None
@@ -488,10 +562,11 @@ class Proxy:
                     metrics.TTFT.labels(event["m"]).observe(ctx.ttft)
                 if (final_usage is not None or done) and not lease.settled:
                     # The last bytes are about to go: meter first.
-                    self._fill(
+                    await self._finish_stream(
                         event,
                         ctx,
-                        final_usage or pending_usage or delivered_usage or {},
+                        target,
+                        final_usage or pending_usage or delivered_usage,
                         content_chunks,
                         "ok",
                         200,
@@ -501,33 +576,231 @@ class Proxy:
                     out.append(b"data: [DONE]\n\n")
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                    delivered_chunks = content_chunks
                     if pending_usage is not None:
                         delivered_usage = pending_usage
+                    if not lease.settled and delivered_chunks:
+                        delivered = _completion(delivered_usage, delivered_chunks)
+                        now = time.monotonic()
+                        if (
+                            checkpoint_tokens < 0
+                            or delivered - checkpoint_tokens >= settings.checkpoint_tokens
+                            or now - checkpoint_at >= settings.checkpoint_seconds
+                        ):
+                            checkpoint_tokens, checkpoint_at = delivered, now
+                            await self._checkpoint(event, ctx, target, delivered_usage, delivered_chunks)
+        except asyncio.CancelledError:
+            if not lease.settled:
+                # Cut by the gateway's own shutdown: bill what the client received (recorded by
+                # _forward, which also bills the prompt when the engine had not reported it).
+                self._fill(event, ctx, delivered_usage, delivered_chunks, "gateway_stopped", 503)
+                if not _has_tokens(delivered_usage, "prompt_tokens") and _has_tokens(
+                    engine_usage, "prompt_tokens"
+                ):
+                    event["p"] = engine_usage["prompt_tokens"]
+            raise
         except Exception:
             if not disconnected.is_set():
                 if not lease.settled:
-                    self._fill(event, ctx, delivered_usage or {}, content_chunks, "upstream_error", 502)
+                    await self._finish_stream(
+                        event,
+                        ctx,
+                        target,
+                        delivered_usage,
+                        delivered_chunks,
+                        "upstream_error",
+                        502,
+                        engine_usage,
+                    )
                 raise
         finally:
             watcher.cancel()
         if disconnected.is_set():
             if not lease.settled:
-                # Bill only what the client received.
-                self._fill(event, ctx, delivered_usage or {}, content_chunks, "client_disconnected", 499)
+                # Bill only what the client received, and the prompt the engine read in any case.
+                await self._finish_stream(
+                    event,
+                    ctx,
+                    target,
+                    delivered_usage,
+                    delivered_chunks,
+                    "client_disconnected",
+                    499,
+                    engine_usage,
+                )
             ctx.status = 499
             return
         if not lease.settled:
             # The engine ended the stream without [DONE] or usage: meter what we saw.
-            self._fill(event, ctx, final_usage or delivered_usage or {}, content_chunks, "ok", 200)
+            await self._finish_stream(
+                event, ctx, target, final_usage or delivered_usage, content_chunks, "ok", 200, engine_usage
+            )
             await state.metering.record(event, lease)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _checkpoint(self, event, ctx, target: _Target, usage, chunks: int) -> None:
+        snapshot = dict(event)
+        self._fill(snapshot, ctx, usage, chunks, "gateway_lost", 0)
+        if not _has_tokens(usage, "prompt_tokens"):  # an engine without per-chunk usage
+            snapshot["p"] = _estimate_tokens(target.body(), event["ep"])
+        try:
+            await self.state.metering.checkpoint(snapshot)
+        except Exception:  # a missed checkpoint only widens what a SIGKILL could lose
+            logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
+
+    async def _finish_stream(
+        self, event, ctx, target, usage, chunks: int, status: str, http: int, engine_usage=None
+    ) -> None:
+        self._fill(event, ctx, usage, chunks, status, http)
+        if not _has_tokens(usage, "prompt_tokens"):
+            if _has_tokens(engine_usage, "prompt_tokens"):
+                event["p"] = engine_usage["prompt_tokens"]  # reported, though never delivered
+                event["u"] = _worse(event.get("u"), "engine")
+            else:
+                await self._bill_prompt(event, target)
+
     @staticmethod
-    def _fill(event, ctx, usage: dict, content_chunks: int, status: str, http: int) -> None:
-        event["p"] = int(usage.get("prompt_tokens") or 0)
+    def _fill(event, ctx, usage, content_chunks: int, status: str, http: int) -> None:
+        usage = usage if isinstance(usage, dict) else {}
+        prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
-        # Without per-chunk usage from the engine, count content chunks (one token each in vLLM).
-        event["c"] = int(completion) if completion is not None else (content_chunks if status != "ok" else 0)
+        event["p"] = prompt if type(prompt) is int and prompt >= 0 else 0
+        source = "engine"
+        if type(completion) is int and completion >= 0:
+            event["c"] = completion
+        else:
+            # Without usage from the engine, count content chunks (one token each in vLLM).
+            event["c"] = content_chunks
+            if content_chunks:
+                source = "chunks"
+        event["u"] = source
         event["s"] = status
         event["h"] = http
         event["l"] = int((time.perf_counter() - ctx.start) * 1000)
+
+    # ------------------------------------------------------------------ counting without usage
+
+    async def _bill_prompt(self, event, target: _Target) -> None:
+        """The prompt of a request the engine got but did not report: its tokenizer, else ours."""
+        if event["p"]:
+            return
+        body = target.body()
+        count = await self._tokenize_prompt(target.worker, body, event["ep"]) if target.worker else None
+        if count is None:
+            event["p"], event["u"] = _estimate_tokens(body, event["ep"]), "estimate"
+        else:
+            event["p"], event["u"] = count, _worse(event.get("u"), "tokenizer")
+
+    async def _count_answer(self, event, target: _Target, answer) -> None:
+        """Completion tokens of an answer without usage: the engine's tokenizer on its text."""
+        texts = []
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict):
+                message = choice.get("message")
+                text = message.get("content") if isinstance(message, dict) else choice.get("text")
+                if isinstance(text, str) and text:
+                    texts.append(text)
+        if not texts:
+            event["c"] = 0
+            return
+        model = target.body().get("model")
+        counts = await asyncio.gather(
+            *(
+                self._tokenize(target.worker, {"model": model, "prompt": t, "add_special_tokens": False})
+                for t in texts
+            )
+        )
+        if None in counts:
+            event["c"], event["u"] = sum((len(t) + 3) // 4 for t in texts), "estimate"
+        else:
+            event["c"], event["u"] = sum(counts), _worse(event.get("u"), "tokenizer")
+
+    async def _tokenize_prompt(self, worker, body: dict, endpoint: str) -> int | None:
+        model = body.get("model")
+        if endpoint == "chat":
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                return None
+            return await self._tokenize(worker, {"model": model, "messages": messages})
+        value = body.get("prompt") if endpoint == "completions" else body.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(texts, list)
+            or not texts
+            or len(texts) > 64
+            or not all(isinstance(t, str) for t in texts)
+        ):
+            return None  # token-id prompts and big batches: the estimate
+        counts = await asyncio.gather(*(self._tokenize(worker, {"model": model, "prompt": t}) for t in texts))
+        return None if None in counts else sum(counts)
+
+    async def _tokenize(self, worker, request: dict) -> int | None:
+        """``POST /tokenize`` on the worker (vLLM and Berth's CPU engine): ``{"count": n, …}``."""
+        result = await self.state.upstream.post_json(
+            worker.url + "/tokenize",
+            worker.api_key,
+            orjson.dumps(request),
+            limit_s=self.settings.tokenize_timeout,
+        )
+        count = result.get("count") if isinstance(result, dict) else None
+        return count if type(count) is int and count >= 0 else None
+
+
+class _Target:
+    """Where one request went (``worker`` is set while it may be with the engine) and its body."""
+
+    __slots__ = ("payload", "worker", "_body")
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.worker = None
+        self._body = None
+
+    def body(self) -> dict:
+        if self._body is None:
+            try:
+                body = orjson.loads(self.payload)
+            except orjson.JSONDecodeError:
+                body = None
+            self._body = body if isinstance(body, dict) else {}
+        return self._body
+
+
+_SOURCES = ("engine", "tokenizer", "chunks", "estimate")
+
+
+def _worse(current: str | None, source: str) -> str:
+    """A record is as reliable as its least reliable count."""
+    if current not in _SOURCES:
+        return source
+    return max(current, source, key=_SOURCES.index)
+
+
+def _has_tokens(usage, name: str) -> bool:
+    return isinstance(usage, dict) and type(usage.get(name)) is int and usage[name] >= 0
+
+
+def _completion(usage, chunks: int) -> int:
+    if _has_tokens(usage, "completion_tokens"):
+        return usage["completion_tokens"]
+    return chunks
+
+
+def _unanswered(exc: UpstreamError, event: dict, read_timeout: float) -> GatewayError:
+    """The engine got the request and the answer never came: 504, not retried, prompt billed."""
+    if exc.timeout:
+        event["s"] = "upstream_timeout"
+        message = (
+            f"The model worker did not answer within {read_timeout:g} seconds. The request was not "
+            "retried because the worker may have processed it; you were billed for the prompt."
+        )
+        code = "upstream_timeout"
+    else:
+        event["s"] = "upstream_error"
+        message = (
+            "The connection to the model worker broke after the request was sent. It was not retried "
+            "because the worker may have processed it; you were billed for the prompt."
+        )
+        code = "upstream_disconnected"
+    return GatewayError(504, message, type="server_error", code=code)

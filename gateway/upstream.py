@@ -3,15 +3,27 @@
 Two implementations exist so the choice could be measured (see ``gateway/README.md``): aiohttp
 (the default) and httpx. Both stream the response body as it arrives and close the connection
 when asked, which is how a client disconnect stops the engine's work.
+
+``UpstreamError.sent`` says whether the engine may have received the request: only a request
+that surely never reached it (connection refused, connect timeout) may be sent again elsewhere;
+anything later (read timeout, connection dropped after the write) could have run already, so the
+proxy answers it and bills the prompt instead of running it twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
+
 
 class UpstreamError(Exception):
-    """Connecting or talking to the worker failed before a response started."""
+    """Talking to the worker failed (before a response started, or while reading its body)."""
+
+    def __init__(self, message: str, *, sent: bool = True, timeout: bool = False):
+        super().__init__(message)
+        self.sent = sent  # False only when the request surely never reached the engine
+        self.timeout = timeout
 
 
 class UpstreamResponse:
@@ -39,7 +51,10 @@ class _AiohttpResponse(UpstreamResponse):
             yield chunk
 
     async def read(self) -> bytes:
-        return await self._r.read()
+        try:
+            return await self._r.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _aiohttp_error(exc) from exc
 
     async def close(self) -> None:
         # close(), not release(): an unfinished stream must drop the connection so vLLM aborts.
@@ -47,11 +62,15 @@ class _AiohttpResponse(UpstreamResponse):
             self._r.close()
 
 
+def _aiohttp_error(exc: BaseException) -> UpstreamError:
+    # Connector errors and connect timeouts happen before a byte of the request is written.
+    never_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    timeout = isinstance(exc, TimeoutError) and not never_sent
+    return UpstreamError(str(exc) or type(exc).__name__, sent=not never_sent, timeout=timeout)
+
+
 class AiohttpUpstream:
     def __init__(self, settings):
-        import aiohttp
-
-        self._aiohttp = aiohttp
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(
@@ -64,16 +83,29 @@ class AiohttpUpstream:
     async def send(self, method: str, url: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
         try:
             response = await self.session.request(method, url, headers=headers, data=body)
-        except (self._aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise UpstreamError(str(exc) or type(exc).__name__) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _aiohttp_error(exc) from exc
         return _AiohttpResponse(response)
 
     async def get_text(self, url: str, api_key: str, *, limit_s: float) -> str:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         async with self.session.get(
-            url, headers=headers, timeout=self._aiohttp.ClientTimeout(total=limit_s)
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=limit_s)
         ) as response:
             return await response.text()
+
+    async def post_json(self, url: str, api_key: str, body: bytes, *, limit_s: float):
+        """A small JSON call beside the request path (``/tokenize``); None when it fails."""
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        try:
+            async with self.session.post(
+                url, headers=headers, data=body, timeout=aiohttp.ClientTimeout(total=limit_s)
+            ) as response:
+                return await response.json(content_type=None) if response.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
 
     async def close(self) -> None:
         await self.session.close()
@@ -90,7 +122,14 @@ class _HttpxResponse(UpstreamResponse):
             yield chunk
 
     async def read(self) -> bytes:
-        return await self._r.aread()
+        import httpx
+
+        try:
+            return await self._r.aread()
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                str(exc) or type(exc).__name__, timeout=isinstance(exc, httpx.TimeoutException)
+            ) from exc
 
     async def close(self) -> None:
         await self._r.aclose()
@@ -113,13 +152,25 @@ class HttpxUpstream:
         try:
             response = await self.client.send(request, stream=True)
         except (self._httpx.HTTPError, OSError) as exc:
-            raise UpstreamError(str(exc) or type(exc).__name__) from exc
+            never_sent = isinstance(exc, self._httpx.ConnectError | self._httpx.ConnectTimeout)
+            timeout = isinstance(exc, self._httpx.TimeoutException) and not never_sent
+            raise UpstreamError(str(exc) or type(exc).__name__, sent=not never_sent, timeout=timeout) from exc
         return _HttpxResponse(response)
 
     async def get_text(self, url: str, api_key: str, *, limit_s: float) -> str:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         response = await self.client.get(url, headers=headers, timeout=limit_s)
         return response.text
+
+    async def post_json(self, url: str, api_key: str, body: bytes, *, limit_s: float):
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        try:
+            response = await self.client.post(url, headers=headers, content=body, timeout=limit_s)
+            return response.json() if response.status_code == 200 else None
+        except (self._httpx.HTTPError, OSError, ValueError):
+            return None
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -1,4 +1,4 @@
-"""Keep the Redis mirror of the registry current on every change (after commit)."""
+"""Keep the Redis mirror of the registry current on every change (after commit), prices included."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_sa
 from django.dispatch import receiver
 
 from models_registry import mirror
-from models_registry.models import Model
+from models_registry.models import Model, Price
 
 
 @receiver(pre_save, sender=Model)
@@ -38,3 +38,12 @@ def _model_tenants_changed(sender, instance, action, **kwargs):
 def _model_deleted(sender, instance, **kwargs):
     name = instance.name
     transaction.on_commit(lambda: mirror.unpublish_model(name))
+
+
+@receiver(post_save, sender=Price)
+def _price_added(sender, instance, created, **kwargs):
+    # Prices are append-only; one in effect now changes what the gateway charges at once. One
+    # scheduled for later is published when it takes effect (billing.spend.republish_prices).
+    if created:
+        model = instance.model
+        transaction.on_commit(lambda: mirror.publish_model(model))

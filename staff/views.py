@@ -21,12 +21,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from billing import reports
+from billing import payments, reports
+from billing.models import BillingAccount
 from billing.money import format_money
 from billing.periods import period_containing
 from models_registry.models import Deployment
 from staff import queries
-from tenants import accounts
 from tenants.constants import TenantStatus
 from tenants.models import Tenant
 from workers import lifecycle, reconciler
@@ -195,7 +195,13 @@ def drain_worker(request, worker_id):
 def _tenant_rows(tenants, now):
     tokens = queries.period_tokens([t.pk for t in tenants], now)
     currency = settings.BILLING_CURRENCY
+    billing = BillingAccount.objects.in_bulk([t.pk for t in tenants])
     for tenant in tenants:
+        account = billing.get(tenant.pk)
+        # Shown in the row: a period that failed to close into an invoice (retried every run) and
+        # a suspension made by dunning (lifted by payment, or by Resume here).
+        tenant.close_failure = account if account and account.close_failed_at else None
+        tenant.suspended_for_nonpayment = bool(account and account.suspended_for_nonpayment)
         tenant.period_tokens = tokens.get(tenant.pk, 0)
         # One query per tenant (priced lines); fine for a page of 50.
         tenant.period_spend = format_money(reports.period_spend(tenant, now), currency)
@@ -230,7 +236,7 @@ def tenant_status(request, tenant_id):
     if not request.POST.get("confirmed"):
         # Without JavaScript there was no confirm() dialog: ask on a page of its own.
         return render(request, "staff/tenant_confirm.html", {"tenant": tenant, "status": status})
-    accounts.set_status(tenant=tenant, status=status)
+    payments.set_tenant_status(tenant=tenant, status=status, user=request.user)
     verb = "suspended" if status == TenantStatus.SUSPENDED else "resumed"
     notice = f"{tenant.name} {verb}."
     if _htmx(request):

@@ -2,19 +2,26 @@
 
 Roles are enforced through django-guardian object permissions on the Tenant: every change of a
 membership re-grants exactly the permissions of its role (constants.ROLE_PERMISSIONS).
+
+Sign-up never tells the person at the form whether an address already has an account: both
+answers are the same page, and the address's owner is mailed instead (tenants/verification.py
+covers the link a new account must follow).
 """
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils.text import slugify
 from guardian.shortcuts import assign_perm, remove_perm
 
-from tenants import mirror
+from tenants import keys, mirror, verification
 from tenants.constants import ALL_ROLE_PERMISSIONS, ROLE_PERMISSIONS, Role, TenantStatus
-from tenants.models import Membership, Plan, Tenant, User
+from tenants.models import ApiKey, Membership, Plan, Tenant, User
 
 
 def default_plan() -> Plan:
@@ -54,12 +61,70 @@ def create_tenant(*, name: str, owner: User, plan: Plan | None = None, slug: str
     return tenant
 
 
-def signup(*, email: str, password: str, organization: str) -> tuple[User, Tenant]:
-    """A new person with a new organization, owned by them."""
-    with transaction.atomic():
-        user = User.objects.create_user(email=email, password=password)
-        tenant = create_tenant(name=organization, owner=user)
-    return user, tenant
+def signup(*, email: str, password: str, organization: str, base_url: str) -> User | None:
+    """A new, unverified person with a new organization owned by them, and a verification mail.
+
+    Returns None when the address already has an account: nothing is created and its owner gets
+    a notice instead. The caller must answer exactly as for a new account.
+    """
+    email = email.strip().lower()
+    existing = User.objects.filter(email__iexact=email).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(email=email, password=password, email_verified=False)
+                create_tenant(name=organization, owner=user)
+                verification.send(user=user, base_url=base_url)
+            return user
+        except IntegrityError:  # the same address signed up at the same moment
+            existing = User.objects.filter(email__iexact=email).first()
+            if existing is None:
+                raise
+    # Hash anyway, so the answer takes as long as creating an account does.
+    make_password(password)
+    _notify_existing_account(existing, base_url=base_url)
+    return None
+
+
+def _notify_existing_account(user: User, *, base_url: str) -> None:
+    base = base_url.rstrip("/")
+    transaction.on_commit(
+        lambda: send_mail(
+            subject="Someone tried to sign up for Berth with your address",
+            message=(
+                f"Someone (perhaps you) tried to create a Berth account for {user.email}, "
+                "which already has one, so nothing was created.\n\n"
+                f"Log in: {base}{reverse('login')}\n"
+                f"Forgot your password? Choose a new one: {base}{reverse('password_reset')}\n\n"
+                "If it was not you, you need not do anything."
+            ),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[user.email],
+        )
+    )
+
+
+def password_was_reset(*, user: User) -> None:
+    """A reset link was followed: the mailbox is the owner's, so the address counts as verified.
+
+    The new password changes the session hash, so Django ends every other session of the user
+    on its next request; the keys they made are offered for revocation (``revoke_own_keys``).
+    """
+    verification.mark_verified(user=user)
+
+
+def own_keys(*, user: User):
+    """Usable keys ``user`` created, in every tenant (inference and management)."""
+    return ApiKey.objects.usable().filter(created_by=user)
+
+
+def revoke_own_keys(*, user: User) -> int:
+    """Revoke every usable key ``user`` created; how many were revoked."""
+    revoked = 0
+    for api_key in own_keys(user=user).select_related("tenant"):
+        keys.revoke_api_key(api_key=api_key)
+        revoked += 1
+    return revoked
 
 
 def add_member(*, tenant: Tenant, user: User, role: str = Role.MEMBER) -> Membership:

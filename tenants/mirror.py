@@ -6,7 +6,8 @@ Layout (all under ``settings.REDIS_PREFIX``):
   ``allowed_models`` (JSON list), ``expires_at`` (epoch seconds or empty). Only usable inference
   keys are present; a key with an expiry also gets a Redis ``EXPIREAT``, so it vanishes on time
   even if no task runs.
-* ``tenant:<tenant id>`` — hash: ``slug``, ``status``, ``plan`` (JSON of the plan's limits).
+* ``tenant:<tenant id>`` — hash: ``slug``, ``status``, ``plan`` (JSON of the plan's limits),
+  ``spend_limit_micros`` (the spend limit in micro-units, gateway/spend.py; empty: no limit).
 * channel ``invalidate`` — ``apikey:<lookup id>`` / ``tenant:<id>`` is published on every change so
   gateways drop their short in-process caches at once.
 
@@ -22,6 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from berth.redis import get_redis, mirror_write, rkey
+from gateway.spend import to_micros
 from tenants.constants import KeyKind
 
 INVALIDATE_CHANNEL = "invalidate"
@@ -40,7 +42,15 @@ def key_entry(api_key) -> dict[str, str]:
 
 
 def tenant_entry(tenant) -> dict[str, str]:
-    return {"slug": tenant.slug, "status": tenant.status, "plan": json.dumps(tenant.plan.limits())}
+    from billing.spend import limit_for
+
+    limit = limit_for(tenant)
+    return {
+        "slug": tenant.slug,
+        "status": tenant.status,
+        "plan": json.dumps(tenant.plan.limits()),
+        "spend_limit_micros": "" if limit is None else str(to_micros(limit)),
+    }
 
 
 def _write_key(pipe, api_key) -> None:

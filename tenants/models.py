@@ -42,6 +42,12 @@ class User(AbstractUser):
 
     username = None
     email = models.EmailField("email address", unique=True)
+    # True by default: accounts made by operators (``create_tenant``, ``up``, the admin) and
+    # existing rows are trusted. Self-service sign-up sets it False until the emailed link is
+    # followed (tenants/verification.py); only then may the account create keys or join tenants.
+    email_verified = models.BooleanField(
+        default=True, help_text="The owner of this address followed a link sent to it (or staff made it)."
+    )
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []

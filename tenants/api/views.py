@@ -1,16 +1,20 @@
-"""Management API views: the current tenant, its members and its API keys."""
+"""Management API views: the current tenant, its members and its API keys.
+
+Nobody is added to a tenant directly: ``POST /members/`` sends an invitation exactly like
+``POST /invitations/``, and answers the same whether or not the address has an account.
+"""
 
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied, Throttled, ValidationError
 from rest_framework.response import Response
 
-from tenants import accounts, invitations, keys
+from tenants import accounts, invitations, keys, throttling, verification
 from tenants.api.permissions import TenantPermission, request_membership, request_tenant
 from tenants.api.serializers import (
     ApiKeyCreatedSerializer,
@@ -27,7 +31,7 @@ from tenants.constants import (
     PERM_MANAGE_SETTINGS,
     PERM_USE_KEYS,
 )
-from tenants.models import ApiKey, Invitation, Membership, User
+from tenants.models import ApiKey, Invitation, Membership
 
 
 def _django_error(exc: DjangoValidationError) -> ValidationError:
@@ -39,6 +43,47 @@ def _check_assign(request, *, role: str, target: Membership | None = None) -> No
         accounts.check_can_assign(actor=request_membership(request), role=role, target=target)
     except DjangoPermissionDenied as exc:
         raise PermissionDenied(str(exc)) from exc
+
+
+INVITE_RESPONSES = {
+    201: InvitationSerializer,
+    400: OpenApiResponse(description="Invalid address or role, or the person is already a member."),
+    403: OpenApiResponse(
+        description="No permission, a role only owners grant, or your address is unverified."
+    ),
+    429: OpenApiResponse(description="Too many invitations from you, or from your organization today."),
+}
+
+
+def _require_verified(request) -> None:
+    try:
+        verification.require_verified(request.user)
+    except verification.Unverified as exc:
+        raise PermissionDenied(str(exc)) from exc
+
+
+def _invite(request) -> Response:
+    """Throttled per IP and per inviting account, capped per tenant per day (429 either way)."""
+    data = InvitationCreateSerializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    wait = throttling.check(request, flow="invitation", account=str(request.user.pk))
+    if wait:
+        raise Throttled(wait=wait, detail=throttling.message(wait))
+    _require_verified(request)
+    _check_assign(request, role=data.validated_data["role"])
+    try:
+        sent = invitations.invite(
+            tenant=request_tenant(request),
+            email=data.validated_data["email"],
+            role=data.validated_data["role"],
+            invited_by=request.user,
+            base_url=request.build_absolute_uri("/"),
+        )
+    except invitations.LimitReached as exc:
+        raise Throttled(wait=exc.retry_after, detail=str(exc)) from exc
+    except DjangoValidationError as exc:
+        raise _django_error(exc) from exc
+    return Response(InvitationSerializer(sent.invitation).data, status=status.HTTP_201_CREATED)
 
 
 class CurrentTenantView(generics.RetrieveUpdateAPIView):
@@ -63,7 +108,7 @@ class MemberViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Members of the current tenant. Adding, re-roling and removing needs ``manage_members``."""
+    """Members of the current tenant. Inviting, re-roling and removing needs ``manage_members``."""
 
     serializer_class = MemberSerializer
     permission_classes = [TenantPermission]
@@ -73,21 +118,14 @@ class MemberViewSet(
     def get_queryset(self):
         return Membership.objects.for_tenant(request_tenant(self.request)).select_related("user")
 
-    @extend_schema(request=MemberCreateSerializer, responses={201: MemberSerializer})
+    @extend_schema(
+        request=MemberCreateSerializer,
+        responses=INVITE_RESPONSES,
+        description="Invites the address to join (an email with a single-use link); it becomes a "
+        "member when that person accepts, logged in with the address, verified.",
+    )
     def create(self, request, *args, **kwargs):
-        data = MemberCreateSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        user = User.objects.filter(email__iexact=data.validated_data["email"]).first()
-        if user is None:
-            raise ValidationError(
-                {"email": ["No Berth account uses this address; ask them to sign up first."]}
-            )
-        tenant = request_tenant(request)
-        if Membership.objects.filter(tenant=tenant, user=user).exists():
-            raise ValidationError({"email": ["This person is already a member."]})
-        _check_assign(request, role=data.validated_data["role"])
-        membership = accounts.add_member(tenant=tenant, user=user, role=data.validated_data["role"])
-        return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+        return _invite(request)
 
     def perform_update(self, serializer):
         _check_assign(
@@ -133,6 +171,7 @@ class ApiKeyViewSet(
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        _require_verified(request)
         try:
             created = keys.create_api_key(
                 tenant=request_tenant(request), created_by=request.user, **serializer.validated_data
@@ -173,22 +212,9 @@ class InvitationViewSet(
     def get_queryset(self):
         return Invitation.objects.pending().filter(tenant=request_tenant(self.request))
 
-    @extend_schema(request=InvitationCreateSerializer, responses={201: InvitationSerializer})
+    @extend_schema(request=InvitationCreateSerializer, responses=INVITE_RESPONSES)
     def create(self, request, *args, **kwargs):
-        data = InvitationCreateSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        _check_assign(request, role=data.validated_data["role"])
-        try:
-            sent = invitations.invite(
-                tenant=request_tenant(request),
-                email=data.validated_data["email"],
-                role=data.validated_data["role"],
-                invited_by=request.user,
-                base_url=request.build_absolute_uri("/"),
-            )
-        except DjangoValidationError as exc:
-            raise _django_error(exc) from exc
-        return Response(InvitationSerializer(sent.invitation).data, status=status.HTTP_201_CREATED)
+        return _invite(request)
 
     def perform_destroy(self, instance):
         invitations.revoke(invitation=instance)

@@ -54,6 +54,7 @@ class State:
     items: dict = field(default_factory=dict)
     idempotent: dict = field(default_factory=dict)  # key -> (fingerprint, status, body)
     sent: list = field(default_factory=list)  # invoice ids, once per /send processed
+    payments: list = field(default_factory=list)  # (invoice id, "out_of_band" | "customer")
 
 
 def decode_form(body: str) -> dict:
@@ -226,6 +227,9 @@ class FakeStripe:
             ("GET", r"/v1/invoices/(?P<id>[^/]+)", lambda p, id: self._invoice(id)),
             ("POST", r"/v1/invoices/(?P<id>[^/]+)/finalize", self._finalize),
             ("POST", r"/v1/invoices/(?P<id>[^/]+)/send", self._send),
+            ("POST", r"/v1/invoices/(?P<id>[^/]+)/pay", self._pay),
+            ("POST", r"/v1/invoices/(?P<id>[^/]+)/void", self._void),
+            ("DELETE", r"/v1/invoices/(?P<id>[^/]+)", self._delete_invoice),
             ("POST", r"/v1/invoiceitems", self._create_item),
             ("GET", r"/v1/invoiceitems", self._list_items),
         ]
@@ -359,3 +363,52 @@ class FakeStripe:
             raise StripeError(400, "invalid_request_error", "You can only send open invoices.")
         self.state.sent.append(id)
         return self._invoice(id)
+
+    def _pay(self, params: dict, id: str) -> dict:
+        invoice = self._get(self.state.invoices, id)
+        out_of_band = params.get("paid_out_of_band") == "true"
+        self._settle_payment(invoice, "out_of_band" if out_of_band else "customer")
+        invoice["paid_out_of_band"] = out_of_band
+        return self._invoice(id)
+
+    def _settle_payment(self, invoice: dict, how: str) -> None:
+        if invoice["status"] == "paid":
+            raise StripeError(
+                400, "invalid_request_error", "Invoice is already paid.", "invoice_already_paid"
+            )
+        if invoice["status"] not in ("open", "uncollectible"):
+            raise StripeError(
+                400, "invalid_request_error", f"You cannot pay an invoice that is {invoice['status']}."
+            )
+        invoice["status"] = "paid"
+        invoice["status_transitions"] = {"paid_at": int(time.time())}
+        self.state.payments.append((invoice["id"], how))
+
+    def _void(self, params: dict, id: str) -> dict:
+        invoice = self._get(self.state.invoices, id)
+        if invoice["status"] not in ("open", "uncollectible"):
+            raise StripeError(
+                400,
+                "invalid_request_error",
+                f"You can only void open invoices; this one is {invoice['status']}.",
+            )
+        invoice["status"] = "void"
+        return self._invoice(id)
+
+    def _delete_invoice(self, params: dict, id: str) -> dict:
+        invoice = self._get(self.state.invoices, id)
+        if invoice["status"] != "draft":
+            raise StripeError(400, "invalid_request_error", "You can only delete draft invoices.")
+        del self.state.invoices[id]
+        return {"id": id, "object": "invoice", "deleted": True}
+
+    # ------------------------------------------------------------------ the customer's side
+
+    def customer_pays(self, id: str) -> bool:
+        """The customer pays on the hosted invoice page; False when Stripe refuses (not payable)."""
+        with self.lock:
+            try:
+                self._settle_payment(self._get(self.state.invoices, id), "customer")
+            except StripeError:
+                return False
+            return True

@@ -1,4 +1,4 @@
-"""The whole tenant path in a real browser: sign up → a streamed playground answer → a key → a
+"""The whole tenant path in a real browser: sign up → verify the address → a streamed playground answer → a key → a
 gateway call with the openai SDK → usage on the overview chart → invoice page → PDF download; a
 plain member cannot see billing."""
 
@@ -20,7 +20,7 @@ from models_registry.models import Price
 from tenants import accounts
 from tenants.constants import Role
 from tenants.models import Tenant
-from tests.browser.helpers import log_in
+from tests.browser.helpers import log_in, sign_up_and_verify
 from tests.factories import UserFactory, free_plan
 from tests.gateway.conftest import register_model
 from tests.gateway.test_usage import drain
@@ -45,12 +45,13 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
         model=ModelFactory(name=model), input_per_million=Decimal("250"), output_per_million=Decimal("1000")
     )
 
-    page.goto(f"{live_server.url}/signup/")
-    page.get_by_label("Work email").fill("ada@example.test")
-    page.get_by_label("Organization name").fill("Lovelace Inc")
-    page.get_by_label("Password").fill("a-Long-pass-991")
-    page.get_by_role("button", name="Create account").click()
-    page.wait_for_url(re.compile(r"/keys/$"))
+    sign_up_and_verify(
+        page,
+        live_server.url,
+        email="ada@example.test",
+        organization="Lovelace Inc",
+        password="a-Long-pass-991",
+    )
 
     # The playground answers, streamed from the gateway with a key minted for the session.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Playground").click()

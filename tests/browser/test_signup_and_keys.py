@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.core import mail
 
 from berth.redis import rkey
 from tenants.models import ApiKey
+from tests.browser.helpers import log_in
 from tests.factories import free_plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,8 +23,27 @@ def test_signup_create_key_list_and_revoke(live_server, page, shot, redis_client
     page.get_by_label("Organization name").fill("Hopper Labs")
     page.get_by_label("Password").fill("a-Long-pass-991")
     page.get_by_role("button", name="Create account").click()
+    page.wait_for_selector("h1:has-text('Check your email')")
+    shot(page, "signup-check-email")
+
+    # Logged in but not verified yet: no keys, and the banner says why and offers a new link.
+    log_in(page, live_server.url, "grace@example.test", "a-Long-pass-991")
+    page.goto(f"{live_server.url}/keys/")
+    assert page.locator("#verify-banner").is_visible()
+    page.get_by_label("Name").fill("too early")
+    page.get_by_role("button", name="Create key").click()
+    assert "Verify your email address first" in page.content()
+    assert not ApiKey.objects.exists()
+    shot(page, "keys-unverified")
+    page.get_by_role("button", name="Resend the link").click()
+    page.wait_for_selector("text=We sent a new link")
+    assert len(mail.outbox) == 2
+
+    link = re.search(r"https?://\S+/accounts/verify/\S+/", mail.outbox[-1].body).group(0)
+    page.goto(link)
     page.wait_for_url(re.compile(r"/keys/$"))
-    assert "Welcome to Berth" in page.content()
+    assert "is verified" in page.content()
+    assert page.locator("#verify-banner").count() == 0
 
     page.get_by_label("Name").fill("laptop")
     page.get_by_role("button", name="Create key").click()

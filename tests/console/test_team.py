@@ -9,7 +9,7 @@ from django.core import mail
 from rest_framework.test import APIClient
 
 from tenants.constants import Role
-from tenants.models import Invitation, Membership
+from tenants.models import ApiKey, Invitation, Membership, User
 from tests.factories import PASSWORD, TenantFactory, UserFactory, member
 
 pytestmark = pytest.mark.django_db(transaction=True)  # invitation emails go out on commit
@@ -137,3 +137,55 @@ def test_invitations_through_the_api(client):
     outsider = APIClient()
     outsider.force_login(member(TenantFactory(), Role.OWNER))
     assert outsider.get(f"/api/v1/invitations/{created.json()['id']}/").status_code == 404
+
+
+def test_an_account_made_by_accepting_is_verified_and_can_create_keys(client):
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.OWNER))
+    client.post("/team/", {"email": "new@person.test", "role": "member"})
+    link = invite_link()
+    client.logout()
+    client.post(link, {"password": "fresh-Pass-4431"})
+    assert User.objects.get(email="new@person.test").email_verified  # the link was mailed there
+    client.post("/keys/", {"name": "joined", "nonce": "n1"})
+    assert ApiKey.objects.filter(name="joined", tenant=tenant).exists()
+
+
+def test_an_unverified_account_with_the_invited_address_cannot_join(client):
+    """Pre-hijacking: someone signed up first with the invited person's address."""
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.OWNER))
+    client.post("/team/", {"email": "victim@x.test", "role": "admin"})
+    link = invite_link()
+    squatter = UserFactory(email="victim@x.test", email_verified=False)
+    client.force_login(squatter)
+    page = client.get(link).content.decode()
+    assert "Verify victim@x.test first" in page and "Accept and join" not in page
+    refused = client.post(link, follow=True)
+    assert "Verify your email address first" in refused.content.decode()
+    assert not Membership.objects.filter(tenant=tenant, user=squatter).exists()
+    assert Invitation.objects.pending().exists()  # still there for the real owner
+
+
+def test_an_unverified_owner_cannot_invite(client):
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.OWNER, email_verified=False))
+    body = client.post("/team/", {"email": "anyone@x.test", "role": "member"}).content.decode()
+    assert "Verify your email address first" in body
+    assert not Invitation.objects.exists() and not mail.outbox
+
+
+def test_invitations_are_capped_per_tenant_per_day_and_throttled(client, settings):
+    settings.INVITATIONS_PER_TENANT_PER_DAY = 2
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "invitation": ("100/h", "3/h")}
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.OWNER))
+    for n in range(2):
+        assert client.post("/team/", {"email": f"p{n}@x.test", "role": "member"}).status_code == 302
+    capped = client.post("/team/", {"email": "p9@x.test", "role": "member"})
+    assert capped.status_code == 200 and "the most it may" in capped.content.decode()
+    assert Invitation.objects.count() == 2 and len(mail.outbox) == 2
+
+    settings.INVITATIONS_PER_TENANT_PER_DAY = 50  # the per-account rate still holds
+    throttled = client.post("/team/", {"email": "p10@x.test", "role": "member"})
+    assert throttled.status_code == 429 and "Too many attempts" in throttled.content.decode()

@@ -11,11 +11,17 @@ Run it with ``python -m uvicorn tests.gateway.fake_upstream:app --port P`` (the 
 * Streams follow vLLM: ``stream_options.include_usage`` adds a final chunk with ``choices: []``
   and ``usage``; ``continuous_usage_stats`` puts cumulative ``usage`` on every chunk; streams end
   with ``data: [DONE]``.
+* ``POST /tokenize`` like vLLM's: ``{"prompt"}`` or ``{"messages"}`` → ``{"count", "max_model_len",
+  "tokens"}``, counted by the same rule (words, +1 unless ``add_special_tokens`` is false).
 * Test knobs in the body (they pass through the gateway untouched): ``fake_delay`` (seconds per
-  token), ``fake_error`` (an HTTP status to fail with, in OpenAI's error shape).
+  token), ``fake_error`` (an HTTP status to fail with, in OpenAI's error shape), ``fake_stall``
+  (seconds to wait before answering at all), ``fake_no_usage`` (report no usage, whatever
+  ``stream_options`` say), ``fake_die_after`` (drop the connection after this many chunks of a
+  stream; for a non-streaming answer, after the headers).
 * Env: ``FAKE_API_KEY`` (required bearer key), ``FAKE_NAME`` (reported in ``/_stats``),
   ``FAKE_WAITING`` (reported as waiting requests), ``FAKE_TOKEN_DELAY`` (default per-token delay),
-  ``FAKE_FAIL`` (answer every inference request with this status, e.g. 503).
+  ``FAKE_FAIL`` (answer every inference request with this status, e.g. 503), ``FAKE_NO_TOKENIZE``
+  (``/tokenize`` answers 404, as on an engine without it).
 * ``GET /_stats`` → counters (requests, running, max running, aborted streams, tokens sent);
   ``POST /_reset`` zeroes them.
 """
@@ -33,6 +39,7 @@ NAME = os.environ.get("FAKE_NAME", "fake")
 WAITING = float(os.environ.get("FAKE_WAITING", "0"))
 TOKEN_DELAY = float(os.environ.get("FAKE_TOKEN_DELAY", "0"))
 FAIL = int(os.environ.get("FAKE_FAIL", "0"))
+NO_TOKENIZE = os.environ.get("FAKE_NO_TOKENIZE") == "1"
 
 STATS = {
     "requests": 0,
@@ -40,6 +47,7 @@ STATS = {
     "max_running": 0,
     "aborted": 0,
     "completion_tokens_sent": 0,
+    "tokenize_calls": 0,
     "models": [],
 }
 JSON = [(b"content-type", b"application/json")]
@@ -117,11 +125,21 @@ async def app(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": _metrics()})
         return
     if path == "/_reset":
-        STATS.update(requests=0, max_running=STATS["running"], aborted=0, completion_tokens_sent=0, models=[])
+        STATS.update(
+            requests=0,
+            max_running=STATS["running"],
+            aborted=0,
+            completion_tokens_sent=0,
+            tokenize_calls=0,
+            models=[],
+        )
         await _json(send, 200, {})
         return
     if path == "/_stats":
         await _json(send, 200, {**STATS, "name": NAME})
+        return
+    if path == "/tokenize" and method == "POST":  # open, as on vLLM's port
+        await _tokenize(orjson.loads(await _read(receive)), send)
         return
     headers = dict(scope["headers"])
     if API_KEY and headers.get(b"authorization") != f"Bearer {API_KEY}".encode():
@@ -143,6 +161,8 @@ async def app(scope, receive, send) -> None:
     if FAIL:
         await _json(send, FAIL, _error(FAIL, "fake failure"))
         return
+    if body.get("fake_stall"):
+        await asyncio.sleep(float(body["fake_stall"]))
     if body.get("fake_error"):
         status = int(body["fake_error"])
         await _json(send, status, _error(status, f"fake error {status}"))
@@ -156,6 +176,22 @@ async def app(scope, receive, send) -> None:
             await _generate(path, body, receive, send)
     finally:
         STATS["running"] -= 1
+
+
+async def _tokenize(body, send) -> None:
+    STATS["tokenize_calls"] += 1
+    if NO_TOKENIZE:
+        await _json(send, 404, {"detail": "Not Found"})
+        return
+    if "messages" in body:
+        count = _words(body["messages"]) + 1
+    else:
+        count = _words(body.get("prompt") or "") + (0 if body.get("add_special_tokens") is False else 1)
+    await _json(send, 200, {"count": count, "max_model_len": 4096, "tokens": list(range(count))})
+
+
+class Died(Exception):
+    """Raised mid-response: uvicorn drops the connection, as when an engine process dies."""
 
 
 async def _embeddings(body, send) -> None:
@@ -195,25 +231,29 @@ async def _generate(path, body, receive, send) -> None:
             else {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
         )
         STATS["completion_tokens_sent"] += n
-        await _json(
-            send,
-            200,
-            {
-                "id": rid,
-                "object": "chat.completion" if chat else "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": n,
-                    "total_tokens": prompt_tokens + n,
-                },
+        answer = {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": n,
+                "total_tokens": prompt_tokens + n,
             },
-        )
+        }
+        if body.get("fake_no_usage"):
+            del answer["usage"]
+        if body.get("fake_die_after") is not None:
+            await send({"type": "http.response.start", "status": 200, "headers": JSON})
+            await send({"type": "http.response.body", "body": orjson.dumps(answer)[:20], "more_body": True})
+            raise Died
+        await _json(send, 200, answer)
         return
     options = body.get("stream_options") or {}
-    include_usage = options.get("include_usage") is True
+    include_usage = options.get("include_usage") is True and not body.get("fake_no_usage")
+    die_after = body.get("fake_die_after")
     continuous = include_usage and options.get("continuous_usage_stats") is True
     disconnected = asyncio.Event()
 
@@ -233,6 +273,8 @@ async def _generate(path, body, receive, send) -> None:
             if disconnected.is_set():
                 STATS["aborted"] += 1
                 return
+            if die_after is not None and i > die_after:
+                raise Died
             if chat:
                 delta = {"content": "tok "} if i > 1 else {"role": "assistant", "content": "tok "}
                 choice = {

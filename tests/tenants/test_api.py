@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
+import time_machine
+from django.core import mail
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tenants import keys
 from tenants.constants import KeyKind, Role
-from tenants.models import ApiKey, Membership
-from tests.factories import TenantFactory, member
+from tenants.models import ApiKey, Invitation, Membership
+from tests.factories import TenantFactory, UserFactory, member
 
 pytestmark = pytest.mark.django_db
 
@@ -150,25 +153,98 @@ def test_the_billing_role_cannot_use_keys(world):
     assert client.get("/api/v1/tenant/").status_code == 200
 
 
-def test_an_admin_can_add_and_re_role_members(world):
+def invite_link() -> str:
+    return re.search(r"https?://[^/]+(/invite/\S+/)", mail.outbox[-1].body).group(1)
+
+
+def test_adding_a_member_invites_them_and_they_join_by_accepting(world, django_capture_on_commit_callbacks):
     admin = member(world["a"], Role.ADMIN)
     newcomer = member(TenantFactory(), Role.OWNER)
     client = client_for(admin)
-    response = client.post(
-        "/api/v1/members/", {"email": newcomer.email.upper(), "role": "member"}, format="json"
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/members/", {"email": newcomer.email.upper(), "role": "member"}, format="json"
+        )
     assert response.status_code == 201
-    assert newcomer.has_perm("tenants.use_api_keys", world["a"])
-    patched = client.patch(f"/api/v1/members/{response.json()['id']}/", {"role": "billing"}, format="json")
+    assert response.json()["email"] == newcomer.email and response.json()["role"] == "member"
+    # Not a member until they accept: an account is never added without its owner's consent.
+    assert not Membership.objects.filter(tenant=world["a"], user=newcomer).exists()
+    assert not newcomer.has_perm("tenants.use_api_keys", world["a"])
+    assert mail.outbox[-1].to == [newcomer.email]
+    accepting = APIClient()
+    accepting.force_login(newcomer)
+    assert accepting.post(invite_link()).status_code == 302
+    joined = Membership.objects.get(tenant=world["a"], user=newcomer)
+    patched = client.patch(f"/api/v1/members/{joined.pk}/", {"role": "billing"}, format="json")
     assert patched.status_code == 200 and patched.json()["role"] == "billing"
     newcomer = type(newcomer).objects.get(pk=newcomer.pk)  # fresh permission cache
     assert not newcomer.has_perm("tenants.use_api_keys", world["a"])
     assert newcomer.has_perm("tenants.view_billing", world["a"])
 
 
-def test_adding_an_unknown_email_is_a_field_error(world):
-    response = client_for(world["owner"]).post("/api/v1/members/", {"email": "nobody@x.test"}, format="json")
+def test_an_unverified_account_cannot_join_through_an_invitation(world, django_capture_on_commit_callbacks):
+    squatter = UserFactory(email="victim@x.test", email_verified=False)
+    with django_capture_on_commit_callbacks(execute=True):
+        client_for(world["owner"]).post("/api/v1/members/", {"email": "victim@x.test"}, format="json")
+    squatting = APIClient()
+    squatting.force_login(squatter)
+    refused = squatting.post(invite_link(), follow=True)
+    assert "Verify your email address first" in refused.content.decode()
+    assert not Membership.objects.filter(tenant=world["a"], user=squatter).exists()
+
+
+def test_known_and_unknown_addresses_get_the_same_answer(world):
+    client = client_for(world["owner"])
+    known = client.post("/api/v1/members/", {"email": world["outsider"].email}, format="json")
+    unknown = client.post("/api/v1/members/", {"email": "nobody@x.test"}, format="json")
+    assert known.status_code == unknown.status_code == 201
+    assert set(known.json()) == set(unknown.json())
+    assert {known.json()["email"], unknown.json()["email"]} == {world["outsider"].email, "nobody@x.test"}
+
+
+def test_an_existing_member_is_a_field_error(world):
+    response = client_for(world["owner"]).post(
+        "/api/v1/members/", {"email": world["member"].email}, format="json"
+    )
     assert response.status_code == 400 and "email" in response.json()
+
+
+def test_an_unverified_account_cannot_create_keys_or_invite(world):
+    unverified = member(world["a"], Role.ADMIN, email_verified=False)
+    client = client_for(unverified)
+    refused = client.post("/api/v1/keys/", {"name": "k"}, format="json")
+    assert refused.status_code == 403 and "Verify your email address" in refused.json()["detail"]
+    assert client.post("/api/v1/members/", {"email": "x@x.test"}, format="json").status_code == 403
+    assert client.post("/api/v1/invitations/", {"email": "x@x.test"}, format="json").status_code == 403
+    assert not ApiKey.objects.filter(name="k").exists() and not Invitation.objects.exists()
+
+
+def test_invitations_are_throttled_per_account_and_capped_per_tenant(world, settings):
+    settings.INVITATIONS_PER_TENANT_PER_DAY = 3
+    client = client_for(world["owner"])
+    for n in range(3):
+        path = "/api/v1/members/" if n % 2 else "/api/v1/invitations/"
+        assert client.post(path, {"email": f"p{n}@x.test"}, format="json").status_code == 201
+    capped = client.post("/api/v1/members/", {"email": "p9@x.test"}, format="json")
+    assert capped.status_code == 429 and "24 hours" in capped.json()["detail"]
+    assert 0 < int(capped["Retry-After"]) <= 86400
+    # Another tenant has its own cap; a day later this one may invite again.
+    assert (
+        client_for(world["outsider"])
+        .post("/api/v1/members/", {"email": "p9@x.test"}, format="json")
+        .status_code
+        == 201
+    )
+    with time_machine.travel(timezone.now() + timedelta(days=1, minutes=1)):
+        assert client.post("/api/v1/members/", {"email": "p9@x.test"}, format="json").status_code == 201
+
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "invitation": ("100/h", "2/h")}
+    admin = client_for(member(world["b"], Role.ADMIN))
+    for n in range(2):
+        admin.post("/api/v1/invitations/", {"email": f"q{n}@x.test"}, format="json")
+    throttled = admin.post("/api/v1/invitations/", {"email": "q9@x.test"}, format="json")
+    assert throttled.status_code == 429 and "Too many attempts" in throttled.json()["detail"]
+    assert "Retry-After" in throttled
 
 
 def test_the_last_owner_cannot_be_removed_or_demoted(world):

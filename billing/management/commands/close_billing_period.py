@@ -41,7 +41,9 @@ class Command(BaseCommand):
                 raise CommandError(f"no tenant with slug or id {tenant!r}")
         results = invoicing.close_all(period=chosen, tenant=target, now=now)
         for result in results:
-            if result.invoice is not None:
+            if result.error:
+                self.stderr.write(result.message)
+            elif result.invoice is not None:
                 self.stdout.write(result.message)
         created = sum(1 for r in results if r.created)
         self.stdout.write(self.style.SUCCESS(f"{chosen.label}: {created} invoice(s) created."))

@@ -16,6 +16,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=settings.GATEWAY_HOST)
         parser.add_argument("--port", type=int, default=settings.GATEWAY_PORT)
         parser.add_argument("--workers", type=int, default=1)
+        parser.add_argument(
+            "--grace-seconds",
+            type=int,
+            default=settings.GATEWAY_GRACE_SECONDS,
+            help="On SIGTERM, how long in-flight requests may finish before they are cut (and billed as delivered).",
+        )
 
     def handle(self, *args, **options):
         # The gateway reads the same variables as the control plane but never imports Django:
@@ -51,6 +57,6 @@ class Command(BaseCommand):
             "httptools",
             "--no-access-log",  # the gateway writes its own structured access log
             "--timeout-graceful-shutdown",
-            "30",
+            str(options["grace_seconds"]),
         ]
         os.execve(sys.executable, argv, env)  # noqa: S606 - replace this process with the server
