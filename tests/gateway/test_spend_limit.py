@@ -72,11 +72,12 @@ def test_the_limit_holds_within_one_request_with_no_consumer_running(engines, re
             f"{settings.REDIS_PREFIX}model:{priced}",
             mapping={"price_input_micros": 1000 * 1_000_000, "price_output_micros": 2000 * 1_000_000},
         )
+        key = make_key(tenant)  # (publishing a key republishes its tenant: before the limit)
         redis_client.hset(f"{settings.REDIS_PREFIX}tenant:{tenant.pk}", "spend_limit_micros", 50_000)
         counter = spend_counter.counter_key(
             settings.REDIS_PREFIX, str(tenant.pk), spend_counter.period_id("day")
         )
-        client = openai.OpenAI(base_url=daily.url + "/v1", api_key=make_key(tenant), max_retries=0)
+        client = openai.OpenAI(base_url=daily.url + "/v1", api_key=key, max_retries=0)
 
         def ask(model):
             return client.chat.completions.create(
@@ -118,8 +119,9 @@ def test_no_limit_in_the_mirror_means_no_limit(gateway, engines, redis_client):
     tenant = make_tenant()
     model = register_model(redis_client, engines)
     redis_client.hset(f"{settings.REDIS_PREFIX}model:{model}", "price_input_micros", 10**12)
+    key = make_key(tenant)
     redis_client.hset(f"{settings.REDIS_PREFIX}tenant:{tenant.pk}", "spend_limit_micros", "")
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
     for _ in range(3):
         assert client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}]
