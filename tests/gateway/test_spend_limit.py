@@ -17,8 +17,9 @@ from django.conf import settings
 from billing import spend
 from billing.models import BillingAccount, UsageRecord
 from gateway import spend as spend_counter
+from models_registry import mirror as registry_mirror
 from models_registry.models import Price
-from tests.gateway.conftest import make_key, make_tenant, register_model, start_gateway
+from tests.gateway.conftest import make_key, make_tenant, register_model, set_routes, start_gateway
 from tests.gateway.test_usage import drain
 from tests.registry.factories import ModelFactory
 
@@ -130,3 +131,34 @@ def test_no_limit_in_the_mirror_means_no_limit(gateway, engines, redis_client):
         settings.REDIS_PREFIX, str(tenant.pk), spend_counter.period_id("month")
     )
     assert int(redis_client.get(counter)) == 3 * 2 * 1_000_000  # 2 prompt tokens at $1M/M, counted
+
+
+def test_a_limit_set_by_the_control_plane_holds_at_the_gateway_before_any_usage_is_ingested(
+    gateway, engines, redis_client
+):
+    tenant = make_tenant()
+    model = ModelFactory()
+    Price.objects.create(model=model, input_per_million=Decimal("1000"), output_per_million=Decimal("1000"))
+    assert registry_mirror.publish_model(model)  # the price reaches the model mirror
+    set_routes(redis_client, model.name, engines)
+    BillingAccount.objects.create(tenant=tenant, spend_limit=Decimal("0.05"), alert_thresholds=[])
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    served = 0
+    with pytest.raises(openai.RateLimitError) as refused:
+        while served < 20:
+            client.chat.completions.create(
+                model=model.name,
+                messages=[{"role": "user", "content": "one two three four five"}],
+                max_tokens=5,
+            )
+            served += 1
+    # 11 tokens at $1,000/M = $0.011 each: four stay under $0.05, the fifth crosses it, no sixth.
+    assert served == 5 and refused.value.code == "insufficient_quota"
+    counter = spend_counter.counter_key(
+        settings.REDIS_PREFIX, str(tenant.pk), spend_counter.period_id("month")
+    )
+    assert int(redis_client.get(counter)) == 5 * 11_000
+    # PostgreSQL stays the record: ingesting the usage and checking agrees, and lowers nothing.
+    drain()
+    assert spend.check_tenant(tenant=tenant).blocked
+    assert int(redis_client.get(counter)) == 5 * 11_000
