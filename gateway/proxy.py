@@ -346,9 +346,13 @@ class Proxy:
                 last_error = f"HTTP {response.status}"
                 continue
             return worker, response
+        # The connection error names engine hosts and ports: the log gets it, the client does not.
+        logger.warning(
+            "request %s: no model worker reachable for %s: %s", ctx.request_id, info.name, last_error
+        )
         raise GatewayError(
             502,
-            f"The model worker could not be reached ({last_error}). Retry the request.",
+            f"The model worker could not be reached (request id {ctx.request_id}). Retry the request.",
             type="server_error",
             code="upstream_unavailable",
         )

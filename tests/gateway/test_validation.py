@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model, set_routes
+from tests.gateway.conftest import engine_stats, free_port, make_key, make_tenant, register_model, set_routes
 from tests.gateway.recording_engine import RecordingEngine
 
 pytestmark = pytest.mark.django_db
@@ -218,3 +218,17 @@ def test_an_engine_message_about_the_request_itself_passes(gateway, redis_client
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=model, messages=MESSAGES)
     assert refused.value.body["message"] == message
+
+
+def test_an_unreachable_engine_is_a_502_that_names_no_host_or_port(gateway, redis_client):
+    closed = free_port()  # nothing listens there: connection refused
+    dead = type("E", (), {"name": "dead", "url": f"http://127.0.0.1:{closed}", "api_key": "k"})()
+    model = register_model(redis_client, [])
+    set_routes(redis_client, model, [dead])
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(make_tenant()), max_retries=0)
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model=model, messages=MESSAGES)
+    assert failed.value.status_code == 502 and failed.value.code == "upstream_unavailable"
+    message = failed.value.body["message"]
+    assert str(closed) not in message and "127.0.0.1" not in message
+    assert failed.value.response.headers["x-request-id"] in message
