@@ -157,6 +157,7 @@ class Quotas:
         self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
         self.in_flight: dict[str, Lease] = {}
+        self._period: tuple[int, str] = (-1, "")  # (epoch minute, billing period id)
 
     async def load_scripts(self) -> None:
         await self.redis.script_load(ADMIT)
@@ -223,9 +224,9 @@ class Quotas:
                 _limit(limits.get("monthly_tokens")),
             ]
         args[4] = len(scopes)
-        spend_key = spend.counter_key(
-            self.settings.redis_prefix, tenant, spend.period_id(self.settings.billing_period)
-        )
+        if minute != self._period[0]:  # periods change on minute boundaries at most
+            self._period = (minute, spend.period_id(self.settings.billing_period))
+        spend_key = spend.counter_key(self.settings.redis_prefix, tenant, self._period[1])
         settle_keys.append(spend_key)
         keys.append(spend_key)
         keys.append(self.settings.key("q", "{%s}" % tenant, "spend_blocked"))  # noqa: UP031
