@@ -7,6 +7,9 @@ completion tokens it has written to its socket so far: one line per step, append
 the last line of a request id is its total. A token counts once the engine has handed its chunk
 to the connection while the gateway was still connected.
 
+``POST /_die`` makes the engine SIGKILL itself in the middle of its next stream, just after a
+chunk and its ledger line, so the ledger is exact up to the kill.
+
 Run: ``LEDGER=path ENGINE_KEY=k TOKEN_DELAY=0.01 python -m uvicorn bench.ledger_engine:app``.
 Token counts follow the request deterministically: prompt = words + 1; completion = ``max_tokens``
 (default 16) per choice, ``n`` choices; embeddings bill the prompt only.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 
 import orjson
@@ -23,6 +27,7 @@ import orjson
 KEY = os.environ.get("ENGINE_KEY", "")
 DELAY = float(os.environ.get("TOKEN_DELAY", "0.01"))
 ENGINE = os.environ.get("ENGINE_NAME", "engine")
+DYING = asyncio.Event()  # set by POST /_die: the engine SIGKILLs itself inside its next stream
 _ledger = os.open(os.environ.get("LEDGER", os.devnull), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
@@ -94,7 +99,9 @@ async def stream(send, receive, request_id, endpoint, body, prompt, per_choice, 
                     }
                 )
                 emitted += 1
-                note(request_id, endpoint, prompt, emitted)
+                note(request_id, endpoint + "-stream", prompt, emitted)
+                if DYING.is_set():
+                    os.kill(os.getpid(), signal.SIGKILL)  # mid-stream, right after a ledgered chunk
         tail = b""
         if options.get("include_usage"):
             tail += (
@@ -122,6 +129,10 @@ async def app(scope, receive, send) -> None:
         )
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/_die":
+        DYING.set()
+        await reply(send, 202, {})
+        return
     headers = dict(scope["headers"])
     if KEY and headers.get(b"authorization") != b"Bearer " + KEY.encode():
         await reply(send, 401, {"error": {"message": "bad engine key", "type": "auth"}})
@@ -146,7 +157,7 @@ async def app(scope, receive, send) -> None:
         await reply(send, 200, {"count": prompt, "max_model_len": 4096, "tokens": list(range(prompt))})
         return
     request_id = headers.get(b"x-request-id", b"none").decode()
-    note(request_id, endpoint, prompt, 0)  # the prefill is done
+    note(request_id, endpoint + ("-stream" if body.get("stream") else ""), prompt, 0)  # the prefill is done
     if endpoint == "embeddings":
         items = source if isinstance(source, list) else [source]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))]

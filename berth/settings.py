@@ -171,10 +171,15 @@ else:
 DATABASE_URL: str = _database_url  # type: ignore[assignment]
 REDIS_URL: str = _redis_url  # type: ignore[assignment]
 
+# The ASGI web process (BERTH_ROLE=web, set by berth/roles.py) closes its connection after each
+# request: Django runs each request's ORM work in a thread of its own under ASGI, so a persistent
+# connection is never reused there, only held. Celery, the consumer and the agent keep theirs.
+PROCESS_ROLE = env_str("BERTH_ROLE", "")
+CONN_MAX_AGE = 0 if PROCESS_ROLE == "web" else env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        conn_max_age=CONN_MAX_AGE,
         conn_health_checks=True,
     )
 }
@@ -374,8 +379,23 @@ GATEWAY_GRACE_SECONDS = env_int("BERTH_GATEWAY_GRACE_SECONDS", 30, minimum=0)
 WEB_PUBLIC_URL = env_str("BERTH_WEB_URL", f"http://{WEB_HOST}:{WEB_PORT}").rstrip("/")
 GATEWAY_PUBLIC_URL = env_str("BERTH_GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}/v1")
 DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
-# Bearer token for /internal/* (Prometheus service discovery and pool gauges); empty: no token.
+# Bearer token for /internal/* (Prometheus service discovery and pool gauges) and the gateway's
+# /metrics. Required when DEBUG is off; only a DEBUG start-up may leave them open on loopback.
 INTERNAL_TOKEN = env_secret("BERTH_INTERNAL_TOKEN")
+if not DEBUG and not INTERNAL_TOKEN:
+    raise ImproperlyConfigured(
+        "BERTH_INTERNAL_TOKEN (or BERTH_INTERNAL_TOKEN_FILE) must be set when DEBUG is off"
+    )
+if not DEBUG and len(INTERNAL_TOKEN or "") < 32:
+    raise ImproperlyConfigured(
+        "BERTH_INTERNAL_TOKEN is too weak for production: use at least 32 random characters"
+    )
+INTERNAL_OPEN_WITHOUT_TOKEN = DEBUG
+# Addresses (or networks) whose X-Forwarded-For/-Proto uvicorn believes, for web and the gateway
+# (passed as --forwarded-allow-ips / FORWARDED_ALLOW_IPS by the entrypoint and `up`).
+TRUSTED_PROXIES = env_list("BERTH_TRUSTED_PROXIES", ["127.0.0.1"])
+# The usage consumer's Prometheus port (lag, pending, errors), read by its probes too.
+USAGE_METRICS_PORT = env_int("BERTH_USAGE_METRICS_PORT", 9102, minimum=0)
 
 # --------------------------------------------------------------------------- billing (billing/)
 

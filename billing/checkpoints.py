@@ -41,8 +41,6 @@ redis.call('XADD', KEYS[3], '*', 'e', event)
 return 1
 """
 
-_last_run = {"at": 0.0}  # per consumer process
-
 
 def bill_lost_streams(
     *, client: redis.Redis | None = None, now_ms: int | None = None, limit: int = 500
@@ -59,11 +57,3 @@ def bill_lost_streams(
     if moved:
         logger.warning("billed %s stream(s) of a dead gateway from their last checkpoint", moved)
     return moved
-
-
-def bill_lost_streams_every(seconds: float = 5.0, *, client: redis.Redis | None = None) -> int:
-    """``bill_lost_streams`` at most once per ``seconds`` (the consumer loop calls this)."""
-    if time.monotonic() - _last_run["at"] < seconds:
-        return 0
-    _last_run["at"] = time.monotonic()
-    return bill_lost_streams(client=client)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 from datetime import UTC, date, timedelta
 
+from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
 from django.db.models import Count, Q
 from django.http import HttpResponse, StreamingHttpResponse
@@ -139,6 +141,13 @@ class _Echo:
         return value
 
 
+# Rows per query and per chunk sent. The export is read by keyset pagination, one batch per query.
+# Under ASGI it is handed to Django as an async iterator that fetches each batch in the request's
+# sync thread: given a sync iterator, Django's ASGI handler would first read it whole into a list,
+# holding the entire CSV in the web process.
+CSV_BATCH_ROWS = 2000
+
+
 @login_required
 def usage_csv(request):
     tenant = request.tenant
@@ -155,11 +164,14 @@ def usage_csv(request):
     if granularity not in ("request", "day"):
         return HttpResponse("granularity must be request or day.", status=400, content_type="text/plain")
     can_bill = _can(request, PERM_VIEW_BILLING)
-    writer = csv.writer(_Echo())
     lo, hi = reports.day_bounds(start, end)
-    rows = _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant, lo, hi)
+    batches = (
+        _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant.pk, lo, hi)
+    )
+    chunks = _csv_text(batches)
     response = StreamingHttpResponse(
-        (writer.writerow(row) for row in rows), content_type="text/csv; charset=utf-8"
+        _in_sync_thread(chunks) if isinstance(request, ASGIRequest) else chunks,
+        content_type="text/csv; charset=utf-8",
     )
     name = (
         f"berth-usage-{tenant.slug}-{start:%Y%m%d}-{end:%Y%m%d}{'-daily' if granularity == 'day' else ''}.csv"
@@ -169,44 +181,60 @@ def usage_csv(request):
     return response
 
 
-def _csv_requests(tenant, lo, hi):
-    yield [
+_END = object()
+
+
+async def _in_sync_thread(iterator):
+    """Advance a sync iterator (one that queries the database) one item per await."""
+    step = sync_to_async(next)
+    while (item := await step(iterator, _END)) is not _END:
+        yield item
+
+
+def _csv_text(batches):
+    """One chunk of CSV text per batch of rows."""
+    writer = csv.writer(_Echo())
+    for rows in batches:
+        yield "".join(writer.writerow(row) for row in rows)
+
+
+_REQUEST_COLUMNS = (
+    "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
+    "status", "http_status", "latency_ms", "ttft_ms", "pk",
+)  # fmt: skip
+
+
+def _csv_requests(tenant_id, lo, hi):
+    yield [[
         "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
         "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
-    ]  # fmt: skip
-    records = (
-        UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=lo, occurred_at__lt=hi)
-        .order_by("occurred_at", "pk")
-        .values_list(
-            "occurred_at",
-            "request_id",
-            "model",
-            "endpoint",
-            "api_key_id",
-            "prompt_tokens",
-            "completion_tokens",
-            "status",
-            "http_status",
-            "latency_ms",
-            "ttft_ms",
-        )  # fmt: skip
-    )
-    for at, rid, model, endpoint, key, prompt, completion, status, http, latency, ttft in records.iterator(
-        2000
-    ):
+    ]]  # fmt: skip
+    records = UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__gte=lo, occurred_at__lt=hi)
+    page = records
+    while True:
+        batch = list(page.order_by("occurred_at", "pk").values_list(*_REQUEST_COLUMNS)[:CSV_BATCH_ROWS])
+        if not batch:
+            return
         yield [
-            at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, completion,
-            prompt + completion, status, http, latency, "" if ttft is None else ttft,
+            [at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, completion,
+             prompt + completion, status, http, latency, "" if ttft is None else ttft]
+            for at, rid, model, endpoint, key, prompt, completion, status, http, latency, ttft, _ in batch
         ]  # fmt: skip
+        if len(batch) < CSV_BATCH_ROWS:
+            return
+        at, pk = batch[-1][0], batch[-1][-1]
+        page = records.filter(Q(occurred_at__gt=at) | Q(occurred_at=at, pk__gt=pk))
 
 
 def _csv_days(tenant, lo, hi, can_bill: bool):
+    # One row per day and model over at most MAX_RANGE_DAYS: small, so one query and one batch.
     header = ["date", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
-    yield [*header, "estimated_cost"] if can_bill else header
+    rows = [[*header, "estimated_cost"] if can_bill else header]
     for row in reports.usage_by_day(tenant, lo, hi):
         line = [row.day.isoformat(), row.model, row.requests, row.errors, row.prompt_tokens,
                 row.completion_tokens, row.total_tokens]  # fmt: skip
-        yield [*line, f"{row.cost:.6f}"] if can_bill else line
+        rows.append([*line, f"{row.cost:.6f}"] if can_bill else line)
+    yield rows
 
 
 @login_required

@@ -2,12 +2,17 @@
 
 The browser calls the gateway directly (so answers stream and are metered like any client's), and
 needs a key for that. A one-hour key named "Playground · <email>" is created for the user in the
-current tenant and kept in the session (keyed by tenant, so never reused across tenants); it is
-an ordinary key: listed on the keys page, revocable, billed like any other.
+current tenant; it is an ordinary key: listed on the keys page, revocable, billed like any other.
+
+The session (a database row) never holds the key itself: only its id and a random salt. The
+secret is HMAC(SECRET_KEY-derived key, salt), derived again whenever the page asks, so a copy of
+the session table alone reveals no usable key. If the derivation no longer matches the stored hash
+(SECRET_KEY rotated, or an entry written before this scheme), the key is revoked and replaced.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -15,17 +20,31 @@ from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.views.decorators.http import require_POST
 
 from models_registry.constants import Task
 from tenants import keys
-from tenants.constants import PERM_USE_KEYS
+from tenants.constants import KEY_PREFIX, PERM_USE_KEYS
 from tenants.models import ApiKey
 
 SESSION_KEY = "berth_playground_keys"
 KEY_LIFETIME = timedelta(hours=1)
 # A key this close to expiry is replaced, so a conversation does not fail mid-way.
 RENEW_BEFORE = timedelta(minutes=5)
+
+
+def _derived_secret(salt: str) -> str:
+    digest = salted_hmac("berth.console.playground-key", salt, algorithm="sha256").digest()
+    return keys.secret_from_bytes(digest)
+
+
+def _plaintext(api_key: ApiKey, salt: str) -> str | None:
+    """The key's full text if ``salt`` still derives its secret, else ``None``."""
+    secret = _derived_secret(salt)
+    if not keys.secret_matches(secret, pepper_id=api_key.pepper_id, expected_hash=api_key.secret_hash):
+        return None
+    return f"{KEY_PREFIX[api_key.kind]}{api_key.lookup_id}_{secret}"
 
 
 def playground_key(request, tenant) -> dict[str, str]:
@@ -39,24 +58,27 @@ def playground_key(request, tenant) -> dict[str, str]:
     entry = stored.get(str(tenant.pk))
     current = ApiKey.objects.for_tenant(tenant).usable().filter(pk=entry["key_id"]).first() if entry else None
     if current is not None:
-        if datetime.fromisoformat(entry["expires_at"]) - now > RENEW_BEFORE:
-            return entry
-        # Being replaced near expiry: it must not outlive its use in this session.
+        plaintext = _plaintext(current, entry["salt"]) if entry.get("salt") else None
+        if plaintext and datetime.fromisoformat(entry["expires_at"]) - now > RENEW_BEFORE:
+            return {**entry, "key": plaintext}
+        # Near expiry or no longer derivable: it must not outlive its use in this session.
         keys.revoke_api_key(api_key=current)
+    salt = secrets.token_urlsafe(32)
     created = keys.create_api_key(
         tenant=tenant,
         name=f"Playground · {request.user.email}"[:100],
         created_by=request.user,
         expires_at=now + KEY_LIFETIME,
+        secret=_derived_secret(salt),
     )
     entry = {
         "key_id": str(created.api_key.pk),
-        "key": created.plaintext,
+        "salt": salt,
         "expires_at": created.api_key.expires_at.isoformat(),
     }
     stored[str(tenant.pk)] = entry
     request.session[SESSION_KEY] = stored
-    return entry
+    return {**entry, "key": created.plaintext}
 
 
 @login_required

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 
 from console.forms import AcceptSignupForm, InviteForm
 from tenants import accounts, invitations, throttling, verification
+from tenants import membership as memberships
 from tenants.constants import PERM_MANAGE_MEMBERS, Role
 from tenants.middleware import SESSION_KEY
 from tenants.models import Invitation, Membership, User
@@ -107,7 +108,7 @@ def remove_member(request, membership_id):
     )
     try:
         accounts.check_can_assign(actor=request.membership, role=membership.role, target=membership)
-        accounts.remove_member(membership=membership)
+        memberships.remove_member(tenant=tenant, user=membership.user, acting_user=request.user)
     except (PermissionDenied, ValidationError) as exc:
         messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
     else:

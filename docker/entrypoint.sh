@@ -1,26 +1,38 @@
 #!/bin/sh
-# Berth container entrypoint: the first argument names the role.
+# Berth container entrypoint: the first argument names the role. The roles, and what each runs,
+# are berth/roles.py's list (tests/docker/test_docker.py holds this file, compose and the
+# Kubernetes manifests to it). It also runs outside a container: it works from the repository it
+# sits in and runs `python` (or $BERTH_PYTHON) from PATH, as tests/deploy/test_topology.py does.
 set -eu
+cd "$(dirname "$0")/.."
 role="${1:-web}"
+python="${BERTH_PYTHON:-python}"
+# X-Forwarded-* are believed only from these proxies (comma-separated addresses or networks).
+trusted="${BERTH_TRUSTED_PROXIES:-127.0.0.1}"
+export BERTH_ROLE="$role"
 case "$role" in
   web)
-    exec uvicorn berth.asgi:application --host "${BERTH_WEB_HOST:-0.0.0.0}" --port "${BERTH_WEB_PORT:-8000}" \
+    exec "$python" -m uvicorn berth.asgi:application --host "${BERTH_WEB_HOST:-0.0.0.0}" --port "${BERTH_WEB_PORT:-8000}" \
       --workers "${WEB_CONCURRENCY:-2}" --lifespan off --proxy-headers \
-      --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-*}" --timeout-graceful-shutdown 20 ;;
+      --forwarded-allow-ips "$trusted" --timeout-graceful-shutdown 20 ;;
   gateway)
-    exec python manage.py gateway --host "${BERTH_GATEWAY_HOST:-0.0.0.0}" --port "${BERTH_GATEWAY_PORT:-8001}" \
-      --workers "${GATEWAY_WORKERS:-2}" ;;
+    export FORWARDED_ALLOW_IPS="$trusted"  # uvicorn's own variable: the gateway command execs uvicorn
+    exec "$python" manage.py gateway --host "${BERTH_GATEWAY_HOST:-0.0.0.0}" \
+      --port "${BERTH_GATEWAY_PORT:-8001}" --workers "${GATEWAY_WORKERS:-2}" ;;
+  usage)
+    exec "$python" manage.py consume_usage --metrics-port "${BERTH_USAGE_METRICS_PORT:-9102}" ;;
   worker)
-    exec celery -A berth worker -l "${LOG_LEVEL:-INFO}" --concurrency "${CELERY_CONCURRENCY:-4}" -n "control@%h" ;;
+    exec "$python" -m celery -A berth worker -l "${LOG_LEVEL:-INFO}" --concurrency "${CELERY_CONCURRENCY:-4}" -n "control@%h" ;;
   beat)
-    exec celery -A berth beat -l "${LOG_LEVEL:-INFO}" -s "${BERTH_DATA_DIR:-/data}/celerybeat-schedule" ;;
+    mkdir -p "${BERTH_DATA_DIR:-/data}"  # a volume in the image; maybe not yet there elsewhere
+    exec "$python" -m celery -A berth beat -l "${LOG_LEVEL:-INFO}" -s "${BERTH_DATA_DIR:-/data}/celerybeat-schedule" ;;
   agent)
-    exec python manage.py node_agent --name "${BERTH_NODE_NAME:-$(hostname)}" ;;
+    exec "$python" manage.py node_agent --name "${BERTH_NODE_NAME:-$(hostname)}" ;;
   migrate)
-    exec python manage.py migrate --noinput ;;
+    exec "$python" manage.py migrate --noinput ;;
   manage)
     shift
-    exec python manage.py "$@" ;;
+    exec "$python" manage.py "$@" ;;
   *)
     exec "$@" ;;
 esac

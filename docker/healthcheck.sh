@@ -1,8 +1,10 @@
 #!/bin/sh
-# Container health: HTTP roles answer /healthz; Celery roles answer a ping over the broker.
+# Container health: HTTP roles answer /healthz (the usage consumer on its metrics port: 200 while
+# its loop turns); Celery roles answer a ping over the broker.
 set -eu
 role="$(cat /proc/1/cmdline | tr '\0' ' ')"
 case "$role" in
+  *consume_usage*) url="http://127.0.0.1:${BERTH_USAGE_METRICS_PORT:-9102}/healthz" ;;
   *berth.asgi*) url="http://127.0.0.1:${BERTH_WEB_PORT:-8000}/healthz" ;;
   *gateway*) url="http://127.0.0.1:${BERTH_GATEWAY_PORT:-8001}/healthz" ;;
   *"berth worker"*) exec celery -A berth inspect ping -d "control@$(hostname)" --timeout 5 >/dev/null ;;

@@ -93,6 +93,9 @@ class GatewaySettings(BaseSettings):
     checkpoint_tokens: int = Field(200, validation_alias="BERTH_GATEWAY_CHECKPOINT_TOKENS", ge=1)
     # A checkpoint not refreshed for this long belongs to a dead gateway and is billed.
     checkpoint_lost_after: float = Field(60.0, validation_alias="BERTH_GATEWAY_CHECKPOINT_LOST_AFTER", gt=0)
+    # How long a finished request's usage event waits for an unreachable Redis (a restart) before
+    # the request fails: the engine has done the work, so it is held rather than lost.
+    record_retry_seconds: float = Field(15.0, validation_alias="BERTH_GATEWAY_RECORD_RETRY_SECONDS", ge=0)
 
     # Browsers calling the gateway from another origin (the console's playground): comma-separated
     # origins, or "*" for any. Empty: no CORS headers at all.

@@ -25,6 +25,9 @@ import logging
 import time
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis_pipe import is_noscript
 
@@ -97,7 +100,7 @@ class Metering:
                 self.quotas.settle_command(lease, prompt_tokens=event["p"], completion_tokens=event["c"])
             )
         try:
-            results = await self.quotas.hot.execute(*commands)
+            results = await self._send_riding_out_outages(commands)
         finally:
             # Recorded, or else the last checkpoint is what gets billed: stop refreshing it.
             self.checkpointed.discard(rid)
@@ -107,6 +110,28 @@ class Metering:
             await self.quotas.retry_settle(commands[1])
         elif len(results) > 1 and isinstance(results[1], Exception):
             logger.warning("quota settlement failed for %s: %s", event["id"], results[1])
+
+    async def _send_riding_out_outages(self, commands: list[tuple]) -> list:
+        """Send, retrying while Redis is unreachable or loading (a restart, a failover).
+
+        The engine has done the work, so the usage event waits for Redis up to
+        ``record_retry_seconds`` (the client's last bytes wait with it) rather than being lost. A
+        retry after a reply that was lost in transit may append the event twice: the consumer keeps
+        one per request id.
+        """
+        deadline = time.monotonic() + self.settings.record_retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                results = await self.quotas.hot.execute(*commands)
+                failure = results[0] if _redis_unavailable(results[0]) else None
+            except (OSError, TimeoutError, RedisError) as exc:  # ConnectionError is an OSError
+                results, failure = [exc], exc
+            if failure is None or time.monotonic() + delay > deadline:
+                return results
+            logger.warning("Redis unavailable while recording usage (%s); retrying", failure)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def flush_last_used(self) -> None:
         if not self.last_used:
@@ -141,3 +166,10 @@ class Metering:
                 raise
             except Exception:
                 logger.warning("could not record key last-use times", exc_info=True)
+
+
+def _redis_unavailable(reply) -> bool:
+    """A reply or error that means "Redis is not there right now", not "this command is wrong"."""
+    if isinstance(reply, OSError | TimeoutError | RedisConnectionError | RedisTimeoutError):
+        return True
+    return isinstance(reply, Exception) and str(reply).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))

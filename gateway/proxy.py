@@ -595,13 +595,12 @@ class Proxy:
                             await self._checkpoint(event, ctx, target, delivered_usage, delivered_chunks)
         except asyncio.CancelledError:
             if not lease.settled:
-                # Cut by the gateway's own shutdown: bill what the client received (recorded by
-                # _forward, which also bills the prompt when the engine had not reported it).
-                self._fill(event, ctx, delivered_usage, delivered_chunks, "gateway_stopped", 503)
-                if not _has_tokens(delivered_usage, "prompt_tokens") and _has_tokens(
-                    engine_usage, "prompt_tokens"
-                ):
-                    event["p"] = engine_usage["prompt_tokens"]
+                # Cut by the gateway's own shutdown: bill what the engine produced up to the cut
+                # (recorded by _forward, which also bills the prompt when the engine had not
+                # reported it).
+                self._fill(
+                    event, ctx, engine_usage or delivered_usage, content_chunks, "gateway_stopped", 503
+                )
             raise
         except Exception:
             if not disconnected.is_set():
@@ -621,13 +620,14 @@ class Proxy:
             watcher.cancel()
         if disconnected.is_set():
             if not lease.settled:
-                # Bill only what the client received, and the prompt the engine read in any case.
+                # Bill what the engine produced until the hang-up stopped it (as far as it reached
+                # us: at most the chunk in flight is missing) and the prompt it read in any case.
                 await self._finish_stream(
                     event,
                     ctx,
                     target,
-                    delivered_usage,
-                    delivered_chunks,
+                    engine_usage or delivered_usage,
+                    content_chunks,
                     "client_disconnected",
                     499,
                     engine_usage,
@@ -685,15 +685,33 @@ class Proxy:
     # ------------------------------------------------------------------ counting without usage
 
     async def _bill_prompt(self, event, target: _Target) -> None:
-        """The prompt of a request the engine got but did not report: its tokenizer, else ours."""
+        """The prompt of a request the engine got but did not report: its tokenizer, else ours.
+
+        The worker that had the request may be the one that just died, so one other ready worker
+        of the model (same weights, same tokenizer) is asked before falling back to the estimate.
+        """
         if event["p"]:
             return
         body = target.body()
-        count = await self._tokenize_prompt(target.worker, body, event["ep"]) if target.worker else None
+        count = None
+        for worker in await self._tokenizers(target, event["m"]):
+            count = await self._tokenize_prompt(worker, body, event["ep"])
+            if count is not None:
+                break
         if count is None:
             event["p"], event["u"] = _estimate_tokens(body, event["ep"]), "estimate"
         else:
             event["p"], event["u"] = count, _worse(event.get("u"), "tokenizer")
+
+    async def _tokenizers(self, target: _Target, model: str) -> list:
+        first = [target.worker] if target.worker else []
+        try:
+            others = [w for w in await self.state.router.workers(model) if w is not target.worker]
+        except Exception:  # noqa: BLE001 - counting must not fail the recording
+            others = []
+        if first:
+            others = [w for w in others if w.worker_id != target.worker.worker_id]
+        return first + others[:1]
 
     async def _count_answer(self, event, target: _Target, answer) -> None:
         """Completion tokens of an answer without usage: the engine's tokenizer on its text."""

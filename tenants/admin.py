@@ -2,10 +2,12 @@
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from guardian.admin import GuardedModelAdmin
 
 from tenants import accounts, keys, mirror
+from tenants import membership as memberships
 from tenants.constants import TenantStatus
 from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant, User
 
@@ -95,6 +97,17 @@ class MembershipAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         accounts.sync_role_permissions(obj)
+
+    def delete_model(self, request, obj):
+        # As in the console: last-owner check, the person's keys revoked, the admins told.
+        try:
+            memberships.remove_member(tenant=obj.tenant, user=obj.user, acting_user=request.user)
+        except ValidationError as exc:
+            self.message_user(request, f"{obj.user.email}: {' '.join(exc.messages)}", messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        for membership in queryset.select_related("tenant", "user"):
+            self.delete_model(request, membership)
 
 
 @admin.register(ApiKey)

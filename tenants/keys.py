@@ -53,6 +53,21 @@ def _random_base62(length: int) -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(length))
 
 
+def secret_from_bytes(material: bytes) -> str:
+    """A well-formed key secret from ≥32 bytes of pseudo-random material (e.g. an HMAC digest).
+
+    For callers that must re-derive a key's secret instead of storing it (the playground).
+    """
+    if len(material) < 32:
+        raise ValueError("need at least 32 bytes of key material")
+    number = int.from_bytes(material[:32], "big")
+    digits = []
+    for _ in range(_SECRET_LENGTH):
+        number, digit = divmod(number, len(_ALPHABET))
+        digits.append(_ALPHABET[digit])
+    return "".join(digits)
+
+
 def hash_secret(secret: str, pepper_id: str | None = None) -> tuple[str, str]:
     """Return ``(pepper_id, hex digest)`` of HMAC-SHA256(pepper, secret)."""
     pepper_id = pepper_id or settings.CURRENT_PEPPER_ID
@@ -89,9 +104,16 @@ def create_api_key(
     kind: str = KeyKind.INFERENCE,
     allowed_models: list[str] | None = None,
     expires_at: datetime | None = None,
+    secret: str | None = None,
 ) -> CreatedKey:
-    """Create a key; the plaintext is returned once and mirrored to Redis after commit."""
-    secret = _random_base62(_SECRET_LENGTH)
+    """Create a key; the plaintext is returned once and mirrored to Redis after commit.
+
+    ``secret`` is random unless given (from ``secret_from_bytes``, by callers that re-derive it).
+    """
+    if secret is None:
+        secret = _random_base62(_SECRET_LENGTH)
+    elif len(secret) != _SECRET_LENGTH or not set(secret) <= set(_ALPHABET):
+        raise ValueError("malformed key secret")
     pepper_id, digest = hash_secret(secret)
     with transaction.atomic():
         while True:

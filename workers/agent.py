@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from berth.process import die_with_parent_kill
-from workers import gpus, lifecycle, routing
+from workers import gpus, lifecycle, probe, routing
 from workers.constants import HOLDING_STATES, TERMINAL_STATES, EventKind, NodeBackend, NodeStatus, WorkerState
 from workers.engines.base import EngineLaunch, EngineSpec, LoraModule
 from workers.models import Gpu, Node, Worker
@@ -44,10 +45,27 @@ from workers.models import Gpu, Node, Worker
 logger = logging.getLogger(__name__)
 
 
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host if host not in ("", "localhost") else "127.0.0.1", 0))
-        return sock.getsockname()[1]
+LISTEN_BACKLOG = 2048  # uvicorn's default
+LISTEN_POLL_SECONDS = 0.25
+
+
+def bind_engine_socket(host: str) -> socket.socket:
+    """A TCP socket bound to a free port of ``host``, for one engine.
+
+    The agent holds it from the moment the port is chosen: an engine that can serve on an
+    inherited socket (``EngineLaunch.pass_fds``) gets it already listening, so no other process
+    can take the port in between. An engine that binds itself (``vllm serve``) gets only the
+    number; see ``Agent._publish_when_listening`` for that case.
+    """
+    address = host if host not in ("", "localhost") else "127.0.0.1"
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((address, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def build_launch(spec: EngineSpec) -> EngineLaunch:
@@ -58,7 +76,7 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
     return real(spec)
 
 
-def engine_spec(worker: Worker, *, host: str, port: int) -> EngineSpec:
+def engine_spec(worker: Worker, *, host: str, port: int, listen_fd: int | None = None) -> EngineSpec:
     """The launch description for a worker. LoRA adapters are read at start: a replica started
     before an adapter was added serves it only after a restart (admin action "restart")."""
     deployment = worker.deployment
@@ -74,6 +92,7 @@ def engine_spec(worker: Worker, *, host: str, port: int) -> EngineSpec:
         task=model.task,
         host=host,
         port=port,
+        listen_fd=listen_fd,
         api_key=worker.api_key,
         gpu_indices=tuple(worker.gpu_indices or ()),
         revision=model.revision or None,
@@ -87,25 +106,52 @@ def engine_spec(worker: Worker, *, host: str, port: int) -> EngineSpec:
     )
 
 
-# The control plane's secrets and addresses never reach engine processes (third-party code).
-_PRIVATE_ENV = {
-    "DATABASE_URL",
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "SECRET_KEY",
-    "BERTH_KEY_PEPPERS",
-    "EMAIL_HOST_PASSWORD",
-    "BERTH_ENGINE_LAUNCHER_OVERRIDE",
-    "BERTH_ADMIN_PASSWORD",
-}
+# Engines are third-party code that parses tenant input: they get an allow-list of the agent's
+# environment, never the control plane's secrets (SECRET_KEY, DATABASE_URL, REDIS_URL,
+# BERTH_KEY_PEPPERS, BERTH_INTERNAL_TOKEN, STRIPE_*, cloud credentials...), whatever their names.
+# What an engine needs besides this comes from its launcher (``EngineLaunch.env``: the worker's
+# API key, thread counts, offline mode) and from the agent (CUDA_VISIBLE_DEVICES).
+ENGINE_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "LD_LIBRARY_PATH",  # CUDA libraries outside the default search path
+        "XDG_CACHE_HOME",
+    }
+)
+ENGINE_ENV_PREFIXES = (
+    "LC_",  # locale
+    "HF_",  # Hugging Face cache and hub settings (HF_HOME, HF_HUB_OFFLINE, HF_TOKEN for gated models)
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+    "CUDA_",  # device visibility and caches
+    "NVIDIA_",
+    "NCCL_",  # multi-GPU transport
+    "VLLM_",  # vLLM's own settings (VLLM_API_KEY always comes from the launcher)
+    "OMP_",  # threads
+    "MKL_",
+    "TORCH_",  # torch, inductor and triton caches
+    "TORCHINDUCTOR_",
+    "TRITON_",
+)
 
 
 def engine_environment(environ) -> dict[str, str]:
-    def private(name: str) -> bool:
-        base = name.removesuffix("_FILE")
-        return base in _PRIVATE_ENV or base.startswith("STRIPE_")
-
-    return {name: value for name, value in environ.items() if not private(name)}
+    """The part of the agent's environment an engine may see."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if (name in ENGINE_ENV_NAMES or name.startswith(ENGINE_ENV_PREFIXES)) and name != "VLLM_API_KEY"
+    }
 
 
 @dataclass
@@ -268,10 +314,22 @@ class Agent:
 
     def _launch(self, worker: Worker) -> str:
         worker_id = str(worker.pk)
+        listener: socket.socket | None = None
         try:
-            port = free_port(self.address)
-            launch = build_launch(engine_spec(worker, host=self.address, port=port))
+            listener = bind_engine_socket(self.address)
+            port = listener.getsockname()[1]
+            launch = build_launch(
+                engine_spec(worker, host=self.address, port=port, listen_fd=listener.fileno())
+            )
+            if listener.fileno() in launch.pass_fds:
+                listener.listen(LISTEN_BACKLOG)  # connections queue until the engine accepts them
+            else:
+                # The engine binds host:port itself; another process may take the port first, which
+                # _publish_when_listening detects.
+                listener.close()
         except Exception as exc:
+            if listener is not None:
+                listener.close()
             lifecycle.transition(
                 worker, WorkerState.FAILED, message=f"cannot build engine command: {exc}", crashed=True
             )
@@ -280,7 +338,7 @@ class Agent:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**engine_environment(os.environ), **launch.env}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in worker.gpu_indices or [])
-        with open(log_path, "ab") as log:
+        with open(log_path, "ab") as log, listener:  # the agent's copy of the socket closes here
             log.write(f"--- {timezone.now():%Y-%m-%d %H:%M:%S} starting: {' '.join(launch.argv)}\n".encode())
             log.flush()
             try:
@@ -292,6 +350,7 @@ class Agent:
                     env=env,
                     start_new_session=True,
                     cwd=str(settings.BASE_DIR),
+                    pass_fds=launch.pass_fds,
                 )
             except Exception as exc:
                 lifecycle.transition(
@@ -301,10 +360,12 @@ class Agent:
         engine = Engine(worker_id=worker_id, process=process, log_path=log_path)
         with self.lock:
             self.engines[worker_id] = engine
-        url = f"http://{self.address}:{port}"
+        url = f"http://{_url_host(self.address)}:{port}"
         # Conditional: if the worker was drained/stopped while we spawned, stop what we started.
+        # The URL comes later, once the port is known to be this engine's (the health probe and
+        # the routes only ever see a worker with a URL).
         claimed = Worker.objects.filter(pk=worker_id, state=WorkerState.STARTING).update(
-            port=port, url=url, pid=process.pid, log_path=str(log_path)
+            port=port, url="", pid=process.pid, log_path=str(log_path)
         )
         if not claimed:
             self._terminate(worker_id)
@@ -317,7 +378,44 @@ class Agent:
         threading.Thread(
             target=self._watch, args=(engine,), name=f"watch-{worker_id[:8]}", daemon=True
         ).start()
+        threading.Thread(
+            target=self._publish_when_listening,
+            args=(engine, port, url),
+            name=f"listen-{worker_id[:8]}",
+            daemon=True,
+        ).start()
         return "started"
+
+    def _publish_when_listening(self, engine: Engine, port: int, url: str) -> None:
+        """Give the worker its URL once every listener on ``port`` belongs to its engine.
+
+        Until then the control plane has nothing to probe: a foreign server that took the port
+        before the engine bound it (or shares it through SO_REUSEPORT) never answers a health
+        check, never gets marked ready, never receives traffic. The engine then fails to bind
+        and exits, or the start times out, and the worker is replaced on another port.
+        """
+        deadline = time.monotonic() + settings.WORKER_START_TIMEOUT
+        warned = False
+        try:
+            while engine.process.poll() is None and not engine.stopping and time.monotonic() < deadline:
+                holder = probe.port_holder(port=port, pid=engine.process.pid)
+                if holder == probe.PortHolder.ENGINE:
+                    Worker.objects.filter(
+                        pk=engine.worker_id, state=WorkerState.STARTING, pid=engine.process.pid
+                    ).update(url=url)
+                    return
+                if holder == probe.PortHolder.FOREIGN and not warned:
+                    warned = True
+                    logger.warning(
+                        "port %s of worker %s is held by another process; its URL stays unpublished",
+                        port,
+                        engine.worker_id,
+                    )
+                time.sleep(LISTEN_POLL_SECONDS)
+        except Exception:
+            logger.exception("could not publish the URL of worker %s", engine.worker_id)
+        finally:
+            connection.close()
 
     def _watch(self, engine: Engine) -> None:
         code = engine.process.wait()
@@ -388,6 +486,10 @@ class Agent:
             if worker is not None:
                 target = WorkerState.STOPPED if worker.state == WorkerState.DRAINING else WorkerState.FAILED
                 lifecycle.transition(worker, target, message=f"node agent {self.name} stopped", crashed=False)
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -7,8 +7,10 @@
   ``berth_pool_gpus_in_use`` per node, ``berth_pool_cpu_slots`` / ``_in_use``, and
   ``berth_workers`` per deployment and state.
 
-Both are for the private network. With ``BERTH_INTERNAL_TOKEN`` set they require
-``Authorization: Bearer <token>`` (Prometheus: ``authorization: {credentials: …}``).
+Both are for the private network and require ``Authorization: Bearer <BERTH_INTERNAL_TOKEN>``
+(Prometheus: ``authorization: {credentials_file: …}``). Settings refuse to start without the token
+when DEBUG is off, and even then a process without one answers 401: only a DEBUG start-up
+(``manage.py up`` on loopback) serves them open.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ LIVE_STATES = (WorkerState.PENDING, WorkerState.STARTING, WorkerState.READY, Wor
 def _authorized(request) -> bool:
     token = settings.INTERNAL_TOKEN
     if not token:
-        return True
+        return settings.INTERNAL_OPEN_WITHOUT_TOKEN
     header = request.headers.get("Authorization", "")
     return hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
 

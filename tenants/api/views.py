@@ -15,6 +15,7 @@ from rest_framework.exceptions import PermissionDenied, Throttled, ValidationErr
 from rest_framework.response import Response
 
 from tenants import accounts, invitations, keys, throttling, verification
+from tenants import membership as memberships
 from tenants.api.permissions import TenantPermission, request_membership, request_tenant
 from tenants.api.serializers import (
     ApiKeyCreatedSerializer,
@@ -144,7 +145,9 @@ class MemberViewSet(
     def perform_destroy(self, instance):
         _check_assign(self.request, role=instance.role, target=instance)
         try:
-            accounts.remove_member(membership=instance)
+            memberships.remove_member(
+                tenant=instance.tenant, user=instance.user, acting_user=self.request.user
+            )
         except DjangoValidationError as exc:
             raise _django_error(exc) from exc
 

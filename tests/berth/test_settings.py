@@ -46,6 +46,7 @@ def production(**extra):
         "SECRET_KEY": STRONG,
         "BERTH_KEY_PEPPERS": "p1:" + "k" * 40,
         "ALLOWED_HOSTS": "berth.example",
+        "BERTH_INTERNAL_TOKEN": "i" * 40,
     }
     env.update(extra)
     return env
@@ -70,6 +71,8 @@ def test_production_turns_on_secure_cookies_and_hsts(tmp_path):
         ({"BERTH_KEY_PEPPERS": ""}, "BERTH_KEY_PEPPERS"),
         ({"BERTH_KEY_PEPPERS": "p1:tooshort"}, "shorter than 32"),
         ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS"),
+        ({"BERTH_INTERNAL_TOKEN": ""}, "BERTH_INTERNAL_TOKEN"),
+        ({"BERTH_INTERNAL_TOKEN": "short"}, "BERTH_INTERNAL_TOKEN is too weak"),
         ({"DEBUG": "maybe"}, "DEBUG must be one of"),
         ({"DATABASE_URL": "sqlite:///x.db"}, "needs PostgreSQL"),
     ],

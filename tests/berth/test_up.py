@@ -114,3 +114,62 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
         time.sleep(0.2)
     assert alive == []
     assert not psutil.pid_exists(redis_pid)
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def test_a_crash_looping_child_is_restarted_with_backoff_and_never_stops_the_others(tmp_path):
+    """Before: five crashes in 120 s stopped every process, the gateway included."""
+    import io
+
+    from berth.management.commands.up import Child, Supervisor
+
+    sup = Supervisor(io.StringIO(), colour=False)
+    sup.backoff_first, sup.backoff_max = 0.05, 0.4
+    steady = Child("gateway", [sys.executable, "-c", "import time; time.sleep(60)"])
+    crasher = Child("usage", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    sup.add(steady)
+    sup.add(crasher)
+    steady_pid = steady.process.pid
+    try:
+        deadline = time.monotonic() + 30
+        while crasher.restarts < 8 and time.monotonic() < deadline:
+            sup.watch_once()
+            time.sleep(0.02)
+        assert crasher.restarts >= 8  # more than the five that used to stop everything
+        assert not sup.stopping.is_set() and sup.failed is None
+        assert steady.process.pid == steady_pid and steady.process.poll() is None
+        assert crasher.crashes >= 8 and sup.backoff(crasher.crashes) == 0.4  # capped
+        assert "restarting it in" in sup.out.getvalue()
+    finally:
+        sup.stop_all()
+    assert steady.process.poll() is not None
+
+
+def test_a_child_that_ran_long_enough_starts_its_backoff_over(tmp_path):
+    import io
+
+    from berth.management.commands.up import Child, Supervisor
+
+    sup = Supervisor(io.StringIO(), colour=False)
+    sup.backoff_first, sup.stable_after = 0.05, 0.3
+    child = Child("usage", [sys.executable, "-c", "import time; time.sleep(0.5)"])
+    child.crashes = 6  # a bad streak long ago
+    sup.add(child)
+    try:
+        child.process.wait(timeout=10)
+        sup.watch_once()
+        assert child.crashes == 1 and child.restart_at is not None
+        assert child.restart_at - time.monotonic() <= 0.05
+    finally:
+        sup.stop_all()
+
+
+def test_up_runs_every_long_running_role_and_only_those():
+    from berth import roles
+    from berth.management.commands.up import Command
+
+    names = Command.roles_to_run({"no_agent": False})
+    assert set(names) == {r.name for r in roles.ROLES if r.long_running} == set(roles.NAMES) - {"migrate"}
+    assert "agent" not in Command.roles_to_run({"no_agent": True})

@@ -7,14 +7,21 @@ import io
 import json
 from datetime import timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+import httpx
+import psutil
 import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from billing.models import BillingAccount
 from models_registry.constants import Visibility
 from tests.billing.usage import record
 from tests.factories import TenantFactory, member
+from tests.gateway.conftest import free_port, uvicorn
 from tests.registry.factories import DeploymentFactory, ModelFactory, priced_model
 
 pytestmark = pytest.mark.django_db
@@ -32,6 +39,10 @@ def world():
     record(ours, "chat-one", now - timedelta(days=2), 1_000, 500, status="upstream_error", http_status=502)
     record(theirs, "chat-one", now - timedelta(days=1), 777_777, 0)
     return {"ours": ours, "theirs": theirs, "now": now}
+
+
+def csv_text(response) -> str:
+    return b"".join(response.streaming_content).decode()
 
 
 def login(client, tenant, role):
@@ -111,11 +122,11 @@ def test_usage_csv_per_request_and_per_day(client, world):
     assert response["Content-Disposition"].startswith(
         f'attachment; filename="berth-usage-{world["ours"].slug}-'
     )
-    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    rows = list(csv.DictReader(io.StringIO(csv_text(response))))
     assert [int(r["total_tokens"]) for r in rows] == [1_500, 5_000_000]
     assert rows[0]["status"] == "upstream_error" and rows[0]["http_status"] == "502"
     daily = client.get("/usage.csv", {"start": start, "end": end, "granularity": "day"})
-    rows = list(csv.DictReader(io.StringIO(b"".join(daily.streaming_content).decode())))
+    rows = list(csv.DictReader(io.StringIO(csv_text(daily))))
     assert [Decimal(r["estimated_cost"]) for r in rows][1] == Decimal("1.000000")
     assert client.get("/usage.csv", {"start": end, "end": start}).status_code == 400
 
@@ -127,8 +138,35 @@ def test_usage_csv_for_a_member_has_no_cost(client, world):
     assert response.status_code == 400  # over a year
     start = (world["now"] - timedelta(days=3)).date().isoformat()
     response = client.get("/usage.csv", {"start": start, "end": day, "granularity": "day"})
-    header = b"".join(response.streaming_content).decode().splitlines()[0]
+    header = csv_text(response).splitlines()[0]
     assert "estimated_cost" not in header
+
+
+def test_usage_csv_pages_through_equal_timestamps_without_losing_or_repeating_rows(
+    client, world, monkeypatch
+):
+    monkeypatch.setattr("console.pages.CSV_BATCH_ROWS", 3)
+    at = world["now"] - timedelta(hours=1)
+    ids = sorted(record(world["ours"], "chat-one", at, n, 0).request_id for n in range(1, 8))
+    login(client, world["ours"], "owner")
+    span = {"start": at.date().isoformat(), "end": world["now"].date().isoformat()}
+    rows = list(csv.DictReader(io.StringIO(csv_text(client.get("/usage.csv", span)))))
+    same_time = [r["request_id"] for r in rows if r["occurred_at"] == at.isoformat()]
+    assert sorted(same_time) == ids and len(same_time) == 7
+
+
+def test_usage_csv_under_asgi_is_an_async_stream(async_client, world):
+    """Given a sync iterator, Django's ASGI handler reads it whole into a list before sending."""
+    user = member(world["ours"], "owner")
+    day = world["now"].date().isoformat()
+
+    async def download():
+        await async_client.aforce_login(user)
+        response = await async_client.get("/usage.csv", {"start": day, "end": day})
+        assert response.status_code == 200 and response.is_async
+        return b"".join([part async for part in response.streaming_content]).decode()
+
+    assert async_to_sync(download)().startswith("occurred_at,request_id,")
 
 
 def test_settings_spend_limit_and_alerts(client, world, monkeypatch, django_capture_on_commit_callbacks):
@@ -166,3 +204,70 @@ def test_settings_permissions(client, world):
     login(client, world["ours"], "billing")
     assert client.post("/settings/", {"form": "billing", "billing-spend_limit": "1"}).status_code == 302
     assert client.post("/settings/", {"form": "organization", "org-name": "x"}).status_code == 403
+
+
+EXPORT_ROWS = 200_000
+
+
+def _insert_usage(tenant, rows: int, at) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO billing_usagerecord (request_id, tenant_id, model, endpoint, prompt_tokens,
+                completion_tokens, status, http_status, latency_ms, ttft_ms, worker_id, occurred_at,
+                recorded_at)
+            SELECT 'bulk-' || n, %s, 'chat-one', 'chat', n %% 1000, 7, 'ok', 200, 120, 30, '',
+                %s + (n / 10) * interval '1 millisecond', now()
+            FROM generate_series(1, %s) AS n
+            """,
+            [tenant.pk, at, rows],
+        )
+
+
+def _web_process():
+    db = connection.settings_dict
+    url = urlsplit(settings.DATABASE_URL)._replace(path="/" + db["NAME"]).geturl()
+    env = {
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DEBUG": "1",
+    }
+    return uvicorn("berth.asgi:application", free_port(), env, "/healthz")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_usage_csv_of_200k_rows_streams_through_asgi_with_flat_memory(client):
+    """Under ASGI a sync iterator is read whole into a list first; the export must not be."""
+    tenant = TenantFactory(name="Big")
+    now = timezone.now()
+    at = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    _insert_usage(tenant, EXPORT_ROWS, at)
+    login(client, tenant, "owner")
+    cookies = {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+    span = {"start": at.date().isoformat(), "end": now.date().isoformat()}
+    before = (at - timedelta(days=1)).date().isoformat()
+    web = _web_process()
+    try:
+        process = psutil.Process(web.process.pid)
+        with httpx.Client(base_url=web.url, cookies=cookies, timeout=60) as http:
+            for granularity in ("day", "request"):  # imports, connections, the thread pool
+                warm = http.get(
+                    "/usage.csv", params={"start": before, "end": before, "granularity": granularity}
+                )
+                assert warm.status_code == 200, warm.text[:500]
+            baseline = process.memory_info().rss
+            peak, size, lines = baseline, 0, 0
+            with http.stream("GET", "/usage.csv", params=span) as response:
+                assert response.status_code == 200
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    lines += chunk.count(b"\n")
+                    peak = max(peak, process.memory_info().rss)
+    finally:
+        web.stop()
+    assert lines == EXPORT_ROWS + 1
+    growth = peak - baseline
+    assert size > 10_000_000
+    print(f"peak RSS growth {growth / 1e6:.1f} MB for {size / 1e6:.1f} MB of CSV")
+    assert growth < size / 2, f"web process grew {growth / 1e6:.1f} MB serving a {size / 1e6:.1f} MB CSV"

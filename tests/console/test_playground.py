@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
+from django.contrib.sessions.models import Session
 from django.utils import timezone
 
 from berth.redis import rkey
 from console.playground import SESSION_KEY
 from models_registry.constants import Task
-from tenants import accounts
-from tenants.constants import Role
+from tenants import accounts, keys
+from tenants.constants import KeyKind, Role
 from tenants.middleware import SESSION_KEY as TENANT_SESSION_KEY
 from tenants.models import ApiKey
 from tests.factories import TenantFactory, member
@@ -101,3 +103,53 @@ def test_playground_needs_the_use_keys_permission(client):
     assert client.post("/playground/key/").status_code == 403
     assert client.get("/playground/key/").status_code == 405
     assert ApiKey.objects.count() == 0
+
+
+def _stored_session_row(client) -> str:
+    return Session.objects.get(session_key=client.session.session_key).session_data
+
+
+def test_playground_key_never_sits_in_clear_in_the_session_table(client):
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.MEMBER))
+    key = client.post("/playground/key/").json()["key"]
+    secret = key.split("_", 1)[1]
+    row = _stored_session_row(client)
+    decoded = Session.objects.get(session_key=client.session.session_key).get_decoded()
+    assert secret not in row and secret not in json.dumps(decoded)
+    assert "key" not in decoded[SESSION_KEY][str(tenant.pk)]
+    # Derived again on the next call, and it is the key the control plane and gateway accept.
+    assert client.post("/playground/key/").json()["key"] == key
+    assert keys.authenticate_key(key, kind=KeyKind.INFERENCE).tenant_id == tenant.pk
+
+
+def test_playground_key_is_replaced_when_it_can_no_longer_be_derived(client, settings):
+    tenant = TenantFactory()
+    client.force_login(member(tenant, Role.MEMBER))
+    first = client.post("/playground/key/").json()["key"]
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]  # the session stays valid
+    settings.SECRET_KEY = "rotated-" + settings.SECRET_KEY
+    second = client.post("/playground/key/").json()["key"]
+    assert second != first
+    assert ApiKey.objects.usable().count() == 1
+    assert keys.authenticate_key(second, kind=KeyKind.INFERENCE)
+
+
+def test_a_clear_playground_key_left_in_a_session_is_revoked_and_dropped(client):
+    tenant = TenantFactory()
+    user = member(tenant, Role.MEMBER)
+    client.force_login(user)
+    old = keys.create_api_key(tenant=tenant, name="Playground", created_by=user)
+    session = client.session
+    session[SESSION_KEY] = {
+        str(tenant.pk): {
+            "key_id": str(old.api_key.pk),
+            "key": old.plaintext,
+            "expires_at": (timezone.now() + timedelta(minutes=30)).isoformat(),
+        }
+    }
+    session.save()
+    new = client.post("/playground/key/").json()["key"]
+    assert new != old.plaintext
+    assert ApiKey.objects.get(pk=old.api_key.pk).revoked_at is not None
+    assert old.plaintext.split("_", 1)[1] not in _stored_session_row(client)

@@ -23,6 +23,7 @@ COMPOSE_ENV = {
     "SECRET_KEY": "s" * 64,
     "BERTH_KEY_PEPPERS": "p1:" + "k" * 40,
     "GRAFANA_ADMIN_PASSWORD": "grafana-secret",
+    "BERTH_INTERNAL_TOKEN": "t" * 40,
 }
 
 
@@ -47,6 +48,10 @@ def test_the_control_plane_image_is_multi_stage_non_root_and_healthchecked():
     user = re.search(r"^USER\s+(\S+)", final, re.M)
     assert user and not user.group(1).startswith(("root", "0"))
     assert "HEALTHCHECK" in final and 'ENTRYPOINT ["/app/docker/entrypoint.sh"]' in final
+    # collectstatic at build time loads production settings, which need every required secret.
+    build = "\n".join(stages[-2])
+    for name in ("SECRET_KEY=", "BERTH_KEY_PEPPERS=", "ALLOWED_HOSTS=", "BERTH_INTERNAL_TOKEN="):
+        assert name in build, name
 
 
 def test_the_agent_image_builds_on_the_official_vllm_image():
@@ -80,9 +85,30 @@ def entrypoint_roles() -> dict[str, str]:
     return roles
 
 
+def test_the_entrypoint_has_exactly_the_roles_of_berth_roles_running_their_commands():
+    from berth import roles as platform
+
+    roles = entrypoint_roles()
+    assert set(roles) == set(platform.NAMES) | {"manage"}
+    for role in platform.ROLES:
+        assert role.signature in roles[role.name], f"{role.name} does not run {role.signature}"
+        command = " ".join(role.command)
+        assert role.signature in command.replace("{python} -m ", "").replace("{manage}", "manage.py")
+    assert "consume_usage" in roles["usage"]
+
+
+def test_forwarded_headers_are_trusted_only_from_configured_proxies():
+    roles = entrypoint_roles()
+    assert '--forwarded-allow-ips "$trusted"' in roles["web"]
+    assert 'FORWARDED_ALLOW_IPS="$trusted"' in roles["gateway"]
+    text = (DOCKER / "entrypoint.sh").read_text()
+    assert 'trusted="${BERTH_TRUSTED_PROXIES:-127.0.0.1}"' in text
+    assert "FORWARDED_ALLOW_IPS:-*" not in text
+
+
 def test_every_entrypoint_role_runs_a_command_that_exists():
     roles = entrypoint_roles()
-    assert {"web", "gateway", "worker", "beat", "agent", "migrate"} <= set(roles)
+    assert {"web", "gateway", "usage", "worker", "beat", "agent", "migrate"} <= set(roles)
     from django.core.management import get_commands
 
     commands = get_commands()
@@ -143,12 +169,72 @@ def test_compose_validates_and_has_every_service():
         "migrate",
         "web",
         "gateway",
+        "usage",
         "worker",
         "beat",
         "agent",
         "prometheus",
         "grafana",
     }
+
+
+def test_compose_runs_one_service_per_role_and_no_other_berth_service():
+    from berth import roles as platform
+
+    services = compose_config()["services"]
+    berth = {
+        name: s
+        for name, s in services.items()
+        if s.get("build", {}).get("dockerfile", "").startswith("docker/")
+    }
+    assert {name: s["command"] for name, s in berth.items()} == {name: [name] for name in platform.NAMES}
+
+
+def test_the_usage_consumer_restarts_and_reports_health():
+    usage = compose_config()["services"]["usage"]
+    assert usage["restart"] == "unless-stopped"
+    assert usage["healthcheck"]["test"] == ["CMD", "/app/docker/healthcheck.sh"]
+    assert "consume_usage" in (DOCKER / "healthcheck.sh").read_text()
+    assert usage["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def published(service: dict) -> list[tuple[str, str]]:
+    """(host ip, target) of each published port; an empty ip means every interface."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            parts = port.split(":")
+            ip = parts[0] if len(parts) == 3 else ""
+            found.append((ip, parts[-1].split("/")[0]))
+        else:
+            found.append((port.get("host_ip", ""), str(port["target"])))
+    return found
+
+
+def test_compose_publishes_only_web_and_the_gateway():
+    services = compose_config()["services"]
+    public = {
+        name for name, s in services.items() for ip, _ in published(s) if ip not in ("127.0.0.1", "::1")
+    }
+    assert public == {"web", "gateway"}
+    for name in ("prometheus", "grafana"):
+        assert published(services[name]) and all(ip == "127.0.0.1" for ip, _ in published(services[name]))
+        assert services[name]["profiles"] == ["monitoring"]  # opt-in
+    assert not services["postgres"].get("ports") and not services["redis"].get("ports")
+    assert (
+        services["prometheus"]["environment"]["BERTH_INTERNAL_TOKEN"] == COMPOSE_ENV["BERTH_INTERNAL_TOKEN"]
+    )
+
+
+def test_compose_refuses_to_start_without_an_internal_token():
+    result = subprocess.run(
+        [shutil.which("docker-compose"), "-f", str(DOCKER / "compose.yaml"), "config"],
+        env={**os.environ, **COMPOSE_ENV, "BERTH_INTERNAL_TOKEN": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "BERTH_INTERNAL_TOKEN" in result.stderr
 
 
 def test_compose_refuses_to_start_without_secrets():
@@ -175,7 +261,7 @@ def test_redis_persists_with_aof_and_agent_reserves_gpus():
 
 def test_app_services_wait_for_migrations_and_healthy_stores():
     services = compose_config()["services"]
-    for name in ("web", "gateway", "worker", "beat", "agent"):
+    for name in ("web", "gateway", "usage", "worker", "beat", "agent"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["postgres"]["condition"] == "service_healthy"
@@ -251,9 +337,37 @@ def by_kind(docs, kind):
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def test_kubernetes_runs_every_role_of_berth_roles_and_no_other():
+    from berth import roles as platform
+
+    docs = kustomize_build()
+    for kind in ("Deployment", "Job"):
+        objects = by_kind(docs, kind)
+        wanted = {r.name for r in platform.ROLES if r.kubernetes == kind}
+        assert set(objects) == {f"berth-{name}" for name in wanted}, kind
+        for name in wanted:
+            assert objects[f"berth-{name}"]["spec"]["template"]["spec"]["containers"][0]["args"] == [name]
+    assert all(r.kubernetes_note for r in platform.ROLES if r.kubernetes is None)
+
+
+def test_the_usage_consumer_runs_two_replicas_with_probes_on_its_metrics_port():
+    docs = kustomize_build()
+    usage = by_kind(docs, "Deployment")["berth-usage"]
+    assert usage["spec"]["replicas"] >= 2  # they share the consumer group
+    container = usage["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9102}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert usage["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    pdb = by_kind(docs, "PodDisruptionBudget")["berth-usage"]
+    assert pdb["spec"]["minAvailable"] < usage["spec"]["replicas"]
+    secret = by_kind(docs, "Secret")["berth-secrets"]["stringData"]
+    assert "BERTH_INTERNAL_TOKEN" in secret
+
+
 def test_deployments_run_each_role_non_root_with_probes():
     deployments = by_kind(kustomize_build(), "Deployment")
-    assert set(deployments) == {"berth-web", "berth-gateway", "berth-worker", "berth-beat"}
+    assert set(deployments) == {"berth-web", "berth-gateway", "berth-usage", "berth-worker", "berth-beat"}
     roles = entrypoint_roles()
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
@@ -288,9 +402,12 @@ def test_ingress_sends_v1_to_the_gateway_and_the_rest_to_web():
     services = by_kind(docs, "Service")
     paths = by_kind(docs, "Ingress")["berth"]["spec"]["rules"][0]["http"]["paths"]
     routes = {p["path"]: p["backend"]["service"]["name"] for p in paths}
-    assert routes == {"/v1": "gateway", "/": "web"}
-    for name in routes.values():
+    assert routes == {"/v1": "gateway", "/internal": "private", "/metrics": "private", "/": "web"}
+    for name in ("gateway", "web"):
         assert services[name]["spec"]["selector"]["app.kubernetes.io/component"] == name
+    # The private surfaces lead nowhere: a Service that selects no pod.
+    assert "selector" not in services["private"]["spec"]
+    assert not by_kind(docs, "Endpoints") and not by_kind(docs, "EndpointSlice")
 
 
 def test_the_provisioner_gets_only_namespaced_deployments_and_services():
@@ -335,6 +452,32 @@ def test_prometheus_scrapes_the_gateway_and_the_engines():
     assert jobs["berth-engines"]["http_sd_configs"][0]["url"].startswith("http://web:8000/")
 
 
+def test_prometheus_scrapes_the_usage_consumer_and_presents_the_token_to_berth():
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["berth-usage"]["dns_sd_configs"][0] == {"names": ["usage"], "type": "A", "port": 9102}
+    token = "/prometheus/berth-token"
+    for name in ("berth-gateway", "berth-usage", "berth-control-plane"):
+        assert jobs[name]["authorization"] == {"credentials_file": token}, name
+    assert jobs["berth-engines"]["http_sd_configs"][0]["authorization"] == {"credentials_file": token}
+    prometheus = compose_config({"BERTH_INTERNAL_TOKEN": "t" * 40})["services"]["prometheus"]
+    assert token in " ".join(prometheus["entrypoint"])
+
+
+def test_the_alert_rules_are_loaded_and_watch_metrics_the_consumer_exports():
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    mounted = [target for _, target in volumes(compose_config()["services"]["prometheus"])]
+    assert "/etc/prometheus/alerts.yml" in mounted
+    rules = yaml.safe_load((DOCKER / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert {"BerthUsageConsumerDown", "BerthUsageLagTooOld"} <= set(alerts)
+    assert 'up{job="berth-usage"}' in alerts["BerthUsageConsumerDown"]["expr"]
+    exported = consumer_metric_names()
+    used = {m for r in alerts.values() for m in re.findall(r"\b(berth_usage_[a-z_]+)", r["expr"])}
+    assert used and used <= exported, used - exported
+
+
 def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports():
     provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/berth.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
@@ -366,6 +509,7 @@ def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports(
             "berth_pool_cpu_slots",
             "berth_pool_cpu_slots_in_use",
         }
+        | consumer_metric_names()
         | {
             "vllm:num_requests_waiting",
             "vllm:num_requests_running",
@@ -375,6 +519,13 @@ def test_the_grafana_dashboard_is_provisioned_and_queries_metrics_berth_exports(
         }
     )
     assert names and names <= exported, names - exported
+
+
+def consumer_metric_names() -> set[str]:
+    from billing.usage import METRICS
+
+    families = list(METRICS.registry.collect())
+    return {f.name for f in families} | {s.name for f in families for s in f.samples}
 
 
 def gateway_metric_names() -> set[str]:

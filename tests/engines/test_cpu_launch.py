@@ -92,3 +92,17 @@ def test_the_engine_module_does_not_import_django():
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_it_serves_on_the_agents_socket_when_given_one():
+    launch = build_launch(spec(listen_fd=7))
+    assert parse_args(launch.argv[3:]).fd == 7
+    assert launch.pass_fds == (7,)
+    plain = build_launch(spec())
+    assert parse_args(plain.argv[3:]).fd is None and plain.pass_fds == ()
+
+
+def test_the_vllm_launcher_binds_its_port_itself():
+    launch = build_launch(spec(engine="vllm", source="org/model", listen_fd=7))
+    assert "--fd" not in launch.argv and launch.pass_fds == ()
+    assert launch.argv[launch.argv.index("--port") + 1] == "8123"

@@ -200,7 +200,6 @@ def test_the_consumer_loop_bills_abandoned_checkpoints(redis_client):
              "u": "checkpoint"}  # fmt: skip
     redis_client.hset(rkey(CHECKPOINT_HASH), "req_lost", json.dumps(event))
     redis_client.zadd(rkey(CHECKPOINT_DUE), {"req_lost": 1})
-    checkpoints._last_run["at"] = 0.0
     usage.run(stop_after=1.5)
     rec = UsageRecord.objects.get(request_id="req_lost")
     assert (rec.prompt_tokens, rec.completion_tokens, rec.status, rec.usage_source) == (

@@ -94,7 +94,7 @@ def test_usage_equals_engine_reported_tokens_over_mixed_requests(gateway, engine
     assert (hourly["n"], hourly["p"], hourly["c"]) == (200, expected["p"], expected["c"])
 
 
-def test_a_disconnect_mid_stream_is_billed_for_delivered_tokens_only(gateway, engines, redis_client):
+def test_a_disconnect_mid_stream_is_billed_for_what_the_engine_produced(gateway, engines, redis_client):
     tenant = make_tenant()
     key = make_key(tenant)
     engine = engines[0]

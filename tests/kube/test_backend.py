@@ -84,6 +84,25 @@ def test_the_created_deployment_carries_the_engine_args_gpus_and_secret(api, bac
     } in container["env"]
 
 
+def test_the_created_pod_gets_no_berth_secret_and_no_api_token(api, backend, group, monkeypatch):
+    from workers.agent import engine_environment
+
+    # Whatever the control plane process holds, the pod is built from the launcher alone.
+    monkeypatch.setenv("BERTH_INTERNAL_TOKEN", "internal-token")
+    monkeypatch.setenv("SECRET_KEY", "django-secret")
+    backend.apply(group)
+
+    pod_spec = api.requests[1].body["spec"]["template"]["spec"]
+    [container] = pod_spec["containers"]
+    names = {entry["name"] for entry in container["env"]}
+    assert names == {"VLLM_API_KEY", "HF_HOME"}
+    # Besides the key from the Secret, only what the agent's allow-list would pass on as well.
+    assert set(engine_environment(dict.fromkeys(names, "x"))) == names - {"VLLM_API_KEY"}
+    assert "internal-token" not in str(api.requests[1].body)
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert pod_spec["enableServiceLinks"] is False
+
+
 def test_it_replaces_an_existing_deployment_at_its_resource_version(api, backend, group):
     seed_existing(api, group, replicas=1)
     seen_rv = api.get("deployments", "inference", "llama-3-8b")["metadata"]["resourceVersion"]

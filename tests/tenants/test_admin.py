@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import openai
 import pytest
 
 from berth.redis import rkey
@@ -9,6 +12,7 @@ from tenants import keys
 from tenants.constants import Role
 from tenants.models import User
 from tests.factories import TenantFactory, member
+from tests.gateway.conftest import start_gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,3 +55,30 @@ def test_suspending_a_tenant_from_the_admin_reaches_redis(staff_client, redis_cl
     tenant.refresh_from_db()
     assert tenant.status == "suspended"
     assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+
+
+def _accepted(gateway_url: str, key: str) -> bool:
+    client = openai.OpenAI(base_url=gateway_url + "/v1", api_key=key, max_retries=0)
+    try:
+        client.models.list()
+    except openai.AuthenticationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("what", ["apikey", "tenant"])
+def test_deleting_in_the_admin_stops_the_gateway_accepting_the_key_within_a_second(staff_client, what):
+    tenant = TenantFactory()
+    created = keys.create_api_key(tenant=tenant, name="k")
+    gateway = start_gateway()
+    try:
+        assert _accepted(gateway.url, created.plaintext)
+        target = created.api_key if what == "apikey" else tenant
+        response = staff_client.post(f"/admin/tenants/{what}/{target.pk}/delete/", {"post": "yes"})
+        assert response.status_code == 302
+        deleted = time.monotonic()
+        while _accepted(gateway.url, created.plaintext):
+            assert time.monotonic() - deleted < 1, "the gateway still accepts a deleted key"
+            time.sleep(0.05)
+    finally:
+        gateway.stop()

@@ -9,8 +9,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from berth.redis import rkey
+from tenants.constants import Role
 from tenants.models import ApiKey, Membership, Tenant
-from tests.factories import TenantFactory, free_plan
+from tests.factories import TenantFactory, free_plan, member
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,3 +65,28 @@ def test_revoke_api_key_by_the_displayed_prefix(redis_client):
     assert not redis_client.exists(rkey("apikey", api_key.lookup_id))
     with pytest.raises(CommandError):
         run("revoke_api_key", "sk-berth-doesnotexist")
+
+
+def test_create_api_key_management_key_works_against_the_api(client):
+    tenant = TenantFactory()
+    owner = member(tenant, Role.OWNER)
+    out, _ = run(
+        "create_api_key", "--tenant", tenant.slug, "--kind", "management", "--user", owner.email.upper()
+    )
+    assert re.fullmatch(r"mk-berth-[A-Za-z0-9]{12}_[A-Za-z0-9]{43}\n", out)
+    response = client.get("/api/v1/keys/", HTTP_AUTHORIZATION=f"Bearer {out.strip()}")
+    assert response.status_code == 200
+    assert [k["kind"] for k in response.json()["results"]] == ["management"]
+    assert not ApiKey.objects.filter(tenant=tenant, created_by=None).exists()
+
+
+def test_create_api_key_management_without_a_member_refuses_clearly():
+    tenant = TenantFactory()
+    with pytest.raises(CommandError, match="--kind management needs --user"):
+        run("create_api_key", "--tenant", tenant.slug, "--kind", "management")
+    outsider = member(TenantFactory(), Role.OWNER)
+    with pytest.raises(CommandError, match="is not a member of"):
+        run("create_api_key", "--tenant", tenant.slug, "--kind", "management", "--user", outsider.email)
+    with pytest.raises(CommandError, match="No active user"):
+        run("create_api_key", "--tenant", tenant.slug, "--kind", "management", "--user", "nobody@x.test")
+    assert not ApiKey.objects.filter(tenant=tenant).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import timedelta
 
@@ -105,3 +106,15 @@ def test_the_creator_is_recorded():
     user = UserFactory()
     created = keys.create_api_key(tenant=TenantFactory(), name="k", created_by=user)
     assert created.api_key.created_by == user
+
+
+def test_a_derived_secret_makes_a_well_formed_key_and_a_malformed_one_is_refused():
+    secret = keys.secret_from_bytes(hashlib.sha256(b"salt").digest())
+    assert secret == keys.secret_from_bytes(hashlib.sha256(b"salt").digest())
+    assert secret != keys.secret_from_bytes(hashlib.sha256(b"pepper").digest())
+    created = keys.create_api_key(tenant=TenantFactory(), name="derived", secret=secret)
+    assert keys.parse_key(created.plaintext).secret == secret
+    with pytest.raises(ValueError, match="32 bytes"):
+        keys.secret_from_bytes(b"short")
+    with pytest.raises(ValueError, match="malformed"):
+        keys.create_api_key(tenant=TenantFactory(), name="bad", secret="x" * 10)

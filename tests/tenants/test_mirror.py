@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ from django.utils import timezone
 from berth.redis import rkey
 from tenants import accounts, keys, mirror
 from tenants.constants import KeyKind, TenantStatus
+from tenants.models import ApiKey
 from tests.factories import TenantFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,7 +80,9 @@ def test_resync_restores_missing_entries_and_drops_stale_ones(redis_client):
     redis_client.flushdb()
     # A stale entry, e.g. a revocation whose Redis write failed.
     redis_client.hset(rkey("apikey", revoked.api_key.lookup_id), mapping={"hash": "x"})
-    call_command("rebuild_key_mirror")
+    out = io.StringIO()
+    call_command("rebuild_key_mirror", stdout=out)
+    assert "Mirrored 1 key(s) and 1 tenant(s); removed 1 stale key(s)" in out.getvalue()
     assert redis_client.exists(rkey("apikey", kept.api_key.lookup_id))
     assert not redis_client.exists(rkey("apikey", revoked.api_key.lookup_id))
     assert redis_client.exists(rkey("tenant", tenant.pk))
@@ -104,3 +108,99 @@ def test_a_redis_outage_does_not_fail_key_creation(monkeypatch, redis_client):
     assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
     mirror.resync()  # what the periodic task does
     assert redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+
+
+def _between_snapshot_and_write(monkeypatch, action):
+    """Run ``action`` (committed at once) after the resync read the database, before it writes."""
+    snapshot = mirror._snapshot
+
+    def then_act():
+        result = snapshot()
+        action()
+        return result
+
+    monkeypatch.setattr(mirror, "_snapshot", then_act)
+
+
+def test_resync_does_not_resurrect_a_key_revoked_while_it_runs(monkeypatch, redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    other = keys.create_api_key(tenant=created.api_key.tenant, name="other")
+    _between_snapshot_and_write(monkeypatch, lambda: keys.revoke_api_key(api_key=created.api_key))
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(rkey(mirror.INVALIDATE_CHANNEL))
+    pubsub.get_message(timeout=1)
+    mirror.resync()
+    assert mirror.lookup(created.api_key.lookup_id) is None
+    assert mirror.lookup(other.api_key.lookup_id) is not None
+    messages = [pubsub.get_message(timeout=0.5) for _ in range(3)]
+    assert f"apikey:{created.api_key.lookup_id}" in [m["data"] for m in messages if m]
+    pubsub.close()
+
+
+def test_resync_does_not_reactivate_a_tenant_suspended_while_it_runs(monkeypatch, redis_client):
+    tenant = TenantFactory()
+    keys.create_api_key(tenant=tenant, name="k")
+    _between_snapshot_and_write(
+        monkeypatch, lambda: accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+    )
+    mirror.resync()
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+
+
+def test_resync_leaves_a_newer_tenant_write_alone(monkeypatch, redis_client):
+    """Suspended during the resync, then re-activated after its second look: active wins."""
+    tenant = TenantFactory()
+    _between_snapshot_and_write(
+        monkeypatch, lambda: accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+    )
+    entries = mirror._tenant_entries
+    calls = []
+
+    def second_look_then_reactivate():
+        result = entries()
+        calls.append(1)
+        if len(calls) == 2:  # the resync's second look; the first is inside the snapshot
+            accounts.set_status(tenant=tenant, status=TenantStatus.ACTIVE)
+        return result
+
+    monkeypatch.setattr(mirror, "_tenant_entries", second_look_then_reactivate)
+    mirror.resync()
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+
+
+def test_resync_drops_deleted_tenants(redis_client):
+    tenant = TenantFactory()
+    mirror.publish_tenant(tenant)
+    redis_client.hset(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"), mapping={"status": "active"})
+    redis_client.set(rkey("tenant", "not-a-tenant-id"), "left alone")
+    mirror.resync()
+    assert redis_client.exists(rkey("tenant", tenant.pk))
+    assert not redis_client.exists(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"))
+    assert redis_client.get(rkey("tenant", "not-a-tenant-id")) == "left alone"
+
+
+def test_deleting_a_key_with_the_orm_unpublishes_it(redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    assert mirror.lookup(created.api_key.lookup_id)
+    ApiKey.objects.filter(pk=created.api_key.pk).delete()
+    assert mirror.lookup(created.api_key.lookup_id) is None
+
+
+def test_deleting_a_tenant_unpublishes_it_and_its_keys_by_cascade(redis_client):
+    tenant = TenantFactory()
+    created = [keys.create_api_key(tenant=tenant, name=f"k{n}") for n in range(3)]
+    other = keys.create_api_key(tenant=TenantFactory(), name="other")
+    tenant.delete()
+    assert not redis_client.exists(rkey("tenant", tenant.id))
+    assert all(mirror.lookup(c.api_key.lookup_id) is None for c in created)
+    assert mirror.lookup(other.api_key.lookup_id) is not None
+
+
+def test_a_delete_that_rolls_back_stays_published(redis_client):
+    from django.db import transaction
+
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        created.api_key.tenant.delete()
+        raise RuntimeError("boom")
+    assert mirror.lookup(created.api_key.lookup_id) is not None

@@ -19,6 +19,37 @@ def test_engines_do_not_inherit_control_plane_secrets():
     assert env == {"PATH": "/bin", "HF_HOME": "/cache"}
 
 
+def test_engines_get_an_allow_list_not_everything_but_known_secrets():
+    env = engine_environment(
+        {
+            "PATH": "/bin",
+            "LANG": "C.UTF-8",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_CACHE": "/cache/t",
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "NVIDIA_VISIBLE_DEVICES": "all",
+            "VLLM_HOST_IP": "10.0.0.5",
+            "OMP_NUM_THREADS": "4",
+            "VLLM_API_KEY": "the agent's, not the worker's",
+            "BERTH_INTERNAL_TOKEN": "t",
+            "REDIS_URL": "redis://x",
+            "AWS_SECRET_ACCESS_KEY": "a",
+            "GITHUB_TOKEN": "g",
+            "ANY_NEW_SECRET": "n",
+        }
+    )
+    assert set(env) == {
+        "PATH",
+        "LANG",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_CACHE",
+        "CUDA_DEVICE_ORDER",
+        "NVIDIA_VISIBLE_DEVICES",
+        "VLLM_HOST_IP",
+        "OMP_NUM_THREADS",
+    }
+
+
 def test_log_tail_reads_only_the_end(tmp_path):
     path = tmp_path / "engine.log"
     path.write_text("".join(f"{i}\n" for i in range(1000)))

@@ -15,7 +15,7 @@ import pytest
 from models_registry.constants import Engine, SourceKind
 from tests.registry.factories import DeploymentFactory, ModelFactory
 from tests.workers.conftest import pid_alive, wait_for
-from workers import reconciler
+from workers import probe, reconciler
 from workers.constants import WorkerState
 from workers.models import Worker
 
@@ -51,6 +51,9 @@ def test_it_runs_the_real_cpu_engine(agents, tiny_model_dir, settings):
     worker = wait_for(
         ready, step=lambda: (reconciler.reconcile(), failed()), timeout=120, what="the CPU engine"
     )
+    # The engine serves on the socket the agent bound for it, and nobody else listens there.
+    assert "--fd" in open(worker.log_path).read()
+    assert probe.port_holder(port=worker.port, pid=worker.pid) == probe.PortHolder.ENGINE
     request = urllib.request.Request(  # noqa: S310 - a loopback engine URL
         worker.url + "/v1/chat/completions",
         data=json.dumps(

@@ -3,13 +3,17 @@
 The provisioner fills an EngineSpec from a Deployment/Model/Worker; a node agent runs the
 EngineLaunch. Every engine, whatever its kind, must then behave like ``vllm serve``:
 
-* listen on ``host:port``; require ``Authorization: Bearer <api_key>`` on ``/v1/...``;
+* listen on ``host:port`` (or serve on the inherited socket ``listen_fd`` when the launcher
+  takes it); require ``Authorization: Bearer <api_key>`` on ``/v1/...``;
 * serve the model under ``served_name`` at ``/v1/chat/completions``, ``/v1/completions``
   (streaming and not, ``usage`` included, ``stream_options.include_usage`` honoured, streams
   ending with ``data: [DONE]``), ``/v1/embeddings`` for embedding models, ``/v1/models``;
+* never share prefix-cache blocks between requests whose ``cache_salt`` differs (the gateway
+  sets one per tenant), and answer failures with generic OpenAI-shaped errors, not exception text;
 * answer ``GET /health`` with 200 once ready, and Prometheus ``GET /metrics`` with vLLM's metric
   names (``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
-  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, labelled ``model_name``).
+  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, and for generation
+  ``vllm:prefix_cache_queries_total``/``vllm:prefix_cache_hits_total``, labelled ``model_name``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class EngineSpec:
     host: str
     port: int
     api_key: str  # generated per worker; only the gateway and control plane know it
+    # A socket already bound to host:port, open in the agent; a launcher that can serve on it
+    # names it in EngineLaunch.pass_fds and the engine inherits it (no window for another process
+    # to take the port). None, or not passed on: the engine binds host:port itself.
+    listen_fd: int | None = None
     gpu_indices: tuple[int, ...] = ()  # empty on CPU slots
     revision: str | None = None
     tensor_parallel_size: int = 1
@@ -52,3 +60,4 @@ class EngineLaunch:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the agent's environment
     health_path: str = "/health"
+    pass_fds: tuple[int, ...] = ()  # descriptors the engine inherits (spec.listen_fd, if it takes it)

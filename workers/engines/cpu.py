@@ -100,6 +100,11 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
     ]
     if spec.max_model_len:
         argv += ["--max-model-len", str(spec.max_model_len)]
+    pass_fds: tuple[int, ...] = ()
+    if spec.listen_fd is not None:
+        # Serve on the agent's socket: the port is never free between choosing it and serving.
+        argv += ["--fd", str(spec.listen_fd)]
+        pass_fds = (spec.listen_fd,)
     argv += list(spec.extra_args)
     env = {
         # The key travels in the environment, as vLLM reads it, so it never shows in `ps`.
@@ -111,4 +116,4 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
         "MKL_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     }
-    return EngineLaunch(argv=argv, env=env, health_path="/health")
+    return EngineLaunch(argv=argv, env=env, health_path="/health", pass_fds=pass_fds)

@@ -25,6 +25,7 @@ from typing import Any
 logger = logging.getLogger("berth.cpu_engine")
 
 EMBED_BATCH = 64  # texts per forward pass; concurrent requests are packed up to this
+PAGE_SIZE = 64  # tokens per KV-cache block: the prefix cache shares whole blocks only
 
 
 class InputError(ValueError):
@@ -103,18 +104,26 @@ class GenerationBackend:
                 eos_token_id=sorted(self.eos_token_ids) or -1,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        page_size = 64
+        from workers.engines import cpu_prefix_cache
+
+        # Prefix caching only where cache_salt can keep tenants apart (see cpu_prefix_cache).
+        self.prefix_caching = cpu_prefix_cache.supported()
+        if not self.prefix_caching:
+            logger.warning("prefix caching is off: this transformers release cannot salt it per request")
+        self.prefix_cache = cpu_prefix_cache.PrefixCacheSalts()
         cb_config = ContinuousBatchingConfig(
-            page_size=page_size,
-            num_blocks=max(8, kv_cache_tokens // page_size),
+            page_size=PAGE_SIZE,
+            num_blocks=max(8, kv_cache_tokens // PAGE_SIZE),
             max_batch_tokens=max(256, min(2048, self.max_model_len)),
             max_requests_per_batch=max_num_seqs,
             per_request_processors=True,
-            allow_block_sharing=True,
+            allow_block_sharing=self.prefix_caching,
         )
         self._cb = self.model.init_continuous_batching(
             generation_config=shared, continuous_batching_config=cb_config
         )
+        if self.prefix_caching:
+            self.prefix_cache.install(self._cb)
         if self._fast_sampling:
             cpu_sampling.install(self._cb)
         self._cb.start()
@@ -175,8 +184,13 @@ class GenerationBackend:
     def is_alive(self) -> bool:
         return self._cb.background_thread_status.fatal_error is None
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Step]:
-        """Yield text steps until the request finishes; closing the iterator cancels it."""
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, *, cache_salt: str | None = None
+    ) -> AsyncIterator[Step]:
+        """Yield text steps until the request finishes; closing the iterator cancels it.
+
+        Requests share cached prompt blocks only when their ``cache_salt`` is equal (or both
+        have none)."""
         from tokenizers.decoders import DecodeStream
 
         request_id = f"cpu-{next(self._ids)}"
@@ -196,6 +210,7 @@ class GenerationBackend:
                 "top_p": float(params.top_p),
                 "top_k": 1 if greedy else int(params.top_k or self.vocab_size),
             }
+        self.prefix_cache.add(request_id, cache_salt)  # before the batching loop can see the request
         self._cb.register_result_handler(request_id, queue.put_nowait)
         submitted = self._cb.add_request(
             prompt_ids,
@@ -227,6 +242,7 @@ class GenerationBackend:
                     stage = "running"
                     self.waiting -= 1
                     self.running += 1
+                    self.prefix_cache.started(request_id)
                 if output.error is not None:
                     finished = True
                     raise RuntimeError(f"generation failed: {output.error}")
@@ -264,6 +280,7 @@ class GenerationBackend:
             self._forget(request_id)
 
     def _forget(self, request_id: str) -> None:
+        self.prefix_cache.forget(request_id)
         router = self._cb.output_router
         with router._lock:
             router.result_handlers.pop(request_id, None)

@@ -1,7 +1,7 @@
 """The CPU engine's HTTP server: vLLM's OpenAI-compatible surface over ``cpu_backends``.
 
 Run as ``python -m workers.engines.cpu_server --task chat --model DIR --served-model-name NAME
---host H --port P`` with the API key in ``VLLM_API_KEY`` (the variable ``vllm serve`` reads, and
+--host H --port P`` (or ``--fd N``: serve on a bound socket inherited from the node agent) with the API key in ``VLLM_API_KEY`` (the variable ``vllm serve`` reads, and
 unlike argv it does not show in ``ps``). ``workers.engines.cpu.build_launch`` writes that command.
 
 Every difference from vLLM that a client could see is decided here, in one place: auth on
@@ -20,6 +20,8 @@ import hmac
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import time
 import uuid
@@ -60,6 +62,15 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
     ignore_eos: bool = False  # vLLM's sampling extension
+    # vLLM's prefix-cache isolation: requests with different salts never share cached blocks.
+    cache_salt: str | None = None
+
+    @field_validator("cache_salt", mode="before")
+    @classmethod
+    def _salt(cls, value):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError("Parameter 'cache_salt' must be a non-empty string if provided.")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -120,6 +131,19 @@ def _error_response(status: int, message: str, *, type_: str, param=None, code=N
     return JSONResponse(error_body(message, type_=type_, param=param, code=code), status_code=status)
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _error_id(request: Request) -> str:
+    """The gateway's ``X-Request-Id`` when it is a plain token, so both logs share one id."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else f"engine-{uuid.uuid4().hex}"
+
+
+def _internal_message(error_id: str) -> str:
+    return f"The engine could not complete this request (request id {error_id}). Please try again."
+
+
 def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
     """The first problem, phrased like vLLM's 400s, and the top-level field it concerns."""
     first = exc.errors()[0]
@@ -159,6 +183,9 @@ class Metrics:
             registry=self.registry,
         )
         kv.labels(**self.labels).set_function(backend.kv_cache_usage)
+        prefix_cache = getattr(backend, "prefix_cache", None)
+        if prefix_cache is not None:
+            self.registry.register(_PrefixCacheCollector(prefix_cache, self.labels))
         self.prompt_tokens = Counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=self.registry
         ).labels(**self.labels)
@@ -216,6 +243,31 @@ class Metrics:
         self.e2e.observe(time.monotonic() - started)
 
 
+class _PrefixCacheCollector:
+    """``vllm:prefix_cache_queries_total`` and ``vllm:prefix_cache_hits_total``, in tokens, as vLLM
+    counts them: a router or a test reads the hit rate, and cache isolation, from them."""
+
+    def __init__(self, counts, labels: dict[str, str]):
+        self.counts, self.labels = counts, labels
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        names = list(self.labels)
+        values = [self.labels[name] for name in names]
+        queries = CounterMetricFamily(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            labels=names,
+        )
+        queries.add_metric(values, self.counts.queries)
+        hits = CounterMetricFamily(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", labels=names
+        )
+        hits.add_metric(values, self.counts.hits)
+        return [queries, hits]
+
+
 # -- the app ---------------------------------------------------------------------------------------
 
 
@@ -271,9 +323,12 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
         return _error_response(405, "Method not allowed.", type_="invalid_request_error")
 
     @app.exception_handler(Exception)
-    async def internal(_request, exc: Exception):
-        logger.exception("request failed")
-        return _error_response(500, f"internal error: {exc}", type_="internal_server_error")
+    async def internal(request: Request, exc: Exception):
+        # The exception text and traceback go to the engine log only: they can hold paths, model
+        # internals or another request's data, and the caller can do nothing with them.
+        error_id = _error_id(request)
+        logger.error("request %s failed", error_id, exc_info=exc)
+        return _error_response(500, _internal_message(error_id), type_="internal_server_error")
 
     async def parse(request: Request, model_cls: type[BaseModel]):
         try:
@@ -425,7 +480,14 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
         )
 
     async def run(
-        request: Request, *, kind: str, prompt_ids: list[int], params: SamplingParams, stream: bool, options
+        request: Request,
+        *,
+        kind: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stream: bool,
+        options,
+        cache_salt: str | None,
     ):
         request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         started, created_at = time.monotonic(), int(time.time())  # one "created" for every chunk, as vLLM
@@ -433,7 +495,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
         chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
         include_usage = bool(options and options.include_usage)
         continuous = include_usage and bool(options.continuous_usage_stats)
-        steps = backend.generate(prompt_ids, params)
+        steps = backend.generate(prompt_ids, params, cache_salt=cache_salt)
 
         def chunk(choice: dict | None, usage: dict | None = None) -> bytes:
             payload: dict[str, Any] = {
@@ -477,10 +539,11 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
                     if include_usage:
                         yield chunk(None, _usage(prompt_len, produced))
                     yield b"data: [DONE]\n\n"
-                except Exception as exc:  # mid-stream failure: the status line is gone, say it in-band
+                except Exception:  # mid-stream failure: the status line is gone, say it in-band
                     reason = "error"
-                    logger.exception("generation failed")
-                    yield _sse(error_body(str(exc), type_="internal_server_error"))
+                    error_id = _error_id(request)
+                    logger.exception("generation of %s failed", error_id)
+                    yield _sse(error_body(_internal_message(error_id), type_="internal_server_error"))
                     yield b"data: [DONE]\n\n"
                 finally:
                     await steps.aclose()  # cancels generation when the client went away
@@ -563,6 +626,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             params=params,
             stream=body.stream,
             options=body.stream_options,
+            cache_salt=body.cache_salt,
         )
 
     @app.post("/v1/completions")
@@ -595,6 +659,7 @@ def create_app(*, task: str, backend, served_name: str, api_key: str | None):
             params=params,
             stream=body.stream,
             options=body.stream_options,
+            cache_salt=body.cache_salt,
         )
 
     return app
@@ -612,6 +677,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--served-model-name", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--fd",
+        type=int,
+        default=None,
+        help="serve on this inherited, bound socket instead of binding --host/--port (the node agent's)",
+    )
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=16, help="requests batched together")
     parser.add_argument(
@@ -662,10 +733,11 @@ def main(argv: list[str] | None = None) -> None:
         api_key=os.environ.get(API_KEY_ENV),
     )
     try:
-        # The port opens only now, after the model has loaded: /health is 200 from its first answer.
+        # Requests are accepted only now, after the model has loaded: /health is 200 from its first
+        # answer.
         # On SIGTERM uvicorn stops accepting, lets open requests run for the grace period, then
         # cancels them, which cancels their generation (the node agent drains before stopping).
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
@@ -673,6 +745,10 @@ def main(argv: list[str] | None = None) -> None:
             access_log=False,
             timeout_graceful_shutdown=args.graceful_shutdown_timeout,
         )
+        # An inherited socket (--fd) is already bound and may already queue connections; they are
+        # accepted from now on. socket(fileno=) reads its real family, unlike uvicorn's own --fd.
+        sockets = [socket.socket(fileno=args.fd)] if args.fd is not None else None
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         backend.stop()
 

@@ -24,6 +24,13 @@ Choices worth knowing:
   shows ``--disable-prefix-caching`` in ``--help`` and still accepts the ``BooleanOptionalAction``
   spelling ``--no-enable-prefix-caching``. The latter is what vLLM's own ``--config`` file
   expansion emits, and earlier releases accept it too.
+* **Prefix-cache isolation needs no flag.** vLLM reads ``cache_salt`` from each chat and
+  completion request (validated by ``check_cache_salt_support`` in its OpenAI protocol models)
+  and mixes it into the hash of the prompt's first block (``generate_block_hash_extra_keys`` in
+  ``vllm/v1/core/kv_cache_utils.py``), so requests with different salts never share cached
+  blocks; the gateway sets the salt per tenant. Prefix caching itself stays on by default.
+* **The port is bound by vLLM itself** (``--host``/``--port``); the node agent publishes the
+  worker's URL only once the listener on that port is this process tree's (``workers.probe``).
 * **The executable** is ``BERTH_VLLM_BIN`` from the environment (default ``vllm``): the GPU
   worker's vLLM lives in its own environment (it pins torch 2.14 and CUDA), so the node agent
   points this at e.g. ``/opt/vllm/bin/vllm``. Pass ``vllm_bin=`` to override per call.

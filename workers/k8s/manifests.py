@@ -5,7 +5,8 @@ flags a node agent would run, with three differences that belong to Kubernetes:
 
 * no ``CUDA_VISIBLE_DEVICES``: the NVIDIA device plugin exposes only the pod's
   ``nvidia.com/gpu`` devices, so the GPU count is the resource limit (= tensor-parallel size);
-* the engine key comes from a Secret (``env.valueFrom.secretKeyRef``), never the manifest;
+* the engine key comes from a Secret (``env.valueFrom.secretKeyRef``), never the manifest, and
+  the container's environment is only what the launcher sets (no Berth setting reaches the pod);
 * the weights land on a PersistentVolumeClaim mounted at ``--download-dir``, so a rescheduled
   pod does not download them again.
 
@@ -184,6 +185,8 @@ def render_deployment(group: GroupSpec, *, vllm_bin: str = "vllm") -> dict[str, 
         # Service links would inject e.g. VLLM_PORT=tcp://... for a Service named "vllm", and vLLM
         # reads VLLM_PORT as its own setting.
         "enableServiceLinks": False,
+        # The engine never calls the Kubernetes API: no service-account token in its filesystem.
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
     }
     if group.node_selector:

@@ -2,10 +2,12 @@
 
 Migrates, creates (once) a staff user, registers small CPU models on first run, then starts and
 supervises the web server (ASGI), the gateway, the usage consumer (``consume_usage``), a Celery
-worker, Celery beat and a local node agent, with prefixed, coloured logs. A child that dies is
-restarted with backoff; one that keeps crashing stops the platform. Ctrl-C or SIGTERM stops every
-child (SIGTERM, then SIGKILL after a grace period) and, when they are embedded, PostgreSQL and
-Redis too, so nothing is left running.
+worker, Celery beat and a local node agent — the roles of ``berth/roles.py``, with the commands
+listed there — with prefixed, coloured logs. A child that dies is restarted with exponential
+backoff (capped, reset once it has stayed up a while) and never stops the others: a consumer that
+crashes while PostgreSQL is down must not take the gateway, which never needs PostgreSQL, with it.
+Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period) and, when they
+are embedded, PostgreSQL and Redis too, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from berth import embedded
+from berth import embedded, roles
 from berth.process import die_with_parent
 
 COLOURS = {"web": 36, "gateway": 35, "worker": 33, "beat": 34, "agent": 32, "usage": 31, "up": 37}
 GRACE_SECONDS = 10
-MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
-RESTART_WINDOW = 120
+BACKOFF_FIRST = 1.0  # seconds before the first restart; doubles with each crash in a row
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0  # a child up this long has recovered: its next crash starts from BACKOFF_FIRST
 
 
 @dataclass
@@ -38,8 +41,12 @@ class Child:
     name: str
     argv: list[str]
     health_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
-    starts: list[float] = field(default_factory=list)
+    started_at: float = 0.0
+    crashes: int = 0  # in a row, without a stable run in between
+    restart_at: float | None = None
+    restarts: int = 0
 
 
 class Supervisor:
@@ -50,6 +57,9 @@ class Supervisor:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.failed: str | None = None
+        self.backoff_first = BACKOFF_FIRST
+        self.backoff_max = BACKOFF_MAX
+        self.stable_after = STABLE_AFTER
         # Children resolve DATABASE_URL/REDIS_URL the way we did: from the environment, or from
         # the embedded servers we already started (which they find running, in about a millisecond).
         self.env = {
@@ -68,13 +78,14 @@ class Supervisor:
             self.out.flush()
 
     def start(self, child: Child) -> None:
-        child.starts = [t for t in child.starts if time.monotonic() - t < RESTART_WINDOW] + [time.monotonic()]
+        child.started_at = time.monotonic()
+        child.restart_at = None
         child.process = subprocess.Popen(  # noqa: S603
             child.argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=self.env,
+            env={**self.env, **child.env},
             cwd=settings.BASE_DIR,
             start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop the group
             preexec_fn=die_with_parent,  # noqa: PLW1509
@@ -93,21 +104,32 @@ class Supervisor:
         self.children.append(child)
         self.start(child)
 
+    def backoff(self, crashes: int) -> float:
+        return min(self.backoff_max, self.backoff_first * 2 ** max(0, crashes - 1))
+
     def watch_once(self) -> None:
+        """Restart what died, each on its own schedule: never wait on, nor stop, the others."""
+        now = time.monotonic()
         for child in self.children:
             process = child.process
-            if process is None or process.poll() is None or self.stopping.is_set():
+            if process is None or self.stopping.is_set():
                 continue
-            self.log("up", f"{child.name} exited with code {process.returncode}")
-            if len(child.starts) >= MAX_RESTARTS:
-                self.failed = f"{child.name} crashed {MAX_RESTARTS} times in {RESTART_WINDOW}s"
-                self.stopping.set()
-                return
-            delay = min(30, 2 ** (len(child.starts) - 1))
-            self.log("up", f"restarting {child.name} in {delay}s")
-            if self.stopping.wait(delay):
-                return
-            self.start(child)
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self.start(child)
+                continue
+            if process.poll() is None:
+                continue
+            lived = now - child.started_at
+            child.crashes = 1 if lived >= self.stable_after else child.crashes + 1
+            delay = self.backoff(child.crashes)
+            self.log(
+                "up",
+                f"{child.name} exited with code {process.returncode} after {lived:.0f}s; "
+                f"restarting it in {delay:.0f}s (crash {child.crashes} in a row)",
+            )
+            child.restart_at = now + delay
 
     def stop_all(self) -> None:
         self.stopping.set()
@@ -163,6 +185,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-agent", action="store_true", help="Run no node agent on this machine.")
         parser.add_argument(
+            "--usage-metrics-port",
+            type=int,
+            default=0,
+            help="The usage consumer's /metrics port (default: any free port; it logs which).",
+        )
+        parser.add_argument(
             "--keep-embedded",
             action="store_true",
             help="Leave embedded PostgreSQL/Redis running on exit.",
@@ -199,81 +227,24 @@ class Command(BaseCommand):
             # The console's playground calls the gateway from the web's origin (CORS).
             origins = {web, settings.WEB_PUBLIC_URL, f"http://localhost:{options['web_port']}"}
             sup.env.setdefault("BERTH_GATEWAY_CORS_ORIGINS", ",".join(sorted(origins)))
-            sup.add(
-                Child(
-                    "web",
-                    [
-                        py,
-                        "-m",
-                        "uvicorn",
-                        "berth.asgi:application",
-                        "--host",
-                        options["web_host"],
-                        "--port",
-                        str(options["web_port"]),
-                        "--lifespan",
-                        "off",
-                        "--timeout-graceful-shutdown",
-                        "10",
-                    ],
-                    f"{web}/healthz",
-                )
-            )
-            sup.add(
-                Child(
-                    "gateway",
-                    [
-                        py,
-                        manage,
-                        "gateway",
-                        "--host",
-                        options["gateway_host"],
-                        "--port",
-                        str(options["gateway_port"]),
-                    ],
-                    f"{gateway}/healthz",
-                )
-            )
-            sup.add(
-                Child(
-                    "worker",
-                    [
-                        py,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "berth",
-                        "worker",
-                        "-l",
-                        "INFO",
-                        "--concurrency",
-                        str(options["worker_concurrency"]),
-                        "-n",
-                        "control@%h",
-                    ],
-                )
-            )
-            sup.add(Child("usage", [py, manage, "consume_usage"]))
-            sup.add(
-                Child(
-                    "beat",
-                    [
-                        py,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "berth",
-                        "beat",
-                        "-l",
-                        "INFO",
-                        "-s",
-                        str(settings.DATA_DIR / "celerybeat-schedule"),
-                    ],
-                )
-            )
-            if not options["no_agent"]:
-                # The local node agent: offers this machine's GPUs (or CPU slots) to the reconciler.
-                sup.add(Child("agent", [py, manage, "node_agent", "--name", options["node_name"]]))
+            values = {
+                "python": py,
+                "manage": manage,
+                "web_host": options["web_host"],
+                "web_port": options["web_port"],
+                "gateway_host": options["gateway_host"],
+                "gateway_port": options["gateway_port"],
+                "trusted_proxies": ",".join(settings.TRUSTED_PROXIES),
+                "usage_metrics_port": options["usage_metrics_port"],
+                "worker_concurrency": options["worker_concurrency"],
+                "beat_schedule": str(settings.DATA_DIR / "celerybeat-schedule"),
+                "node_name": options["node_name"],
+            }
+            # uvicorn's own variable, read by the gateway's server (the entrypoint sets it the same).
+            sup.env.setdefault("FORWARDED_ALLOW_IPS", values["trusted_proxies"])
+            health = {"web": f"{web}/healthz", "gateway": f"{gateway}/healthz"}
+            for name in self.roles_to_run(options):
+                sup.add(Child(name, roles.argv(name, **values), health.get(name), env=roles.env(name)))
             for child in sup.children:
                 if child.health_url and not sup.stopping.is_set() and not _wait_healthy(child.health_url, 60):
                     sup.log("up", f"{child.name} did not answer {child.health_url} within 60s")
@@ -303,6 +274,12 @@ class Command(BaseCommand):
             sup.log("up", "bye")
         if sup.failed:
             raise CommandError(sup.failed)
+
+    @staticmethod
+    def roles_to_run(options) -> list[str]:
+        """Every long-running role of berth/roles.py (``migrate`` runs first, in this process)."""
+        names = [role.name for role in roles.ROLES if role.long_running]
+        return [name for name in names if not (name == "agent" and options["no_agent"])]
 
     def _prepare(self, sup: Supervisor) -> None:
         sup.log("up", "applying migrations…")

@@ -11,5 +11,6 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         result = mirror.resync()
         self.stdout.write(
-            f"Mirrored {result['written']} key(s); removed {result['removed']} stale entr(ies)."
+            f"Mirrored {result['written']} key(s) and {result['tenants']} tenant(s); removed "
+            f"{result['removed']} stale key(s) and {result['tenants_removed']} deleted tenant(s)."
         )

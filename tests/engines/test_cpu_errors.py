@@ -1,0 +1,101 @@
+"""The CPU engine's answers when generation fails: vLLM-shaped, generic, details only in the log.
+
+The HTTP app is the engine's own (``cpu_server.create_app``); the backend under it fails on
+purpose with text that must never reach a caller (a path and a secret-looking value).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from workers.engines.cpu_backends import SamplingParams
+from workers.engines.cpu_server import create_app
+
+SECRET = "postgresql://berth:hunter2@db/berth in /srv/berth/engine.py line 12"
+KEY = "engine-key"
+
+
+class FailingBackend:
+    """Enough of GenerationBackend for the HTTP layer; fails where ``where`` says."""
+
+    model_path = "/models/tiny"
+    max_model_len = 2048
+    running = waiting = 0
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def is_alive(self):
+        return True
+
+    def kv_cache_usage(self):
+        return 0.0
+
+    def chat_prompt_ids(self, messages):
+        if self.where == "prompt":
+            raise KeyError(SECRET)
+        return [1, 2, 3]
+
+    def resolve_max_tokens(self, prompt_len, requested):
+        return requested or 4
+
+    async def generate(self, prompt_ids, params: SamplingParams, *, cache_salt=None):
+        if self.where == "mid-stream":
+            from workers.engines.cpu_backends import Step
+
+            yield Step(text="partial", completion_tokens=1)
+        raise RuntimeError(SECRET)
+
+
+def call(where: str, *, stream: bool = False, headers: dict | None = None) -> httpx.Response:
+    app = create_app(task="chat", backend=FailingBackend(where), served_name="tiny", api_key=KEY)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    async def send():
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            return await client.post(
+                "/v1/chat/completions",
+                json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+                headers={"Authorization": f"Bearer {KEY}", **(headers or {})},
+            )
+
+    import asyncio
+
+    return asyncio.run(send())
+
+
+@pytest.mark.parametrize("where", ["prompt", "generate"])
+def test_a_failure_answers_500_without_the_exception_text(where, caplog):
+    caplog.set_level(logging.ERROR, logger="berth.cpu_engine")
+    r = call(where)
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "internal_server_error"
+    assert "hunter2" not in r.text and "/srv/berth" not in r.text and "Traceback" not in r.text
+    assert "request id engine-" in error["message"]
+    # The operator still gets the details, under the id the caller was given.
+    error_id = error["message"].split("request id ")[1].split(")")[0]
+    assert any(error_id in rec.getMessage() and rec.exc_info for rec in caplog.records)
+    assert SECRET in caplog.text
+
+
+def test_the_gateway_request_id_is_reused_when_it_is_a_plain_token():
+    r = call("generate", headers={"X-Request-Id": "req-7f3a"})
+    assert "request id req-7f3a" in r.json()["error"]["message"]
+    r = call("generate", headers={"X-Request-Id": "<script>alert(1)</script>"})
+    assert "script" not in r.text
+
+
+def test_a_stream_that_fails_midway_says_so_without_the_exception_text():
+    r = call("mid-stream", stream=True)
+    assert r.status_code == 200
+    events = [line[len("data: ") :] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "internal_server_error"
+    assert "hunter2" not in r.text and "/srv/berth" not in r.text
