@@ -120,10 +120,10 @@ class GatewaySettings(BaseSettings):
         self.peppers()  # validate at start-up
         if not self.internal_token and self.internal_token_file:
             self.internal_token = Path(self.internal_token_file).read_text().strip()
-        if not self.debug and not self.internal_token:
+        if not self.debug and len(self.internal_token) < 32:
             raise ValueError(
-                "BERTH_INTERNAL_TOKEN (or BERTH_INTERNAL_TOKEN_FILE) must be set when DEBUG is off: "
-                "it guards the gateway's /metrics"
+                "BERTH_INTERNAL_TOKEN (or BERTH_INTERNAL_TOKEN_FILE) must be set, at least 32 random "
+                "characters, when DEBUG is off: it guards the gateway's /metrics"
             )
         self.cache_salt_group_map()  # validate at start-up
         return self

@@ -39,9 +39,9 @@ def test_metrics_refuse_without_the_internal_token(production_gateway):
     assert httpx.get(production_gateway.url + "/healthz").status_code == 200  # probes stay open
 
 
-def _start_without_token(**extra: str) -> subprocess.CompletedProcess:
+def _start(**extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **gateway_env(**extra)}
-    for name in ("BERTH_INTERNAL_TOKEN", "BERTH_INTERNAL_TOKEN_FILE", *({"DEBUG"} - set(extra))):
+    for name in {"BERTH_INTERNAL_TOKEN", "BERTH_INTERNAL_TOKEN_FILE", "DEBUG"} - set(extra):
         env.pop(name, None)
     argv = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--port", str(free_port())]
     return subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: S603
@@ -49,11 +49,15 @@ def _start_without_token(**extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "extra",
-    [{"DEBUG": "0"}, {"DATABASE_URL": "postgresql://berth@db.example/berth"}],  # DEBUG off by default there
-    ids=["debug-off", "production-database"],
+    [
+        {"DEBUG": "0"},
+        {"DATABASE_URL": "postgresql://berth@db.example/berth"},  # DEBUG is off by default there
+        {"DEBUG": "0", "BERTH_INTERNAL_TOKEN": "short"},  # as the control plane: ≥ 32 characters
+    ],
+    ids=["debug-off", "production-database", "weak-token"],
 )
-def test_it_refuses_to_start_with_debug_off_and_no_token(_use_test_redis_db, extra):
-    result = _start_without_token(**extra)
+def test_it_refuses_to_start_with_debug_off_and_no_strong_token(_use_test_redis_db, extra):
+    result = _start(**extra)
     assert result.returncode != 0
     assert "BERTH_INTERNAL_TOKEN" in result.stderr + result.stdout
     # The refusal does not print the environment (peppers are secrets).
