@@ -25,7 +25,7 @@ from gateway import metrics
 from gateway.auth import Authenticator
 from gateway.config import GatewaySettings, get_settings
 from gateway.cors import Cors, CorsSend
-from gateway.errors import GatewayError, error_body, request_id_var
+from gateway.errors import GatewayError, error_body
 from gateway.metering import Metering
 from gateway.proxy import ENDPOINTS, Proxy
 from gateway.quotas import Quotas
@@ -138,7 +138,6 @@ class Gateway:
         path = scope["path"]
         method = scope["method"]
         request_id = "req_" + uuid.uuid4().hex
-        request_id_var.set(request_id)
         cors = self.state.cors
         if cors.enabled:
             origin = cors.origin_of(scope)

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-from contextvars import ContextVar
 
 import orjson
 
 logger = logging.getLogger("berth.gateway.errors")
-
-# The id of the request being handled (set by the app for each request; read when an error is built).
-request_id_var: ContextVar[str | None] = ContextVar("berth_request_id", default=None)
 
 # What an exception string or a traceback looks like, as opposed to a message about the request.
 _INTERNAL = re.compile(
@@ -90,13 +86,8 @@ def model_not_found(model: str) -> GatewayError:
     )
 
 
-def _reference(request_id: str | None) -> str:
-    return f" (request id {request_id})" if request_id else ""
-
-
-def engine_error(status: int, raw: bytes, *, request_id: str | None = None) -> bytes:
+def engine_error(status: int, raw: bytes, *, request_id: str) -> bytes:
     """An engine's error answer as the client may see it, always in OpenAI's shape."""
-    request_id = request_id or request_id_var.get()
     if status >= 500:
         logger.warning(
             "engine answered HTTP %s to request %s: %s",
@@ -105,7 +96,7 @@ def engine_error(status: int, raw: bytes, *, request_id: str | None = None) -> b
             raw[:2000].decode("utf-8", "replace"),
         )
         return error_body(
-            f"The model worker failed to process the request{_reference(request_id)}. Retry it; if it "
+            f"The model worker failed to process the request (request id {request_id}). Retry it; if it "
             "keeps failing, give the operator this request id.",
             type="server_error",
             code="upstream_error",
@@ -131,7 +122,7 @@ def engine_error(status: int, raw: bytes, *, request_id: str | None = None) -> b
         "engine answered HTTP %s to request %s: %s", status, request_id, raw[:2000].decode("utf-8", "replace")
     )
     return error_body(
-        f"The model worker refused the request (HTTP {status}){_reference(request_id)}.",
+        f"The model worker refused the request (HTTP {status}; request id {request_id}).",
         type="invalid_request_error",
         code="upstream_rejected",
     )

@@ -97,11 +97,6 @@ def _prefix(body: dict, endpoint: str, limit: int) -> str | None:
     return None
 
 
-def openai_error(status: int, raw: bytes) -> bytes:
-    """Engine errors in OpenAI's shape, with engine internals replaced (``errors.engine_error``)."""
-    return engine_error(status, raw)
-
-
 class Proxy:
     def __init__(self, state):
         self.state = state
@@ -461,7 +456,7 @@ class Proxy:
             )
             event["s"] = "upstream_error"
         else:
-            raw = openai_error(status, raw)
+            raw = engine_error(status, raw, request_id=ctx.request_id)
             event["s"] = "upstream_error"
         event["h"] = status
         event["l"] = int((time.perf_counter() - ctx.start) * 1000)
