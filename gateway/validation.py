@@ -31,7 +31,7 @@ class Checked:
     model: str
     stream: bool
     max_tokens: int | None
-    choices: int  # sequences the engine generates: max(n, best_of)
+    choices: int  # sequences the engine generates: max(n, best_of), for each prompt of a batch
 
 
 def _kind(value) -> str:
@@ -228,6 +228,9 @@ def validate(body: dict, endpoint: str, *, max_tokens_limit: int) -> Checked:
         _messages(body)
     elif endpoint == "completions":
         _prompt_like(body, "prompt", allow_empty_string=True)
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and not _is_token_ids(prompt):
+            choices *= len(prompt)  # a batch of prompts: n (or best_of) sequences for each
     else:
         _prompt_like(body, "input", allow_empty_string=False)
     return Checked(

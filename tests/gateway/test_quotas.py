@@ -158,6 +158,11 @@ def test_the_reservation_covers_every_generated_sequence(gateway, engines, redis
     used_before = settled + several.parse().usage.total_tokens
     held = tpm - int(completions.headers["x-ratelimit-remaining-tokens"])
     assert held in (1 + 4 * 10, used_before + 1 + 4 * 10)
+    # A batch of prompts: n sequences for each ("hi", "hi": an estimate of 2 tokens).
+    used_before += completions.parse().usage.total_tokens
+    batch = client.completions.with_raw_response.create(model=model, prompt=["hi", "hi"], max_tokens=10, n=3)
+    held = tpm - int(batch.headers["x-ratelimit-remaining-tokens"])
+    assert held in (2 + 2 * 3 * 10, used_before + 2 + 2 * 3 * 10)
 
 
 def test_without_max_tokens_the_reservation_is_the_models_context(gateway, engines, redis_client):
