@@ -16,10 +16,16 @@ from django.db.models import Q
 
 class UsageStatus(models.TextChoices):
     OK = "ok", "Completed"
-    CLIENT_DISCONNECTED = "client_disconnected", "Client disconnected (billed for delivered tokens)"
+    CLIENT_DISCONNECTED = (
+        "client_disconnected",
+        "Client disconnected (billed for what the engine produced until then)",
+    )
     UPSTREAM_ERROR = "upstream_error", "Engine error"
     UPSTREAM_TIMEOUT = "upstream_timeout", "Engine did not answer in time (billed for the prompt)"
-    GATEWAY_STOPPED = "gateway_stopped", "Cut by a stopping gateway (billed for delivered tokens)"
+    GATEWAY_STOPPED = (
+        "gateway_stopped",
+        "Cut by a stopping gateway (billed for what the engine produced until then)",
+    )
     GATEWAY_LOST = "gateway_lost", "Gateway died mid-stream (billed from its last checkpoint)"
     ERROR = "error", "Gateway error"
 
@@ -52,7 +58,9 @@ class UsageRecord(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     worker_id = models.CharField(max_length=64, blank=True, default="")
-    usage_source = models.CharField(max_length=16, choices=UsageSource.choices, default=UsageSource.ENGINE)
+    usage_source = models.CharField(
+        max_length=16, choices=UsageSource.choices, default=UsageSource.ENGINE, db_default=UsageSource.ENGINE
+    )
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
     # Set when an invoice claims the record (billing/invoicing.py): a record is billed exactly once,

@@ -24,7 +24,7 @@ from django.utils.crypto import salted_hmac
 from django.views.decorators.http import require_POST
 
 from models_registry.constants import Task
-from tenants import keys
+from tenants import keys, verification
 from tenants.constants import KEY_PREFIX, PERM_USE_KEYS
 from tenants.models import ApiKey
 
@@ -92,6 +92,8 @@ def playground(request):
         return forbidden(
             request, "The playground calls the gateway with an API key, and your role cannot use keys."
         )
+    if not request.user.email_verified:
+        return forbidden(request, verification.UNVERIFIED.format(email=request.user.email))
     chat_models = list(models_for(tenant).filter(task=Task.CHAT).values_list("name", flat=True))
     response = render(request, "console/playground.html", {"chat_models": chat_models})
     response["Cache-Control"] = "no-store"
@@ -106,6 +108,8 @@ def playground_key_view(request):
         return JsonResponse({"error": "You are not a member of any organization."}, status=404)
     if not request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant):
         return JsonResponse({"error": "Your role cannot use API keys."}, status=403)
+    if not request.user.email_verified:
+        return JsonResponse({"error": verification.UNVERIFIED.format(email=request.user.email)}, status=403)
     entry = playground_key(request, tenant)
     response = JsonResponse(
         {"key": entry["key"], "expires_at": entry["expires_at"], "gateway_url": settings.GATEWAY_PUBLIC_URL}

@@ -8,7 +8,6 @@ from guardian.admin import GuardedModelAdmin
 
 from tenants import accounts, keys, mirror
 from tenants import membership as memberships
-from tenants.constants import TenantStatus
 from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant, User
 
 
@@ -78,13 +77,17 @@ class TenantAdmin(GuardedModelAdmin):
 
     @admin.action(description="Suspend selected tenants (the gateway refuses them)")
     def suspend(self, request, queryset):
+        from billing import payments  # staff actions go through the one module that knows dunning
+
         for tenant in queryset:
-            accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
+            payments.suspend_tenant(tenant=tenant, user=request.user)
 
     @admin.action(description="Activate selected tenants")
     def activate(self, request, queryset):
+        from billing import payments
+
         for tenant in queryset:
-            accounts.set_status(tenant=tenant, status=TenantStatus.ACTIVE)
+            payments.resume_tenant(tenant=tenant, user=request.user)
 
 
 @admin.register(Membership)

@@ -25,6 +25,12 @@ class UsageQuerySerializer(serializers.Serializer):
     end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
 
     def validate(self, attrs):
+        # DRF reads "?start=" as an absent parameter; the schema says a date, so refuse it.
+        blank = [name for name in ("start", "end") if self.initial_data.get(name) == ""]
+        if blank:
+            raise serializers.ValidationError(
+                dict.fromkeys(blank, "Give a date (YYYY-MM-DD) or leave the parameter out.")
+            )
         today = timezone.now().astimezone(UTC).date()
         end = attrs.get("end") or today
         start = attrs.get("start") or end - timedelta(days=29)
@@ -50,6 +56,24 @@ class UsageRowSerializer(serializers.Serializer):
     )
 
 
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=6, required=False)
+
+
+class UsageReportSerializer(serializers.Serializer):
+    """The answer's shape, for the schema: the range, one row per day and model, and totals."""
+
+    start = serializers.DateField()
+    end = serializers.DateField()
+    data = UsageRowSerializer(many=True)
+    totals = UsageTotalsSerializer()
+
+
 class UsageView(APIView):
     """Usage per UTC day and model for a date range; ``cost`` only for members who see billing."""
 
@@ -61,7 +85,7 @@ class UsageView(APIView):
             OpenApiParameter("start", OpenApiTypes.DATE),
             OpenApiParameter("end", OpenApiTypes.DATE),
         ],
-        responses={200: UsageRowSerializer(many=True)},
+        responses={200: UsageReportSerializer},
     )
     def get(self, request):
         query = UsageQuerySerializer(data=request.query_params)
@@ -142,6 +166,14 @@ class InvoiceViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         return Invoice.objects.for_tenant(request_tenant(self.request)).prefetch_related("lines")
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # An error is JSON even when the client asked for the PDF (``?format=pdf``).
+        if isinstance(response, Response) and response.status_code >= 400:
+            response.accepted_renderer = JSONRenderer()
+            response.accepted_media_type = JSONRenderer.media_type
+        return response
 
     @extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, PDFRenderer])

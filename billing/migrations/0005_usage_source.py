@@ -21,6 +21,7 @@ class Migration(migrations.Migration):
                     ("checkpoint", "Last checkpoint of a stream whose gateway died"),
                 ],
                 default="engine",
+                db_default="engine",
                 max_length=16,
             ),
         ),
@@ -30,10 +31,16 @@ class Migration(migrations.Migration):
             field=models.CharField(
                 choices=[
                     ("ok", "Completed"),
-                    ("client_disconnected", "Client disconnected (billed for delivered tokens)"),
+                    (
+                        "client_disconnected",
+                        "Client disconnected (billed for what the engine produced until then)",
+                    ),
                     ("upstream_error", "Engine error"),
                     ("upstream_timeout", "Engine did not answer in time (billed for the prompt)"),
-                    ("gateway_stopped", "Cut by a stopping gateway (billed for delivered tokens)"),
+                    (
+                        "gateway_stopped",
+                        "Cut by a stopping gateway (billed for what the engine produced until then)",
+                    ),
                     ("gateway_lost", "Gateway died mid-stream (billed from its last checkpoint)"),
                     ("error", "Gateway error"),
                 ],

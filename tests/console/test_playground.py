@@ -105,6 +105,20 @@ def test_playground_needs_the_use_keys_permission(client):
     assert ApiKey.objects.count() == 0
 
 
+def test_an_unverified_account_gets_no_playground_key(client):
+    tenant = TenantFactory()
+    ModelFactory(name="a-chat")
+    user = member(tenant, Role.OWNER)
+    user.email_verified = False
+    user.save(update_fields=["email_verified"])
+    client.force_login(user)
+    page = client.get("/playground/")
+    assert page.status_code == 403
+    assert "verify" in page.content.decode().lower()
+    assert client.post("/playground/key/").status_code == 403
+    assert ApiKey.objects.count() == 0
+
+
 def _stored_session_row(client) -> str:
     return Session.objects.get(session_key=client.session.session_key).session_data
 

@@ -82,3 +82,17 @@ def test_deleting_in_the_admin_stops_the_gateway_accepting_the_key_within_a_seco
             time.sleep(0.05)
     finally:
         gateway.stop()
+
+
+def test_activating_a_tenant_suspended_for_nonpayment_in_the_admin_clears_the_flag(
+    staff_client, redis_client
+):
+    from billing.models import BillingAccount
+
+    tenant = TenantFactory(status="suspended")
+    BillingAccount.objects.update_or_create(tenant=tenant, defaults={"suspended_for_nonpayment": True})
+    staff_client.post("/admin/tenants/tenant/", {"action": "activate", "_selected_action": [str(tenant.pk)]})
+    tenant.refresh_from_db()
+    assert tenant.status == "active"
+    assert not BillingAccount.objects.get(tenant=tenant).suspended_for_nonpayment
+    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
