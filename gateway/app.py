@@ -11,6 +11,7 @@ created in the lifespan and kept on ``app.state``.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import sys
 import time
@@ -150,6 +151,11 @@ class Gateway:
             await _respond(send, 200, b'{"status":"ok"}', JSON, [(b"x-request-id", request_id.encode())])
             return
         if path == "/metrics" and method == "GET":
+            refusal = self._metrics_refusal(scope)
+            if refusal is not None:
+                status, body = refusal
+                await _respond(send, status, body, JSON, [(b"x-request-id", request_id.encode())])
+                return
             body, content_type = metrics.render()
             await _respond(send, 200, body, content_type, [(b"x-request-id", request_id.encode())])
             return
@@ -187,7 +193,8 @@ class Gateway:
             ctx.status = 500
             if not sender.started:
                 body = error_body(
-                    "The gateway had an internal error; the request id identifies it in the logs.",
+                    f"The gateway had an internal error (request id {request_id}). Retry it; if it keeps "
+                    "failing, give the operator this request id.",
                     type="server_error",
                     code="internal_error",
                 )
@@ -199,6 +206,34 @@ class Gateway:
             metrics.LATENCY.labels(ctx.model or "", status_label).observe(time.perf_counter() - ctx.start)
             if self.state.settings.access_log:
                 ctx.log()
+
+    def _metrics_refusal(self, scope) -> tuple[int, bytes] | None:
+        """``/metrics`` names engines, models and tenants' traffic: only with the internal token.
+
+        Start-up already refused a gateway with DEBUG off and no token, so without a token this is
+        a development gateway and ``/metrics`` stays open.
+        """
+        token = self.state.settings.internal_token
+        if not token:
+            return None
+        presented = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    presented = credentials.strip()
+                break
+        if presented is None:
+            return 401, error_body(
+                "Send the internal token as 'Authorization: Bearer <BERTH_INTERNAL_TOKEN>'.",
+                type="invalid_request_error",
+                code="missing_token",
+            )
+        if not hmac.compare_digest(presented, token.encode()):
+            return 403, error_body(
+                "The internal token is not valid.", type="invalid_request_error", code="invalid_token"
+            )
+        return None
 
     async def _preflight(self, cors: Cors, origin: bytes, scope, send, request_id: str) -> None:
         headers = [(b"x-request-id", request_id.encode())]

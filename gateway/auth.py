@@ -47,6 +47,7 @@ class TenantEntry:
     tenant_id: str
     status: str
     plan: dict
+    spend_limit_micros: int | None = None  # gateway/spend.py: None = no spend limit
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
         return None
     raw = headers.get(b"api-key")
     return raw.decode("latin-1").strip() if raw is not None else None
+
+
+def _spend_limit(value: str | None) -> int | None:
+    """The mirrored spend limit; empty means none, and a malformed one is logged and ignored."""
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        logger.warning("ignoring malformed spend_limit_micros %r in the tenant mirror", value)
+        return None
 
 
 def _parse(raw: str) -> tuple[str, str] | None:
@@ -161,6 +173,7 @@ class Authenticator:
                 tenant_id=tenant_id,
                 status=raw.get("status", ""),
                 plan=orjson.loads(raw.get("plan") or "{}"),
+                spend_limit_micros=_spend_limit(raw.get("spend_limit_micros")),
             )
         if len(self._tenants) > 100_000:
             self._tenants.clear()

@@ -4,10 +4,17 @@ The gateway never imports Django, so it cannot read ``berth/settings.py``; it re
 environment instead (``REDIS_URL``, ``BERTH_KEY_PEPPERS``, ``BERTH_REDIS_PREFIX``) plus its own
 ``BERTH_GATEWAY_*`` knobs. ``manage.py gateway`` resolves the embedded Redis URL and the dev
 peppers and passes them on in the environment.
+
+``DEBUG`` follows the control plane's rule (on when no ``DATABASE_URL`` names a database, as in
+development with the embedded servers; the shipped compose file and Kubernetes config set it to
+``0``). With it off the gateway refuses to start without ``BERTH_INTERNAL_TOKEN``, which guards
+its ``/metrics`` (engine addresses, other tenants' model names and traffic).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,13 +24,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a start-up error must not print the environment (peppers, tokens).
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     key_peppers: str = Field("", validation_alias="BERTH_KEY_PEPPERS")
     key_peppers_file: str | None = Field(None, validation_alias="BERTH_KEY_PEPPERS_FILE")
     redis_prefix: str = Field("berth:", validation_alias="BERTH_REDIS_PREFIX")
     redis_max_connections: int = Field(128, validation_alias="BERTH_GATEWAY_REDIS_CONNECTIONS", ge=4)
+
+    # DEBUG as the control plane reads it: unset means on only without a DATABASE_URL.
+    debug_raw: str | None = Field(None, validation_alias="DEBUG")
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    # Bearer token for /metrics (the same variable guards the web's /internal/*).
+    internal_token: str = Field("", validation_alias="BERTH_INTERNAL_TOKEN")
+    internal_token_file: str | None = Field(None, validation_alias="BERTH_INTERNAL_TOKEN_FILE")
+    # The spend counter's period (gateway/spend.py), as billing closes invoices.
+    billing_period: Literal["month", "week", "day"] = Field("month", validation_alias="BERTH_BILLING_PERIOD")
+
+    # Prefix-cache isolation: the salt sent to engines as `cache_salt` is an HMAC of the tenant id
+    # under this secret (default: derived from the key peppers). Tenants that may share cached
+    # prefixes: `<tenant id>=<group>` pairs, comma-separated; a group's tenants share one salt.
+    cache_salt_secret: str = Field("", validation_alias="BERTH_GATEWAY_CACHE_SALT_SECRET")
+    cache_salt_groups: str = Field("", validation_alias="BERTH_GATEWAY_CACHE_SALT_GROUPS")
 
     # Requests
     max_body_bytes: int = Field(8 * 1024 * 1024, validation_alias="BERTH_GATEWAY_MAX_BODY_BYTES", ge=1024)
@@ -95,7 +118,44 @@ class GatewaySettings(BaseSettings):
         if not self.key_peppers and self.key_peppers_file:
             self.key_peppers = Path(self.key_peppers_file).read_text().strip()
         self.peppers()  # validate at start-up
+        if not self.internal_token and self.internal_token_file:
+            self.internal_token = Path(self.internal_token_file).read_text().strip()
+        if not self.debug and len(self.internal_token) < 32:
+            raise ValueError(
+                "BERTH_INTERNAL_TOKEN (or BERTH_INTERNAL_TOKEN_FILE) must be set, at least 32 random "
+                "characters, when DEBUG is off: it guards the gateway's /metrics"
+            )
+        self.cache_salt_group_map()  # validate at start-up
         return self
+
+    @property
+    def debug(self) -> bool:
+        if self.debug_raw is None:
+            return not self.database_url
+        value = self.debug_raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"DEBUG must be one of 1/0, true/false, yes/no, on/off; got {self.debug_raw!r}")
+
+    def cache_salt_group_map(self) -> dict[str, str]:
+        """``{tenant id: group}`` from ``BERTH_GATEWAY_CACHE_SALT_GROUPS``."""
+        result: dict[str, str] = {}
+        for pair in self.cache_salt_groups.split(","):
+            tenant, sep, group = pair.strip().partition("=")
+            if tenant.strip() and sep and group.strip():
+                result[tenant.strip()] = group.strip()
+            elif pair.strip():
+                raise ValueError("BERTH_GATEWAY_CACHE_SALT_GROUPS must look like 'tenant-id=group,…'")
+        return result
+
+    def cache_salt_key(self) -> bytes:
+        """The HMAC key for tenants' cache salts: the setting, else derived from the peppers."""
+        if self.cache_salt_secret:
+            return self.cache_salt_secret.encode()
+        material = "\n".join(f"{pid}:{secret.decode()}" for pid, secret in sorted(self.peppers().items()))
+        return hmac.new(material.encode(), b"berth cache salt", hashlib.sha256).digest()
 
     def peppers(self) -> dict[str, bytes]:
         """``{pepper id: secret}``; a gateway with no peppers could not verify any key."""

@@ -96,7 +96,9 @@ class Metering:
         else:
             commands = [("XADD", self.stream, "*", "e", orjson.dumps(event))]
         if lease is not None and not lease.settled:
-            commands.append(self.quotas.settle_command(lease, event["p"] + event["c"]))
+            commands.append(
+                self.quotas.settle_command(lease, prompt_tokens=event["p"], completion_tokens=event["c"])
+            )
         try:
             results = await self._send_riding_out_outages(commands)
         finally:

@@ -1,22 +1,29 @@
 """Forwarding one inference request: validate, admit, route, stream back, meter.
 
-The request body passes through unchanged except what Berth must set: the engine's served model
-name, and for streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats``
-(so tokens are known even when the client goes away mid-stream). What the client did not ask
-for — the extra usage chunk, per-chunk usage — is stripped again on the way back.
+The request body is checked first (``validation.py``: every field the gateway reads, before any
+quota or engine work), then passes through unchanged except what Berth must set: the engine's
+served model name; ``cache_salt`` on chat and completions, an HMAC of the tenant replacing any
+client value, so that tenants sharing an engine never share its prefix cache (a tenant could
+otherwise time whether another sent a prefix; vLLM's security guide, CVE-2025-46570); and for
+streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats`` (so tokens are
+known even when the client goes away mid-stream). What the client did not ask for — the extra
+usage chunk, per-chunk usage — is stripped again on the way back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 
 import orjson
 
 from gateway import metrics
-from gateway.errors import GatewayError, bad_request, error_body, model_not_found
+from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.upstream import UpstreamError
+from gateway.validation import Checked, validate
 
 logger = logging.getLogger("berth.gateway.proxy")
 
@@ -90,53 +97,13 @@ def _prefix(body: dict, endpoint: str, limit: int) -> str | None:
     return None
 
 
-def _max_tokens(body: dict) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        if name in body and body[name] is not None:
-            value = body[name]
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise bad_request(f"'{name}' must be an integer.", param=name, code="invalid_type")
-            return value
-    return None
-
-
-def openai_error(status: int, raw: bytes) -> bytes:
-    """Engine errors in OpenAI's shape, whatever shape the engine used."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return raw
-    if isinstance(data, dict):
-        message = data.get("message") or data.get("detail") or "The model worker returned an error."
-        return orjson.dumps(
-            {
-                "error": {
-                    "message": str(message),
-                    "type": data.get("type") or ("invalid_request_error" if status < 500 else "server_error"),
-                    "param": data.get("param"),
-                    "code": data.get("code"),
-                }
-            }
-        )
-    text = raw.decode("utf-8", "replace")[:500] or "The model worker returned an error."
-    return orjson.dumps(
-        {
-            "error": {
-                "message": text,
-                "type": "invalid_request_error" if status < 500 else "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
-    )
-
-
 class Proxy:
     def __init__(self, state):
         self.state = state
         self.settings = state.settings
+        self._salt_key = self.settings.cache_salt_key()
+        self._salt_groups = self.settings.cache_salt_group_map()
+        self._salts: dict[str, str] = {}
         self.active = 0  # forwards in progress; shutdown waits for their usage to be recorded
         self._background: set[asyncio.Task] = set()
 
@@ -184,6 +151,35 @@ class Proxy:
             raise bad_request("The request body must be a JSON object.", code="invalid_json")
         return body
 
+    def _reservation(self, body: dict, endpoint: str, checked: Checked, info) -> int:
+        """Tokens held against tokens/minute and the monthly budget until the engine's count is known.
+
+        The prompt estimate plus, for each generated sequence (``n``, ``best_of``), the request's
+        ``max_tokens`` or, without one, what the model's context leaves after the prompt.
+        """
+        estimate = _estimate_tokens(body, endpoint)
+        if endpoint == "embeddings":
+            return estimate
+        per_choice = checked.max_tokens
+        if per_choice is None:
+            if info.context_length:
+                per_choice = max(1, info.context_length - estimate)
+            else:
+                per_choice = self.settings.default_max_tokens_reserve
+        return estimate + checked.choices * per_choice
+
+    def _cache_salt(self, tenant_id: str) -> str:
+        """HMAC of the tenant (or of its sharing group), never the raw id; cached per tenant."""
+        salt = self._salts.get(tenant_id)
+        if salt is None:
+            group = self._salt_groups.get(tenant_id)
+            subject = f"group:{group}" if group is not None else f"tenant:{tenant_id}"
+            salt = hmac.new(self._salt_key, subject.encode(), hashlib.sha256).hexdigest()[:32]
+            if len(self._salts) > 100_000:
+                self._salts.clear()
+            self._salts[tenant_id] = salt
+        return salt
+
     # ------------------------------------------------------------------ the request
 
     async def handle(self, ctx, endpoint: str, receive, send) -> None:
@@ -195,20 +191,8 @@ class Proxy:
         state.metering.touch(principal.key.key_id)
         raw = await self._read_body(ctx.scope, receive)
         body = self._parse(raw, headers)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise bad_request("You must provide a model parameter.", param="model", code="missing_model")
-        max_tokens = _max_tokens(body)
-        if max_tokens is not None and not 1 <= max_tokens <= self.settings.max_tokens_limit:
-            raise bad_request(
-                f"max_tokens must be between 1 and {self.settings.max_tokens_limit}; got {max_tokens}.",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        stream = body.get("stream", False)
-        if stream is not None and not isinstance(stream, bool):
-            raise bad_request("'stream' must be a boolean.", param="stream", code="invalid_type")
-        stream = bool(stream) and endpoint != "embeddings"
+        checked = validate(body, endpoint, max_tokens_limit=self.settings.max_tokens_limit)
+        model, stream = checked.model, checked.stream
         info = await state.router.model(model)
         allowed = principal.key.allowed_models
         if (
@@ -221,17 +205,21 @@ class Proxy:
         if self.settings.log_content:
             ctx.content = raw[:2000].decode("utf-8", "replace")
 
-        estimate = _estimate_tokens(body, endpoint)
-        reserve = (
-            estimate
-            if endpoint == "embeddings"
-            else estimate + (max_tokens or self.settings.default_max_tokens_reserve)
+        lease = await state.quotas.admit(
+            principal,
+            ctx.request_id,
+            self._reservation(body, endpoint, checked, info),
+            price_input_micros=info.price_input_micros,
+            price_output_micros=info.price_output_micros,
         )
-        lease = await state.quotas.admit(principal, ctx.request_id, reserve)
 
         modified = False
         if info.served_name != model:
             body["model"] = info.served_name
+            modified = True
+        if endpoint != "embeddings":
+            # Prefix-cache isolation: the engine shares cached prefixes only within one salt.
+            body["cache_salt"] = self._cache_salt(principal.tenant.tenant_id)
             modified = True
         client_usage = client_continuous = False
         if stream:
@@ -353,9 +341,13 @@ class Proxy:
                 last_error = f"HTTP {response.status}"
                 continue
             return worker, response
+        # The connection error names engine hosts and ports: the log gets it, the client does not.
+        logger.warning(
+            "request %s: no model worker reachable for %s: %s", ctx.request_id, info.name, last_error
+        )
         raise GatewayError(
             502,
-            f"The model worker could not be reached ({last_error}). Retry the request.",
+            f"The model worker could not be reached (request id {ctx.request_id}). Retry the request.",
             type="server_error",
             code="upstream_unavailable",
         )
@@ -464,7 +456,7 @@ class Proxy:
             )
             event["s"] = "upstream_error"
         else:
-            raw = openai_error(status, raw)
+            raw = engine_error(status, raw, request_id=ctx.request_id)
             event["s"] = "upstream_error"
         event["h"] = status
         event["l"] = int((time.perf_counter() - ctx.start) * 1000)

@@ -10,9 +10,15 @@ unlimited). Keys (the ``{tenant}`` hash tag keeps one request's keys in one clus
 * ``q:{<tenant>}:<scope>:conc`` — sorted set of in-flight request ids scored by lease expiry (ms).
   Gateways renew their leases every ``lease_seconds / 3``; a dead gateway's leases expire.
 * ``q:{<tenant>}:<scope>:tokens:<YYYYMM>`` — tokens used this month (reserved, then settled).
-* ``q:{<tenant>}:spend_blocked`` — **spend-limit hook for the billing issue**: while this key
-  exists the tenant is refused with ``insufficient_quota`` (billing sets it when the month's
-  spend reaches the plan's ``monthly_spend``, and deletes it when that changes).
+* ``q:{<tenant>}:spend:<period id>`` — the tenant's spend this billing period in micro-units
+  (``gateway/spend.py`` has the contract). Settlement adds the request's cost (its prompt and
+  completion tokens at the model's mirrored prices) in the same script; admission refuses with
+  ``insufficient_quota`` once the counter reaches the tenant's mirrored ``spend_limit_micros``.
+  So a limit holds within one request: only requests admitted before the counter crossed it
+  (those in flight at that moment) can add to it. Billing's periodic check raises the counter to
+  what PostgreSQL says.
+* ``q:{<tenant>}:spend_blocked`` — while this key exists the tenant is refused with
+  ``insufficient_quota`` as well (billing's periodic check sets it at 100 % of the limit).
 
 Because check and take happen in one script, concurrent requests can overshoot a token limit only
 by what requests already admitted generate beyond their reservation; request and concurrency
@@ -28,6 +34,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from gateway import spend
 from gateway.errors import GatewayError
 from gateway.redis_pipe import is_noscript
 
@@ -40,15 +47,19 @@ local rid = ARGV[2]
 local reserve = tonumber(ARGV[3])
 local lease_until = tonumber(ARGV[4])
 local nscopes = tonumber(ARGV[5])
+local spend_limit = tonumber(ARGV[6])
 local minute_end = (math.floor(now / 60000) + 1) * 60000
 if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
   return {0, 'spend', 0}
 end
+if spend_limit >= 0 and tonumber(redis.call('GET', KEYS[#KEYS - 1]) or '0') >= spend_limit then
+  return {0, 'spend', 0}
+end
 for i = 0, nscopes - 1 do
-  local rpm = tonumber(ARGV[6 + i * 4])
-  local tpm = tonumber(ARGV[7 + i * 4])
-  local conc = tonumber(ARGV[8 + i * 4])
-  local month = tonumber(ARGV[9 + i * 4])
+  local rpm = tonumber(ARGV[7 + i * 4])
+  local tpm = tonumber(ARGV[8 + i * 4])
+  local conc = tonumber(ARGV[9 + i * 4])
+  local month = tonumber(ARGV[10 + i * 4])
   local k = i * 4
   if rpm >= 0 and tonumber(redis.call('GET', KEYS[k + 1]) or '0') + 1 > rpm then
     return {0, 'rpm', minute_end - now, i}
@@ -73,7 +84,7 @@ for i = 0, nscopes - 1 do
   redis.call('EXPIRE', KEYS[k + 1], 120)
   local used_t = redis.call('INCRBY', KEYS[k + 2], reserve)
   redis.call('EXPIRE', KEYS[k + 2], 120)
-  if tonumber(ARGV[8 + i * 4]) >= 0 then
+  if tonumber(ARGV[9 + i * 4]) >= 0 then
     redis.call('ZADD', KEYS[k + 3], lease_until, rid)
     redis.call('PEXPIREAT', KEYS[k + 3], lease_until + 1000)
   end
@@ -91,7 +102,9 @@ return out
 SETTLE = """
 local delta = tonumber(ARGV[1])
 local rid = ARGV[2]
-for i = 0, tonumber(ARGV[3]) - 1 do
+local nscopes = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+for i = 0, nscopes - 1 do
   local k = i * 3
   if delta ~= 0 then
     if redis.call('EXISTS', KEYS[k + 1]) == 1 then
@@ -101,8 +114,12 @@ for i = 0, tonumber(ARGV[3]) - 1 do
   end
   redis.call('ZREM', KEYS[k + 3], rid)
 end
+if cost > 0 then
+  redis.call('INCRBY', KEYS[nscopes * 3 + 1], cost)
+  redis.call('EXPIRE', KEYS[nscopes * 3 + 1], %(spend_ttl)d)
+end
 return 1
-"""
+""" % {"spend_ttl": spend.COUNTER_TTL_SECONDS}  # noqa: UP031
 
 
 def _limit(value) -> int:
@@ -125,6 +142,9 @@ class Lease:
     settle_keys: list[str]
     conc_keys: list[str]
     nscopes: int
+    spend_key: str = ""
+    price_input_micros: int = 0
+    price_output_micros: int = 0
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     settled: bool = False
 
@@ -137,6 +157,7 @@ class Quotas:
         self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
         self.in_flight: dict[str, Lease] = {}
+        self._period: tuple[int, str] = (-1, "")  # (epoch minute, billing period id)
 
     async def load_scripts(self) -> None:
         await self.redis.script_load(ADMIT)
@@ -158,15 +179,32 @@ class Quotas:
             scopes.append((f"k:{principal.key.key_id}", principal.key.limits))
         return scopes
 
-    async def admit(self, principal, request_id: str, reserve: int) -> Lease:
+    async def admit(
+        self,
+        principal,
+        request_id: str,
+        reserve: int,
+        *,
+        price_input_micros: int = 0,
+        price_output_micros: int = 0,
+    ) -> Lease:
+        """Check and take every quota at once; the prices are the model's (the cost is settled)."""
         now_ms = int(time.time() * 1000)
         minute = now_ms // 60000
         month = time.strftime("%Y%m", time.gmtime(now_ms / 1000))
         tenant = principal.tenant.tenant_id
+        spend_limit = principal.tenant.spend_limit_micros
         keys: list[str] = []
         settle_keys: list[str] = []
         conc_keys: list[str] = []
-        args: list = [now_ms, request_id, reserve, now_ms + self.settings.lease_seconds * 1000, 0]
+        args: list = [
+            now_ms,
+            request_id,
+            reserve,
+            now_ms + self.settings.lease_seconds * 1000,
+            0,
+            -1 if spend_limit is None else spend_limit,
+        ]
         scopes = self._scopes(principal)
         for scope, limits in scopes:
             base = self.settings.key("q", "{%s}" % tenant, scope)  # noqa: UP031
@@ -186,13 +224,18 @@ class Quotas:
                 _limit(limits.get("monthly_tokens")),
             ]
         args[4] = len(scopes)
+        if minute != self._period[0]:  # periods change on minute boundaries at most
+            self._period = (minute, spend.period_id(self.settings.billing_period))
+        spend_key = spend.counter_key(self.settings.redis_prefix, tenant, self._period[1])
+        settle_keys.append(spend_key)
+        keys.append(spend_key)
         keys.append(self.settings.key("q", "{%s}" % tenant, "spend_blocked"))  # noqa: UP031
         result = await self._admit(keys, args)
         plan = principal.tenant.plan
         rpm, tpm = _limit(plan.get("rpm")), _limit(plan.get("tpm"))
         if int(result[0]) != 1:
             reason = result[1].decode() if isinstance(result[1], bytes) else result[1]
-            raise self._refusal(reason, int(result[2]), rpm, tpm)
+            raise self._refusal(reason, int(result[2]), rpm, tpm, reserve)
         used_r, used_t, reset_ms = int(result[4]), int(result[5]), int(result[6])
         headers: list[tuple[bytes, bytes]] = []
         if rpm >= 0:
@@ -213,12 +256,15 @@ class Quotas:
             settle_keys=settle_keys,
             conc_keys=[k for k in conc_keys if k],
             nscopes=len(scopes),
+            spend_key=spend_key,
+            price_input_micros=price_input_micros,
+            price_output_micros=price_output_micros,
             headers=headers,
         )
         self.in_flight[request_id] = lease
         return lease
 
-    def _refusal(self, reason: str, retry_ms: int, rpm: int, tpm: int) -> GatewayError:
+    def _refusal(self, reason: str, retry_ms: int, rpm: int, tpm: int, reserve: int) -> GatewayError:
         retry_after = str(max(1, math.ceil(retry_ms / 1000))).encode()
         headers = [(b"retry-after", retry_after)]
         if rpm >= 0:
@@ -242,27 +288,43 @@ class Quotas:
                 "insufficient_quota",
             ),
             "spend": (
-                "You exceeded your monthly spend limit. Ask your organization's admin to raise it.",
+                "You reached your organization's spend limit for this billing period. "
+                "Ask your organization's admin to raise it.",
                 "insufficient_quota",
             ),
         }
         message, code = messages.get(reason, ("Rate limit reached.", "rate_limit_exceeded"))
+        if reason == "tpm" and 0 <= tpm < reserve:
+            # Waiting will not help: say what to change.
+            message = (
+                f"Request too large: it may use up to {reserve} tokens (the prompt plus max_tokens for "
+                "each choice; without max_tokens, what the model's context leaves), more than your "
+                f"limit of {tpm} tokens per minute. Set a lower max_tokens."
+            )
         if code == "insufficient_quota":
             headers = [h for h in headers if h[0] != b"retry-after"]
         return GatewayError(429, message, type=code, code=code, headers=headers)
 
-    def settle_command(self, lease: Lease, actual_tokens: int) -> tuple:
-        """The settlement as one command (sent with the usage event); marks the lease settled."""
+    def settle_command(self, lease: Lease, *, prompt_tokens: int, completion_tokens: int) -> tuple:
+        """The settlement as one command (sent with the usage event); marks the lease settled.
+
+        Tokens reserved become the actual count, the concurrency lease is freed, and the request's
+        cost at the model's prices is added to the tenant's spend counter for the period.
+        """
         lease.settled = True
         self.in_flight.pop(lease.request_id, None)
+        cost = spend.cost_micros(
+            prompt_tokens, completion_tokens, lease.price_input_micros, lease.price_output_micros
+        )
         return (
             "EVALSHA",
             self._settle_sha,
             len(lease.settle_keys),
             *lease.settle_keys,
-            actual_tokens - lease.reserved,
+            prompt_tokens + completion_tokens - lease.reserved,
             lease.request_id,
             lease.nscopes,
+            cost,
         )
 
     async def retry_settle(self, command: tuple) -> None:

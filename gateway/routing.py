@@ -9,7 +9,10 @@ under ``BERTH_REDIS_PREFIX`` (``berth:``):
   ``served_name`` (the engine's ``--served-model-name``; defaults to the public name),
   ``task`` (``chat`` | ``completion`` | ``embedding``), ``visibility`` (``public`` | ``private``),
   ``tenants`` (JSON list of tenant ids that may use a private model), ``created`` (epoch s),
-  ``owned_by``. A model without this hash does not exist for the gateway.
+  ``owned_by``, ``context_length`` (tokens; reserved per choice when a request names no
+  ``max_tokens``), ``price_input_micros`` / ``price_output_micros`` (per million tokens, micro-units
+  of the billing currency: ``gateway/spend.py``; absent = free). A model without this hash does
+  not exist for the gateway.
 * ``models`` — set of every public model name (for ``GET /v1/models``).
 * ``route:<public name>`` — hash, written by the reconciler/health checks: one field per **ready**
   worker, ``<worker id>`` → JSON ``{"url": "http://host:port", "api_key": "<engine key>"}``.
@@ -65,6 +68,9 @@ class ModelInfo:
     tenants: frozenset[str]
     created: int
     owned_by: str
+    context_length: int | None = None
+    price_input_micros: int = 0
+    price_output_micros: int = 0
 
     def visible_to(self, tenant_id: str) -> bool:
         return self.visibility == "public" or tenant_id in self.tenants
@@ -75,6 +81,16 @@ def _decode(raw: dict) -> dict[str, str]:
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in raw.items()
     }
+
+
+def _positive_int(value: str | None) -> int | None:
+    """A mirrored count or price; a missing or malformed value reads as absent, not as a crash."""
+    try:
+        number = int(value) if value else None
+    except ValueError:
+        logger.warning("ignoring malformed number %r in the model mirror", value)
+        return None
+    return number if number is not None and number > 0 else None
 
 
 def parse_engine_metrics(text: str) -> dict[str, float]:
@@ -138,6 +154,9 @@ class Router:
             tenants=frozenset(orjson.loads(raw.get("tenants") or "[]")),
             created=int(float(raw.get("created") or 0)),
             owned_by=raw.get("owned_by") or "berth",
+            context_length=_positive_int(raw.get("context_length")),
+            price_input_micros=_positive_int(raw.get("price_input_micros")) or 0,
+            price_output_micros=_positive_int(raw.get("price_output_micros")) or 0,
         )
 
     async def visible_models(self, tenant_id: str, allowed: frozenset[str]) -> list[ModelInfo]:

@@ -5,9 +5,11 @@ Layout (under ``settings.REDIS_PREFIX``), read by ``gateway.routing``:
 * ``model:<public name>`` — hash: ``served_name`` (the engine's ``--served-model-name``, which
   Berth sets to the public name), ``task``, ``visibility`` (``public`` | ``private``), ``tenants``
   (JSON list of tenant ids allowed to use a private model), ``created`` (epoch seconds),
-  ``owned_by``. A model without this hash does not exist for the gateway. With a price in effect,
-  ``price_input_micros`` and ``price_output_micros``: per million tokens, in micro-units of the
-  billing currency (gateway/spend.py), what the gateway adds to the tenant's spend counter.
+  ``owned_by``, ``context_length`` (tokens, when the registry names it: the gateway reserves it
+  per choice for a request without ``max_tokens``). A model without this hash does not exist for
+  the gateway. With a price in effect, ``price_input_micros`` and ``price_output_micros``: per
+  million tokens, in micro-units of the billing currency (gateway/spend.py), what the gateway adds
+  to the tenant's spend counter.
 * ``models`` — set of every model name (the gateway filters it per tenant for ``GET /v1/models``).
 * channel ``invalidate`` — ``model:<name>`` is published on every change.
 
@@ -49,6 +51,7 @@ def entry(model) -> dict[str, str]:
         "tenants": json.dumps(tenants),
         "created": str(int(model.created_at.timestamp())) if model.created_at else "0",
         "owned_by": "berth",
+        "context_length": str(model.context_length) if model.context_length else "",
         **price_fields(model),
     }
 

@@ -25,7 +25,7 @@ def test_it_records_key_use_in_batches(gateway, redis_client, settings):
     )
     response = httpx.post(
         gateway.url + "/v1/chat/completions",
-        json={"model": "none"},
+        json={"model": "none", "messages": [{"role": "user", "content": "hi"}]},
         headers={"authorization": f"Bearer {key}"},
     )
     assert response.status_code == 404

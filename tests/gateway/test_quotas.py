@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import openai
 import pytest
 
-from tests.gateway.conftest import make_key, make_tenant, register_model
+from models_registry import mirror as registry_mirror
+from tests.gateway.conftest import make_key, make_tenant, register_model, set_routes
+from tests.registry.factories import ModelFactory
 
 pytestmark = pytest.mark.django_db
+HI = [{"role": "user", "content": "hi"}]
 
 
 async def _burst(url: str, key: str, model: str, n: int, **body) -> list[httpx.Response]:
@@ -131,3 +135,60 @@ def test_per_key_limits_apply_on_top_of_the_plan(gateway, engines, redis_client,
 
     assert [call(limited) for _ in range(3)] == [200, 200, 429]
     assert [call(free) for _ in range(3)] == [200, 200, 200]
+
+
+def test_the_reservation_covers_every_generated_sequence(gateway, engines, redis_client):
+    tpm = 1_000_000
+    tenant = make_tenant(tokens_per_minute=tpm)
+    model = register_model(redis_client, engines)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    # "hi" in one message: a prompt estimate of 5 tokens; each choice may produce max_tokens.
+    single = client.chat.completions.with_raw_response.create(model=model, messages=HI, max_tokens=10)
+    several = client.chat.completions.with_raw_response.create(model=model, messages=HI, max_tokens=10, n=3)
+    first = int(single.headers["x-ratelimit-remaining-tokens"])
+    second = int(several.headers["x-ratelimit-remaining-tokens"])
+    # The second admission's counter = the first request's settled usage + 5 + 3 × 10 (fixed
+    # minute windows: a new minute may have begun between the two).
+    settled = single.parse().usage.total_tokens
+    assert first == tpm - (5 + 10)
+    assert tpm - second in (5 + 3 * 10, settled + 5 + 3 * 10)
+    completions = client.completions.with_raw_response.create(
+        model=model, prompt="hi", max_tokens=10, n=2, best_of=4
+    )
+    used_before = settled + several.parse().usage.total_tokens
+    held = tpm - int(completions.headers["x-ratelimit-remaining-tokens"])
+    assert held in (1 + 4 * 10, used_before + 1 + 4 * 10)
+    # A batch of prompts: n sequences for each ("hi", "hi": an estimate of 2 tokens).
+    used_before += completions.parse().usage.total_tokens
+    batch = client.completions.with_raw_response.create(model=model, prompt=["hi", "hi"], max_tokens=10, n=3)
+    held = tpm - int(batch.headers["x-ratelimit-remaining-tokens"])
+    assert held in (2 + 2 * 3 * 10, used_before + 2 + 2 * 3 * 10)
+
+
+def test_without_max_tokens_the_reservation_is_the_models_context(gateway, engines, redis_client):
+    tpm = 1_000_000
+    tenant = make_tenant(tokens_per_minute=tpm)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    registered = ModelFactory(context_length=4096)
+    assert registry_mirror.publish_model(registered)  # as the registry publishes it
+    set_routes(redis_client, registered.name, engines)
+    first = client.chat.completions.with_raw_response.create(model=registered.name, messages=HI, n=2)
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == tpm - (5 + 2 * (4096 - 5))
+    # A model whose context length the registry does not know: BERTH_GATEWAY_DEFAULT_MAX_TOKENS.
+    unknown = ModelFactory(context_length=None)
+    assert registry_mirror.publish_model(unknown)
+    set_routes(redis_client, unknown.name, engines)
+    used = first.parse().usage.total_tokens
+    second = client.chat.completions.with_raw_response.create(model=unknown.name, messages=HI)
+    assert tpm - int(second.headers["x-ratelimit-remaining-tokens"]) in (5 + 1024, used + 5 + 1024)
+
+
+def test_a_tokens_per_minute_limit_refuses_what_n_choices_could_exceed(gateway, engines, redis_client):
+    tenant = make_tenant(tokens_per_minute=100)
+    model = register_model(redis_client, engines)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model=model, messages=HI, max_tokens=30, n=4)
+    assert refused.value.code == "rate_limit_exceeded"
+    assert "up to 125 tokens" in refused.value.message and "max_tokens" in refused.value.message
+    assert client.chat.completions.create(model=model, messages=HI, max_tokens=30).choices
