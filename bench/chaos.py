@@ -120,69 +120,6 @@ class Service:
         self.log.close()
 
 
-class Doorway:
-    """A TCP proxy in front of PostgreSQL that can refuse every connection for a while."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.port = free_port()
-        self.lock = threading.Lock()
-        self.sockets: set[socket.socket] = set()
-        self.listener: socket.socket | None = None
-        self.open()
-
-    def open(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with self.lock:
-                    self.sockets.discard(sock)
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-    def refuse(self, seconds: float) -> None:
-        """Close the port (new connections are refused) and cut open ones; reopen after ``seconds``."""
-        self.listener.close()
-        with self.lock:
-            cut, self.sockets = list(self.sockets), set()
-        for sock in cut:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        threading.Timer(seconds, self.open).start()
-
-
 @dataclass
 class Outcome:
     phase: str
@@ -423,6 +360,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     django.setup()
     import logging
 
+    from tests.billing.tcp_proxy import TcpProxy
+
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from django.conf import settings
     from django.core.management import call_command
@@ -440,7 +379,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         call_command("migrate", interactive=False, verbosity=0)
         keys = create_tenants()
         db = connection.settings_dict
-        doorway = Doorway(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
+        doorway = TcpProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432))
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -522,7 +461,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             ("gateway SIGKILL", restart(gateway, signal.SIGKILL)),
             ("consumer SIGKILL", restart(consumer, signal.SIGKILL, pause=1)),
             ("Redis restart", restart(redis_server, signal.SIGTERM, pause=1)),
-            ("PostgreSQL down", lambda: doorway.refuse(pg_outage)),
+            ("PostgreSQL down", lambda: refuse(doorway, pg_outage)),
             ("engine SIGKILL", lambda: kill_engine_mid_stream(engines[0])),
         ]
         traffic = Traffic(f"http://127.0.0.1:{gateway_port}/v1", keys)
@@ -579,6 +518,12 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         connection.close()
         if not args.keep:
             shutil.rmtree(scratch_dir, ignore_errors=True)
+
+
+def refuse(doorway, seconds: float) -> None:
+    """PostgreSQL refuses every connection (and open ones break) for ``seconds``."""
+    doorway.cut()
+    threading.Timer(seconds, doorway.restore).start()
 
 
 def kill_engine_mid_stream(engine: Service) -> None:

@@ -18,8 +18,11 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import aiohttp
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
 from gateway.auth import Authenticator
@@ -37,6 +40,8 @@ access_logger = logging.getLogger("berth.gateway.access")
 logger = logging.getLogger("berth.gateway")
 
 JSON = b"application/json"
+# What Redis being down looks like from redis-py, the hot-path pipe and the socket underneath.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 SHUTDOWN_RECORD_SECONDS = 10
 
 
@@ -188,6 +193,30 @@ class Gateway:
                     JSON,
                     [(b"x-request-id", request_id.encode()), *exc.headers],
                 )
+        except aiohttp.ClientError as exc:
+            # The engine's connection broke where the proxy did not expect it. Usage is recorded
+            # already (the proxy meters in a finally); a started stream just ends here.
+            logger.warning("request %s: the engine's answer broke off (%s)", request_id, exc)
+            ctx.status = ctx.status or 502
+            if not sender.started:
+                body = error_body(
+                    f"The model worker's answer broke off (request id {request_id}). Retry the request.",
+                    type="server_error",
+                    code="upstream_error",
+                )
+                await _respond(sender, 502, body, JSON, [(b"x-request-id", request_id.encode())])
+        except REDIS_DOWN as exc:
+            # Keys, quotas and usage live in Redis: without it nothing can be admitted or metered.
+            logger.warning("request %s refused: Redis is unreachable (%s)", request_id, exc)
+            ctx.status = 503
+            if not sender.started:
+                body = error_body(
+                    "The service is briefly unavailable. Retry in a second.",
+                    type="server_error",
+                    code="service_unavailable",
+                )
+                headers = [(b"x-request-id", request_id.encode()), (b"retry-after", b"1")]
+                await _respond(sender, 503, body, JSON, headers)
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             ctx.status = 500

@@ -127,6 +127,9 @@
         body: JSON.stringify({
           model: modelSelect.value,
           messages: history,
+          // Without max_tokens the gateway reserves the model's whole context against the
+          // tokens-per-minute quota; a chat turn in the playground needs far less.
+          max_tokens: 512,
           stream: true,
           stream_options: { include_usage: true },
         }),
