@@ -7,10 +7,6 @@ role table: another tenant's object is a 404 (its existence is not revealed), a 
 permission gets a 403, anonymous visitors are sent to log in (401 on the API), staff pages are for
 ``is_staff`` only. Every answer to a non-staff caller is also searched for the other tenants'
 markers (names, emails, key ids, request ids), so a list that leaks a row fails too.
-
-Cells where the app is known to be wrong in code owned elsewhere are listed in ``DEFECTS`` and
-asserted in ``test_known_defects`` under ``xfail(strict=True)``: fixing one makes that test pass
-unexpectedly, which fails until its entry is removed here.
 """
 
 from __future__ import annotations
@@ -188,9 +184,6 @@ PROBES: list[Probe] = [
     api("api/v1/invoices/(?P<pk>[^/.]+)/pdf/?$", "GET", "/api/v1/invoices/{foreign_invoice}/pdf", by_role(404, 404, 403, 404, 404, 401, 403)),
 ]  # fmt: skip
 
-# Known defects in code this suite's authors may not change; (probe id, role) → why. None left.
-DEFECTS: dict[tuple[str, str], str] = {}
-
 
 def _join(first: str, second: str) -> str:
     # As django.urls.resolvers.URLResolver._join_route builds ResolverMatch.route.
@@ -312,22 +305,8 @@ def world(shared_world, db):
 @pytest.mark.parametrize("probe", PROBES, ids=[p.id for p in PROBES])
 def test_matrix(world, probe):
     assert resolve(fill(probe.path, world.values()).split("?")[0]).route == probe.route
-    roles = [role for role in ROLES if (probe.id, role) not in DEFECTS]
-    problems = run_probe(world, probe, roles)
+    problems = run_probe(world, probe, ROLES)
     assert not problems, f"{probe.id}:\n  " + "\n  ".join(problems)
-
-
-@pytest.mark.parametrize(
-    ("probe", "role"),
-    [
-        pytest.param(probe, role, marks=pytest.mark.xfail(strict=True, reason=DEFECTS[(probe.id, role)]))
-        for probe in PROBES
-        for role in ROLES
-        if (probe.id, role) in DEFECTS
-    ],
-)
-def test_known_defects(world, probe, role):
-    assert not run_probe(world, probe, [role])
 
 
 def test_every_url_pattern_has_probes():
