@@ -401,6 +401,9 @@ INTERNAL_OPEN_WITHOUT_TOKEN = DEBUG
 TRUSTED_PROXIES = env_list("BERTH_TRUSTED_PROXIES", ["127.0.0.1"])
 # The usage consumer's Prometheus port (lag, pending, errors), read by its probes too.
 USAGE_METRICS_PORT = env_int("BERTH_USAGE_METRICS_PORT", 9102, minimum=0)
+# All interfaces in production (probes and Prometheus reach the pod; the token guards it); only
+# loopback on a development machine, where the endpoint is open without a token.
+USAGE_METRICS_HOST = env_str("BERTH_USAGE_METRICS_HOST", "127.0.0.1" if DEBUG else "0.0.0.0")  # noqa: S104
 
 # --------------------------------------------------------------------------- billing (billing/)
 

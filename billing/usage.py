@@ -405,7 +405,11 @@ def run(
     stop = stop or threading.Event()
     client = get_redis()
     consumer = consumer_name()
-    server = serve_metrics(port=metrics_port) if metrics_port is not None else None
+    server = (
+        serve_metrics(host=settings.USAGE_METRICS_HOST, port=metrics_port)
+        if metrics_port is not None
+        else None
+    )
     logger.info("usage consumer %s reading %s", consumer, rkey(STREAM))
     started = time.monotonic()
     # At start, first what this consumer name read before (a restarted container keeps its name).

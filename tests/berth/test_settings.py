@@ -14,7 +14,8 @@ PROBE = (
     "import json, django; django.setup(); from django.conf import settings as s; "
     "print(json.dumps({'debug': s.DEBUG, 'secure': s.SESSION_COOKIE_SECURE, 'csrf': s.CSRF_COOKIE_SECURE, "
     "'hsts': s.SECURE_HSTS_SECONDS, 'ssl': s.SECURE_SSL_REDIRECT, 'hosts': s.ALLOWED_HOSTS, "
-    "'db': s.DATABASES['default']['NAME'], 'peppers': list(s.KEY_PEPPERS)}))"
+    "'db': s.DATABASES['default']['NAME'], 'peppers': list(s.KEY_PEPPERS), "
+    "'usage_metrics_host': s.USAGE_METRICS_HOST}))"
 )
 STRONG = "x" * 20 + "Q7k2P9mZ4wB1nV8cR3tY6uJ0hL5dF2gS"
 
@@ -60,6 +61,13 @@ def test_production_turns_on_secure_cookies_and_hsts(tmp_path):
     assert probe["secure"] and probe["csrf"] and probe["ssl"]
     assert probe["hsts"] >= 31536000
     assert probe["hosts"] == ["berth.example"]
+    assert probe["usage_metrics_host"] == "0.0.0.0"  # noqa: S104 - probes and Prometheus reach the pod
+
+
+def test_development_binds_the_consumers_open_metrics_to_loopback(tmp_path):
+    result = run_settings(tmp_path, DEBUG="1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["usage_metrics_host"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
