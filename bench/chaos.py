@@ -617,14 +617,15 @@ def unconsumed(client, stream: str) -> int:
 def settle(timeout: float) -> None:
     """Wait until the usage stream is consumed and no stream checkpoint is left to bill."""
     from berth.redis import get_redis, rkey
+    from gateway.metering import CHECKPOINT_DUE, USAGE_STREAM
 
     client = get_redis()
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline:
         try:
-            left = unconsumed(client, rkey("usage"))
-            checkpoints = client.zcard(rkey("usage_ckpt_due"))
+            left = unconsumed(client, rkey(USAGE_STREAM))
+            checkpoints = client.zcard(rkey(CHECKPOINT_DUE))
         except Exception:  # noqa: BLE001 - Redis may still be starting
             left, checkpoints = 1, 1
         if left == 0 and checkpoints == 0:

@@ -18,11 +18,8 @@ import time
 import uuid
 from types import SimpleNamespace
 
-import aiohttp
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
 from gateway.auth import Authenticator
@@ -32,16 +29,14 @@ from gateway.errors import GatewayError, error_body
 from gateway.metering import Metering
 from gateway.proxy import ENDPOINTS, Proxy
 from gateway.quotas import Quotas
-from gateway.redis_pipe import make_pipe
+from gateway.redis_pipe import REDIS_DOWN, make_pipe
 from gateway.routing import Router
-from gateway.upstream import make_upstream
+from gateway.upstream import UpstreamError, make_upstream
 
 access_logger = logging.getLogger("berth.gateway.access")
 logger = logging.getLogger("berth.gateway")
 
 JSON = b"application/json"
-# What Redis being down looks like from redis-py, the hot-path pipe and the socket underneath.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 SHUTDOWN_RECORD_SECONDS = 10
 
 
@@ -193,7 +188,7 @@ class Gateway:
                     JSON,
                     [(b"x-request-id", request_id.encode()), *exc.headers],
                 )
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             # The engine's connection broke where the proxy did not expect it. Usage is recorded
             # already (the proxy meters in a finally); a started stream just ends here.
             logger.warning("request %s: the engine's answer broke off (%s)", request_id, exc)

@@ -25,11 +25,9 @@ import logging
 import time
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.redis_pipe import is_noscript
+from gateway.redis_pipe import REDIS_DOWN, is_noscript, is_unavailable
 
 logger = logging.getLogger("berth.gateway.metering")
 
@@ -124,8 +122,8 @@ class Metering:
         while True:
             try:
                 results = await self.quotas.hot.execute(*commands)
-                failure = results[0] if _redis_unavailable(results[0]) else None
-            except (OSError, TimeoutError, RedisError) as exc:  # ConnectionError is an OSError
+                failure = results[0] if is_unavailable(results[0]) else None
+            except (*REDIS_DOWN, RedisError) as exc:
                 results, failure = [exc], exc
             if failure is None or time.monotonic() + delay > deadline:
                 return results
@@ -166,10 +164,3 @@ class Metering:
                 raise
             except Exception:
                 logger.warning("could not record key last-use times", exc_info=True)
-
-
-def _redis_unavailable(reply) -> bool:
-    """A reply or error that means "Redis is not there right now", not "this command is wrong"."""
-    if isinstance(reply, OSError | TimeoutError | RedisConnectionError | RedisTimeoutError):
-        return True
-    return isinstance(reply, Exception) and str(reply).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))

@@ -21,6 +21,12 @@ from collections import deque
 from urllib.parse import unquote, urlparse
 
 import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# What "Redis is not there right now" looks like from redis-py, this pipe (builtin
+# ConnectionError, a refused or timed-out connect) and the socket underneath.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
 class _Protocol(asyncio.Protocol):
@@ -159,6 +165,13 @@ class RedisPyPipe:
 
     async def close(self) -> None:
         return None
+
+
+def is_unavailable(reply) -> bool:
+    """A reply or error that means "Redis is not there right now", not "this command is wrong"."""
+    if isinstance(reply, REDIS_DOWN):
+        return True
+    return isinstance(reply, Exception) and str(reply).startswith(("LOADING", "TRYAGAIN", "MASTERDOWN"))
 
 
 def is_noscript(reply) -> bool:

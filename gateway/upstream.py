@@ -47,8 +47,11 @@ class _AiohttpResponse(UpstreamResponse):
         self.headers = [(k.lower(), v) for k, v in response.raw_headers]
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._r.content.iter_any():
-            yield chunk
+        try:
+            async for chunk in self._r.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise _aiohttp_error(exc) from exc
 
     async def read(self) -> bytes:
         try:
@@ -118,8 +121,15 @@ class _HttpxResponse(UpstreamResponse):
         self.headers = [(k.lower(), v) for k, v in response.headers.raw]
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._r.aiter_raw():
-            yield chunk
+        import httpx
+
+        try:
+            async for chunk in self._r.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                str(exc) or type(exc).__name__, timeout=isinstance(exc, httpx.TimeoutException)
+            ) from exc
 
     async def read(self) -> bytes:
         import httpx
