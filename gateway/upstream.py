@@ -51,6 +51,11 @@ class _AiohttpResponse(UpstreamResponse):
             async for chunk in self._r.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # aiohttp raises a lost connection before handing over what it had already received,
+            # so an engine that died after sending six chunks could reach the client as one.
+            rest = _unread(self._r.content)
+            if rest:
+                yield rest
             raise _aiohttp_error(exc) from exc
 
     async def read(self) -> bytes:
@@ -63,6 +68,16 @@ class _AiohttpResponse(UpstreamResponse):
         # close(), not release(): an unfinished stream must drop the connection so vLLM aborts.
         if not self._r.closed:
             self._r.close()
+
+
+def _unread(content) -> bytes:
+    """The bytes aiohttp's reader holds but has not returned (its buffer is not public API)."""
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    data = b"".join(buffer)[getattr(content, "_buffer_offset", 0) :]
+    buffer.clear()
+    return data
 
 
 def _aiohttp_error(exc: BaseException) -> UpstreamError:
