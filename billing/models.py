@@ -1,4 +1,4 @@
-"""Usage records (one per gateway request, append-only) and their hourly rollups.
+"""Usage records: one per gateway request, append-only.
 
 Records arrive from the gateway's Redis stream through ``billing/usage.py``; invoices are built
 from them only. Token counts are integers; prices and amounts live with invoicing, as Decimals.
@@ -28,6 +28,13 @@ class UsageStatus(models.TextChoices):
     )
     GATEWAY_LOST = "gateway_lost", "Gateway died mid-stream (billed from its last checkpoint)"
     ERROR = "error", "Gateway error"
+
+
+# The one definition of an error request, for every page and API that counts errors: the request
+# got no complete answer through a fault of Berth or its engine. A client that hung up is not an
+# error (it was billed for what it got), whatever the HTTP status says.
+ANSWERED_STATUSES: tuple[str, ...] = (UsageStatus.OK, UsageStatus.CLIENT_DISCONNECTED)
+ERRORS = ~Q(status__in=ANSWERED_STATUSES)  # for ``Count("pk", filter=ERRORS)`` and ``.filter(ERRORS)``
 
 
 class UsageSource(models.TextChoices):
@@ -83,31 +90,6 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-class UsageHourly(models.Model):
-    """Per tenant, model and hour (UTC): counts maintained with every ingested batch."""
-
-    tenant = models.ForeignKey(
-        "tenants.Tenant", on_delete=models.DO_NOTHING, db_constraint=False, related_name="usage_hours"
-    )
-    model = models.CharField(max_length=200)
-    hour = models.DateTimeField()
-    requests = models.PositiveIntegerField(default=0)
-    errors = models.PositiveIntegerField(default=0)
-    prompt_tokens = models.PositiveBigIntegerField(default=0)
-    completion_tokens = models.PositiveBigIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["tenant", "model", "hour"], name="one_rollup_per_tenant_model_hour"
-            )
-        ]
-        ordering = ["-hour"]
-
-    def __str__(self) -> str:
-        return f"{self.tenant_id} {self.model} {self.hour:%Y-%m-%d %H}:00"
 
 
 money = {"max_digits": 14, "decimal_places": 3, "default": Decimal("0")}

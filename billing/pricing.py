@@ -2,9 +2,8 @@
 
 One query groups a set of usage records by model and by the price row in effect at each record's
 ``occurred_at`` (a correlated subquery over the append-only Price history), so a price change in
-the middle of a period splits that model's usage exactly at the change. Hourly rollups cannot do
-this (a price may change mid-hour), so invoices and spend are computed from the records; the
-rollups serve charts.
+the middle of a period splits that model's usage exactly at the change. Rollups could not do this
+(a price may change mid-hour), so invoices and spend are computed from the records.
 """
 
 from __future__ import annotations

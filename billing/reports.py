@@ -12,11 +12,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 
 from billing import money, pricing
-from billing.models import UsageRecord, UsageStatus
+from billing.models import ERRORS, UsageRecord
 from billing.periods import period_containing
 
 # The longest date range the console and the API show or export at once.
@@ -57,7 +57,7 @@ def usage_by_day(tenant, start: datetime, end: datetime) -> list[DayModelUsage]:
     rows: dict[tuple, DayModelUsage] = {}
     counts = qs.values("day", "model").annotate(
         n=Count("pk"),
-        errors=Count("pk", filter=~Q(status__in=[UsageStatus.OK, UsageStatus.CLIENT_DISCONNECTED])),
+        errors=Count("pk", filter=ERRORS),
         prompt=Sum("prompt_tokens"),
         completion=Sum("completion_tokens"),
     )

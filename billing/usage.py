@@ -1,9 +1,9 @@
-"""Usage ingestion: the gateway's Redis stream → ``UsageRecord`` rows and hourly rollups.
+"""Usage ingestion: the gateway's Redis stream → ``UsageRecord`` rows.
 
 The gateway appends one JSON event per request to ``<prefix>usage`` (see ``gateway/metering.py``).
 Consumers in the group ``billing`` read batches, write them with ONE statement per batch —
-``INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING`` feeding the rollup upsert, so a
-re-delivered event changes neither records nor rollups — and only after the commit ``XACK`` the
+``INSERT … ON CONFLICT (request_id) DO NOTHING``, so a re-delivered event changes nothing —
+and only after the commit ``XACK`` the
 entries. Entries a dead consumer read but never acknowledged are taken over with ``XAUTOCLAIM``
 once idle for ``claim_idle_ms`` (Redis ≥ 6.2).
 
@@ -59,31 +59,18 @@ FORGET_IDLE_MS = 86_400_000  # consumers with nothing pending, idle this long, l
 # The batch travels as ONE JSON array parameter (psycopg adapts a str in C; thirteen Python lists
 # cost it more than the insert itself) and PostgreSQL unpacks it with json_to_recordset.
 _INSERT = """
-WITH ins AS (
-    INSERT INTO billing_usagerecord (
-        request_id, tenant_id, api_key_id, model, endpoint, prompt_tokens, completion_tokens,
-        status, http_status, latency_ms, ttft_ms, worker_id, usage_source, occurred_at, recorded_at
-    )
-    SELECT r.id, r.t, r.k, r.m, coalesce(r.ep, ''), coalesce(r.p, 0), coalesce(r.c, 0),
-           coalesce(r.s, 'ok'), coalesce(r.h, 0), coalesce(r.l, 0), r.f, coalesce(r.w, ''),
-           coalesce(r.u, 'engine'), to_timestamp(r.ts / 1000.0), now()
-    FROM json_to_recordset(%s::json) AS r(
-        id text, t uuid, k uuid, m text, ep text, p int, c int, s text, h int, l int, f int, w text, u text,
-        ts bigint
-    )
-    ON CONFLICT (request_id) DO NOTHING
-    RETURNING tenant_id, model, occurred_at, prompt_tokens, completion_tokens, status
+INSERT INTO billing_usagerecord (
+    request_id, tenant_id, api_key_id, model, endpoint, prompt_tokens, completion_tokens,
+    status, http_status, latency_ms, ttft_ms, worker_id, usage_source, occurred_at, recorded_at
 )
-INSERT INTO billing_usagehourly (tenant_id, model, hour, requests, errors, prompt_tokens, completion_tokens)
-SELECT tenant_id, model, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-       count(*), count(*) FILTER (WHERE status <> 'ok'), sum(prompt_tokens), sum(completion_tokens)
-FROM ins
-GROUP BY 1, 2, 3
-ON CONFLICT (tenant_id, model, hour) DO UPDATE SET
-    requests = billing_usagehourly.requests + EXCLUDED.requests,
-    errors = billing_usagehourly.errors + EXCLUDED.errors,
-    prompt_tokens = billing_usagehourly.prompt_tokens + EXCLUDED.prompt_tokens,
-    completion_tokens = billing_usagehourly.completion_tokens + EXCLUDED.completion_tokens
+SELECT r.id, r.t, r.k, r.m, coalesce(r.ep, ''), coalesce(r.p, 0), coalesce(r.c, 0),
+       coalesce(r.s, 'ok'), coalesce(r.h, 0), coalesce(r.l, 0), r.f, coalesce(r.w, ''),
+       coalesce(r.u, 'engine'), to_timestamp(r.ts / 1000.0), now()
+FROM json_to_recordset(%s::json) AS r(
+    id text, t uuid, k uuid, m text, ep text, p int, c int, s text, h int, l int, f int, w text, u text,
+    ts bigint
+)
+ON CONFLICT (request_id) DO NOTHING
 """
 
 
@@ -128,7 +115,7 @@ def _valid(event) -> bool:
 
 
 def write_events(events: list[dict]) -> int:
-    """Insert a batch (idempotent by request id) and update the rollups; returns rows inserted."""
+    """Insert a batch (idempotent by request id); returns rows inserted."""
     if not events:
         return 0
     # Within one batch the same request id may appear twice (a re-delivery): keep the first.

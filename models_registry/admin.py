@@ -1,11 +1,11 @@
-"""Django admin for staff: models, deployments (with scale/drain/restart), prices, LoRA adapters."""
+"""Django admin for staff: models, prices, LoRA adapters.
 
-from django.contrib import admin, messages
-from django.db.models import Count, Q
+Deployments are administered in ``workers/admin.py``, next to the workers that serve them.
+"""
 
-from models_registry.models import Deployment, LoraAdapter, Model, Price
-from workers import reconciler
-from workers.constants import LIVE_STATES, WorkerState
+from django.contrib import admin
+
+from models_registry.models import LoraAdapter, Model, Price
 
 
 class PriceInline(admin.TabularInline):
@@ -35,75 +35,6 @@ class ModelAdmin(admin.ModelAdmin):
     filter_horizontal = ["allowed_tenants"]
     readonly_fields = ["id", "created_at", "updated_at"]
     inlines = [PriceInline]
-
-
-@admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
-    list_display = [
-        "model",
-        "engine",
-        "desired_replicas",
-        "ready_workers",
-        "live_workers",
-        "min_replicas",
-        "max_replicas",
-        "target_concurrency",
-        "last_active_at",
-    ]
-    list_filter = ["engine"]
-    search_fields = ["model__name"]
-    readonly_fields = ["id", "last_active_at", "low_load_since", "created_at"]
-    actions = ["scale_up", "scale_down", "drain", "restart"]
-
-    def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("model")
-            .annotate(
-                n_ready=Count("workers", filter=Q(workers__state=WorkerState.READY)),
-                n_live=Count("workers", filter=Q(workers__state__in=LIVE_STATES)),
-            )
-        )
-
-    @admin.display(description="ready", ordering="n_ready")
-    def ready_workers(self, obj):
-        return obj.n_ready
-
-    @admin.display(description="live", ordering="n_live")
-    def live_workers(self, obj):
-        return obj.n_live
-
-    @admin.action(description="Scale up by one replica")
-    def scale_up(self, request, queryset):
-        for deployment in queryset:
-            reconciler.scale(
-                deployment=deployment,
-                replicas=deployment.desired_replicas + 1,
-                reason=f"admin {request.user}",
-            )
-        messages.success(request, "Scaled up; the reconciler starts replicas within seconds.")
-
-    @admin.action(description="Scale down by one replica")
-    def scale_down(self, request, queryset):
-        for deployment in queryset:
-            reconciler.scale(
-                deployment=deployment,
-                replicas=max(0, deployment.desired_replicas - 1),
-                reason=f"admin {request.user}",
-            )
-        messages.success(request, "Scaled down; surplus replicas drain before they stop.")
-
-    @admin.action(description="Drain (scale to zero)")
-    def drain(self, request, queryset):
-        for deployment in queryset:
-            reconciler.scale(deployment=deployment, replicas=0, reason=f"drained by admin {request.user}")
-        messages.success(request, "Draining: workers leave routing, finish in-flight requests, then stop.")
-
-    @admin.action(description="Restart all replicas (rolling through drain)")
-    def restart(self, request, queryset):
-        count = sum(reconciler.restart_deployment(deployment=deployment) for deployment in queryset)
-        messages.success(request, f"{count} worker(s) draining; fresh replicas replace them.")
 
 
 @admin.register(Price)

@@ -2,7 +2,8 @@
 
 Every view needs ``is_staff``: anonymous users are sent to log in, signed-in non-staff get 403.
 Actions are POSTs (CSRF) that work both from htmx (the changed row is swapped in) and without
-JavaScript (redirect back with a message). Who did it goes into the event / reason text.
+JavaScript (redirect back with a message). They call ``workers.operations`` with the signed-in
+user, who is recorded on the event.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from models_registry.models import Deployment
 from staff import queries
 from tenants.constants import TenantStatus
 from tenants.models import Tenant
-from workers import lifecycle, reconciler
-from workers.constants import EventKind, WorkerState
+from workers import operations
 from workers.models import Worker
 
 TENANTS_PER_PAGE = 50
@@ -52,8 +52,7 @@ def _htmx(request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def _who(request) -> str:
-    return f"by {request.user.email or request.user.get_username()} via staff dashboard"
+VIA = "staff dashboard"
 
 
 # --------------------------------------------------------------------------- fleet
@@ -127,27 +126,23 @@ def scale(request, deployment_id):
         return _deployment_done(request, deployment.pk, error=error, value=request.POST.get("replicas", ""))
     wanted = form.cleaned_data["replicas"]
     before = deployment.desired_replicas
-    reconciler.scale(deployment=deployment, replicas=wanted, reason=_who(request))
+    by = operations.describe_actor(request.user, via=VIA)
+    if wanted == 0:
+        operations.scale_to_zero(deployment=deployment, actor=request.user, reason=f"scale to zero {by}")
+        notice = f"{deployment.model.name}: scaled to zero (desired replicas {before} → 0)"
+        return _deployment_done(request, deployment.pk, notice=notice + ".")
+    operations.scale(deployment=deployment, replicas=wanted, actor=request.user, reason=by)
     notice = f"{deployment.model.name}: desired replicas {before} → {deployment.desired_replicas}"
     if deployment.desired_replicas != wanted:
         notice += f" ({wanted} is above the maximum of {deployment.max_replicas})"
     return _deployment_done(request, deployment.pk, notice=notice + ".")
 
 
-def _drain_one(worker: Worker, message: str) -> bool:
-    if worker.state == WorkerState.PENDING:
-        return lifecycle.transition(worker, WorkerState.STOPPED, message=message)
-    return reconciler.drain(worker=worker, message=message)
-
-
 @staff_required
 @require_POST
 def drain_deployment(request, deployment_id):
     deployment = get_object_or_404(Deployment.objects.select_related("model"), pk=deployment_id)
-    ready = Worker.objects.filter(deployment=deployment, state=WorkerState.READY).select_related(
-        "deployment__model"
-    )
-    count = sum(_drain_one(worker, f"drained {_who(request)}") for worker in ready)
+    count = operations.drain_ready_workers(deployment=deployment, actor=request.user, via=VIA)
     notice = f"{deployment.model.name}: {count} ready worker(s) draining."
     if count and deployment.desired_replicas:
         notice += " Replacements start while desired replicas stay above zero."
@@ -158,12 +153,7 @@ def drain_deployment(request, deployment_id):
 @require_POST
 def restart(request, deployment_id):
     deployment = get_object_or_404(Deployment.objects.select_related("model"), pk=deployment_id)
-    count = reconciler.restart_deployment(deployment=deployment)
-    lifecycle.record(
-        kind=EventKind.DRAINING,
-        message=f"restart requested {_who(request)}: {count} worker(s) replaced",
-        deployment_id=deployment.pk,
-    )
+    count = operations.restart(deployment=deployment, actor=request.user, via=VIA)
     return _deployment_done(
         request, deployment.pk, notice=f"{deployment.model.name}: restarting {count} worker(s)."
     )
@@ -174,7 +164,7 @@ def restart(request, deployment_id):
 def drain_worker(request, worker_id):
     worker = get_object_or_404(Worker.objects.select_related("deployment__model", "node"), pk=worker_id)
     short = str(worker.pk)[:8]
-    if _drain_one(worker, f"drained {_who(request)}"):
+    if operations.drain(worker=worker, actor=request.user, via=VIA):
         notice, error = f"Worker {short} is draining.", ""
     else:
         notice, error = "", f"Worker {short} is {worker.state}: nothing to drain."

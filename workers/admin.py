@@ -1,12 +1,20 @@
-"""Django admin for staff: nodes, GPUs, workers (states, pending reasons, events, log tail)."""
+"""Django admin for staff: nodes, GPUs, workers (states, pending reasons, events, log tail).
+
+The deployment admin lives here too, not in ``models_registry``: its columns count workers and
+its actions are operator actions (``workers.operations``), and provisioning depends on the
+registry, never the other way round.
+"""
 
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.utils.html import format_html
 
-from workers import agent, lifecycle, reconciler
-from workers.constants import HOLDING_STATES, NodeStatus, WorkerState
+from models_registry.models import Deployment
+from workers import agent, operations
+from workers.constants import HOLDING_STATES, LIVE_STATES, NodeStatus, WorkerState
 from workers.models import Gpu, Node, Worker, WorkerEvent
+
+VIA = "admin"
 
 
 class GpuInline(admin.TabularInline):
@@ -87,7 +95,7 @@ class WorkerEventInline(admin.TabularInline):
     model = WorkerEvent
     extra = 0
     can_delete = False
-    fields = ["at", "kind", "message"]
+    fields = ["at", "kind", "message", "actor"]
     readonly_fields = fields
     ordering = ["-at", "-id"]
 
@@ -165,26 +173,98 @@ class WorkerAdmin(admin.ModelAdmin):
             return f"{obj.log_path} is not readable from this host"
         return format_html('<pre style="max-height:40em;overflow:auto;white-space:pre-wrap">{}</pre>', text)
 
-    @admin.action(description="Drain selected workers (a replacement is started if still wanted)")
+    @admin.action(description="Drain selected workers (each is replaced while still wanted)")
     def drain_workers(self, request, queryset):
-        count = 0
-        for worker in queryset.select_related("deployment__model"):
-            if worker.state == WorkerState.PENDING:
-                count += lifecycle.transition(
-                    worker, WorkerState.STOPPED, message=f"stopped by {request.user}"
-                )
-            else:
-                count += reconciler.drain(worker=worker, message=f"drained by {request.user}")
+        count = sum(
+            operations.drain(worker=worker, actor=request.user, via=VIA)
+            for worker in queryset.select_related("deployment__model")
+        )
         messages.success(request, f"{count} worker(s) draining or stopped.")
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = [
+        "model",
+        "engine",
+        "desired_replicas",
+        "ready_workers",
+        "live_workers",
+        "min_replicas",
+        "max_replicas",
+        "target_concurrency",
+        "last_active_at",
+    ]
+    list_filter = ["engine"]
+    search_fields = ["model__name"]
+    readonly_fields = ["id", "last_active_at", "low_load_since", "created_at"]
+    actions = ["scale_up", "scale_down", "scale_to_zero", "restart"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("model")
+            .annotate(
+                n_ready=Count("workers", filter=Q(workers__state=WorkerState.READY)),
+                n_live=Count("workers", filter=Q(workers__state__in=LIVE_STATES)),
+            )
+        )
+
+    @admin.display(description="ready", ordering="n_ready")
+    def ready_workers(self, obj):
+        return obj.n_ready
+
+    @admin.display(description="live", ordering="n_live")
+    def live_workers(self, obj):
+        return obj.n_live
+
+    def _scale_by(self, request, queryset, step: int) -> None:
+        for deployment in queryset:
+            operations.scale(
+                deployment=deployment,
+                replicas=deployment.desired_replicas + step,
+                actor=request.user,
+                reason=operations.describe_actor(request.user, via=VIA),
+            )
+
+    @admin.action(description="Scale up by one replica")
+    def scale_up(self, request, queryset):
+        self._scale_by(request, queryset, 1)
+        messages.success(request, "Scaled up; the reconciler starts replicas within seconds.")
+
+    @admin.action(description="Scale down by one replica")
+    def scale_down(self, request, queryset):
+        self._scale_by(request, queryset, -1)
+        messages.success(request, "Scaled down; surplus replicas drain before they stop.")
+
+    @admin.action(description="Scale to zero")
+    def scale_to_zero(self, request, queryset):
+        for deployment in queryset:
+            operations.scale_to_zero(
+                deployment=deployment,
+                actor=request.user,
+                reason=f"scale to zero {operations.describe_actor(request.user, via=VIA)}",
+            )
+        messages.success(
+            request, "Scaled to zero: workers leave routing, finish in-flight requests, then stop."
+        )
+
+    @admin.action(description="Restart all replicas (each drains; fresh ones replace them)")
+    def restart(self, request, queryset):
+        count = sum(
+            operations.restart(deployment=deployment, actor=request.user, via=VIA) for deployment in queryset
+        )
+        messages.success(request, f"{count} worker(s) draining; fresh replicas replace them.")
 
 
 @admin.register(WorkerEvent)
 class WorkerEventAdmin(admin.ModelAdmin):
-    list_display = ["at", "kind", "worker", "deployment", "message"]
+    list_display = ["at", "kind", "worker", "deployment", "message", "actor"]
     list_filter = ["kind"]
     search_fields = ["message", "worker__id"]
-    list_select_related = ["worker", "deployment__model"]
-    readonly_fields = ["at", "kind", "worker", "deployment", "message"]
+    list_select_related = ["worker", "deployment__model", "actor"]
+    readonly_fields = ["at", "kind", "worker", "deployment", "message", "actor"]
 
     def has_add_permission(self, request):
         return False

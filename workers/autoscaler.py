@@ -31,8 +31,8 @@ from django.utils import timezone
 
 from berth.redis import get_redis, rkey
 from models_registry.models import Deployment
-from workers import dispatch, lifecycle, probe
-from workers.constants import EventKind, WorkerState
+from workers import dispatch, operations, probe
+from workers.constants import WorkerState
 from workers.models import Worker
 from workers.reconciler import AUTOSCALE_LOCK, advisory_lock
 
@@ -147,23 +147,22 @@ def _pass(now: datetime) -> dict[str, int]:
         )
         target = decide(obs)
         if target != deployment.desired_replicas:
-            updates["desired_replicas"] = target
             updates["low_load_since"] = None
         if not updates:
             continue
         with transaction.atomic():
             Deployment.objects.filter(pk=deployment.pk).update(**updates)
-            if "desired_replicas" in updates:
-                lifecycle.record(
-                    kind=EventKind.SCALED,
-                    message=f"autoscaler: {deployment.desired_replicas} → {target} replicas "
-                    f"(load {current_load:g}, target {deployment.target_concurrency}/replica"
-                    f"{', demand' if has_demand else ''})",
-                    deployment_id=deployment.pk,
+            if target != deployment.desired_replicas:
+                from_zero = deployment.desired_replicas == 0
+                operations.scale(
+                    deployment=deployment,
+                    replicas=target,
+                    actor=None,
+                    reason=f"autoscaler: load {current_load:g}, target {deployment.target_concurrency}"
+                    f"/replica{', demand' if has_demand else ''}",
                 )
                 changed += 1
-                if deployment.desired_replicas == 0 and target > 0:
+                if from_zero and target > 0:
                     # Someone is waiting on a cold model: do not wait for the next beat.
                     transaction.on_commit(dispatch.reconcile_soon)
-        deployment.desired_replicas = updates.get("desired_replicas", deployment.desired_replicas)
     return {"deployments": len(deployments), "changed": changed}

@@ -12,7 +12,7 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from workers.constants import TERMINAL_STATES, TRANSITIONS, EventKind, WorkerState
+from workers.constants import TRANSITIONS, EventKind, WorkerState
 from workers.models import Worker, WorkerEvent
 
 logger = logging.getLogger(__name__)
@@ -33,23 +33,15 @@ _TIMESTAMP_FOR_STATE = {
 }
 
 
-class InvalidTransition(ValueError):
-    pass
-
-
 def allowed_sources(target: str) -> list[str]:
     return [str(source) for source, targets in TRANSITIONS.items() if target in targets]
 
 
-def check(source: str, target: str) -> None:
-    if target not in TRANSITIONS[WorkerState(source)]:
-        raise InvalidTransition(f"a worker cannot go from {source} to {target}")
-
-
-def transition(worker: Worker, target: str, *, message: str = "", **fields) -> bool:
+def transition(worker: Worker, target: str, *, message: str = "", actor=None, **fields) -> bool:
     """Move ``worker`` to ``target`` if its current state allows it; True when it did.
 
     ``fields`` are written in the same UPDATE; the in-memory ``worker`` is updated on success.
+    ``actor`` is the user who asked for the change (None: the system), kept on the event.
     """
     now = timezone.now()
     values = {"state": target, "state_changed_at": now, **fields}
@@ -69,6 +61,7 @@ def transition(worker: Worker, target: str, *, message: str = "", **fields) -> b
             deployment_id=worker.deployment_id,
             kind=_EVENT_FOR_STATE.get(target, EventKind.CREATED),
             message=message or f"{target}",
+            actor=actor,
             at=now,
         )
     for name, value in values.items():
@@ -77,14 +70,14 @@ def transition(worker: Worker, target: str, *, message: str = "", **fields) -> b
     return True
 
 
-def record(*, kind: str, message: str, worker: Worker | None = None, deployment_id=None) -> WorkerEvent:
+def record(
+    *, kind: str, message: str, worker: Worker | None = None, deployment_id=None, actor=None
+) -> WorkerEvent:
+    """Append an event that is not a state change (scaled, replaced, node lost, …)."""
     return WorkerEvent.objects.create(
         worker=worker,
         deployment_id=deployment_id or (worker.deployment_id if worker else None),
         kind=kind,
         message=message,
+        actor=actor,
     )
-
-
-def is_terminal(state: str) -> bool:
-    return state in TERMINAL_STATES

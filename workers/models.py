@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
@@ -39,9 +40,6 @@ class Node(models.Model):
     @staticmethod
     def queue_for(name: str) -> str:
         return f"node.{name}"
-
-    def matches(self, selector: dict) -> bool:
-        return all(str(self.labels.get(key)) == str(value) for key, value in (selector or {}).items())
 
 
 class Gpu(models.Model):
@@ -129,6 +127,10 @@ class WorkerEvent(models.Model):
     )
     kind = models.CharField(max_length=16, choices=EventKind.choices)
     message = models.TextField(blank=True)
+    # Who asked for it (an operator action); null for the reconciler, autoscaler and node agents.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

@@ -12,7 +12,8 @@ racing on the same row cannot be overwritten. A pass:
    engine; crashed ones are reported at once by their agent);
 3. per deployment: fewer live workers than desired → new pending workers (a replacement for a
    crashed one inherits its restart count and waits ``backoff(restart_count)``); more → the
-   newest are removed: pending ones stop at once, the others drain;
+   least useful are retired (``workers.operations.retire``: pending ones stop at once, the
+   others drain);
 4. draining workers leave the routing table first, then are stopped when their engine reports
    no running request (``vllm:num_requests_running``) or ``DRAIN_TIMEOUT`` passes;
 5. places pending workers on ready nodes (``workers.placement``) and sends ``start_engine`` to
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from models_registry.constants import Engine
 from models_registry.models import Deployment
-from workers import dispatch, lifecycle, placement, probe, routing
+from workers import dispatch, lifecycle, operations, placement, probe, routing
 from workers.constants import HOLDING_STATES, LIVE_STATES, EventKind, NodeStatus, WorkerState
 from workers.models import Gpu, Node, Worker, WorkerEvent
 
@@ -288,21 +289,10 @@ def _converge(deployments, workers: list[Worker], now: datetime, stats: Counter)
 
 
 def _remove(worker: Worker, stats: Counter, *, message: str) -> None:
-    if worker.state == WorkerState.PENDING:
-        if lifecycle.transition(worker, WorkerState.STOPPED, message=message):
-            stats["stopped"] += 1
-        return
-    if drain(worker=worker, message=message):
-        stats["draining"] += 1
-
-
-def drain(*, worker: Worker, message: str = "drain requested") -> bool:
-    """Take a worker out of routing and let the reconciler stop it once idle."""
-    model_name = worker.deployment.model.name
-    if not lifecycle.transition(worker, WorkerState.DRAINING, message=message):
-        return False
-    transaction.on_commit(lambda: routing.remove_worker(model_name, worker.pk))
-    return True
+    """Retire a surplus worker (scale-down): it is not replaced, desired replicas dropped."""
+    stopped_at_once = worker.state == WorkerState.PENDING
+    if operations.retire(worker=worker, actor=None, reason=message):
+        stats["stopped" if stopped_at_once else "draining"] += 1
 
 
 # --------------------------------------------------------------------------- draining → stopped
@@ -415,33 +405,3 @@ def _set_pending_reason(worker: Worker, reason: str) -> None:
         if not worker.pending_reason:
             lifecycle.record(kind=EventKind.PENDING, message=reason, worker=worker)
         worker.pending_reason = reason
-
-
-# --------------------------------------------------------------------------- operator actions
-
-
-def restart_deployment(*, deployment: Deployment) -> int:
-    """Drain every live worker; the next passes start fresh ones (used by the admin)."""
-    count = 0
-    for worker in Worker.objects.filter(deployment=deployment, state__in=LIVE_STATES).select_related(
-        "deployment__model"
-    ):
-        if worker.state == WorkerState.PENDING:
-            lifecycle.transition(worker, WorkerState.STOPPED, message="restart requested")
-        else:
-            drain(worker=worker, message="restart requested")
-        count += 1
-    return count
-
-
-def scale(*, deployment: Deployment, replicas: int, reason: str = "set by operator") -> Deployment:
-    replicas = max(0, min(replicas, deployment.max_replicas))
-    with transaction.atomic():
-        Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=replicas)
-        lifecycle.record(
-            kind=EventKind.SCALED,
-            message=f"desired replicas {deployment.desired_replicas} → {replicas} ({reason})",
-            deployment_id=deployment.pk,
-        )
-    deployment.desired_replicas = replicas
-    return deployment

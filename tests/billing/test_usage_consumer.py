@@ -20,12 +20,12 @@ import pytest
 import redis as redis_lib
 from django.conf import settings
 from django.db import connection
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from berth import embedded
 from berth.redis import rkey
 from billing import usage
-from billing.models import UsageHourly, UsageRecord
+from billing.models import UsageRecord
 from tests.billing.tcp_proxy import TcpProxy
 from tests.factories import TenantFactory
 
@@ -268,10 +268,10 @@ def test_the_consumer_survives_postgresql_and_redis_outages_and_lands_each_event
 
         counts = landed(everything)
         assert set(counts.values()) == {1}, "every event exactly once"
-        totals = UsageHourly.objects.filter(tenant=tenant).aggregate(
-            requests=Sum("requests"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
+        totals = UsageRecord.objects.filter(tenant=tenant).aggregate(
+            requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
         )
-        assert totals == {"requests": 100, "prompt": 300, "completion": 400}  # rollups not doubled
+        assert totals == {"requests": 100, "prompt": 300, "completion": 400}  # nothing doubled
 
         port = int(re.search(r"metrics on [\d.]+:(\d+)", read(log)).group(1))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

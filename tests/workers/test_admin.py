@@ -48,7 +48,8 @@ def test_the_deployment_actions_scale_and_log_an_event(admin_client):
     assert deployment.desired_replicas == 2
     assert WorkerEvent.objects.filter(deployment=deployment, kind=EventKind.SCALED).exists()
     admin_client.post(
-        "/admin/models_registry/deployment/", {"action": "drain", "_selected_action": [str(deployment.pk)]}
+        "/admin/models_registry/deployment/",
+        {"action": "scale_to_zero", "_selected_action": [str(deployment.pk)]},
     )
     deployment.refresh_from_db()
     assert deployment.desired_replicas == 0

