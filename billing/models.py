@@ -31,10 +31,11 @@ class UsageStatus(models.TextChoices):
 
 
 # The one definition of an error request, for every page and API that counts errors: the request
-# got no complete answer through a fault of Berth or its engine. A client that hung up is not an
-# error (it was billed for what it got), whatever the HTTP status says.
+# got no complete answer, through a fault of Berth or its engine, or the client was sent a 5xx. A
+# client that hung up is not an error (it was billed for what it got).
 ANSWERED_STATUSES: tuple[str, ...] = (UsageStatus.OK, UsageStatus.CLIENT_DISCONNECTED)
-ERRORS = ~Q(status__in=ANSWERED_STATUSES)  # for ``Count("pk", filter=ERRORS)`` and ``.filter(ERRORS)``
+SERVER_ERROR = 500  # an HTTP status at or above this is an error whatever the usage status says
+ERRORS = ~Q(status__in=ANSWERED_STATUSES) | Q(http_status__gte=SERVER_ERROR)
 
 
 class UsageSource(models.TextChoices):

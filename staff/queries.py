@@ -14,7 +14,7 @@ from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncMonth
 
-from billing.models import ANSWERED_STATUSES, Invoice, InvoiceStatus, UsageRecord
+from billing.models import ANSWERED_STATUSES, SERVER_ERROR, Invoice, InvoiceStatus, UsageRecord
 from billing.periods import period_containing
 from models_registry.models import Deployment
 from workers.constants import HOLDING_STATES, LIVE_STATES, TERMINAL_STATES, WorkerState
@@ -175,12 +175,12 @@ def revenue_by_month(now: datetime, count: int = 12) -> dict[str, list[RevenueMo
 # --------------------------------------------------------------------------- gateway traffic
 
 # UsageRecord._meta.db_table (a literal, so no SQL is built from strings; a test checks it).
-# Errors are counted as everywhere else: a status outside billing.models.ANSWERED_STATUSES.
+# Errors are counted as everywhere else (billing.models.ERRORS), from the same constants.
 TRAFFIC_SQL = """
 SELECT date_trunc('minute', occurred_at) AS minute,
        count(*) AS requests,
        coalesce(sum(prompt_tokens + completion_tokens), 0) AS tokens,
-       count(*) FILTER (WHERE NOT status = ANY(%s)) AS errors,
+       count(*) FILTER (WHERE NOT status = ANY(%s) OR http_status >= %s) AS errors,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99
   FROM billing_usagerecord
@@ -218,7 +218,7 @@ def traffic(now: datetime, minutes: int = 60) -> list[TrafficMinute]:
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
     with connection.cursor() as cursor:
-        cursor.execute(TRAFFIC_SQL, [list(ANSWERED_STATUSES), start, end])
+        cursor.execute(TRAFFIC_SQL, [list(ANSWERED_STATUSES), SERVER_ERROR, start, end])
         found = {
             row[0]: TrafficMinute(row[0], row[1], int(row[2]), row[3], row[4], row[5])
             for row in cursor.fetchall()
