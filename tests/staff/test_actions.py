@@ -29,6 +29,7 @@ def test_scale_sets_desired_replicas_and_records_who(staff_client, staff_user):
     assert deployment.desired_replicas == 2
     event = WorkerEvent.objects.get(deployment=deployment, kind=EventKind.SCALED)
     assert "0 → 2" in event.message and staff_user.email in event.message
+    assert event.actor == staff_user
     assert [str(m) for m in get_messages(response.wsgi_request)] == ["tiny: desired replicas 0 → 2."]
 
 
@@ -97,7 +98,9 @@ def test_drain_one_worker_from_the_workers_table(staff_client, staff_user):
     assert response.status_code == 200 and f'id="worker-{worker.pk}"' in html and "Draining" in html
     worker.refresh_from_db()
     assert worker.state == WorkerState.DRAINING
-    assert WorkerEvent.objects.filter(worker=worker, message__contains=staff_user.email).exists()
+    assert WorkerEvent.objects.filter(
+        worker=worker, message__contains=staff_user.email, actor=staff_user
+    ).exists()
     # again: nothing to drain, said plainly
     response = staff_client.post(reverse("staff:drain-worker", args=[worker.pk]))
     assert response.status_code == 302
@@ -117,3 +120,13 @@ def test_restart_drains_live_workers_and_records_it(staff_client, staff_user):
     assert WorkerEvent.objects.filter(
         deployment=deployment, worker=None, message__contains=f"restart requested by {staff_user.email}"
     ).exists()
+
+
+def test_scaling_to_zero_is_called_that(staff_client, staff_user):
+    deployment = DeploymentFactory(model__name="tiny", desired_replicas=2, max_replicas=3)
+    response = staff_client.post(reverse("staff:scale", args=[deployment.pk]), {"replicas": "0"}, **HTMX)
+    assert "tiny: scaled to zero (desired replicas 2 → 0)." in response.content.decode()
+    deployment.refresh_from_db()
+    assert deployment.desired_replicas == 0
+    event = WorkerEvent.objects.get(deployment=deployment, kind=EventKind.SCALED)
+    assert event.actor == staff_user and event.message.startswith("desired replicas 2 → 0 (scale to zero by")
