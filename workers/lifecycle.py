@@ -8,6 +8,7 @@ loser gets ``False`` and moves on. Every successful change appends a WorkerEvent
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.utils import timezone
@@ -15,16 +16,19 @@ from django.utils import timezone
 from workers.constants import TRANSITIONS, EventKind, WorkerState
 from workers.models import Worker, WorkerEvent
 
+if TYPE_CHECKING:
+    from tenants.models import User
+
 logger = logging.getLogger(__name__)
 
-_EVENT_FOR_STATE = {
+_EVENT_FOR_STATE: dict[str, str] = {
     WorkerState.STARTING: EventKind.PLACED,
     WorkerState.READY: EventKind.READY,
     WorkerState.DRAINING: EventKind.DRAINING,
     WorkerState.STOPPED: EventKind.STOPPED,
     WorkerState.FAILED: EventKind.FAILED,
 }
-_TIMESTAMP_FOR_STATE = {
+_TIMESTAMP_FOR_STATE: dict[str, str] = {
     WorkerState.STARTING: "placed_at",
     WorkerState.READY: "ready_at",
     WorkerState.DRAINING: "drain_started_at",
@@ -37,7 +41,9 @@ def allowed_sources(target: str) -> list[str]:
     return [str(source) for source, targets in TRANSITIONS.items() if target in targets]
 
 
-def transition(worker: Worker, target: str, *, message: str = "", actor=None, **fields) -> bool:
+def transition(
+    worker: Worker, target: str, *, message: str = "", actor: User | None = None, **fields
+) -> bool:
     """Move ``worker`` to ``target`` if its current state allows it; True when it did.
 
     ``fields`` are written in the same UPDATE; the in-memory ``worker`` is updated on success.
@@ -71,7 +77,12 @@ def transition(worker: Worker, target: str, *, message: str = "", actor=None, **
 
 
 def record(
-    *, kind: str, message: str, worker: Worker | None = None, deployment_id=None, actor=None
+    *,
+    kind: str,
+    message: str,
+    worker: Worker | None = None,
+    deployment_id=None,
+    actor: User | None = None,
 ) -> WorkerEvent:
     """Append an event that is not a state change (scaled, replaced, node lost, …)."""
     return WorkerEvent.objects.create(

@@ -25,6 +25,7 @@ Words, used with one meaning each across Berth:
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 
@@ -33,10 +34,13 @@ from workers import lifecycle, routing
 from workers.constants import LIVE_STATES, EventKind, WorkerState
 from workers.models import Worker
 
+if TYPE_CHECKING:
+    from tenants.models import User
+
 logger = logging.getLogger(__name__)
 
 
-def describe_actor(actor, *, via: str = "") -> str:
+def describe_actor(actor: User | None, *, via: str = "") -> str:
     """``by ops@example.com via staff dashboard``; ``by the system`` when there is no user."""
     if actor is None:
         return "by the system"
@@ -44,7 +48,7 @@ def describe_actor(actor, *, via: str = "") -> str:
     return f"by {who}" + (f" via {via}" if via else "")
 
 
-def scale(*, deployment: Deployment, replicas: int, actor, reason: str = "") -> Deployment:
+def scale(*, deployment: Deployment, replicas: int, actor: User | None, reason: str = "") -> Deployment:
     """Set desired replicas, kept between 0 and ``max_replicas``; the reconciler converges."""
     replicas = max(0, min(replicas, deployment.max_replicas))
     before = deployment.desired_replicas
@@ -60,12 +64,12 @@ def scale(*, deployment: Deployment, replicas: int, actor, reason: str = "") -> 
     return deployment
 
 
-def scale_to_zero(*, deployment: Deployment, actor, reason: str = "") -> Deployment:
+def scale_to_zero(*, deployment: Deployment, actor: User | None, reason: str = "") -> Deployment:
     """Scale to 0: every worker drains (finishes in-flight requests, then stops), none replaces it."""
     return scale(deployment=deployment, replicas=0, actor=actor, reason=reason or "scale to zero")
 
 
-def retire(*, worker: Worker, actor, reason: str) -> bool:
+def retire(*, worker: Worker, actor: User | None, reason: str) -> bool:
     """End ``worker`` for good: pending → stopped at once, starting/ready → draining.
 
     A draining worker leaves the routing table when the transaction commits; the reconciler stops
@@ -81,12 +85,12 @@ def retire(*, worker: Worker, actor, reason: str) -> bool:
     return True
 
 
-def drain(*, worker: Worker, actor, via: str = "") -> bool:
+def drain(*, worker: Worker, actor: User | None, via: str = "") -> bool:
     """Drain-and-replace one worker: retire it; the unchanged desired replicas bring a new one."""
     return retire(worker=worker, actor=actor, reason=f"drained {describe_actor(actor, via=via)}")
 
 
-def drain_ready_workers(*, deployment: Deployment, actor, via: str = "") -> int:
+def drain_ready_workers(*, deployment: Deployment, actor: User | None, via: str = "") -> int:
     """Drain every ready worker of ``deployment`` (each is replaced); how many started draining."""
     ready = Worker.objects.filter(deployment=deployment, state=WorkerState.READY).select_related(
         "deployment__model"
@@ -94,7 +98,7 @@ def drain_ready_workers(*, deployment: Deployment, actor, via: str = "") -> int:
     return sum(drain(worker=worker, actor=actor, via=via) for worker in ready)
 
 
-def restart(*, deployment: Deployment, actor, via: str = "") -> int:
+def restart(*, deployment: Deployment, actor: User | None, via: str = "") -> int:
     """Retire every live worker at once; the reconciler's next passes start fresh ones.
 
     Returns how many workers were retired, and records the restart on the deployment.
