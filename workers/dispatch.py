@@ -28,7 +28,7 @@ def stop_on_commit(worker_id, queue: str) -> None:
 
 
 def reconcile_soon() -> None:
-    """Ask the control worker for a reconcile pass now (e.g. right after scaling up from zero)."""
+    """Ask the control plane's Celery worker for a reconcile pass now (e.g. right after scaling up from zero)."""
     from berth.celery import app
 
     app.send_task(RECONCILE_TASK)

@@ -24,10 +24,8 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from workers.constants import WorkerState
+from workers.constants import TERMINAL_STATES, WorkerState
 from workers.models import Gpu, Node, Worker
-
-LIVE_STATES = (WorkerState.PENDING, WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING)
 
 
 def _authorized(request) -> bool:
@@ -81,7 +79,8 @@ def pool_metrics(request):
         "# HELP berth_pool_gpus GPUs registered per node.",
         "# TYPE berth_pool_gpus gauge",
     ]
-    live = list(Worker.objects.filter(state__in=LIVE_STATES).select_related("node", "deployment__model"))
+    # Draining workers too: their engines still serve in-flight requests and export metrics.
+    live = list(Worker.objects.exclude(state__in=TERMINAL_STATES).select_related("node", "deployment__model"))
     gpus_in_use: Counter[str] = Counter()
     slots_in_use: Counter[str] = Counter()
     for worker in live:

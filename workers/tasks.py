@@ -1,6 +1,6 @@
 """Celery tasks for provisioning: thin wrappers that reload rows and call the service modules.
 
-``reconcile`` and ``autoscale`` run on the control worker (beat schedules them);
+``reconcile`` and ``autoscale`` run on the control plane's Celery worker (beat schedules them);
 ``start_engine``/``stop_engine`` are sent to one node's queue and run inside its node agent.
 """
 
