@@ -126,12 +126,11 @@ def scale(request, deployment_id):
         return _deployment_done(request, deployment.pk, error=error, value=request.POST.get("replicas", ""))
     wanted = form.cleaned_data["replicas"]
     before = deployment.desired_replicas
-    by = operations.describe_actor(request.user, via=VIA)
     if wanted == 0:
-        operations.scale_to_zero(deployment=deployment, actor=request.user, reason=f"scale to zero {by}")
+        operations.scale_to_zero(deployment=deployment, actor=request.user, via=VIA)
         notice = f"{deployment.model.name}: scaled to zero (desired replicas {before} → 0)"
         return _deployment_done(request, deployment.pk, notice=notice + ".")
-    operations.scale(deployment=deployment, replicas=wanted, actor=request.user, reason=by)
+    operations.scale(deployment=deployment, replicas=wanted, actor=request.user, via=VIA)
     notice = f"{deployment.model.name}: desired replicas {before} → {deployment.desired_replicas}"
     if deployment.desired_replicas != wanted:
         notice += f" ({wanted} is above the maximum of {deployment.max_replicas})"

@@ -225,7 +225,7 @@ class DeploymentAdmin(admin.ModelAdmin):
                 deployment=deployment,
                 replicas=deployment.desired_replicas + step,
                 actor=request.user,
-                reason=operations.describe_actor(request.user, via=VIA),
+                via=VIA,
             )
 
     @admin.action(description="Scale up by one replica")
@@ -241,11 +241,7 @@ class DeploymentAdmin(admin.ModelAdmin):
     @admin.action(description="Scale to zero")
     def scale_to_zero(self, request, queryset):
         for deployment in queryset:
-            operations.scale_to_zero(
-                deployment=deployment,
-                actor=request.user,
-                reason=f"scale to zero {operations.describe_actor(request.user, via=VIA)}",
-            )
+            operations.scale_to_zero(deployment=deployment, actor=request.user, via=VIA)
         messages.success(
             request, "Scaled to zero: workers leave routing, finish in-flight requests, then stop."
         )

@@ -48,15 +48,22 @@ def describe_actor(actor: User | None, *, via: str = "") -> str:
     return f"by {who}" + (f" via {via}" if via else "")
 
 
-def scale(*, deployment: Deployment, replicas: int, actor: User | None, reason: str = "") -> Deployment:
-    """Set desired replicas, kept between 0 and ``max_replicas``; the reconciler converges."""
+def scale(
+    *, deployment: Deployment, replicas: int, actor: User | None, via: str = "", reason: str = ""
+) -> Deployment:
+    """Set desired replicas, kept between 0 and ``max_replicas``; the reconciler converges.
+
+    The event reads ``desired replicas 1 → 3 (<reason> by <user> via <via>)``; the system (the
+    autoscaler) passes no actor and says why in ``reason``.
+    """
     replicas = max(0, min(replicas, deployment.max_replicas))
     before = deployment.desired_replicas
+    why = " ".join(part for part in (reason, describe_actor(actor, via=via) if actor else "") if part)
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(desired_replicas=replicas)
         lifecycle.record(
             kind=EventKind.SCALED,
-            message=f"desired replicas {before} → {replicas}" + (f" ({reason})" if reason else ""),
+            message=f"desired replicas {before} → {replicas}" + (f" ({why})" if why else ""),
             deployment_id=deployment.pk,
             actor=actor,
         )
@@ -64,9 +71,9 @@ def scale(*, deployment: Deployment, replicas: int, actor: User | None, reason: 
     return deployment
 
 
-def scale_to_zero(*, deployment: Deployment, actor: User | None, reason: str = "") -> Deployment:
+def scale_to_zero(*, deployment: Deployment, actor: User | None, via: str = "") -> Deployment:
     """Scale to 0: every worker drains (finishes in-flight requests, then stops), none replaces it."""
-    return scale(deployment=deployment, replicas=0, actor=actor, reason=reason or "scale to zero")
+    return scale(deployment=deployment, replicas=0, actor=actor, via=via, reason="scale to zero")
 
 
 def retire(*, worker: Worker, actor: User | None, reason: str) -> bool:

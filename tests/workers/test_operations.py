@@ -36,7 +36,7 @@ def live(deployment) -> int:
 def test_scale_is_clamped_to_the_maximum_and_records_the_actor():
     user = UserFactory(email="ops@berth.test")
     deployment = DeploymentFactory(desired_replicas=1, max_replicas=3)
-    operations.scale(deployment=deployment, replicas=9, actor=user, reason="by ops@berth.test via test")
+    operations.scale(deployment=deployment, replicas=9, actor=user, via="test")
     deployment.refresh_from_db()
     assert deployment.desired_replicas == 3
     event = WorkerEvent.objects.get(deployment=deployment, kind=EventKind.SCALED)
@@ -74,11 +74,11 @@ def test_retire_stops_a_pending_worker_at_once():
 
 
 def test_scale_to_zero_drains_every_worker_and_replaces_none(reconcile, seams):
-    user = UserFactory()
+    user = UserFactory(email="ops@berth.test")
     deployment = ready_deployment(reconcile, seams, replicas=2)
     operations.scale_to_zero(deployment=deployment, actor=user)
     event = WorkerEvent.objects.get(deployment=deployment, kind=EventKind.SCALED, worker=None, actor=user)
-    assert event.message == "desired replicas 2 → 0 (scale to zero)"
+    assert event.message == "desired replicas 2 → 0 (scale to zero by ops@berth.test)"
     reconcile()
     assert live(deployment) == 0
     assert Worker.objects.filter(deployment=deployment, state=WorkerState.DRAINING).count() == 2
@@ -102,7 +102,9 @@ def test_restart_retires_every_live_worker_and_records_it_on_the_deployment(reco
 
 def test_the_reconcilers_scale_down_is_a_retire_by_the_system(reconcile, seams):
     deployment = ready_deployment(reconcile, seams, replicas=2)
-    operations.scale(deployment=deployment, replicas=1, actor=None)
+    operations.scale(deployment=deployment, replicas=1, actor=None, reason="autoscaler: idle")
+    event = WorkerEvent.objects.get(deployment=deployment, kind=EventKind.SCALED)
+    assert event.actor is None and event.message == "desired replicas 2 → 1 (autoscaler: idle)"
     reconcile()
     [drained] = Worker.objects.filter(deployment=deployment, state=WorkerState.DRAINING)
     event = WorkerEvent.objects.get(worker=drained, kind=EventKind.DRAINING)
