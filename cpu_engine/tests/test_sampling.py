@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workers.engines import cpu_sampling
-from workers.engines.cpu_sampling import Temperature, TopK, TopPAndSample
+from cpu_engine import sampling as cpu_sampling
+from cpu_engine.sampling import Temperature, TopK, TopPAndSample
 
 
 def requests(*kwargs: dict):
