@@ -76,11 +76,11 @@ class GenerationBackend:
         self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos or ())
         self.vocab_size = int(config.vocab_size)
 
-        from cpu_engine import sampling as cpu_sampling
+        from cpu_engine import prefix_cache, sampling
 
-        self._fast_sampling = cpu_sampling.available()
+        self._fast_sampling = sampling.available()
         if self._fast_sampling:
-            # Greedy loop; cpu_sampling's processors add the randomness per request (Gumbel-max).
+            # Greedy loop; sampling's processors add the randomness per request (Gumbel-max).
             shared = GenerationConfig(
                 do_sample=False,
                 max_new_tokens=self.default_max_tokens,
@@ -99,13 +99,11 @@ class GenerationBackend:
                 eos_token_id=sorted(self.eos_token_ids) or -1,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        from cpu_engine import prefix_cache as cpu_prefix_cache
-
         # Prefix caching only where cache_salt can keep tenants apart (see cpu_engine.prefix_cache).
-        self.prefix_caching = cpu_prefix_cache.supported()
+        self.prefix_caching = prefix_cache.supported()
         if not self.prefix_caching:
             logger.warning("prefix caching is off: this transformers release cannot salt it per request")
-        self.prefix_cache = cpu_prefix_cache.PrefixCacheSalts()
+        self.prefix_cache = prefix_cache.PrefixCacheSalts()
         cb_config = ContinuousBatchingConfig(
             page_size=PAGE_SIZE,
             num_blocks=max(8, kv_cache_tokens // PAGE_SIZE),
@@ -120,7 +118,7 @@ class GenerationBackend:
         if self.prefix_caching:
             self.prefix_cache.install(self._cb)
         if self._fast_sampling:
-            cpu_sampling.install(self._cb)
+            sampling.install(self._cb)
         self._cb.start()
         self._ids = itertools.count()
         self.waiting = 0  # submitted, no token yet
