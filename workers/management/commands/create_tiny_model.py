@@ -7,7 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from workers.tiny_model import create_tiny_model
+from cpu_engine.tiny_model import create_tiny_model
 
 
 def default_path() -> Path:

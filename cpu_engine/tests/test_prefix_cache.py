@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.engines.engine_process import Engine, metric, scrape
-from workers.engines.cpu_backends import PAGE_SIZE
+from cpu_engine.backends import PAGE_SIZE
+from cpu_engine.tests.engine_process import Engine, metric, scrape
 
 
 def counters(engine: Engine) -> tuple[float, float]:

@@ -12,8 +12,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.engines.engine_process import Engine, metric, scrape
-from workers.embedding_model import EMBEDDING_DIMENSIONS, embedding_model_path
+from cpu_engine.embedding_model import EMBEDDING_DIMENSIONS, embedding_model_path
+from cpu_engine.tests.engine_process import Engine, metric, scrape
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Real CPU engine processes for the engine tests, started the way a node agent starts them.
 
 The tiny chat model is created once per session in a temporary folder; each engine is started
-once per session from ``build_launch`` on a free port and stopped at the end.
+once per session with ``python -m cpu_engine`` on a free port and stopped at the end. Nothing here
+needs Django, PostgreSQL or Redis.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines.engine_process import API_KEY, Engine, free_port, start_engine, stop_engine, wait_ready
-from workers.embedding_model import embedding_model_path
-from workers.engines import EngineSpec
-from workers.tiny_model import create_tiny_model
+from cpu_engine.embedding_model import embedding_model_path
+from cpu_engine.tests.engine_process import (
+    API_KEY,
+    Engine,
+    EngineArgs,
+    free_port,
+    start_engine,
+    stop_engine,
+    wait_ready,
+)
+from cpu_engine.tiny_model import create_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +35,7 @@ def _engines(tiny_model_path, tmp_path_factory) -> Iterator[dict[str, Engine]]:
     """Both engines, started together so their model loads overlap."""
     logs = tmp_path_factory.mktemp("engine-logs")
     specs = {
-        "chat": EngineSpec(
-            engine="cpu",
+        "chat": EngineArgs(
             served_name="berth-tiny-chat",
             source=str(tiny_model_path),
             task="chat",
@@ -36,8 +43,7 @@ def _engines(tiny_model_path, tmp_path_factory) -> Iterator[dict[str, Engine]]:
             port=free_port(),
             api_key=API_KEY,
         ),
-        "embedding": EngineSpec(
-            engine="cpu",
+        "embedding": EngineArgs(
             served_name="all-minilm-l6-v2",
             source=str(embedding_model_path()),
             task="embedding",

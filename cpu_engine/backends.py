@@ -1,12 +1,12 @@
 """The model side of the CPU engine: token generation with continuous batching, and embeddings.
 
-Nothing here knows about HTTP; ``workers.engines.cpu_server`` turns these into vLLM's API.
+Nothing here knows about HTTP; ``cpu_engine.routes`` turns these into vLLM's API.
 
 Generation runs on transformers' own continuous-batching manager (the batching core behind
 ``transformers serve --continuous-batching``): one background thread steps every active request
 together over a paged KV cache, so four concurrent requests cost little more than one. We size
 that cache ourselves (``kv_cache_tokens``) instead of letting it claim a share of RAM, and sample
-per request with ``cpu_sampling`` (temperature, top-p, top-k, greedy at temperature 0), where
+per request with ``cpu_engine.sampling`` (temperature, top-p, top-k, greedy at temperature 0), where
 ``transformers serve`` applies none of them.
 """
 
@@ -22,18 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpu_engine.errors import InputError
+
 logger = logging.getLogger("berth.cpu_engine")
 
 EMBED_BATCH = 64  # texts per forward pass; concurrent requests are packed up to this
 PAGE_SIZE = 64  # tokens per KV-cache block: the prefix cache shares whole blocks only
-
-
-class InputError(ValueError):
-    """A request the engine cannot take; the server answers with ``status`` and this message."""
-
-    def __init__(self, message: str, param: str | None = None, *, status: int = 400, code: str | None = None):
-        super().__init__(message)
-        self.message, self.param, self.status, self.code = message, param, status, code
 
 
 @dataclass
@@ -73,7 +67,8 @@ class GenerationBackend:
             logger.warning("model at %s has no chat template; /v1/chat/completions will fail", model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
         config = self.model.config
-        self.max_model_len = int(max_model_len or getattr(config, "max_position_embeddings", 2048))
+        default_len: int = getattr(config, "max_position_embeddings", 2048)
+        self.max_model_len = int(max_model_len or default_len)
         defaults = self.model.generation_config
         # vLLM reads generation_config.json the same way: its max_new_tokens is the default length.
         self.default_max_tokens = int(getattr(defaults, "max_new_tokens", None) or 256)
@@ -81,11 +76,11 @@ class GenerationBackend:
         self.eos_token_ids = {eos} if isinstance(eos, int) else set(eos or ())
         self.vocab_size = int(config.vocab_size)
 
-        from workers.engines import cpu_sampling
+        from cpu_engine import prefix_cache, sampling
 
-        self._fast_sampling = cpu_sampling.available()
+        self._fast_sampling = sampling.available()
         if self._fast_sampling:
-            # Greedy loop; cpu_sampling's processors add the randomness per request (Gumbel-max).
+            # Greedy loop; sampling's processors add the randomness per request (Gumbel-max).
             shared = GenerationConfig(
                 do_sample=False,
                 max_new_tokens=self.default_max_tokens,
@@ -104,13 +99,11 @@ class GenerationBackend:
                 eos_token_id=sorted(self.eos_token_ids) or -1,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        from workers.engines import cpu_prefix_cache
-
-        # Prefix caching only where cache_salt can keep tenants apart (see cpu_prefix_cache).
-        self.prefix_caching = cpu_prefix_cache.supported()
+        # Prefix caching only where cache_salt can keep tenants apart (see cpu_engine.prefix_cache).
+        self.prefix_caching = prefix_cache.supported()
         if not self.prefix_caching:
             logger.warning("prefix caching is off: this transformers release cannot salt it per request")
-        self.prefix_cache = cpu_prefix_cache.PrefixCacheSalts()
+        self.prefix_cache = prefix_cache.PrefixCacheSalts()
         cb_config = ContinuousBatchingConfig(
             page_size=PAGE_SIZE,
             num_blocks=max(8, kv_cache_tokens // PAGE_SIZE),
@@ -125,7 +118,7 @@ class GenerationBackend:
         if self.prefix_caching:
             self.prefix_cache.install(self._cb)
         if self._fast_sampling:
-            cpu_sampling.install(self._cb)
+            sampling.install(self._cb)
         self._cb.start()
         self._ids = itertools.count()
         self.waiting = 0  # submitted, no token yet
@@ -225,7 +218,7 @@ class GenerationBackend:
             raise RuntimeError("the generation loop is not accepting requests")
 
         decoder = DecodeStream([], skip_special_tokens=True)
-        rust_tokenizer = self.tokenizer._tokenizer
+        rust_tokenizer: Any = self.tokenizer._tokenizer
         seen = 0
         text = ""  # everything decoded so far
         sent = 0  # how much of it has been yielded
@@ -292,8 +285,9 @@ class GenerationBackend:
 class EmbeddingBackend:
     """Mean-pooled, L2-normalised sentence embeddings with plain transformers.
 
-    This is exactly what sentence-transformers computes for all-MiniLM-L6-v2 (ENGINES.md B3 found
-    the two bit-identical), without importing sentence-transformers and scikit-learn at start-up.
+    This is exactly what sentence-transformers computes for all-MiniLM-L6-v2 (the two gave
+    bit-identical vectors, docs/decisions/0001-cpu-engine.md), without importing
+    sentence-transformers and scikit-learn at start-up.
     Requests queue on the event loop; one worker packs whatever is waiting (up to
     ``EMBED_BATCH`` texts) into a single forward pass in a thread.
     """

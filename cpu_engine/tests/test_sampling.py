@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from workers.engines import cpu_sampling
-from workers.engines.cpu_sampling import Temperature, TopK, TopPAndSample
+from cpu_engine import sampling
+from cpu_engine.sampling import Temperature, TopK, TopPAndSample
 
 
 def requests(*kwargs: dict):
@@ -24,7 +24,7 @@ def run(scores: torch.Tensor, *kwargs: dict) -> torch.Tensor:
 
 
 def test_the_processor_interface_is_available_in_this_transformers():
-    assert cpu_sampling.available()
+    assert sampling.available()
 
 
 def test_greedy_rows_take_the_argmax_while_others_sample():

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
+from typing import cast
 
 try:
     from transformers.generation.continuous_batching.cache import PagedAttentionCache
@@ -59,7 +61,8 @@ def salt_root(salt: str) -> int:
 def _salted_hash(parent_hash: int | None, tokens: list[int]) -> int:
     if parent_hash is None:
         parent_hash = getattr(_current, "root", None)
-    return _original_hash(parent_hash, tokens)
+    # Installed only when supported(), so transformers' own hash is there.
+    return cast(Callable[[int | None, list[int]], int], _original_hash)(parent_hash, tokens)
 
 
 class PrefixCacheSalts:

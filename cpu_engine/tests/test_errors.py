@@ -1,6 +1,6 @@
 """The CPU engine's answers when generation fails: vLLM-shaped, generic, details only in the log.
 
-The HTTP app is the engine's own (``cpu_server.create_app``); the backend under it fails on
+The HTTP app is the engine's own (``cpu_engine.app.create_app``); the backend under it fails on
 purpose with text that must never reach a caller (a path and a secret-looking value).
 """
 
@@ -12,8 +12,8 @@ import logging
 import httpx
 import pytest
 
-from workers.engines.cpu_backends import SamplingParams
-from workers.engines.cpu_server import create_app
+from cpu_engine.app import create_app
+from cpu_engine.backends import SamplingParams
 
 SECRET = "postgresql://berth:hunter2@db/berth in /srv/berth/engine.py line 12"
 KEY = "engine-key"
@@ -45,7 +45,7 @@ class FailingBackend:
 
     async def generate(self, prompt_ids, params: SamplingParams, *, cache_salt=None):
         if self.where == "mid-stream":
-            from workers.engines.cpu_backends import Step
+            from cpu_engine.backends import Step
 
             yield Step(text="partial", completion_tokens=1)
         raise RuntimeError(SECRET)
