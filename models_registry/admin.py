@@ -3,6 +3,7 @@
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 
+from models_registry import catalog
 from models_registry.models import Deployment, LoraAdapter, Model, Price
 from workers import reconciler
 from workers.constants import LIVE_STATES, WorkerState
@@ -35,6 +36,21 @@ class ModelAdmin(admin.ModelAdmin):
     filter_horizontal = ["allowed_tenants"]
     readonly_fields = ["id", "created_at", "updated_at"]
     inlines = [PriceInline]
+
+    # Saves and deletes go through the catalog, which republishes the gateway's copy after commit.
+    def save_model(self, request, obj, form, change):
+        catalog.save_model(model=obj)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        catalog.publish(model=form.instance)  # allowed tenants and prices added inline
+
+    def delete_model(self, request, obj):
+        catalog.delete_model(model=obj)
+
+    def delete_queryset(self, request, queryset):
+        for model in queryset:
+            catalog.delete_model(model=model)
 
 
 @admin.register(Deployment)
@@ -121,6 +137,9 @@ class PriceAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return obj is None  # append-only: the add form only
+
+    def save_model(self, request, obj, form, change):
+        catalog.add_price(price=obj)
 
     def has_delete_permission(self, request, obj=None):
         return False

@@ -177,3 +177,11 @@ def set_status(*, tenant: Tenant, status: str) -> Tenant:
         tenant.status = status
         transaction.on_commit(lambda: mirror.publish_tenant(tenant))
     return tenant
+
+
+def update_tenant(*, tenant: Tenant) -> Tenant:
+    """Save an edited tenant (slug, status, plan: what the gateway reads) and republish it."""
+    with transaction.atomic():
+        tenant.save()
+        transaction.on_commit(lambda: mirror.publish_tenant(tenant))
+    return tenant
