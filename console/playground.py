@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from console.access import NoTenant, forbidden, tenant_required
+from console.pages import models_for
 from models_registry.constants import Task
 from tenants import keys, verification
 from tenants.constants import KEY_PREFIX, PERM_USE_KEYS
@@ -85,8 +86,6 @@ def playground_key(request, tenant) -> dict[str, str]:
     denied="The playground calls the gateway with an API key, and your role cannot use keys.",
 )
 def playground(request, tenant):
-    from console.pages import models_for
-
     if not request.user.email_verified:
         return forbidden(request, verification.UNVERIFIED.format(email=request.user.email))
     chat_models = list(models_for(tenant).filter(task=Task.CHAT).values_list("name", flat=True))
