@@ -5,6 +5,3 @@ class BillingConfig(AppConfig):
     name = "billing"
     verbose_name = "Billing"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        from billing import signals  # noqa: F401 - republishes tenants whose plan limit changes

@@ -15,12 +15,9 @@ def _memberships(request):
 
 def _can_view_billing(request) -> bool:
     from tenants.constants import PERM_VIEW_BILLING
+    from tenants.permissions import allows
 
-    tenant = getattr(request, "tenant", None)
-    user = getattr(request, "user", None)
-    return bool(
-        tenant and user and user.is_authenticated and user.has_perm(f"tenants.{PERM_VIEW_BILLING}", tenant)
-    )
+    return allows(getattr(request, "user", None), getattr(request, "tenant", None), PERM_VIEW_BILLING)
 
 
 def console(request):

@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
 from billing import pdf, reports, spend, stripe_sync
 from billing.models import Invoice
 from billing.periods import period_containing
-from console.pages import forbidden
+from console.access import NoTenant, tenant_required
 from tenants.constants import PERM_VIEW_BILLING
 
-
-def _billing_denied(request):
-    """The 403 page for roles without billing, else None."""
-    if request.user.has_perm(f"tenants.{PERM_VIEW_BILLING}", request.tenant):
-        return None
-    return forbidden(
-        request,
-        f"Your role in {request.tenant.name} does not include billing. Ask an owner to give you the "
-        "Billing or Admin role.",
-    )
+billing_required = tenant_required(
+    perm=PERM_VIEW_BILLING,
+    denied="Your role in {tenant.name} does not include billing. Ask an owner to give you the "
+    "Billing or Admin role.",
+    if_no_tenant=NoTenant.NOT_FOUND,
+)
 
 
-def _tenant(request):
-    if not request.tenant:
-        raise Http404("You are not a member of any organization.")
-    return request.tenant
-
-
-@login_required
-def invoices(request):
-    tenant = _tenant(request)
-    if denied := _billing_denied(request):
-        return denied
+@billing_required
+def invoices(request, tenant):
     now = timezone.now()
     period = period_containing(now)
     context = {
@@ -48,19 +34,14 @@ def invoices(request):
     return render(request, "console/invoices.html", context)
 
 
-def _invoice(request, invoice_id):
+def _invoice(tenant, invoice_id):
     # Another tenant's invoice is simply not found (no existence leak).
-    return get_object_or_404(
-        Invoice.objects.for_tenant(_tenant(request)).select_related("tenant"), pk=invoice_id
-    )
+    return get_object_or_404(Invoice.objects.for_tenant(tenant).select_related("tenant"), pk=invoice_id)
 
 
-@login_required
-def invoice_detail(request, invoice_id):
-    _tenant(request)
-    if denied := _billing_denied(request):
-        return denied
-    invoice = _invoice(request, invoice_id)
+@billing_required
+def invoice_detail(request, tenant, invoice_id):
+    invoice = _invoice(tenant, invoice_id)
     context = {
         "invoice": invoice,
         "lines": invoice.lines.select_related("price"),
@@ -69,12 +50,9 @@ def invoice_detail(request, invoice_id):
     return render(request, "console/invoice.html", context)
 
 
-@login_required
-def invoice_pdf(request, invoice_id):
-    _tenant(request)
-    if denied := _billing_denied(request):
-        return denied
-    invoice = _invoice(request, invoice_id)
+@billing_required
+def invoice_pdf(request, tenant, invoice_id):
+    invoice = _invoice(tenant, invoice_id)
     response = HttpResponse(pdf.render(invoice), content_type="application/pdf")
     disposition = "inline" if request.GET.get("inline") else "attachment"
     response["Content-Disposition"] = f'{disposition}; filename="{pdf.filename(invoice)}"'

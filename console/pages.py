@@ -7,7 +7,6 @@ from datetime import UTC, date, timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
 from django.db.models import Count, Q
@@ -18,18 +17,16 @@ from django.utils import timezone
 from billing import reports, spend
 from billing.models import BillingAccount, UsageRecord
 from billing.periods import period_containing
+from console.access import NoTenant, forbidden, tenant_required
 from console.forms import BillingSettingsForm, OrganizationForm, UsageRangeForm
 from models_registry.constants import Task
 from models_registry.models import Model
 from tenants.constants import PERM_MANAGE_BILLING, PERM_MANAGE_SETTINGS, PERM_USE_KEYS, PERM_VIEW_BILLING
 from tenants.models import ApiKey, Tenant
+from tenants.permissions import allows
 from workers.constants import WorkerState
 
 CHART_DAYS = 30
-
-
-def _can(request, perm: str) -> bool:
-    return bool(request.tenant) and request.user.has_perm(f"tenants.{perm}", request.tenant)
 
 
 def _chart(rows, days: list[date]) -> dict:
@@ -59,11 +56,8 @@ def _bar(percent: float) -> int:
     return min(100, round(percent))
 
 
-@login_required
-def overview(request):
-    tenant: Tenant | None = request.tenant
-    if not tenant:
-        return render(request, "console/overview.html", {})
+@tenant_required()
+def overview(request, tenant: Tenant):
     now = timezone.now()
     period = period_containing(now)
     today = now.astimezone(UTC).date()
@@ -71,7 +65,7 @@ def overview(request):
     chart_rows = reports.usage_by_day(tenant, *reports.day_bounds(days[0], today))
     period_rows = reports.usage_by_day(tenant, period.start, period.end)
     totals = reports.totals(period_rows)
-    can_bill = _can(request, PERM_VIEW_BILLING)
+    can_bill = allows(request.user, tenant, PERM_VIEW_BILLING)
     limit = spend.limit_for(tenant) if can_bill else None
     spent = reports.spend(tenant, period.start, period.end) if can_bill else None
     budget = tenant.plan.monthly_token_budget
@@ -90,16 +84,14 @@ def overview(request):
         "has_usage": any(r.total_tokens for r in chart_rows),
         "key_count": ApiKey.objects.for_tenant(tenant).usable().count(),
         "example_model": chat_model or "MODEL",
-        "can_use_keys": _can(request, PERM_USE_KEYS),
+        "can_use_keys": allows(request.user, tenant, PERM_USE_KEYS),
     }
     return render(request, "console/overview.html", context)
 
 
-@login_required
-def models_page(request):
-    tenant = request.tenant
-    rows = list(models_for(tenant)) if tenant else []
-    return render(request, "console/models.html", {"models": rows})
+@tenant_required()
+def models_page(request, tenant: Tenant):
+    return render(request, "console/models.html", {"models": list(models_for(tenant))})
 
 
 def _range(request) -> tuple[UsageRangeForm, date, date]:
@@ -113,11 +105,8 @@ def _range(request) -> tuple[UsageRangeForm, date, date]:
     return form, start, end
 
 
-@login_required
-def usage(request):
-    tenant = request.tenant
-    if not tenant:
-        return render(request, "console/overview.html", {})
+@tenant_required()
+def usage(request, tenant: Tenant):
     form, start, end = _range(request)
     valid = not form.is_bound or form.is_valid()
     rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end)) if valid else []
@@ -129,7 +118,7 @@ def usage(request):
         "rows": rows,
         "totals": reports.totals(rows),
         "chart": _chart(rows, days),
-        "can_bill": _can(request, PERM_VIEW_BILLING),
+        "can_bill": allows(request.user, tenant, PERM_VIEW_BILLING),
         "valid": valid,
     }
     template = "console/_usage_results.html" if request.headers.get("HX-Request") else "console/usage.html"
@@ -148,13 +137,8 @@ class _Echo:
 CSV_BATCH_ROWS = 2000
 
 
-@login_required
-def usage_csv(request):
-    tenant = request.tenant
-    if not tenant:
-        return HttpResponse(
-            "You are not a member of any organization.", status=404, content_type="text/plain"
-        )
+@tenant_required(if_no_tenant=NoTenant.NOT_FOUND)
+def usage_csv(request, tenant: Tenant):
     form = UsageRangeForm(request.GET)
     if not form.is_valid():
         errors = "; ".join(f"{field}: {' '.join(errs)}" for field, errs in form.errors.items())
@@ -163,7 +147,7 @@ def usage_csv(request):
     granularity = request.GET.get("granularity", "request")
     if granularity not in ("request", "day"):
         return HttpResponse("granularity must be request or day.", status=400, content_type="text/plain")
-    can_bill = _can(request, PERM_VIEW_BILLING)
+    can_bill = allows(request.user, tenant, PERM_VIEW_BILLING)
     lo, hi = reports.day_bounds(start, end)
     batches = (
         _csv_days(tenant, lo, hi, can_bill) if granularity == "day" else _csv_requests(tenant.pk, lo, hi)
@@ -237,13 +221,10 @@ def _csv_days(tenant, lo, hi, can_bill: bool):
     yield rows
 
 
-@login_required
-def settings_page(request):
-    tenant = request.tenant
-    if not tenant:
-        return render(request, "console/overview.html", {})
-    can_settings = _can(request, PERM_MANAGE_SETTINGS)
-    can_billing = _can(request, PERM_MANAGE_BILLING)
+@tenant_required()
+def settings_page(request, tenant: Tenant):
+    can_settings = allows(request.user, tenant, PERM_MANAGE_SETTINGS)
+    can_billing = allows(request.user, tenant, PERM_MANAGE_BILLING)
     account = spend.account_for(tenant) if can_billing else BillingAccount(tenant=tenant)
     which = request.POST.get("form") if request.method == "POST" else None
     org_form = OrganizationForm(
@@ -280,7 +261,3 @@ def settings_page(request):
         "spend": reports.period_spend(tenant, timezone.now()) if can_billing else None,
     }
     return render(request, "console/settings.html", context, status=status)
-
-
-def forbidden(request, message: str):
-    return render(request, "console/forbidden.html", {"message": message}, status=403)

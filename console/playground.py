@@ -16,13 +16,13 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
-from django.views.decorators.http import require_POST
 
+from console.access import NoTenant, forbidden, tenant_required
+from console.pages import models_for
 from models_registry.constants import Task
 from tenants import keys, verification
 from tenants.constants import KEY_PREFIX, PERM_USE_KEYS
@@ -81,17 +81,11 @@ def playground_key(request, tenant) -> dict[str, str]:
     return {**entry, "key": created.plaintext}
 
 
-@login_required
-def playground(request):
-    from console.pages import forbidden, models_for
-
-    tenant = request.tenant
-    if not tenant:
-        return render(request, "console/overview.html", {})
-    if not request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant):
-        return forbidden(
-            request, "The playground calls the gateway with an API key, and your role cannot use keys."
-        )
+@tenant_required(
+    perm=PERM_USE_KEYS,
+    denied="The playground calls the gateway with an API key, and your role cannot use keys.",
+)
+def playground(request, tenant):
     if not request.user.email_verified:
         return forbidden(request, verification.UNVERIFIED.format(email=request.user.email))
     chat_models = list(models_for(tenant).filter(task=Task.CHAT).values_list("name", flat=True))
@@ -100,16 +94,16 @@ def playground(request):
     return response
 
 
-@login_required
-@require_POST
-def playground_key_view(request):
-    tenant = request.tenant
-    if not tenant:
-        return JsonResponse({"error": "You are not a member of any organization."}, status=404)
-    if not request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant):
-        return JsonResponse({"error": "Your role cannot use API keys."}, status=403)
+@tenant_required(
+    perm=PERM_USE_KEYS,
+    denied="Your role cannot use API keys.",
+    if_no_tenant=NoTenant.NOT_FOUND,
+    json=True,
+    methods=["POST"],
+)
+def playground_key_view(request, tenant):
     if not request.user.email_verified:
-        return JsonResponse({"error": verification.UNVERIFIED.format(email=request.user.email)}, status=403)
+        return forbidden(request, verification.UNVERIFIED.format(email=request.user.email), json=True)
     entry = playground_key(request, tenant)
     response = JsonResponse(
         {"key": entry["key"], "expires_at": entry["expires_at"], "gateway_url": settings.GATEWAY_PUBLIC_URL}

@@ -6,42 +6,34 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.http import HttpResponseForbidden
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
 
+from console.access import NoTenant, forbidden, tenant_required
 from console.forms import AcceptSignupForm, InviteForm
 from tenants import accounts, invitations, throttling, verification
 from tenants import membership as memberships
 from tenants.constants import PERM_MANAGE_MEMBERS, Role
 from tenants.middleware import SESSION_KEY
 from tenants.models import Invitation, Membership, User
+from tenants.permissions import allows
+
+# The team's actions (POST only): members without the permission, and users in no organization, get a 403.
+manager_required = tenant_required(
+    perm=PERM_MANAGE_MEMBERS,
+    denied="Only owners and admins can manage the team.",
+    if_no_tenant=NoTenant.FORBIDDEN,
+    methods=["POST"],
+)
 
 
-def _login_required(view):
-    from django.contrib.auth.decorators import login_required
-
-    return login_required(view)
-
-
-def _manager_or_403(request):
-    tenant = request.tenant
-    if not tenant or not request.user.has_perm(f"tenants.{PERM_MANAGE_MEMBERS}", tenant):
-        raise PermissionDenied("Only owners and admins can manage the team.")
-    return tenant
-
-
-@_login_required
-def team(request):
-    tenant = request.tenant
-    if not tenant:
-        return redirect("console:overview")
-    can_manage = request.user.has_perm(f"tenants.{PERM_MANAGE_MEMBERS}", tenant)
+@tenant_required(if_no_tenant=NoTenant.OVERVIEW)
+def team(request, tenant):
+    can_manage = allows(request.user, tenant, PERM_MANAGE_MEMBERS)
     form = InviteForm(request.POST or None)
     wait = None
     if request.method == "POST":
         if not can_manage:
-            return HttpResponseForbidden("Only owners and admins can invite people.")
+            return forbidden(request, "Only owners and admins can invite people.")
         wait = form.is_valid() and throttling.check(request, flow="invitation", account=str(request.user.pk))
         if wait:
             form.add_error(None, throttling.message(wait))
@@ -78,10 +70,8 @@ def team(request):
     return render(request, "console/team.html", context, status=429 if wait else 200)
 
 
-@_login_required
-@require_POST
-def change_role(request, membership_id):
-    tenant = _manager_or_403(request)
+@manager_required
+def change_role(request, tenant, membership_id):
     membership = get_object_or_404(
         Membership.objects.for_tenant(tenant).select_related("user"), pk=membership_id
     )
@@ -99,10 +89,8 @@ def change_role(request, membership_id):
     return redirect("console:team")
 
 
-@_login_required
-@require_POST
-def remove_member(request, membership_id):
-    tenant = _manager_or_403(request)
+@manager_required
+def remove_member(request, tenant, membership_id):
     membership = get_object_or_404(
         Membership.objects.for_tenant(tenant).select_related("user"), pk=membership_id
     )
@@ -116,10 +104,8 @@ def remove_member(request, membership_id):
     return redirect("console:team")
 
 
-@_login_required
-@require_POST
-def revoke_invitation(request, invitation_id):
-    tenant = _manager_or_403(request)
+@manager_required
+def revoke_invitation(request, tenant, invitation_id):
     invitation = get_object_or_404(Invitation.objects.pending().filter(tenant=tenant), pk=invitation_id)
     invitations.revoke(invitation=invitation)
     messages.success(request, f"Invitation for {invitation.email} revoked.")

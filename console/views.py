@@ -13,15 +13,17 @@ from django.contrib import admin, messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponseForbidden
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from console.access import NoTenant, forbidden, tenant_required
 from console.forms import ApiKeyForm, SignupForm
 from tenants import accounts, keys, throttling, verification
 from tenants.constants import PERM_MANAGE_KEYS, PERM_USE_KEYS
 from tenants.middleware import SESSION_KEY
 from tenants.models import ApiKey, Membership
+from tenants.permissions import allows
 
 USED_NONCES_KEY = "berth_key_form_nonces"
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -142,13 +144,6 @@ def revoke_own_keys(request):
     return redirect("console:overview")
 
 
-def _tenant_or_404(request):
-    tenant = request.tenant
-    if not tenant:
-        raise Http404("You are not a member of any organization.")
-    return tenant
-
-
 @login_required
 @require_POST
 def switch_tenant(request):
@@ -163,11 +158,12 @@ def switch_tenant(request):
     return redirect("console:overview")
 
 
-@login_required
-def api_keys(request):
-    tenant = _tenant_or_404(request)
-    if not request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant):
-        return HttpResponseForbidden("Your role cannot use API keys. Ask an owner or admin.")
+@tenant_required(
+    perm=PERM_USE_KEYS,
+    denied="Your role cannot use API keys. Ask an owner or admin.",
+    if_no_tenant=NoTenant.NOT_FOUND,
+)
+def api_keys(request, tenant):
     form = ApiKeyForm(request.POST or None)
     created = None
     # Each rendered form carries a one-time nonce: a reload or double-click re-POSTs the same
@@ -195,7 +191,7 @@ def api_keys(request):
         "nonce": secrets.token_urlsafe(16),
         "created": created,
         "keys": ApiKey.objects.for_tenant(tenant).select_related("created_by"),
-        "can_manage_all": request.user.has_perm(f"tenants.{PERM_MANAGE_KEYS}", tenant),
+        "can_manage_all": allows(request.user, tenant, PERM_MANAGE_KEYS),
     }
     # The page that shows a secret must not be cached by the browser or a proxy.
     response = render(request, "console/keys.html", context)
@@ -203,16 +199,14 @@ def api_keys(request):
     return response
 
 
-@login_required
-@require_POST
-def revoke_api_key(request, key_id):
-    tenant = _tenant_or_404(request)
+@tenant_required(if_no_tenant=NoTenant.NOT_FOUND, methods=["POST"])
+def revoke_api_key(request, tenant, key_id):
     api_key = get_object_or_404(ApiKey.objects.for_tenant(tenant), pk=key_id)
     own = api_key.created_by_id == request.user.pk
-    if not (own and request.user.has_perm(f"tenants.{PERM_USE_KEYS}", tenant)) and not request.user.has_perm(
-        f"tenants.{PERM_MANAGE_KEYS}", tenant
+    if not (own and allows(request.user, tenant, PERM_USE_KEYS)) and not allows(
+        request.user, tenant, PERM_MANAGE_KEYS
     ):
-        return HttpResponseForbidden("Only admins can revoke keys created by someone else.")
+        return forbidden(request, "Only admins can revoke keys created by someone else.")
     keys.revoke_api_key(api_key=api_key)
     messages.success(request, f"Revoked “{api_key.name}” ({api_key.display_prefix}…).")
     return redirect("console:keys")

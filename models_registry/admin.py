@@ -5,6 +5,7 @@ Deployments are administered in ``workers/admin.py``, next to the workers that s
 
 from django.contrib import admin
 
+from models_registry import catalog
 from models_registry.models import LoraAdapter, Model, Price
 
 
@@ -36,6 +37,21 @@ class ModelAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "created_at", "updated_at"]
     inlines = [PriceInline]
 
+    # Saves and deletes go through the catalog, which republishes the gateway's copy after commit.
+    def save_model(self, request, obj, form, change):
+        catalog.save_model(model=obj)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        catalog.publish(model=form.instance)  # allowed tenants and prices added inline
+
+    def delete_model(self, request, obj):
+        catalog.delete_model(model=obj)
+
+    def delete_queryset(self, request, queryset):
+        for model in queryset:
+            catalog.delete_model(model=model)
+
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
@@ -52,6 +68,9 @@ class PriceAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return obj is None  # append-only: the add form only
+
+    def save_model(self, request, obj, form, change):
+        catalog.add_price(price=obj)
 
     def has_delete_permission(self, request, obj=None):
         return False

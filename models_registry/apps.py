@@ -5,6 +5,3 @@ class ModelsRegistryConfig(AppConfig):
     name = "models_registry"
     verbose_name = "Model registry"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        from models_registry import signals  # noqa: F401 - connects the Redis mirror

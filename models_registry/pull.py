@@ -14,6 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from models_registry import catalog
 from models_registry.constants import SourceKind, Task
 from models_registry.models import Model
 
@@ -78,9 +79,13 @@ def register(
     }
     if isinstance(context, int) and context > 0:
         fields["context_length"] = context
+    name = name or default_name(source)
     with transaction.atomic():
-        model, _ = Model.objects.update_or_create(name=name or default_name(source), defaults=fields)
+        model = Model.objects.select_for_update().filter(name=name).first() or Model(name=name)
+        for field, value in fields.items():
+            setattr(model, field, value)
         model.full_clean()
+        catalog.save_model(model=model)
     return model
 
 

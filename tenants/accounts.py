@@ -22,6 +22,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from tenants import keys, mirror, verification
 from tenants.constants import ALL_ROLE_PERMISSIONS, ROLE_PERMISSIONS, Role, TenantStatus
 from tenants.models import ApiKey, Membership, Plan, Tenant, User
+from tenants.permissions import full_name
 
 
 def default_plan() -> Plan:
@@ -46,9 +47,9 @@ def unique_slug(name: str) -> str:
 def sync_role_permissions(membership: Membership) -> None:
     wanted = ROLE_PERMISSIONS[Role(membership.role)]
     for perm in ALL_ROLE_PERMISSIONS - wanted:
-        remove_perm(f"tenants.{perm}", membership.user, membership.tenant)
+        remove_perm(full_name(perm), membership.user, membership.tenant)
     for perm in wanted:
-        assign_perm(f"tenants.{perm}", membership.user, membership.tenant)
+        assign_perm(full_name(perm), membership.user, membership.tenant)
 
 
 def create_tenant(*, name: str, owner: User, plan: Plan | None = None, slug: str | None = None) -> Tenant:
@@ -167,7 +168,7 @@ def remove_member(*, membership: Membership) -> None:
         if locked.role == Role.OWNER and not _owners_left(locked.tenant, locked):
             raise ValidationError("A tenant must keep at least one owner.")
         for perm in ALL_ROLE_PERMISSIONS:
-            remove_perm(f"tenants.{perm}", locked.user, locked.tenant)
+            remove_perm(full_name(perm), locked.user, locked.tenant)
         locked.delete()
 
 
@@ -175,5 +176,13 @@ def set_status(*, tenant: Tenant, status: str) -> Tenant:
     with transaction.atomic():
         Tenant.objects.filter(pk=tenant.pk).update(status=TenantStatus(status))
         tenant.status = status
+        transaction.on_commit(lambda: mirror.publish_tenant(tenant))
+    return tenant
+
+
+def update_tenant(*, tenant: Tenant) -> Tenant:
+    """Save an edited tenant (slug, status, plan: what the gateway reads) and republish it."""
+    with transaction.atomic():
+        tenant.save()
         transaction.on_commit(lambda: mirror.publish_tenant(tenant))
     return tenant

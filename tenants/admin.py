@@ -1,12 +1,16 @@
-"""Django admin for staff: users, plans, tenants, memberships and API keys."""
+"""Django admin for staff: users, plans, tenants, memberships and API keys.
+
+Saves go through the service functions, which mirror to Redis after the commit. Deletes (of a
+tenant, user, membership or key, one by one or as a queryset) are caught by ``tenants.signals``,
+since the ORM's cascades reach rows no service sees.
+"""
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from guardian.admin import GuardedModelAdmin
 
-from tenants import accounts, keys, mirror
+from tenants import accounts, keys, plans
 from tenants import membership as memberships
 from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant, User
 
@@ -44,9 +48,7 @@ class PlanAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        tenants = list(obj.tenants.all())
-        transaction.on_commit(lambda: [mirror.publish_tenant(tenant) for tenant in tenants])
+        plans.save_plan(plan=obj)
 
 
 class MembershipInline(admin.TabularInline):
@@ -66,8 +68,7 @@ class TenantAdmin(GuardedModelAdmin):
     actions = ["suspend", "activate"]
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        transaction.on_commit(lambda: mirror.publish_tenant(obj))
+        accounts.update_tenant(tenant=obj)
 
     def save_formset(self, request, form, formset, change):
         super().save_formset(request, form, formset, change)
@@ -147,8 +148,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        transaction.on_commit(lambda: mirror.publish_key(obj))
+        keys.update_api_key(api_key=obj)
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):

@@ -149,6 +149,14 @@ def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
     return locked
 
 
+def update_api_key(*, api_key: ApiKey) -> ApiKey:
+    """Save an edited key (name, allowed models, expiry) and republish it after commit."""
+    with transaction.atomic():
+        api_key.save()
+        transaction.on_commit(lambda: mirror.publish_key(api_key))
+    return api_key
+
+
 def authenticate_key(raw: str, *, kind: str) -> ApiKey:
     """Resolve a presented key against PostgreSQL (control plane only; the gateway uses Redis)."""
     try:

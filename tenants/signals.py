@@ -1,14 +1,18 @@
-"""Deleted keys and tenants leave the Redis mirror at once, whoever deletes them.
+"""Deletes reach the Redis mirror here: the one place mirroring hangs on signals.
 
-Revocation goes through ``tenants/keys.py``, but rows can also be deleted in the admin, with the
-ORM, or by cascade when a tenant goes; without these receivers the gateway would keep accepting
-such a key until the next resync. ``post_delete`` also disables Django's fast cascade delete for
-these models, so every cascaded key passes here too.
+Every create and change goes through a service function that writes PostgreSQL and then mirrors
+after the commit (``tenants/keys.py``, ``accounts.py``, ``plans.py``, ``membership.py``, and
+``models_registry/catalog.py`` for models and prices). Deletes cannot all do so: a tenant's
+delete cascades to its keys and memberships, a user's to their memberships, and the admin deletes
+querysets and inline rows with the ORM, so no service sees those rows go. Without these receivers
+the gateway would keep accepting such keys until the next resync; ``post_delete`` also turns off
+Django's fast cascade delete for these models, so every cascaded row passes here.
 
-For the same reason, a membership or user deleted outside ``tenants/membership.py`` (ORM, admin
-inline, cascade) takes the person's keys with it, as removing a member does: otherwise their
-inference keys would keep working (a user's are caught before the delete sets ``created_by`` to
-null and hides whose they were).
+* a deleted key or tenant leaves the mirror after the commit (nothing on rollback);
+* a deleted membership revokes the keys the person made in that tenant, as removing a member does
+  (``tenants/membership.py``), so they stop working and are not revived if the person returns;
+* a deleted user's keys are revoked in every tenant before the delete nulls ``created_by`` and
+  hides whose they were.
 """
 
 from django.db import transaction

@@ -16,6 +16,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from models_registry import catalog
 from models_registry.constants import Engine, SourceKind, Task
 from models_registry.models import Deployment, Model, Price
 
@@ -51,13 +52,21 @@ def _register(
     name: str, folder: Path, task: str, context_length: int, input_price: Decimal, output_price: Decimal
 ) -> None:
     """A local model with one always-on CPU replica (up to two) and its price."""
-    model = Model.objects.create(
-        name=name, source_kind=SourceKind.LOCAL, source=str(folder), task=task, context_length=context_length
+    model = catalog.save_model(
+        model=Model(
+            name=name,
+            source_kind=SourceKind.LOCAL,
+            source=str(folder),
+            task=task,
+            context_length=context_length,
+        )
     )
     Deployment.objects.create(
         model=model, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
     )
-    Price.objects.create(model=model, input_per_million=input_price, output_per_million=output_price)
+    catalog.add_price(
+        price=Price(model=model, input_per_million=input_price, output_per_million=output_price)
+    )
 
 
 def _embedding_folder() -> Path | None:

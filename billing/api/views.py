@@ -18,6 +18,7 @@ from billing import money, pdf, reports
 from billing.models import Invoice, InvoiceLine
 from tenants.api.permissions import TenantPermission, request_tenant
 from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
+from tenants.permissions import allows
 
 
 class UsageQuerySerializer(serializers.Serializer):
@@ -95,7 +96,7 @@ class UsageView(APIView):
         rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end))
         data = UsageRowSerializer(rows, many=True).data
         totals = reports.totals(rows)
-        if not request.user.has_perm(f"tenants.{PERM_VIEW_BILLING}", tenant):
+        if not allows(request.user, tenant, PERM_VIEW_BILLING):
             for row in data:
                 row.pop("cost", None)
             totals.pop("cost")

@@ -6,6 +6,7 @@ from rest_framework import exceptions, permissions
 
 from tenants.constants import PERM_VIEW
 from tenants.models import ApiKey, Membership
+from tenants.permissions import allows
 
 
 def request_tenant(request):
@@ -38,4 +39,4 @@ class TenantPermission(permissions.BasePermission):
         perm = getattr(view, "read_perm", PERM_VIEW)
         if request.method not in permissions.SAFE_METHODS:
             perm = getattr(view, "write_perm", perm)
-        return request.user.has_perm(f"tenants.{perm}", tenant)
+        return allows(request.user, tenant, perm)

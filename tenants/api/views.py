@@ -33,6 +33,7 @@ from tenants.constants import (
     PERM_USE_KEYS,
 )
 from tenants.models import ApiKey, Invitation, Membership
+from tenants.permissions import allows
 
 
 def _django_error(exc: DjangoValidationError) -> ValidationError:
@@ -187,8 +188,8 @@ class ApiKeyViewSet(
 
     def _revoke(self, api_key: ApiKey) -> ApiKey:
         tenant = request_tenant(self.request)
-        if api_key.created_by_id != self.request.user.pk and not self.request.user.has_perm(
-            f"tenants.{PERM_MANAGE_KEYS}", tenant
+        if api_key.created_by_id != self.request.user.pk and not allows(
+            self.request.user, tenant, PERM_MANAGE_KEYS
         ):
             raise PermissionDenied("Only admins can revoke keys created by someone else.")
         return keys.revoke_api_key(api_key=api_key)

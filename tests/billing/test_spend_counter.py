@@ -16,6 +16,7 @@ from billing.models import BillingAccount
 from gateway.spend import COUNTER_TTL_SECONDS, counter_key, period_id
 from models_registry.models import Price
 from tenants import mirror as tenant_mirror
+from tenants import plans
 from tenants.constants import Role
 from tests.billing.usage import record
 from tests.factories import TenantFactory, UserFactory, member
@@ -80,7 +81,7 @@ def test_the_tenant_mirror_carries_the_spend_limit(client, redis_client):
     assert redis_client.hget(name, "spend_limit_micros") == ""
     plan = tenant.plan
     plan.monthly_spend_limit = Decimal("5")
-    plan.save()
+    plans.save_plan(plan=plan)
     assert redis_client.hget(name, "spend_limit_micros") == "5000000"
 
 

@@ -16,7 +16,6 @@ from pypdf import PdfReader
 from billing import invoicing
 from billing.models import UsageRecord
 from billing.periods import period_containing
-from models_registry.models import Price
 from tenants import accounts
 from tenants.constants import Role
 from tenants.models import Tenant
@@ -24,7 +23,7 @@ from tests.browser.helpers import log_in, sign_up_and_verify
 from tests.factories import UserFactory, free_plan
 from tests.gateway.conftest import register_model
 from tests.gateway.test_usage import drain
-from tests.registry.factories import ModelFactory
+from tests.registry.factories import ModelFactory, PriceFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,7 +40,7 @@ def test_signup_to_gateway_call_to_usage_chart_to_invoice_pdf(
     gateway = console_gateway
     free_plan()
     model = register_model(redis_client, engines, name="e2e-chat")
-    Price.objects.create(
+    PriceFactory(
         model=ModelFactory(name=model), input_per_million=Decimal("250"), output_per_million=Decimal("1000")
     )
 

@@ -222,12 +222,13 @@ def test_every_role_started_by_the_entrypoint_bills_sdk_traffic(
         topology.run(
             "manage", "shell", "-c",
             "from datetime import UTC, datetime; from decimal import Decimal; "
+            "from models_registry import catalog; "
             "from models_registry.models import Deployment, Model, Price; "
-            f"m = Model.objects.create(name='{MODEL}', source_kind='local', source='/models/none', "
-            "task='chat', context_length=2048); "
+            f"m = catalog.save_model(model=Model(name='{MODEL}', source_kind='local', source='/models/none', "
+            "task='chat', context_length=2048)); "
             "Deployment.objects.create(model=m, engine='cpu', min_replicas=1, max_replicas=1, desired_replicas=1); "
-            "Price.objects.create(model=m, input_per_million=Decimal('1000'), output_per_million=Decimal('2000'), "
-            "effective_from=datetime(2025, 1, 1, tzinfo=UTC))",
+            "catalog.add_price(price=Price(model=m, input_per_million=Decimal('1000'), "
+            "output_per_million=Decimal('2000'), effective_from=datetime(2025, 1, 1, tzinfo=UTC)))",
         )  # fmt: skip
         topology.run("manage", "create_tenant", "--name", "Topology Inc", "--slug", "topology",
                      "--owner-email", "owner@topology.test", "--password", "a long passphrase 42")  # fmt: skip

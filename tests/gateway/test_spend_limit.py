@@ -21,7 +21,7 @@ from models_registry import mirror as registry_mirror
 from models_registry.models import Price
 from tests.gateway.conftest import make_key, make_tenant, register_model, set_routes, start_gateway
 from tests.gateway.test_usage import drain
-from tests.registry.factories import ModelFactory
+from tests.registry.factories import ModelFactory, PriceFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ def test_the_gateway_refuses_once_the_limit_is_spent_and_serves_again_when_raise
     tenant = make_tenant()
     name = register_model(redis_client, engines)
     # $1,000 per million prompt tokens: a few requests spend a cent.
-    Price.objects.create(
+    PriceFactory(
         model=ModelFactory(name=name), input_per_million=Decimal("1000"), output_per_million=Decimal("1000")
     )
     BillingAccount.objects.create(tenant=tenant, spend_limit=Decimal("0.05"), alert_thresholds=[])

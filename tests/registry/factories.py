@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import factory
 
+from models_registry import catalog
 from models_registry.constants import Engine, SourceKind, Task, Visibility
 from models_registry.models import Deployment, Model, Price
 from workers.models import Gpu, Node
@@ -24,6 +25,11 @@ class ModelFactory(factory.django.DjangoModelFactory):
     visibility = Visibility.PUBLIC
     gpu_memory_gb = 0
     tensor_parallel_size = 1
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        # Through the catalog, as the registry's own code paths: saved, then mirrored to Redis.
+        return catalog.save_model(model=model_class(*args, **kwargs))
 
 
 class DeploymentFactory(factory.django.DjangoModelFactory):
@@ -44,6 +50,10 @@ class PriceFactory(factory.django.DjangoModelFactory):
     model = factory.SubFactory(ModelFactory)
     input_per_million = Decimal("0.50")
     output_per_million = Decimal("1.50")
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        return catalog.add_price(price=model_class(*args, **kwargs))
 
 
 def priced_model(name: str, input_price="0.10", output_price="0.40", *, since=None, **model_fields) -> Model:

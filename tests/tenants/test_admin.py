@@ -96,3 +96,40 @@ def test_activating_a_tenant_suspended_for_nonpayment_in_the_admin_clears_the_fl
     assert tenant.status == "active"
     assert not BillingAccount.objects.get(tenant=tenant).suspended_for_nonpayment
     assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+
+
+def test_editing_a_plan_in_the_admin_republishes_its_tenants(staff_client, redis_client):
+    from tenants.models import Plan
+
+    plan = Plan.objects.create(slug="admin-plan", name="Admin plan", requests_per_minute=60)
+    tenant = TenantFactory(plan=plan)
+    form = {"name": "Admin plan", "slug": "admin-plan", "requests_per_minute": "900", "currency": "USD"}
+    response = staff_client.post(f"/admin/tenants/plan/{plan.pk}/change/", form)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert '"rpm": 900' in redis_client.hget(rkey("tenant", tenant.pk), "plan")
+
+
+def test_editing_a_tenant_in_the_admin_republishes_it(staff_client, redis_client):
+    tenant = TenantFactory()
+    form = {
+        "name": tenant.name,
+        "slug": "renamed-slug",
+        "status": "active",
+        "plan": str(tenant.plan_id),
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+    }
+    response = staff_client.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert redis_client.hget(rkey("tenant", tenant.pk), "slug") == "renamed-slug"
+
+
+def test_editing_a_key_in_the_admin_republishes_it(staff_client, redis_client):
+    created = keys.create_api_key(tenant=TenantFactory(), name="k")
+    form = {"name": "renamed", "allowed_models": '["only-this"]', "expires_at_0": "", "expires_at_1": ""}
+    response = staff_client.post(f"/admin/tenants/apikey/{created.api_key.pk}/change/", form)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    entry = redis_client.hgetall(rkey("apikey", created.api_key.lookup_id))
+    assert entry["name"] == "renamed" and entry["allowed_models"] == '["only-this"]'

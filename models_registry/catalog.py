@@ -1,0 +1,56 @@
+"""Changing the model registry: every write to a model or its prices, then its Redis mirror.
+
+The gateway knows models only through the mirror (``models_registry/mirror.py``), so whatever
+registers, edits, renames or deletes a model, or adds a price, goes through these functions: the
+admin, ``pull_model`` and the bootstrap of ``manage.py up``. Each writes PostgreSQL inside a
+transaction and publishes after the commit, so a rolled-back change never reaches Redis and a
+committed one reaches it at once. A row changed with the bare ORM reaches the mirror at the next
+periodic ``resync_model_mirror``; a price scheduled for later is published when it takes effect by
+billing's spend check (``billing.spend.republish_prices``).
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from models_registry import mirror
+from models_registry.models import Model, Price
+
+
+def publish(*, model: Model) -> None:
+    """Republish ``model`` after the commit: for changes to its related rows (allowed tenants,
+    prices added in an admin inline) that its own save did not see."""
+    transaction.on_commit(lambda: mirror.publish_model(model))
+
+
+def save_model(*, model: Model) -> Model:
+    """Create or update ``model``; a renamed model leaves the mirror under its old name."""
+    with transaction.atomic():
+        previous = None
+        if not model._state.adding:
+            previous = Model.objects.filter(pk=model.pk).values_list("name", flat=True).first()
+        model.save()
+
+        def write() -> None:
+            if previous and previous != model.name:
+                mirror.unpublish_model(previous)
+            mirror.publish_model(model)
+
+        transaction.on_commit(write)
+    return model
+
+
+def delete_model(*, model: Model) -> None:
+    """Delete ``model`` (its deployments and prices protect it while they exist)."""
+    name = model.name
+    with transaction.atomic():
+        model.delete()
+        transaction.on_commit(lambda: mirror.unpublish_model(name))
+
+
+def add_price(*, price: Price) -> Price:
+    """Save a new price (prices are append-only); one already in effect is charged at once."""
+    with transaction.atomic():
+        price.save()
+        publish(model=price.model)
+    return price
