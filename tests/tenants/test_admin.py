@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from berth.redis import rkey
+from berth.redis import names
 from tenants import keys
 from tenants.constants import Role
 from tenants.models import User
@@ -46,7 +46,7 @@ def test_the_key_page_never_offers_the_secret_and_revoke_action_unmirrors(staff_
     )
     created.api_key.refresh_from_db()
     assert created.api_key.revoked_at is not None
-    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(created.api_key.lookup_id))
 
 
 def test_suspending_a_tenant_from_the_admin_reaches_redis(staff_client, redis_client):
@@ -54,7 +54,7 @@ def test_suspending_a_tenant_from_the_admin_reaches_redis(staff_client, redis_cl
     staff_client.post("/admin/tenants/tenant/", {"action": "suspend", "_selected_action": [str(tenant.pk)]})
     tenant.refresh_from_db()
     assert tenant.status == "suspended"
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "suspended"
 
 
 def _accepted(gateway_url: str, key: str) -> bool:
@@ -95,4 +95,4 @@ def test_activating_a_tenant_suspended_for_nonpayment_in_the_admin_clears_the_fl
     tenant.refresh_from_db()
     assert tenant.status == "active"
     assert not BillingAccount.objects.get(tenant=tenant).suspended_for_nonpayment
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "active"
