@@ -193,7 +193,7 @@ class Authenticator:
             and api_keys.digest_matches(digest, entry.secret_hash)
             and (entry.expires_at is None or entry.expires_at > time.time())
         )
-        if not ok:
+        if not ok or entry is None:
             raise invalid_api_key()
         tenant = await self.tenant(entry.tenant_id)
         if tenant is None:

@@ -75,7 +75,7 @@ class Metering:
         event = _event(event)
         rid = event.request_id
         if rid in self.checkpointed:
-            commands = [
+            commands: list[tuple[object, ...]] = [
                 (
                     "EVAL",
                     FINAL_WITH_CHECKPOINT,

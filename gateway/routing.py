@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import orjson
@@ -189,7 +190,9 @@ class Router:
             load += float(engine.get("waiting", 0)) + KV_WEIGHT * float(engine.get("kv", 0))
         return load
 
-    def choose(self, workers: list[Worker], prefix: str | None, exclude: set[str] = frozenset()) -> Worker:
+    def choose(
+        self, workers: list[Worker], prefix: str | None, exclude: AbstractSet[str] = frozenset()
+    ) -> Worker:
         candidates = [w for w in workers if w.worker_id not in exclude] or workers
         if len(candidates) == 1:
             return candidates[0]
