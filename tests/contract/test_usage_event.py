@@ -28,6 +28,8 @@ def gateway_settings() -> GatewaySettings:
         redis_url=settings.REDIS_URL,
         redis_prefix=settings.REDIS_PREFIX,
         key_peppers=",".join(f"{pid}:{secret}" for pid, secret in settings.KEY_PEPPERS.items()),
+        debug_raw="1" if settings.DEBUG else "0",
+        internal_token="i" * 40,
     )
 
 

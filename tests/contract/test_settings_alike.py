@@ -1,8 +1,9 @@
-"""``BERTH_KEY_PEPPERS`` is accepted or refused alike by the control plane and the gateway.
+"""The settings both sides read from the same variables mean the same on both sides.
 
-Before the contract, the gateway accepted a trailing comma the control plane refused, and a short
-pepper in production that the control plane refused: a gateway could start with peppers the web
-would not, and verify keys differently.
+Before the contract, the gateway accepted a trailing comma in ``BERTH_KEY_PEPPERS`` and a short
+pepper in production, both of which the control plane refused; and an empty
+``BERTH_REDIS_PREFIX`` meant ``berth:`` to the gateway but no prefix at all to the control plane,
+so the two wrote and read different keys.
 """
 
 from __future__ import annotations
@@ -52,7 +53,19 @@ print(json.dumps(results))
 """
 
 
-def control_plane(cases: list[tuple[str, str]]) -> list:
+PREFIX = """
+import json, os, sys
+results = []
+for raw in json.loads(sys.argv[1]):
+    os.environ["BERTH_REDIS_PREFIX"] = raw
+    sys.modules.pop("berth.settings", None)
+    import berth.settings as settings
+    results.append(settings.REDIS_PREFIX)
+print(json.dumps(results))
+"""
+
+
+def control_plane(cases: list, script: str = CONTROL_PLANE) -> list:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", ""),
@@ -60,9 +73,11 @@ def control_plane(cases: list[tuple[str, str]]) -> list:
         "SECRET_KEY": "s" * 64,
         "DATABASE_URL": "postgresql://berth:berth@127.0.0.1:1/berth",
         "BERTH_INTERNAL_TOKEN": "i" * 40,
+        "BERTH_KEY_PEPPERS": f"a:{LONG}",
+        "DEBUG": "0",
     }
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", CONTROL_PLANE, json.dumps(cases)],
+        [sys.executable, "-c", script, json.dumps(cases)],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -118,3 +133,15 @@ def test_messages_never_contain_a_secret():
             parse_peppers(raw, require_strong=True)
         assert LONG not in str(refused.value) and OTHER not in str(refused.value)
         assert "short-secret-value" not in str(refused.value)
+
+
+def test_both_sides_read_the_redis_prefix_alike():
+    cases = ["", "tenant-a:", "berth:"]
+    web = control_plane(cases, PREFIX)
+    gw = [
+        GatewaySettings(
+            redis_prefix=raw, key_peppers=f"a:{LONG}", debug_raw="0", internal_token="i" * 40
+        ).redis_prefix
+        for raw in cases
+    ]
+    assert web == gw == ["berth:", "tenant-a:", "berth:"]
