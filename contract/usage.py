@@ -22,7 +22,7 @@ USAGE_SOURCES = frozenset({"engine", "tokenizer", "chunks", "estimate", "checkpo
 CHECKPOINT_STATUS = "gateway_lost"  # a checkpoint billed because its gateway died
 CHECKPOINT_SOURCE = "checkpoint"
 
-# Field -> wire key. The order is the order on the wire.
+# Field -> wire key, in the order on the wire (``to_wire`` and ``from_wire`` spell it out).
 WIRE_NAMES = {
     "request_id": "id",
     "tenant_id": "t",
@@ -39,9 +39,6 @@ WIRE_NAMES = {
     "occurred_at_ms": "ts",
     "usage_source": "u",
 }
-FIELD_NAMES = {wire: field for field, wire in WIRE_NAMES.items()}
-_INTS = ("prompt_tokens", "completion_tokens", "http_status", "latency_ms", "ttft_ms")
-_STRINGS = ("endpoint", "status", "worker")
 
 
 class MalformedUsageEvent(ValueError):
@@ -66,19 +63,48 @@ class UsageEvent:
     usage_source: str | None = None  # None reads as "engine"
 
     def to_wire(self) -> dict[str, Any]:
-        out = {wire: getattr(self, name) for name, wire in WIRE_NAMES.items()}
-        if out["u"] is None:
-            del out["u"]  # as earlier gateways wrote it
+        # Spelled out rather than looped over WIRE_NAMES: this runs once per request.
+        out = {
+            "id": self.request_id,
+            "t": self.tenant_id,
+            "k": self.key_id,
+            "m": self.model,
+            "ep": self.endpoint,
+            "p": self.prompt_tokens,
+            "c": self.completion_tokens,
+            "s": self.status,
+            "h": self.http_status,
+            "l": self.latency_ms,
+            "f": self.ttft_ms,
+            "w": self.worker,
+            "ts": self.occurred_at_ms,
+        }
+        if self.usage_source is not None:  # absent, as earlier gateways wrote it
+            out["u"] = self.usage_source
         return out
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], *, strict: bool = True) -> UsageEvent:
         """From the wire mapping; ``strict`` checks every field as billing must (types, ranges)."""
         try:
-            values = {FIELD_NAMES[key]: value for key, value in data.items() if key in FIELD_NAMES}
-            event = cls(**values)
-        except TypeError as exc:  # a required field is missing
-            raise MalformedUsageEvent(str(exc)) from None
+            event = cls(
+                request_id=data["id"],
+                tenant_id=data["t"],
+                model=data["m"],
+                occurred_at_ms=data["ts"],
+                key_id=data.get("k"),
+                endpoint=data.get("ep", ""),
+                prompt_tokens=data.get("p", 0),
+                completion_tokens=data.get("c", 0),
+                status=data.get("s", "ok"),
+                http_status=data.get("h", 0),
+                latency_ms=data.get("l", 0),
+                ttft_ms=data.get("f"),
+                worker=data.get("w"),
+                usage_source=data.get("u"),
+            )
+        except KeyError as exc:
+            raise MalformedUsageEvent(f"missing field {exc}") from None
         if strict:
             event.check()
         return event
@@ -120,6 +146,14 @@ class UsageEvent:
         return replace(self, status=CHECKPOINT_STATUS, http_status=0, usage_source=CHECKPOINT_SOURCE)
 
 
+def _int_ok(value: object) -> bool:
+    return value is None or (type(value) is int and 0 <= value < 2**31)
+
+
+def _str_ok(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
 def _problem(event: UsageEvent) -> str | None:
     try:
         uuid.UUID(str(event.tenant_id))
@@ -133,14 +167,16 @@ def _problem(event: UsageEvent) -> str | None:
         return "model must be 1-200 characters"
     if type(event.occurred_at_ms) is not int or event.occurred_at_ms <= 0:
         return "occurred_at_ms must be a positive integer"
-    for name in _INTS:
-        value = getattr(event, name)
-        if value is not None and (type(value) is not int or not 0 <= value < 2**31):
-            return f"{name} must be an integer in [0, 2**31)"
-    for name in _STRINGS:
-        value = getattr(event, name)
-        if value is not None and not isinstance(value, str):
-            return f"{name} must be a string"
+    if not (
+        _int_ok(event.prompt_tokens)
+        and _int_ok(event.completion_tokens)
+        and _int_ok(event.http_status)
+        and _int_ok(event.latency_ms)
+        and _int_ok(event.ttft_ms)
+    ):
+        return "token counts, HTTP status and times must be integers in [0, 2**31)"
+    if not (_str_ok(event.endpoint) and _str_ok(event.status) and _str_ok(event.worker)):
+        return "endpoint, status and worker must be strings"
     if event.usage_source is not None and event.usage_source not in USAGE_SOURCES:
         return f"unknown usage_source {event.usage_source!r}"
     return None

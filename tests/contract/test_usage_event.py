@@ -15,7 +15,7 @@ from django.conf import settings
 from berth.redis import names
 from billing import checkpoints, usage
 from billing.models import UsageRecord, UsageSource
-from contract.usage import USAGE_SOURCES, MalformedUsageEvent, UsageEvent
+from contract.usage import USAGE_SOURCES, WIRE_NAMES, MalformedUsageEvent, UsageEvent
 from gateway.config import GatewaySettings
 from gateway.metering import Metering
 from gateway.quotas import Quotas
@@ -174,3 +174,9 @@ def test_malformed_entries_are_refused(fields):
 
 def test_the_stream_name_is_the_contracts(redis_client):
     assert names().usage_stream() == settings.REDIS_PREFIX + "usage"
+
+
+def test_the_wire_names_are_the_documented_ones_in_order():
+    event = event_for(str(uuid.uuid4()))
+    assert list(event.to_wire()) == list(WIRE_NAMES.values())
+    assert UsageEvent.from_wire(event.to_wire()) == event
