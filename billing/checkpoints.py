@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import redis
 
@@ -54,7 +55,7 @@ def bill_lost_streams(
     stream = redis_names.usage_stream()
     claim = client.register_script(_CLAIM)
     moved = 0
-    for request_id in client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=limit):
+    for request_id in cast(list, client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=limit)):
         if claim(keys=[due_key, hash_key, stream], args=[request_id, now_ms], client=client):
             moved += 1
     if moved:

@@ -102,11 +102,11 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
     status.spend_micros = to_micros(sum((line.exact_cost() for line in lines), Decimal(0)))
     if limit is not None:
         status.blocked = spend >= limit
-        percent = status.percent
+        percent = percent_of(spend, limit)
         for threshold in sorted({int(t) for t in account.alert_thresholds or []}):
             if percent >= threshold and _record_alert(tenant, period, threshold, spend, limit):
                 status.alerts_sent.append(threshold)
-                _send_alert(tenant, status, threshold)
+                _send_alert(tenant, status, threshold, limit)
     _publish_block(tenant, status, now)
     status.counter_raised = _raise_counter(tenant, status.spend_micros, now)
     _check_limit_mirror(tenant, limit)
@@ -187,10 +187,10 @@ def _record_alert(tenant, period: Period, threshold: int, spend: Decimal, limit:
     return created
 
 
-def _send_alert(tenant: Tenant, status: SpendStatus, threshold: int) -> None:
+def _send_alert(tenant: Tenant, status: SpendStatus, threshold: int, limit_amount: Decimal) -> None:
     currency = settings.BILLING_CURRENCY
     spent = money.format_money(status.spend, currency)
-    limit = money.format_money(status.limit, currency)
+    limit = money.format_money(limit_amount, currency)
     lines = [
         f"{tenant.name} has used {threshold}% of its spend limit for {status.period.label}: "
         f"{spent} of {limit}.",

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
 
 import orjson
 import redis
@@ -178,7 +179,8 @@ def consume_batch(
     stream = names().usage_stream()
     entries: list = []
     if own_pending:
-        for _stream, stream_entries in client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count) or ():
+        pending = cast(list, client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count))
+        for _stream, stream_entries in pending or ():
             entries.extend(stream_entries)
     else:
         _, claimed = client.xautoclaim(
@@ -186,7 +188,9 @@ def consume_batch(
         )[:2]
         entries = list(claimed or [])
         if not entries:
-            response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
+            response = cast(
+                list, client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
+            )
             for _stream, stream_entries in response or ():
                 entries.extend(stream_entries)
     if not entries:
@@ -203,8 +207,8 @@ def consume_batch(
     return len(ids)
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = str(entry_id).partition("-")
+def _id_key(entry_id: str | bytes) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -295,7 +299,7 @@ class _Metrics:
         last = next(
             (g["last-delivered-id"] for g in client.xinfo_groups(stream) if g["name"] == GROUP), "0-0"
         )
-        undelivered = client.xrange(stream, min=f"({last}", count=1)  # the first after it
+        undelivered = cast(list, client.xrange(stream, min=f"({last}", count=1))  # the first after it
         if undelivered:
             candidates.append(_id_key(undelivered[0][0]))
         self.oldest_unacked_age.set(max(0.0, (now_ms - min(candidates)[0]) / 1000) if candidates else 0.0)
@@ -388,6 +392,7 @@ def run(
     started = time.monotonic()
     # At start, first what this consumer name read before (a restarted container keeps its name).
     own_pending, group_ready, failures, housekept = True, False, 0, 0.0
+    error: Exception
     try:
         while not stop.is_set() and (stop_after is None or time.monotonic() - started < stop_after):
             METRICS.turned_at = time.monotonic()
