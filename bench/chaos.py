@@ -571,7 +571,7 @@ def create_tenants() -> list[str]:
 
 
 def route_models(engines: list[Service]) -> None:
-    from berth.redis import get_redis, rkey
+    from berth.redis import get_redis, names
 
     client = get_redis()
     for model in (CHAT, EMBED):
@@ -581,8 +581,8 @@ def route_models(engines: list[Service]) -> None:
                 "url": f"http://127.0.0.1:{engine.port}",
                 "api_key": ENGINE_KEY,
             }
-            client.hset(rkey("route", model), engine.name, json.dumps(entry))
-        client.sadd(rkey("routes"), model)
+            client.hset(names().route(model), engine.name, json.dumps(entry))
+        client.sadd(names().routes(), model)
 
 
 async def run_schedule(traffic: Traffic, schedule, phase_seconds: float, concurrency: int):
@@ -616,16 +616,15 @@ def unconsumed(client, stream: str) -> int:
 
 def settle(timeout: float) -> None:
     """Wait until the usage stream is consumed and no stream checkpoint is left to bill."""
-    from berth.redis import get_redis, rkey
-    from gateway.metering import CHECKPOINT_DUE, USAGE_STREAM
+    from berth.redis import get_redis, names
 
     client = get_redis()
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline:
         try:
-            left = unconsumed(client, rkey(USAGE_STREAM))
-            checkpoints = client.zcard(rkey(CHECKPOINT_DUE))
+            left = unconsumed(client, names().usage_stream())
+            checkpoints = client.zcard(names().usage_checkpoints_due())
         except Exception:  # noqa: BLE001 - Redis may still be starting
             left, checkpoints = 1, 1
         if left == 0 and checkpoints == 0:

@@ -38,6 +38,8 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from berth.redis import get_redis  # noqa: E402
+from contract.redis_names import RedisNames  # noqa: E402
+from contract.usage import UsageEvent  # noqa: E402
 
 PREFIX = "berthbench:"
 ENGINE_KEY = "bench-engine-key"
@@ -218,27 +220,27 @@ def ingestion(tenant_id: str, events: int) -> float:
     from billing.models import UsageRecord
 
     client = get_redis()
-    client.delete(PREFIX + "usage")
+    stream = RedisNames(PREFIX).usage_stream()
+    client.delete(stream)
     usage.ensure_group(client)
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(events):
-        event = {
-            "id": f"bench_{now}_{i}",
-            "t": tenant_id,
-            "k": None,
-            "m": MODEL,
-            "ep": "chat",
-            "p": 12,
-            "c": 16,
-            "s": "ok",
-            "h": 200,
-            "l": 3,
-            "f": 1,
-            "w": "w1",
-            "ts": now,
-        }
-        pipe.xadd(PREFIX + "usage", {"e": json.dumps(event)})
+        event = UsageEvent(
+            request_id=f"bench_{now}_{i}",
+            tenant_id=tenant_id,
+            model=MODEL,
+            occurred_at_ms=now,
+            endpoint="chat",
+            prompt_tokens=12,
+            completion_tokens=16,
+            status="ok",
+            http_status=200,
+            latency_ms=3,
+            ttft_ms=1,
+            worker="w1",
+        )
+        pipe.xadd(stream, event.to_fields())
         if i % 10_000 == 9_999:
             pipe.execute()
     pipe.execute()
@@ -314,12 +316,12 @@ def main() -> None:
         "/health",
     )
     redis.hset(
-        PREFIX + f"model:{MODEL}",
+        RedisNames(PREFIX).model(MODEL),
         mapping={"served_name": MODEL, "task": "chat", "visibility": "public", "tenants": "[]"},
     )
-    redis.sadd(PREFIX + "models", MODEL)
+    redis.sadd(RedisNames(PREFIX).models(), MODEL)
     redis.hset(
-        PREFIX + f"route:{MODEL}",
+        RedisNames(PREFIX).route(MODEL),
         "w1",
         json.dumps({"url": f"http://127.0.0.1:{engine_port}", "api_key": ENGINE_KEY}),
     )

@@ -1,4 +1,8 @@
-"""One Redis client per process for control-plane code (keys mirror, routing table, ...)."""
+"""One Redis client per process for control-plane code, and the Redis names under its prefix.
+
+The names themselves are the contract's (``contract.redis_names``, which also describes the
+layout); this module only supplies the prefix from ``settings.REDIS_PREFIX``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
+
+from contract import redis_names
 
 logger = logging.getLogger(__name__)
 
@@ -22,22 +28,28 @@ def get_redis() -> redis.Redis:
     )
 
 
+def names() -> redis_names.RedisNames:
+    """The contract's Redis names under this deployment's prefix (read on each call: tests and
+    benchmarks change ``settings.REDIS_PREFIX``)."""
+    return redis_names.RedisNames(settings.REDIS_PREFIX)
+
+
 def rkey(*parts: object) -> str:
-    """Build a namespaced Redis key: ``rkey("key", "abc")`` -> ``berth:key:abc``."""
-    return settings.REDIS_PREFIX + ":".join(str(part) for part in parts)
+    """A name under the prefix that is not part of the contract: ``rkey("x", 1)`` -> ``berth:x:1``."""
+    return redis_names.join(settings.REDIS_PREFIX, *parts)
 
 
 def mirror_write(write, *, invalidate: str, what: str) -> bool:
     """One atomic write to a Redis mirror of PostgreSQL, followed by an invalidation message.
 
-    ``write(pipe)`` queues the commands; ``invalidate`` is published on the ``invalidate`` channel
-    so gateways drop their in-process copies. A Redis outage is logged, not raised: the caller's
+    ``write(pipe)`` queues the commands; ``invalidate`` (a ``contract.invalidation`` message) is
+    published on the invalidation channel so gateways drop their in-process copies. A Redis outage is logged, not raised: the caller's
     database change already committed, and the periodic resync repairs the mirror.
     """
     try:
         pipe = get_redis().pipeline(transaction=True)
         write(pipe)
-        pipe.publish(rkey("invalidate"), invalidate)
+        pipe.publish(names().invalidate_channel(), invalidate)
         pipe.execute()
     except redis.RedisError:
         logger.exception("could not mirror %s to Redis; the periodic resync will", what)

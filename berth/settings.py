@@ -17,6 +17,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from berth import embedded
 from berth.env import env_bool, env_int, env_list, env_secret, env_str
+from contract.api_keys import parse_peppers
+from contract.redis_names import normalize_prefix
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("BERTH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -67,14 +69,10 @@ if _peppers_raw is None:
             "BERTH_KEY_PEPPERS (or BERTH_KEY_PEPPERS_FILE) must be set when DEBUG is off"
         )
     _peppers_raw = f"dev:{_dev_secret('BERTH_KEY_PEPPERS')}"
-KEY_PEPPERS: dict[str, str] = {}
-for _pair in _peppers_raw.split(","):
-    _pid, _, _secret = _pair.strip().partition(":")
-    if not _pid or not _secret:
-        raise ImproperlyConfigured("BERTH_KEY_PEPPERS must look like 'id1:secret1,id2:secret2'")
-    if not DEBUG and len(_secret) < 32:
-        raise ImproperlyConfigured(f"pepper {_pid!r} in BERTH_KEY_PEPPERS is shorter than 32 characters")
-    KEY_PEPPERS[_pid] = _secret
+try:
+    KEY_PEPPERS: dict[str, str] = parse_peppers(_peppers_raw, require_strong=not DEBUG)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 CURRENT_PEPPER_ID = next(iter(KEY_PEPPERS))
 
 # --------------------------------------------------------------------------- hosts & security
@@ -189,7 +187,7 @@ DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_bert
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Prefix for every Redis key Berth writes (keys mirror, routing table, quotas, usage stream).
-REDIS_PREFIX = env_str("BERTH_REDIS_PREFIX", "berth:")
+REDIS_PREFIX = normalize_prefix(env_str("BERTH_REDIS_PREFIX"))
 
 CACHES = {
     "default": {

@@ -1,8 +1,8 @@
 """Billing the streams of a gateway that died (SIGKILL, OOM) from their last usage checkpoint.
 
-A gateway checkpoints each stream's delivered usage in Redis (``gateway/metering.py``: hash
-``usage_ckpt`` by request id, sorted set ``usage_ckpt_due`` scored by the time after which the
-checkpoint counts as abandoned, pushed forward by the live gateway's heartbeat). Its final usage
+A gateway checkpoints each stream's delivered usage in Redis (``gateway.metering``; names in
+``contract``: a hash by request id, and a sorted set scored by the time after which the checkpoint
+counts as abandoned, pushed forward by the live gateway's heartbeat). Its final usage
 event removes the checkpoint in the same Lua script, so a checkpoint still present after its due
 time belongs to a stream that never closed.
 
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import redis
 
-from berth.redis import get_redis, rkey
-from gateway.metering import CHECKPOINT_DUE, CHECKPOINT_HASH, USAGE_STREAM
+from berth.redis import get_redis, names
+from contract.usage import EVENT_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ if not event then
   return 0
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('XADD', KEYS[3], '*', 'e', event)
+redis.call('XADD', KEYS[3], '*', '%(field)s', event)
 return 1
-"""
+""" % {"field": EVENT_FIELD}  # noqa: UP031 - Lua
 
 
 def bill_lost_streams(
@@ -48,10 +49,13 @@ def bill_lost_streams(
     """Move every abandoned checkpoint into the usage stream; returns how many were moved."""
     client = client or get_redis()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    due_key, hash_key, stream = rkey(CHECKPOINT_DUE), rkey(CHECKPOINT_HASH), rkey(USAGE_STREAM)
+    redis_names = names()
+    due_key = redis_names.usage_checkpoints_due()
+    hash_key = redis_names.usage_checkpoints()
+    stream = redis_names.usage_stream()
     claim = client.register_script(_CLAIM)
     moved = 0
-    for request_id in client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=limit):
+    for request_id in cast(list, client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=limit)):
         if claim(keys=[due_key, hash_key, stream], args=[request_id, now_ms], client=client):
             moved += 1
     if moved:

@@ -4,13 +4,13 @@ Each tenant's spend this period (``billing.reports.period_spend``: usage × pric
 rounded like invoice lines) is compared with its limit: the billing account's ``spend_limit``,
 else the plan's ``monthly_spend_limit`` (neither: no limit). Crossing one of the account's alert
 thresholds (percent; 50/80/100 by default) emails the owners and billing members **once per
-threshold per period** (a unique ``SpendAlert`` row). At 100 % the Redis key
-``q:{<tenant>}:spend_blocked`` is set until the period ends, and the gateway answers 429
+threshold per period** (a unique ``SpendAlert`` row). At 100 % the tenant's ``spend_blocked`` key
+(``contract``) is set until the period ends, and the gateway answers 429
 ``insufficient_quota``; raising the limit (``check_tenant`` runs on save) or the new period lifts it.
 Celery beat runs ``check_all`` every ``BERTH_SPEND_CHECK_SECONDS``.
 
 That check lags by up to a minute of traffic, so the gateway also keeps a per-tenant spend counter
-in Redis (gateway/spend.py: it adds each settled request's cost, priced from the model mirror, and
+in Redis (``contract.spend``: it adds each settled request's cost, priced from the model mirror, and
 refuses admission once the counter reaches ``spend_limit_micros`` from the tenant mirror). The
 check reconciles that counter with PostgreSQL: it raises it to the exact spend of the usage
 records (never lowers it: events still in the usage stream are not in PostgreSQL yet), republishes
@@ -30,11 +30,11 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from berth.redis import get_redis, rkey
+from berth.redis import get_redis, names
 from billing import money, notify, reports
 from billing.models import BillingAccount, SpendAlert
 from billing.periods import Period, period_containing
-from gateway.spend import COUNTER_TTL_SECONDS, counter_key, period_id, to_micros
+from contract.spend import COUNTER_TTL_SECONDS, period_id, to_micros
 from tenants.models import Tenant
 
 # Raise the counter to ARGV[1] (never lower it); atomic against the gateway's concurrent INCRBYs.
@@ -88,7 +88,7 @@ def limit_for(tenant: Tenant, account: BillingAccount | None = None) -> Decimal 
 
 
 def blocked_key(tenant_id) -> str:
-    return rkey("q", "{%s}" % tenant_id, "spend_blocked")  # noqa: UP031 - Redis Cluster hash tag
+    return names().spend_blocked(tenant_id)
 
 
 def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
@@ -102,11 +102,11 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
     status.spend_micros = to_micros(sum((line.exact_cost() for line in lines), Decimal(0)))
     if limit is not None:
         status.blocked = spend >= limit
-        percent = status.percent
+        percent = percent_of(spend, limit)
         for threshold in sorted({int(t) for t in account.alert_thresholds or []}):
             if percent >= threshold and _record_alert(tenant, period, threshold, spend, limit):
                 status.alerts_sent.append(threshold)
-                _send_alert(tenant, status, threshold)
+                _send_alert(tenant, status, threshold, limit)
     _publish_block(tenant, status, now)
     status.counter_raised = _raise_counter(tenant, status.spend_micros, now)
     _check_limit_mirror(tenant, limit)
@@ -114,7 +114,7 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
 
 
 def spend_counter_key(tenant_id, now: datetime) -> str:
-    return counter_key(settings.REDIS_PREFIX, str(tenant_id), period_id(settings.BILLING_PERIOD, now))
+    return names().spend_counter(tenant_id, period_id(settings.BILLING_PERIOD, now))
 
 
 def _raise_counter(tenant: Tenant, micros: int, now: datetime) -> bool:
@@ -140,7 +140,7 @@ def _check_limit_mirror(tenant: Tenant, limit: Decimal | None) -> None:
 
     wanted = "" if limit is None else str(to_micros(limit))
     try:
-        mirrored = get_redis().hget(rkey("tenant", tenant.pk), "spend_limit_micros")
+        mirrored = get_redis().hget(names().tenant(tenant.pk), "spend_limit_micros")
     except Exception:  # noqa: BLE001 - Redis down: the next check repairs it
         log.exception("could not read the mirrored spend limit of %s", tenant.slug)
         return
@@ -159,7 +159,7 @@ def republish_prices(*, now: datetime | None = None) -> list[str]:
         return []
     pipe = get_redis().pipeline(transaction=False)
     for model in models:
-        pipe.hmget(rkey("model", model.name), ["served_name", *mirror.PRICE_FIELDS])
+        pipe.hmget(names().model(model.name), ["served_name", *mirror.PRICE_FIELDS])
     changed = []
     for model, (served, *prices) in zip(models, pipe.execute(), strict=True):
         if served is None:
@@ -187,10 +187,10 @@ def _record_alert(tenant, period: Period, threshold: int, spend: Decimal, limit:
     return created
 
 
-def _send_alert(tenant: Tenant, status: SpendStatus, threshold: int) -> None:
+def _send_alert(tenant: Tenant, status: SpendStatus, threshold: int, limit_amount: Decimal) -> None:
     currency = settings.BILLING_CURRENCY
     spent = money.format_money(status.spend, currency)
-    limit = money.format_money(status.limit, currency)
+    limit = money.format_money(limit_amount, currency)
     lines = [
         f"{tenant.name} has used {threshold}% of its spend limit for {status.period.label}: "
         f"{spent} of {limit}.",

@@ -1,6 +1,6 @@
 """Usage ingestion: the gateway's Redis stream → ``UsageRecord`` rows.
 
-The gateway appends one JSON event per request to ``<prefix>usage`` (see ``gateway/metering.py``).
+The gateway appends one usage event per request to the usage stream (``contract.usage``).
 Consumers in the group ``billing`` read batches, write them with ONE statement per batch —
 ``INSERT … ON CONFLICT (request_id) DO NOTHING``, so a re-delivered event changes nothing —
 and only after the commit ``XACK`` the
@@ -28,8 +28,8 @@ import random
 import socket
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
 
 import orjson
 import redis
@@ -38,18 +38,15 @@ from django.db import DatabaseError, DataError, IntegrityError, connection, tran
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from berth.redis import get_redis, rkey
+from berth.redis import get_redis, names
 from billing import checkpoints
-from billing.models import UsageSource
+from contract.redis_names import USAGE_GROUP
+from contract.usage import EVENT_FIELD, MalformedUsageEvent, UsageEvent
 
 logger = logging.getLogger(__name__)
 
-STREAM = "usage"
-GROUP = "billing"
-# Events PostgreSQL refuses one by one (not a connection problem) are kept here, not dropped.
-DEAD_LETTER_STREAM = "usage:dead"
+GROUP = USAGE_GROUP
 CLAIM_IDLE_MS = 60_000
-USAGE_SOURCES = frozenset(UsageSource.values)
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 HOUSEKEEPING_SECONDS = 5.0  # trim the stream and refresh the lag gauges at most this often
@@ -81,37 +78,10 @@ def consumer_name() -> str:
 def ensure_group(client: redis.Redis | None = None) -> None:
     client = client or get_redis()
     try:
-        client.xgroup_create(rkey(STREAM), GROUP, id="0", mkstream=True)
+        client.xgroup_create(names().usage_stream(), GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-
-
-def _valid(event) -> bool:
-    """Strict, so one malformed event can never make a whole batch fail (and block the stream)."""
-    try:
-        uuid.UUID(str(event["t"]))
-        if event.get("k") is not None:
-            uuid.UUID(str(event["k"]))
-        ints_ok = all(
-            event.get(name) is None or (type(event[name]) is int and 0 <= event[name] < 2**31)
-            for name in ("p", "c", "h", "l", "f")
-        )
-        strings_ok = all(event.get(name) is None or isinstance(event[name], str) for name in ("ep", "s", "w"))
-        source_ok = event.get("u") is None or event["u"] in USAGE_SOURCES
-        return (
-            isinstance(event["id"], str)
-            and 0 < len(event["id"]) <= 64
-            and isinstance(event["m"], str)
-            and 0 < len(event["m"]) <= 200
-            and type(event["ts"]) is int
-            and event["ts"] > 0
-            and ints_ok
-            and strings_ok
-            and source_ok
-        )
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return False
 
 
 def write_events(events: list[dict]) -> int:
@@ -135,18 +105,21 @@ def _decode_entries(entries) -> tuple[list[str], list[dict], list[dict]]:
             ids.append(entry_id)
             continue
         ids.append(entry_id)
-        raw = fields.get("e") if isinstance(fields, dict) else None
         try:
-            event = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            event = None
-        if event is None or not _valid(event):
+            event = UsageEvent.from_fields(fields)
+        except MalformedUsageEvent as exc:
+            # Events PostgreSQL could never take are parked in the dead-letter stream, not dropped.
             logger.error(
-                "malformed usage event %s: %r; kept in %s", entry_id, fields, rkey(DEAD_LETTER_STREAM)
+                "malformed usage event %s (%s): %r; kept in %s",
+                entry_id,
+                exc,
+                fields,
+                names().usage_dead_letter(),
             )
-            malformed.append({"e": str(raw)[:65536], "error": "malformed"})
+            raw = fields.get(EVENT_FIELD) if isinstance(fields, dict) else None
+            malformed.append({EVENT_FIELD: str(raw)[:65536], "error": "malformed"})
             continue
-        events.append(event)
+        events.append(event.to_wire())
     return ids, events, malformed
 
 
@@ -166,8 +139,10 @@ def _write_or_dead_letter(events: list[dict], *, client: redis.Redis) -> None:
                 write_events([event])
             except (IntegrityError, DataError) as exc:
                 logger.error("usage event %s refused by PostgreSQL (%s); kept in %s", event.get("id"), exc,
-                             rkey(DEAD_LETTER_STREAM))  # fmt: skip
-                client.xadd(rkey(DEAD_LETTER_STREAM), {"e": orjson.dumps(event), "error": str(exc)[:500]})
+                             names().usage_dead_letter())  # fmt: skip
+                client.xadd(
+                    names().usage_dead_letter(), {EVENT_FIELD: orjson.dumps(event), "error": str(exc)[:500]}
+                )
                 METRICS.errors.labels("refused").inc()
 
 
@@ -188,10 +163,11 @@ def consume_batch(
     """
     client = client or get_redis()
     consumer = consumer or consumer_name()
-    stream = rkey(STREAM)
+    stream = names().usage_stream()
     entries: list = []
     if own_pending:
-        for _stream, stream_entries in client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count) or ():
+        pending = cast(list, client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count))
+        for _stream, stream_entries in pending or ():
             entries.extend(stream_entries)
     else:
         _, claimed = client.xautoclaim(
@@ -199,7 +175,9 @@ def consume_batch(
         )[:2]
         entries = list(claimed or [])
         if not entries:
-            response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
+            response = cast(
+                list, client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
+            )
             for _stream, stream_entries in response or ():
                 entries.extend(stream_entries)
     if not entries:
@@ -207,7 +185,7 @@ def consume_batch(
     ids, events, malformed = _decode_entries(entries)
     _write_or_dead_letter(events, client=client)
     for fields in malformed:
-        client.xadd(rkey(DEAD_LETTER_STREAM), fields)
+        client.xadd(names().usage_dead_letter(), fields)
         METRICS.errors.labels("refused").inc()
     # Acknowledge only after the commit: a crash before this line means re-delivery, which the
     # unique request id turns into a no-op. No XDEL: other groups may not have read these yet.
@@ -216,8 +194,8 @@ def consume_batch(
     return len(ids)
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = str(entry_id).partition("-")
+def _id_key(entry_id: str | bytes) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -225,7 +203,7 @@ def acknowledged_floor(client: redis.Redis | None = None) -> str | None:
     """The smallest stream id some group still needs: its oldest pending entry, else the entry
     after its last delivered one. Everything below it is acknowledged by every group."""
     client = client or get_redis()
-    stream = rkey(STREAM)
+    stream = names().usage_stream()
     floors: list[tuple[int, int]] = []
     for group in client.xinfo_groups(stream):
         name = group["name"]
@@ -247,7 +225,7 @@ def trim_acknowledged(client: redis.Redis | None = None) -> int:
     floor = acknowledged_floor(client)
     if floor is None or floor in ("0-0", "0-1"):
         return 0
-    return client.xtrim(rkey(STREAM), minid=floor, approximate=False)
+    return client.xtrim(names().usage_stream(), minid=floor, approximate=False)
 
 
 # --------------------------------------------------------------------------- the process
@@ -294,7 +272,7 @@ class _Metrics:
         self.succeeded_at = 0.0  # readiness: PostgreSQL and Redis both answered
 
     def refresh(self, client: redis.Redis) -> None:
-        stream = rkey(STREAM)
+        stream = names().usage_stream()
         now_ms = time.time() * 1000
         self.stream_length.set(client.xlen(stream))
         summary = client.xpending(stream, GROUP)
@@ -308,7 +286,7 @@ class _Metrics:
         last = next(
             (g["last-delivered-id"] for g in client.xinfo_groups(stream) if g["name"] == GROUP), "0-0"
         )
-        undelivered = client.xrange(stream, min=f"({last}", count=1)  # the first after it
+        undelivered = cast(list, client.xrange(stream, min=f"({last}", count=1))  # the first after it
         if undelivered:
             candidates.append(_id_key(undelivered[0][0]))
         self.oldest_unacked_age.set(max(0.0, (now_ms - min(candidates)[0]) / 1000) if candidates else 0.0)
@@ -366,9 +344,9 @@ def forget_idle_consumers(client: redis.Redis, *, idle_ms: int = FORGET_IDLE_MS)
     """Drop consumers that hold nothing and were idle a day: every restarted pod or container adds
     a name (host:pid) to the group. One still alive is simply re-created by its next read."""
     removed = 0
-    for consumer in client.xinfo_consumers(rkey(STREAM), GROUP):
+    for consumer in client.xinfo_consumers(names().usage_stream(), GROUP):
         if consumer["pending"] == 0 and consumer["idle"] >= idle_ms:
-            removed += client.xgroup_delconsumer(rkey(STREAM), GROUP, consumer["name"]) == 0
+            removed += client.xgroup_delconsumer(names().usage_stream(), GROUP, consumer["name"]) == 0
     return removed
 
 
@@ -397,10 +375,11 @@ def run(
         if metrics_port is not None
         else None
     )
-    logger.info("usage consumer %s reading %s", consumer, rkey(STREAM))
+    logger.info("usage consumer %s reading %s", consumer, names().usage_stream())
     started = time.monotonic()
     # At start, first what this consumer name read before (a restarted container keeps its name).
     own_pending, group_ready, failures, housekept = True, False, 0, 0.0
+    error: Exception
     try:
         while not stop.is_set() and (stop_after is None or time.monotonic() - started < stop_after):
             METRICS.turned_at = time.monotonic()

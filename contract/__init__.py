@@ -1,1 +1,70 @@
-"""The contract between Berth's processes (filled in by the contract work: see issue 13)."""
+"""The contract between Berth's processes: every fact that crosses Redis, defined once.
+
+The gateway (no Django) and the control plane (Django apps, Celery, the usage consumer) talk only
+through Redis. Both import this package, which imports nothing of either, so a name, a message or
+an encoding cannot drift apart on the two sides:
+
+* ``contract.redis_names`` — one builder per Redis key, channel and stream (``RedisNames``);
+* ``contract.invalidation`` — the messages on the ``invalidate`` channel and their one parser;
+* ``contract.usage`` — the usage event (``UsageEvent``) and its wire encoding;
+* ``contract.api_keys`` — the key format, its parser, the HMAC, and pepper parsing;
+* ``contract.spend`` — money in micro-units, billing periods, a request's cost;
+* ``contract.engine_metrics`` — the parser for the engines' Prometheus load gauges.
+
+The Redis layout
+================
+
+Every name starts with ``BERTH_REDIS_PREFIX`` (``berth:``). ``{t}`` is a tenant id inside a Redis
+Cluster hash tag, so one request's quota keys share a slot. "Writer → reader" names the processes.
+
+Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, healed by resyncs):
+
+* ``apikey:<lookup id>`` — hash: ``hash`` (HMAC-SHA256 hex), ``pepper`` (pepper id), ``key_id``,
+  ``tenant_id``, ``name``, ``allowed_models`` (JSON list; empty = all), ``expires_at`` (epoch s or
+  empty). Only usable inference keys are present; an expiring key also gets ``EXPIREAT``.
+  Written by ``tenants.mirror``, read by ``gateway.auth``.
+* ``tenant:<tenant id>`` — hash: ``slug``, ``status`` (``active`` admits requests), ``plan`` (JSON
+  of the plan's limits: ``rpm``, ``tpm``, ``concurrency``, ``monthly_tokens``; null = unlimited),
+  ``spend_limit_micros`` (empty: no limit), ``rev`` (a fresh token per write, for the resync's
+  compare-and-set). Written by ``tenants.mirror``, read by ``gateway.auth``.
+* ``model:<public name>`` — hash: ``served_name``, ``task`` (``chat`` | ``completion`` |
+  ``embedding``), ``visibility`` (``public`` | ``private``), ``tenants`` (JSON list of tenant ids
+  allowed a private model), ``created`` (epoch s), ``owned_by``, ``context_length`` (tokens, or
+  empty), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
+  tokens). A model without this hash does not exist for the gateway. Written by
+  ``models_registry.mirror``, read by ``gateway.routing``.
+* ``models`` — set of every mirrored model name (``GET /v1/models``).
+* ``route:<public name>`` — hash, one field per READY worker: worker id → JSON ``{"worker_id",
+  "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and
+  ``api_key``). A model with no ready worker has no hash. Written by ``workers.routing``.
+* ``routes`` — set of model names that have a ``route:`` hash.
+* channel ``invalidate`` — after every mirror write: ``apikey:<lookup id>``, ``tenant:<id>``,
+  ``model:<name>``, ``route:<name>`` (``contract.invalidation``). Gateways drop their ≤1 s cached
+  copy at once.
+
+Written by the gateway:
+
+* ``engine_load`` — hash worker id → JSON ``{"waiting", "running", "kv", "at"}`` (engine gauges,
+  ``at`` in epoch s), scraped about once a second by the one gateway holding
+  ``lock:engine_scraper`` (``SET NX PX``); read by every gateway and by ``workers.autoscaler``.
+* ``demand:<public name>`` — epoch s of the last request that found no ready worker (``EX 60``);
+  read by ``workers.autoscaler`` to scale a model up from zero.
+* ``usage`` — stream, one entry per admitted request, field ``e`` = the usage event
+  (``contract.usage``); consumer group ``billing`` (``billing.usage``) moves it to PostgreSQL.
+  ``usage:dead`` — stream of events PostgreSQL refused (kept, never dropped).
+* ``usage_ckpt`` — hash request id → the usage event of a long stream as delivered so far;
+  ``usage_ckpt_due`` — sorted set request id → epoch ms after which that checkpoint counts as
+  abandoned (pushed forward by the live gateway's heartbeat). ``billing.checkpoints`` moves an
+  abandoned one into ``usage``; the final event removes it in the same script.
+* ``key_last_used`` — hash key id → epoch s, flushed every few seconds; a Celery task claims it
+  (renamed to ``key_last_used:flushing:<token>``) and writes ``ApiKey.last_used_at``.
+* Quotas, taken and settled in one Lua script each (``gateway.quotas``):
+  ``q:{t}:t:rpm:<epoch minute>``, ``q:{t}:t:tpm:<epoch minute>`` (counters, expire after 2 min),
+  ``q:{t}:t:conc`` (sorted set request id → lease expiry ms), ``q:{t}:t:tokens:<YYYYMM>``.
+* ``q:{t}:spend:<period id>`` — the tenant's spend this billing period in micro-units: the
+  gateway adds each settled request's cost, billing's periodic check raises it (never lowers it)
+  to what PostgreSQL says (``contract.spend``).
+
+Written by billing: ``q:{t}:spend_blocked`` — while present, the gateway refuses the tenant with
+``insufficient_quota`` (the spend check sets it at 100 % of the limit until the period ends).
+"""

@@ -1,34 +1,30 @@
-"""Key and tenant lookups against the Redis mirror (``tenants/mirror.py``), cached for ≤1 s.
+"""Key and tenant lookups against the Redis mirror, cached for ≤1 s; the key check itself.
 
-A key reads ``sk-berth-<12 lookup>_<43 secret>``. The lookup id finds ``<prefix>apikey:<id>``;
-the secret is checked as HMAC-SHA256(pepper, secret) in constant time. An unknown key, a wrong
-secret, a retired pepper and an expired key all spend the same HMAC and fail with the same 401.
-
-Entries (including "absent") are cached in-process for ``key_cache_seconds`` (≤1 s) and dropped
-at once when the control plane publishes ``apikey:<id>`` / ``tenant:<id>`` on the invalidation
-channel (``route:<model>`` / ``model:<name>`` on it are handed to the router), so a revocation takes effect within a second even if the subscription lags.
+The key format, the HMAC and the mirror's layout are the contract's (``contract.api_keys``,
+``contract`` for the layout). An unknown key, a wrong secret, a retired pepper and an expired key
+all spend the same HMAC and fail with the same 401. Cached entries (including "absent") are
+dropped at once when the control plane announces a change on the invalidation channel
+(``contract.invalidation``), so a revocation takes effect within a second even if the
+subscription lags; model and route messages on it are handed to the router.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
+from contract import api_keys, invalidation
+from contract.invalidation import Invalidation, Kind
+from contract.redis_names import RedisNames
 from gateway.errors import GatewayError, invalid_api_key, missing_api_key
 
 logger = logging.getLogger("berth.gateway.auth")
-
-KEY_PREFIX = "sk-berth-"
-LOOKUP_LENGTH = 12
-SECRET_LENGTH = 43
-_DUMMY_SECRET = b"x" * SECRET_LENGTH
-INVALIDATE_CHANNEL = "invalidate"
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,6 @@ class KeyEntry:
     pepper_id: str
     allowed_models: frozenset[str]
     expires_at: float | None
-    limits: dict | None  # optional per-key limits (same shape as a plan), if the mirror has them
 
 
 @dataclass(frozen=True)
@@ -47,7 +42,7 @@ class TenantEntry:
     tenant_id: str
     status: str
     plan: dict
-    spend_limit_micros: int | None = None  # gateway/spend.py: None = no spend limit
+    spend_limit_micros: int | None = None  # contract.spend: None = no spend limit
 
 
 @dataclass(frozen=True)
@@ -79,44 +74,43 @@ def _spend_limit(value: str | None) -> int | None:
 
 
 def _parse(raw: str) -> tuple[str, str] | None:
-    if not raw.startswith(KEY_PREFIX):
+    """Lookup id and secret of an inference key (a management key is no key for the gateway)."""
+    parsed = api_keys.parse_key(raw)
+    if parsed is None or parsed.kind != api_keys.INFERENCE:
         return None
-    lookup_id, sep, secret = raw[len(KEY_PREFIX) :].partition("_")
-    if not sep or len(lookup_id) != LOOKUP_LENGTH or len(secret) != SECRET_LENGTH:
-        return None
-    return lookup_id, secret
+    return parsed.lookup_id, parsed.secret
 
 
 class Authenticator:
-    def __init__(self, redis, settings):
+    def __init__(self, redis: Any, settings: Any) -> None:
         self.redis = redis
         self.settings = settings
+        self.names = RedisNames(settings.redis_prefix)
         self.peppers = settings.peppers()
         self._any_pepper = next(iter(self.peppers.values()))
         self.ttl = settings.key_cache_seconds
         self._keys: dict[str, tuple[float, KeyEntry | None]] = {}
         self._tenants: dict[str, tuple[float, TenantEntry | None]] = {}
         # Routing-table and model-registry invalidations share the channel; the router takes them.
-        self.on_other = None
+        self.on_other: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------------ cache
 
-    def invalidate(self, message: str) -> None:
-        kind, _, ident = message.partition(":")
-        if kind == "apikey":
-            self._keys.pop(ident, None)
-        elif kind == "tenant":
-            self._tenants.pop(ident, None)
-        elif kind in ("route", "model"):
-            if self.on_other is not None:
-                self.on_other(kind, ident)
-        else:  # unknown message: be safe
+    def invalidate(self, message: str | bytes) -> None:
+        parsed = invalidation.parse(message)
+        if not isinstance(parsed, Invalidation):  # unknown message: be safe
             self._keys.clear()
             self._tenants.clear()
+        elif parsed.kind is Kind.API_KEY:
+            self._keys.pop(parsed.ident, None)
+        elif parsed.kind is Kind.TENANT:
+            self._tenants.pop(parsed.ident, None)
+        elif self.on_other is not None:  # a model or a route
+            self.on_other(parsed.kind.value, parsed.ident)
 
     async def listen_invalidations(self) -> None:
         """Drop cached entries as the control plane announces changes (reconnects forever)."""
-        channel = self.settings.key(INVALIDATE_CHANNEL)
+        channel = self.names.invalidate_channel()
         while True:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -126,9 +120,7 @@ class Authenticator:
                 self._tenants.clear()
                 async for message in pubsub.listen():
                     data = message.get("data")
-                    if isinstance(data, bytes):
-                        data = data.decode()
-                    if isinstance(data, str):
+                    if isinstance(data, bytes | str):
                         self.invalidate(data)
             except asyncio.CancelledError:
                 raise
@@ -141,11 +133,10 @@ class Authenticator:
         cached = self._keys.get(lookup_id)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
-        raw = await self.redis.hgetall(self.settings.key("apikey", lookup_id))
+        raw = await self.redis.hgetall(self.names.api_key(lookup_id))
         entry = None
         if raw:
             raw = {k.decode(): v.decode() for k, v in raw.items()}
-            limits = raw.get("limits")
             entry = KeyEntry(
                 key_id=raw.get("key_id", ""),
                 tenant_id=raw.get("tenant_id", ""),
@@ -153,7 +144,6 @@ class Authenticator:
                 pepper_id=raw.get("pepper", ""),
                 allowed_models=frozenset(orjson.loads(raw.get("allowed_models") or "[]")),
                 expires_at=float(raw["expires_at"]) if raw.get("expires_at") else None,
-                limits=orjson.loads(limits) if limits else None,
             )
         if len(self._keys) > 100_000:
             self._keys.clear()
@@ -165,7 +155,7 @@ class Authenticator:
         cached = self._tenants.get(tenant_id)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
-        raw = await self.redis.hgetall(self.settings.key("tenant", tenant_id))
+        raw = await self.redis.hgetall(self.names.tenant(tenant_id))
         entry = None
         if raw:
             raw = {k.decode(): v.decode() for k, v in raw.items()}
@@ -182,8 +172,8 @@ class Authenticator:
 
     # ------------------------------------------------------------------ verification
 
-    def _digest(self, pepper: bytes, secret: bytes) -> str:
-        return hmac.new(pepper, secret, hashlib.sha256).hexdigest()
+    def _digest(self, pepper: bytes, secret: str) -> str:
+        return api_keys.secret_digest(pepper, secret)
 
     async def authenticate(self, headers: dict[bytes, bytes]) -> Principal:
         raw = presented_key(headers)
@@ -191,19 +181,19 @@ class Authenticator:
             raise missing_api_key()
         parsed = _parse(raw)
         if parsed is None:
-            self._digest(self._any_pepper, _DUMMY_SECRET)  # same work as a well-formed key
+            self._digest(self._any_pepper, api_keys.DUMMY_SECRET)  # same work as a well-formed key
             raise invalid_api_key()
         lookup_id, secret = parsed
         entry = await self._key(lookup_id)
         pepper = self.peppers.get(entry.pepper_id) if entry is not None else None
-        digest = self._digest(pepper or self._any_pepper, secret.encode())
+        digest = self._digest(pepper or self._any_pepper, secret)
         ok = (
             entry is not None
             and pepper is not None
-            and hmac.compare_digest(digest, entry.secret_hash)
+            and api_keys.digest_matches(digest, entry.secret_hash)
             and (entry.expires_at is None or entry.expires_at > time.time())
         )
-        if not ok:
+        if not ok or entry is None:
             raise invalid_api_key()
         tenant = await self.tenant(entry.tenant_id)
         if tenant is None:

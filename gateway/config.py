@@ -22,6 +22,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.api_keys import parse_peppers
+
 
 class GatewaySettings(BaseSettings):
     # hide_input_in_errors: a start-up error must not print the environment (peppers, tokens).
@@ -158,17 +160,9 @@ class GatewaySettings(BaseSettings):
         return hmac.new(material.encode(), b"berth cache salt", hashlib.sha256).digest()
 
     def peppers(self) -> dict[str, bytes]:
-        """``{pepper id: secret}``; a gateway with no peppers could not verify any key."""
-        result: dict[str, bytes] = {}
-        for pair in self.key_peppers.split(","):
-            pid, _, secret = pair.strip().partition(":")
-            if pid and secret:
-                result[pid] = secret.encode()
-            elif pair.strip():
-                raise ValueError("BERTH_KEY_PEPPERS must look like 'id1:secret1,id2:secret2'")
-        if not result:
-            raise ValueError("BERTH_KEY_PEPPERS (or BERTH_KEY_PEPPERS_FILE) must be set for the gateway")
-        return result
+        """``{pepper id: secret}``, validated as the control plane does (``contract.api_keys``)."""
+        parsed = parse_peppers(self.key_peppers, require_strong=not self.debug)
+        return {pid: secret.encode() for pid, secret in parsed.items()}
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]

@@ -1,21 +1,14 @@
 """Usage events and key last-use times, written to Redis by the gateway.
 
-* ``usage`` — a Redis stream; one entry per admitted request, field ``e`` = JSON
-  ``{"id", "t" (tenant), "k" (key id), "m" (model), "ep" (endpoint), "p", "c" (prompt/completion
-  tokens), "s" (status), "h" (HTTP code), "l" (latency ms), "f" (TTFT ms or null), "w" (worker),
-  "ts" (epoch ms), "u" (usage source: ``engine``, ``tokenizer`` — counted with the engine's
-  ``/tokenize`` or by chunks —, ``estimate``, ``checkpoint``)}``. It is written, together with the quota settlement, **before** the last bytes
-  of the response leave, so a client that saw a complete answer is always billed for it. The
-  consumer in ``billing/usage.py`` moves it to PostgreSQL.
-* ``usage_ckpt`` — hash ``<request id>`` → the usage event of a long stream *as delivered so far*
-  (status ``gateway_lost``, source ``checkpoint``), refreshed every ``checkpoint_seconds`` or
-  ``checkpoint_tokens``; ``usage_ckpt_due`` — sorted set ``<request id>`` → epoch ms after which
-  the checkpoint counts as abandoned (pushed forward by this gateway's heartbeat while the stream
-  lives). The final event and the checkpoint's removal are one Lua script, so a stream is billed
-  either by its final event or, if the gateway died (SIGKILL, OOM), by ``billing/checkpoints.py``
-  moving the last checkpoint into ``usage`` — never both.
-* ``key_last_used`` — hash ``<key id>`` → epoch seconds, flushed by this gateway every few
-  seconds; ``gateway.tasks.flush_key_last_used`` writes it to ``ApiKey.last_used_at``.
+The event (``contract.usage``) is appended to the usage stream together with the quota
+settlement, **before** the last bytes of the response leave, so a client that saw a complete
+answer is always billed for it; ``billing.usage`` moves it to PostgreSQL. A long stream is also
+checkpointed (what it delivered so far) every ``checkpoint_seconds`` or ``checkpoint_tokens``,
+with a due time this gateway's heartbeat pushes forward while the stream lives. The final event
+and the checkpoint's removal are one Lua script, so a stream is billed either by its final event
+or, if the gateway died (SIGKILL, OOM), by ``billing.checkpoints`` moving the last checkpoint into
+the stream — never both. Key last-use times are flushed to a hash every few seconds, for the
+control plane to write to ``ApiKey.last_used_at``. Names: ``contract``.
 """
 
 from __future__ import annotations
@@ -24,25 +17,26 @@ import asyncio
 import logging
 import time
 
-import orjson
 from redis.exceptions import RedisError
 
+from contract.redis_names import RedisNames
+from contract.usage import EVENT_FIELD, UsageEvent
 from gateway.redis_pipe import REDIS_DOWN, is_noscript, is_unavailable
 
 logger = logging.getLogger("berth.gateway.metering")
 
-USAGE_STREAM = "usage"
-LAST_USED_HASH = "key_last_used"
-CHECKPOINT_HASH = "usage_ckpt"
-CHECKPOINT_DUE = "usage_ckpt_due"
-
 # KEYS: usage stream, checkpoint hash, due set; ARGV: event, request id.
 FINAL_WITH_CHECKPOINT = """
-redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[1], '*', '%(field)s', ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
-"""
+""" % {"field": EVENT_FIELD}  # noqa: UP031 - as the stream's readers expect
+
+
+def _event(event: UsageEvent | dict) -> UsageEvent:
+    """The request handler still builds the event as its wire mapping; the encoding is the contract's."""
+    return event if isinstance(event, UsageEvent) else UsageEvent.from_wire(event, strict=False)
 
 
 class Metering:
@@ -50,22 +44,23 @@ class Metering:
         self.redis = redis
         self.settings = settings
         self.quotas = quotas
-        self.stream = settings.key(USAGE_STREAM)
-        self.checkpoints = settings.key(CHECKPOINT_HASH)
-        self.checkpoints_due = settings.key(CHECKPOINT_DUE)
+        self.names = RedisNames(settings.redis_prefix)
+        self.stream = self.names.usage_stream()
+        self.checkpoints = self.names.usage_checkpoints()
+        self.checkpoints_due = self.names.usage_checkpoints_due()
         self.last_used: dict[str, int] = {}
         self.checkpointed: set[str] = set()  # request ids with a checkpoint in Redis
 
     def _due(self) -> int:
         return int((time.time() + self.settings.checkpoint_lost_after) * 1000)
 
-    async def checkpoint(self, event: dict) -> None:
+    async def checkpoint(self, event: UsageEvent | dict) -> None:
         """Store what a stream has delivered so far; billed only if this gateway dies."""
-        rid = event["id"]
-        snapshot = {**event, "s": "gateway_lost", "h": 0, "u": "checkpoint"}
+        snapshot = _event(event).as_checkpoint()
+        rid = snapshot.request_id
         self.checkpointed.add(rid)  # from now on the final event must remove it
         results = await self.quotas.hot.execute(
-            ("HSET", self.checkpoints, rid, orjson.dumps(snapshot)),
+            ("HSET", self.checkpoints, rid, snapshot.encode()),
             ("ZADD", self.checkpoints_due, self._due(), rid),
         )
         for result in results:
@@ -75,11 +70,12 @@ class Metering:
     def touch(self, key_id: str) -> None:
         self.last_used[key_id] = int(time.time())
 
-    async def record(self, event: dict, lease) -> None:
+    async def record(self, event: UsageEvent | dict, lease) -> None:
         """Append the usage event and settle the request's quota in one round trip."""
-        rid = event["id"]
+        event = _event(event)
+        rid = event.request_id
         if rid in self.checkpointed:
-            commands = [
+            commands: list[tuple[object, ...]] = [
                 (
                     "EVAL",
                     FINAL_WITH_CHECKPOINT,
@@ -87,15 +83,19 @@ class Metering:
                     self.stream,
                     self.checkpoints,
                     self.checkpoints_due,
-                    orjson.dumps(event),
+                    event.encode(),
                     rid,
                 )
             ]
         else:
-            commands = [("XADD", self.stream, "*", "e", orjson.dumps(event))]
+            commands = [("XADD", self.stream, "*", EVENT_FIELD, event.encode())]
         if lease is not None and not lease.settled:
             commands.append(
-                self.quotas.settle_command(lease, prompt_tokens=event["p"], completion_tokens=event["c"])
+                self.quotas.settle_command(
+                    lease,
+                    prompt_tokens=event.prompt_tokens or 0,
+                    completion_tokens=event.completion_tokens or 0,
+                )
             )
         try:
             results = await self._send_riding_out_outages(commands)
@@ -107,7 +107,7 @@ class Metering:
         if len(results) > 1 and is_noscript(results[1]):
             await self.quotas.retry_settle(commands[1])
         elif len(results) > 1 and isinstance(results[1], Exception):
-            logger.warning("quota settlement failed for %s: %s", event["id"], results[1])
+            logger.warning("quota settlement failed for %s: %s", rid, results[1])
 
     async def _send_riding_out_outages(self, commands: list[tuple]) -> list:
         """Send, retrying while Redis is unreachable or loading (a restart, a failover).
@@ -135,7 +135,7 @@ class Metering:
         if not self.last_used:
             return
         batch, self.last_used = self.last_used, {}
-        await self.redis.hset(self.settings.key(LAST_USED_HASH), mapping=batch)
+        await self.redis.hset(self.names.key_last_used(), mapping=batch)
 
     async def heartbeat(self) -> None:
         """Keep this gateway's checkpoints from being billed as lost while their streams live."""

@@ -1,24 +1,17 @@
 """Quotas, checked and taken atomically in Redis by one Lua script per admission.
 
-Scopes: the tenant (limits from its plan) and, if the key's mirror entry carries ``limits``, the
-key too. A scope's limits are ``rpm``, ``tpm``, ``concurrency``, ``monthly_tokens`` (``None`` =
-unlimited). Keys (the ``{tenant}`` hash tag keeps one request's keys in one cluster slot):
+The tenant's plan sets ``rpm``, ``tpm``, ``concurrency`` and ``monthly_tokens`` (``None`` =
+unlimited). Its keys (names and lifetimes in ``contract``): per-minute request and token counters
+(fixed windows), a sorted set of in-flight request ids scored by lease expiry (gateways renew
+their leases every ``lease_seconds / 3``; a dead gateway's leases expire), and the month's tokens.
+Admission adds 1 request and reserves ``prompt estimate + max_tokens`` tokens; settlement adds
+``actual - reserved``.
 
-* ``q:{<tenant>}:<scope>:rpm:<minute>`` / ``…:tpm:<minute>`` — counters of the current minute
-  (fixed windows; ``minute`` = epoch minutes), expire after 2 minutes. Admission adds 1 request
-  and reserves ``prompt estimate + max_tokens`` tokens; settlement adds ``actual - reserved``.
-* ``q:{<tenant>}:<scope>:conc`` — sorted set of in-flight request ids scored by lease expiry (ms).
-  Gateways renew their leases every ``lease_seconds / 3``; a dead gateway's leases expire.
-* ``q:{<tenant>}:<scope>:tokens:<YYYYMM>`` — tokens used this month (reserved, then settled).
-* ``q:{<tenant>}:spend:<period id>`` — the tenant's spend this billing period in micro-units
-  (``gateway/spend.py`` has the contract). Settlement adds the request's cost (its prompt and
-  completion tokens at the model's mirrored prices) in the same script; admission refuses with
-  ``insufficient_quota`` once the counter reaches the tenant's mirrored ``spend_limit_micros``.
-  So a limit holds within one request: only requests admitted before the counter crossed it
-  (those in flight at that moment) can add to it. Billing's periodic check raises the counter to
-  what PostgreSQL says.
-* ``q:{<tenant>}:spend_blocked`` — while this key exists the tenant is refused with
-  ``insufficient_quota`` as well (billing's periodic check sets it at 100 % of the limit).
+Spend: settlement also adds the request's cost (its tokens at the model's mirrored prices,
+``contract.spend``) to the tenant's spend counter for the billing period, and admission refuses
+with ``insufficient_quota`` once the counter reaches the tenant's mirrored ``spend_limit_micros``
+or while billing's ``spend_blocked`` key exists. So a limit holds within one request: only
+requests admitted before the counter crossed it can add to it.
 
 Because check and take happen in one script, concurrent requests can overshoot a token limit only
 by what requests already admitted generate beyond their reservation; request and concurrency
@@ -34,7 +27,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from gateway import spend
+from contract import spend
+from contract.redis_names import RedisNames
 from gateway.errors import GatewayError
 from gateway.redis_pipe import is_noscript
 
@@ -154,6 +148,7 @@ class Quotas:
         self.redis = redis
         self.hot = hot  # the auto-pipelined connection (gateway/redis_pipe.py)
         self.settings = settings
+        self.names = RedisNames(settings.redis_prefix)
         self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
         self.in_flight: dict[str, Lease] = {}
@@ -172,12 +167,6 @@ class Quotas:
         if isinstance(result, Exception):
             raise result
         return result
-
-    def _scopes(self, principal) -> list[tuple[str, dict]]:
-        scopes = [("t", principal.tenant.plan)]
-        if principal.key.limits:
-            scopes.append((f"k:{principal.key.key_id}", principal.key.limits))
-        return scopes
 
     async def admit(
         self,
@@ -205,14 +194,14 @@ class Quotas:
             0,
             -1 if spend_limit is None else spend_limit,
         ]
-        scopes = self._scopes(principal)
-        for scope, limits in scopes:
-            base = self.settings.key("q", "{%s}" % tenant, scope)  # noqa: UP031
+        # One scope, the tenant's plan (the scripts take several, four keys each).
+        scopes = [principal.tenant.plan]
+        for limits in scopes:
             rpm_k, tpm_k, conc_k, month_k = (
-                f"{base}:rpm:{minute}",
-                f"{base}:tpm:{minute}",
-                f"{base}:conc",
-                f"{base}:tokens:{month}",
+                self.names.quota_rpm(tenant, minute),
+                self.names.quota_tpm(tenant, minute),
+                self.names.quota_concurrency(tenant),
+                self.names.quota_monthly_tokens(tenant, month),
             )
             keys += [rpm_k, tpm_k, conc_k, month_k]
             settle_keys += [tpm_k, month_k, conc_k]
@@ -226,10 +215,10 @@ class Quotas:
         args[4] = len(scopes)
         if minute != self._period[0]:  # periods change on minute boundaries at most
             self._period = (minute, spend.period_id(self.settings.billing_period))
-        spend_key = spend.counter_key(self.settings.redis_prefix, tenant, self._period[1])
+        spend_key = self.names.spend_counter(tenant, self._period[1])
         settle_keys.append(spend_key)
         keys.append(spend_key)
-        keys.append(self.settings.key("q", "{%s}" % tenant, "spend_blocked"))  # noqa: UP031
+        keys.append(self.names.spend_blocked(tenant))
         result = await self._admit(keys, args)
         plan = principal.tenant.plan
         rpm, tpm = _limit(plan.get("rpm")), _limit(plan.get("tpm"))

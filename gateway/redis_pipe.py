@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import cast
 from urllib.parse import unquote, urlparse
 
 import hiredis
@@ -33,10 +34,11 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, owner: RedisPipe):
         self.owner = owner
         self.reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
+        # Set by connection_made, which runs before create_connection hands the protocol over.
+        self.transport: asyncio.Transport
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -82,7 +84,7 @@ class RedisPipe:
                 loop.create_connection(lambda: _Protocol(self), self.host, self.port), self.timeout
             )
             self._protocol = protocol
-            setup = []
+            setup: list[tuple[object, ...]] = []
             if self.password:
                 setup.append(
                     ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)

@@ -1,32 +1,10 @@
-"""Where requests go: the Redis layouts the gateway reads from provisioning, and the worker choice.
+"""Where requests go: the model registry and routing table read from Redis, and the worker choice.
 
-**This module is the one place that knows provisioning's Redis layout.** The provisioning branch
-had not written its own when this was built, so the layout below is the gateway's proposal; adapt
-``_read_model``, ``_read_routes`` and ``signal_demand`` at merge if it differs. All keys live
-under ``BERTH_REDIS_PREFIX`` (``berth:``):
-
-* ``model:<public name>`` — hash, written by the model registry:
-  ``served_name`` (the engine's ``--served-model-name``; defaults to the public name),
-  ``task`` (``chat`` | ``completion`` | ``embedding``), ``visibility`` (``public`` | ``private``),
-  ``tenants`` (JSON list of tenant ids that may use a private model), ``created`` (epoch s),
-  ``owned_by``, ``context_length`` (tokens; reserved per choice when a request names no
-  ``max_tokens``), ``price_input_micros`` / ``price_output_micros`` (per million tokens, micro-units
-  of the billing currency: ``gateway/spend.py``; absent = free). A model without this hash does
-  not exist for the gateway.
-* ``models`` — set of every public model name (for ``GET /v1/models``).
-* ``route:<public name>`` — hash, written by the reconciler/health checks: one field per **ready**
-  worker, ``<worker id>`` → JSON ``{"url": "http://host:port", "api_key": "<engine key>"}``.
-  A worker leaves the hash when it starts draining or fails. (Provisioning's entries
-  also carry ``worker_id``, ``node``, ``deployment_id`` and ``model``; the gateway ignores them.)
-* ``engine_load`` — hash ``<worker id>`` → JSON ``{"waiting", "running", "kv", "at"}``: the
-  engines' own ``/metrics`` (``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
-  ``vllm:kv_cache_usage_perc``) scraped about once a second by ONE gateway task, elected through
-  the lock ``lock:engine_scraper`` (``SET NX PX``), and read by every gateway.
-* **Demand signal for the autoscaler** — ``demand:<public name>`` = epoch seconds of the last
-  request that found no ready worker (``SET … EX 60``, at most once a second per gateway and
-  model; read by ``workers.autoscaler``), and a ``PUBLISH`` of the model name on channel ``demand``.
-* channel ``invalidate`` — ``route:<name>`` / ``model:<name>`` (published by provisioning and the
-  registry mirror) drop this gateway's cached copy at once (``Router.invalidate``).
+The mirrors' layout (``model:<name>``, ``models``, ``route:<name>``, ``engine_load``,
+``demand:<name>``) is the contract's: see ``contract``. One gateway at a time (elected through a
+``SET NX PX`` lock) scrapes every routed engine's ``/metrics`` about once a second into
+``engine_load``; every gateway reads it back. A request that finds no ready worker sets
+``demand:<name>`` (at most once a second per gateway and model), which the autoscaler reads.
 
 Worker choice (``BERTH_GATEWAY_ROUTING``): ``least_load`` — the lowest load, where load = this
 gateway's outstanding requests to the worker + the engine's waiting requests + 4 × its KV-cache
@@ -43,9 +21,14 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import orjson
+
+from contract import engine_metrics
+from contract.invalidation import Kind
+from contract.redis_names import RedisNames
 
 logger = logging.getLogger("berth.gateway.routing")
 
@@ -93,33 +76,12 @@ def _positive_int(value: str | None) -> int | None:
     return number if number is not None and number > 0 else None
 
 
-def parse_engine_metrics(text: str) -> dict[str, float]:
-    """Sum vLLM's load gauges over their label sets from Prometheus text."""
-    wanted = {
-        "vllm:num_requests_waiting": "waiting",
-        "vllm:num_requests_running": "running",
-        "vllm:kv_cache_usage_perc": "kv",
-    }
-    out = {"waiting": 0.0, "running": 0.0, "kv": 0.0}
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        field = wanted.get(name)
-        if field is None:
-            continue
-        try:
-            out[field] += float(line.rsplit(" ", 1)[-1])
-        except ValueError:
-            continue
-    return out
-
-
 class Router:
     def __init__(self, redis, settings, upstream=None):
         self.redis = redis
         self.settings = settings
         self.upstream = upstream
+        self.names = RedisNames(settings.redis_prefix)
         self.instance = f"{os.uname().nodename}:{os.getpid()}"
         self.outstanding: dict[str, int] = {}
         self.engine_load: dict[str, dict] = {}
@@ -143,7 +105,7 @@ class Router:
         return info
 
     async def _read_model(self, name: str) -> ModelInfo | None:
-        raw = _decode(await self.redis.hgetall(self.settings.key("model", name)))
+        raw = _decode(await self.redis.hgetall(self.names.model(name)))
         if not raw:
             return None
         return ModelInfo(
@@ -163,7 +125,7 @@ class Router:
         """The models a tenant (and key, if it lists models) may use: ``GET /v1/models``."""
         now = time.monotonic()
         if now - self._model_names[0] >= self.settings.route_cache_seconds:
-            names = await self.redis.smembers(self.settings.key("models"))
+            names = await self.redis.smembers(self.names.models())
             self._model_names = (now, sorted(n.decode() if isinstance(n, bytes) else n for n in names))
         result = []
         for name in self._model_names[1]:
@@ -184,7 +146,7 @@ class Router:
         return workers
 
     async def _read_routes(self, model: str) -> list[Worker]:
-        raw = _decode(await self.redis.hgetall(self.settings.key("route", model)))
+        raw = _decode(await self.redis.hgetall(self.names.route(model)))
         workers = []
         for worker_id, value in sorted(raw.items()):
             try:
@@ -199,10 +161,7 @@ class Router:
         if now - self._demand_sent.get(model, 0.0) < 1.0:
             return
         self._demand_sent[model] = now
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.settings.key("demand", model), int(time.time()), ex=60)
-        pipe.publish(self.settings.key("demand"), model)
-        await pipe.execute()
+        await self.redis.set(self.names.demand(model), int(time.time()), ex=60)
 
     async def wait_for_workers(self, model: str, wait_seconds: float) -> list[Worker]:
         """Cold start: signal demand and poll the routing table until a worker is ready."""
@@ -216,9 +175,9 @@ class Router:
 
     def invalidate(self, kind: str, name: str) -> None:
         """Drop a cached route table or model entry (from the ``invalidate`` channel)."""
-        if kind == "route":
+        if kind == Kind.ROUTE:
             self._routes.pop(name, None)
-        elif kind == "model":
+        elif kind == Kind.MODEL:
             self._models.pop(name, None)
             self._model_names = (0.0, [])
 
@@ -231,7 +190,9 @@ class Router:
             load += float(engine.get("waiting", 0)) + KV_WEIGHT * float(engine.get("kv", 0))
         return load
 
-    def choose(self, workers: list[Worker], prefix: str | None, exclude: set[str] = frozenset()) -> Worker:
+    def choose(
+        self, workers: list[Worker], prefix: str | None, exclude: AbstractSet[str] = frozenset()
+    ) -> Worker:
         candidates = [w for w in workers if w.worker_id not in exclude] or workers
         if len(candidates) == 1:
             return candidates[0]
@@ -264,7 +225,7 @@ class Router:
     # ------------------------------------------------------------------ engine metrics
 
     async def refresh_loads(self) -> None:
-        raw = _decode(await self.redis.hgetall(self.settings.key("engine_load")))
+        raw = _decode(await self.redis.hgetall(self.names.engine_load()))
         loads = {}
         for worker_id, value in raw.items():
             try:
@@ -275,7 +236,7 @@ class Router:
 
     async def scrape_once(self) -> bool:
         """If this gateway holds the scraper lock, scrape every routed worker's ``/metrics``."""
-        lock = self.settings.key("lock", "engine_scraper")
+        lock = self.names.engine_scraper_lock()
         ttl_ms = int(self.settings.scrape_interval * 3000)
         holder = await self.redis.get(lock)
         holder = holder.decode() if isinstance(holder, bytes) else holder
@@ -284,10 +245,8 @@ class Router:
         elif not await self.redis.set(lock, self.instance, nx=True, px=ttl_ms):
             return False
         workers: dict[str, Worker] = {}
-        async for name in self.redis.scan_iter(match=self.settings.key("route", "*"), count=500):
-            model = (name.decode() if isinstance(name, bytes) else name)[
-                len(self.settings.key("route", "")) :
-            ]
+        async for name in self.redis.scan_iter(match=self.names.route_pattern(), count=500):
+            model = self.names.route_model_of(name.decode() if isinstance(name, bytes) else name)
             for worker in await self._read_routes(model):
                 workers[worker.worker_id] = worker
         if not workers or self.upstream is None:
@@ -298,13 +257,13 @@ class Router:
                 text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, limit_s=2.0)
             except Exception:  # a worker that does not answer simply has no fresh load figure
                 return None
-            return worker.worker_id, {**parse_engine_metrics(text), "at": time.time()}
+            return worker.worker_id, {**engine_metrics.parse(text).as_dict(), "at": time.time()}
 
         results = await asyncio.gather(*(one(w) for w in workers.values()))
         mapping = {wid: orjson.dumps(data) for wid, data in filter(None, results)}
         if mapping:
             pipe = self.redis.pipeline(transaction=False)
-            key = self.settings.key("engine_load")
+            key = self.names.engine_load()
             pipe.delete(key)
             pipe.hset(key, mapping=mapping)
             pipe.pexpire(key, ttl_ms * 2)

@@ -1,30 +1,19 @@
 """The Redis copy of the model registry that the gateway reads (it never queries PostgreSQL).
 
-Layout (under ``settings.REDIS_PREFIX``), read by ``gateway.routing``:
-
-* ``model:<public name>`` — hash: ``served_name`` (the engine's ``--served-model-name``, which
-  Berth sets to the public name), ``task``, ``visibility`` (``public`` | ``private``), ``tenants``
-  (JSON list of tenant ids allowed to use a private model), ``created`` (epoch seconds),
-  ``owned_by``, ``context_length`` (tokens, when the registry names it: the gateway reserves it
-  per choice for a request without ``max_tokens``). A model without this hash does not exist for
-  the gateway. With a price in effect, ``price_input_micros`` and ``price_output_micros``: per
-  million tokens, in micro-units of the billing currency (gateway/spend.py), what the gateway adds
-  to the tenant's spend counter.
-* ``models`` — set of every model name (the gateway filters it per tenant for ``GET /v1/models``).
-* channel ``invalidate`` — ``model:<name>`` is published on every change.
-
-Signals keep it current whatever edits the registry (admin, API, ``pull_model``, bootstrap) or
-adds a price; a price scheduled for later is published when it takes effect by billing's periodic
-spend check (``billing.spend.republish_prices``). ``resync`` (periodic, and at ``manage.py up``)
-heals any missed write.
+The layout (``model:<name>``, the ``models`` set, the invalidation messages) is the contract's:
+see ``contract``. Signals keep it current whatever edits the registry (admin, API,
+``pull_model``, bootstrap) or adds a price; a price scheduled for later is published when it takes
+effect by billing's periodic spend check (``billing.spend.republish_prices``). ``resync``
+(periodic, and at ``manage.py up``) heals any missed write.
 """
 
 from __future__ import annotations
 
 import json
 
-from berth.redis import get_redis, mirror_write, rkey
-from gateway.spend import to_micros
+from berth.redis import get_redis, mirror_write, names
+from contract import invalidation
+from contract.spend import to_micros
 
 PRICE_FIELDS = ("price_input_micros", "price_output_micros")
 
@@ -58,19 +47,19 @@ def entry(model) -> dict[str, str]:
 
 def publish_model(model) -> bool:
     def write(pipe):
-        pipe.delete(rkey("model", model.name))
-        pipe.hset(rkey("model", model.name), mapping=entry(model))
-        pipe.sadd(rkey("models"), model.name)
+        pipe.delete(names().model(model.name))
+        pipe.hset(names().model(model.name), mapping=entry(model))
+        pipe.sadd(names().models(), model.name)
 
-    return mirror_write(write, invalidate=f"model:{model.name}", what=f"model {model.name}")
+    return mirror_write(write, invalidate=invalidation.model(model.name), what=f"model {model.name}")
 
 
 def unpublish_model(name: str) -> bool:
     def write(pipe):
-        pipe.delete(rkey("model", name))
-        pipe.srem(rkey("models"), name)
+        pipe.delete(names().model(name))
+        pipe.srem(names().models(), name)
 
-    return mirror_write(write, invalidate=f"model:{name}", what=f"model {name}")
+    return mirror_write(write, invalidate=invalidation.model(name), what=f"model {name}")
 
 
 def resync() -> dict[str, int]:
@@ -81,7 +70,7 @@ def resync() -> dict[str, int]:
     for model in models:
         publish_model(model)
     client = get_redis()
-    stale = {name for name in client.smembers(rkey("models")) if name not in names}
+    stale = {name for name in client.smembers(names().models()) if name not in names}
     for name in stale:
         unpublish_model(name)
     return {"written": len(models), "removed": len(stale)}

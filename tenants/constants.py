@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from contract import api_keys
+
 
 class TenantStatus(models.TextChoices):
     ACTIVE = "active", "Active"
@@ -16,8 +18,8 @@ class Role(models.TextChoices):
 
 
 class KeyKind(models.TextChoices):
-    INFERENCE = "inference", "Inference (gateway /v1)"
-    MANAGEMENT = "management", "Management (API /api/v1)"
+    INFERENCE = api_keys.INFERENCE, "Inference (gateway /v1)"
+    MANAGEMENT = api_keys.MANAGEMENT, "Management (API /api/v1)"
 
 
 # Object permissions on a Tenant (declared in Tenant.Meta.permissions), granted per role through
@@ -67,5 +69,5 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 ALL_ROLE_PERMISSIONS = frozenset().union(*ROLE_PERMISSIONS.values())
 
 # Visible key prefixes name the key's role (like hc's hcw_/hcr_).
-KEY_PREFIX = {KeyKind.INFERENCE: "sk-berth-", KeyKind.MANAGEMENT: "mk-berth-"}
-KEY_LOOKUP_LENGTH = 12
+KEY_PREFIX = {kind: api_keys.KEY_PREFIXES[kind.value] for kind in KeyKind}
+KEY_LOOKUP_LENGTH = api_keys.LOOKUP_LENGTH

@@ -1,17 +1,12 @@
-"""API keys: generation, hashing, verification, creation and revocation.
+"""API keys on the control plane: creation, revocation, and verification against PostgreSQL.
 
-A key reads ``sk-berth-<lookup id>_<secret>`` (``mk-berth-`` for management keys). The lookup id
-is stored in clear to find the row (or its Redis mirror); the secret is stored only as
-HMAC-SHA256(pepper, secret) with the pepper's id, so peppers can be rotated and a database leak
-alone does not reveal usable keys. Unknown keys and wrong secrets fail identically.
+The key format, the HMAC and the peppers are the contract's (``contract.api_keys``); the gateway
+verifies inference keys against the Redis mirror with the same functions. Unknown keys and wrong
+secrets fail identically.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,25 +15,16 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from contract import api_keys
 from tenants import mirror
-from tenants.constants import KEY_LOOKUP_LENGTH, KEY_PREFIX, KeyKind
+from tenants.constants import KeyKind
 from tenants.models import ApiKey, Tenant, User
 
-_ALPHABET = string.ascii_letters + string.digits
-# 43 base62 characters ≈ 256 bits of entropy.
-_SECRET_LENGTH = 43
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
 class InvalidKey(Exception):
     """The presented key is malformed, unknown, revoked, expired, or its secret is wrong."""
-
-
-@dataclass(frozen=True)
-class ParsedKey:
-    kind: str
-    lookup_id: str
-    secret: str
 
 
 @dataclass(frozen=True)
@@ -49,42 +35,20 @@ class CreatedKey:
     plaintext: str
 
 
-def _random_base62(length: int) -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
-def secret_from_bytes(material: bytes) -> str:
-    """A well-formed key secret from ≥32 bytes of pseudo-random material (e.g. an HMAC digest).
-
-    For callers that must re-derive a key's secret instead of storing it (the playground).
-    """
-    if len(material) < 32:
-        raise ValueError("need at least 32 bytes of key material")
-    number = int.from_bytes(material[:32], "big")
-    digits = []
-    for _ in range(_SECRET_LENGTH):
-        number, digit = divmod(number, len(_ALPHABET))
-        digits.append(_ALPHABET[digit])
-    return "".join(digits)
+secret_from_bytes = api_keys.secret_from_bytes
 
 
 def hash_secret(secret: str, pepper_id: str | None = None) -> tuple[str, str]:
     """Return ``(pepper_id, hex digest)`` of HMAC-SHA256(pepper, secret)."""
     pepper_id = pepper_id or settings.CURRENT_PEPPER_ID
-    pepper = settings.KEY_PEPPERS[pepper_id]
-    digest = hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).hexdigest()
-    return pepper_id, digest
+    return pepper_id, api_keys.secret_digest(settings.KEY_PEPPERS[pepper_id], secret)
 
 
-def parse_key(raw: str) -> ParsedKey:
-    raw = (raw or "").strip()
-    for kind, prefix in KEY_PREFIX.items():
-        if raw.startswith(prefix):
-            lookup_id, sep, secret = raw[len(prefix) :].partition("_")
-            if sep and len(lookup_id) == KEY_LOOKUP_LENGTH and len(secret) == _SECRET_LENGTH:
-                return ParsedKey(kind=str(kind), lookup_id=lookup_id, secret=secret)
-            break
-    raise InvalidKey("malformed key")
+def parse_key(raw: str) -> api_keys.ParsedKey:
+    parsed = api_keys.parse_key(raw)
+    if parsed is None:
+        raise InvalidKey("malformed key")
+    return parsed
 
 
 def secret_matches(secret: str, *, pepper_id: str, expected_hash: str) -> bool:
@@ -93,7 +57,7 @@ def secret_matches(secret: str, *, pepper_id: str, expected_hash: str) -> bool:
         hash_secret(secret)
         return False
     _, digest = hash_secret(secret, pepper_id)
-    return hmac.compare_digest(digest, expected_hash)
+    return api_keys.digest_matches(digest, expected_hash)
 
 
 def create_api_key(
@@ -111,13 +75,13 @@ def create_api_key(
     ``secret`` is random unless given (from ``secret_from_bytes``, by callers that re-derive it).
     """
     if secret is None:
-        secret = _random_base62(_SECRET_LENGTH)
-    elif len(secret) != _SECRET_LENGTH or not set(secret) <= set(_ALPHABET):
+        secret = api_keys.random_base62(api_keys.SECRET_LENGTH)
+    elif not api_keys.is_well_formed_secret(secret):
         raise ValueError("malformed key secret")
     pepper_id, digest = hash_secret(secret)
     with transaction.atomic():
         while True:
-            lookup_id = _random_base62(KEY_LOOKUP_LENGTH)
+            lookup_id = api_keys.random_base62(api_keys.LOOKUP_LENGTH)
             if not ApiKey.objects.filter(lookup_id=lookup_id).exists():
                 break
         api_key = ApiKey(
@@ -134,7 +98,9 @@ def create_api_key(
         api_key.full_clean()
         api_key.save()
         transaction.on_commit(lambda: mirror.publish_key(api_key))
-    return CreatedKey(api_key=api_key, plaintext=f"{KEY_PREFIX[kind]}{lookup_id}_{secret}")
+    return CreatedKey(
+        api_key=api_key, plaintext=api_keys.format_key(kind=str(kind), lookup_id=lookup_id, secret=secret)
+    )
 
 
 def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
@@ -162,7 +128,7 @@ def authenticate_key(raw: str, *, kind: str) -> ApiKey:
     try:
         parsed = parse_key(raw)
     except InvalidKey:
-        hash_secret("x" * _SECRET_LENGTH)  # same work as a well-formed key
+        hash_secret(api_keys.DUMMY_SECRET)  # same work as a well-formed key
         raise
     api_key = ApiKey.objects.select_related("tenant", "created_by").filter(lookup_id=parsed.lookup_id).first()
     if api_key is None:

@@ -1,19 +1,9 @@
 """The Redis copy of keys and tenants that the gateway reads instead of PostgreSQL.
 
-Layout (all under ``settings.REDIS_PREFIX``):
-
-* ``apikey:<lookup id>`` — hash: ``hash``, ``pepper``, ``key_id``, ``tenant_id``, ``name``,
-  ``allowed_models`` (JSON list), ``expires_at`` (epoch seconds or empty). Only usable inference
-  keys are present; a key with an expiry also gets a Redis ``EXPIREAT``, so it vanishes on time
-  even if no task runs.
-* ``tenant:<tenant id>`` — hash: ``slug``, ``status``, ``plan`` (JSON of the plan's limits),
-  ``spend_limit_micros`` (the spend limit in micro-units, gateway/spend.py; empty: no limit), ``rev``
-  (a fresh random token per write, so the resync can tell whether someone wrote after it).
-* channel ``invalidate`` — ``apikey:<lookup id>`` / ``tenant:<id>`` is published on every change so
-  gateways drop their short in-process caches at once.
-
-Writes happen after the database commit. If Redis was unreachable at that moment, the periodic
-``resync`` (and ``manage.py rebuild_key_mirror``) brings the mirror back in line with PostgreSQL.
+The layout (``apikey:<lookup id>``, ``tenant:<id>``, the invalidation messages) is the contract's:
+see ``contract``. Writes happen after the database commit. If Redis was unreachable at that
+moment, the periodic ``resync`` (and ``manage.py rebuild_key_mirror``) brings the mirror back in
+line with PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,11 +16,11 @@ import redis
 from django.db.models import Q
 from django.utils import timezone
 
-from berth.redis import get_redis, mirror_write, rkey
-from gateway.spend import to_micros
+from berth.redis import get_redis, mirror_write, names
+from contract import invalidation
+from contract.spend import to_micros
 from tenants.constants import KeyKind
 
-INVALIDATE_CHANNEL = "invalidate"
 logger = logging.getLogger(__name__)
 RESYNC_BATCH = 500
 
@@ -60,7 +50,7 @@ def tenant_entry(tenant) -> dict[str, str]:
 
 
 def _write_key(pipe, api_key) -> None:
-    name = rkey("apikey", api_key.lookup_id)
+    name = names().api_key(api_key.lookup_id)
     pipe.delete(name)
     if api_key.kind != KeyKind.INFERENCE or not api_key.is_usable:
         return
@@ -71,7 +61,7 @@ def _write_key(pipe, api_key) -> None:
 
 def _write_tenant(pipe, tenant_id, entry: dict[str, str], rev: str | None = None) -> None:
     # ``rev`` changes with every write, so the resync can tell whether anyone wrote after it.
-    pipe.hset(rkey("tenant", tenant_id), mapping={**entry, "rev": rev or uuid.uuid4().hex})
+    pipe.hset(names().tenant(tenant_id), mapping={**entry, "rev": rev or uuid.uuid4().hex})
 
 
 def publish_key(api_key) -> bool:
@@ -79,13 +69,15 @@ def publish_key(api_key) -> bool:
         _write_tenant(pipe, api_key.tenant_id, tenant_entry(api_key.tenant))
         _write_key(pipe, api_key)
 
-    return mirror_write(write, invalidate=f"apikey:{api_key.lookup_id}", what=f"key {api_key.lookup_id}")
+    return mirror_write(
+        write, invalidate=invalidation.api_key(api_key.lookup_id), what=f"key {api_key.lookup_id}"
+    )
 
 
 def unpublish_key(lookup_id: str) -> bool:
     return mirror_write(
-        lambda pipe: pipe.delete(rkey("apikey", lookup_id)),
-        invalidate=f"apikey:{lookup_id}",
+        lambda pipe: pipe.delete(names().api_key(lookup_id)),
+        invalidate=invalidation.api_key(lookup_id),
         what=f"key {lookup_id}",
     )
 
@@ -93,7 +85,7 @@ def unpublish_key(lookup_id: str) -> bool:
 def publish_tenant(tenant) -> bool:
     return mirror_write(
         lambda pipe: _write_tenant(pipe, tenant.pk, tenant_entry(tenant)),
-        invalidate=f"tenant:{tenant.pk}",
+        invalidate=invalidation.tenant(tenant.pk),
         what=f"tenant {tenant.pk}",
     )
 
@@ -101,8 +93,8 @@ def publish_tenant(tenant) -> bool:
 def unpublish_tenant(tenant_id) -> bool:
     """Drop a deleted tenant: the gateway then refuses every key that names it."""
     return mirror_write(
-        lambda pipe: pipe.delete(rkey("tenant", tenant_id)),
-        invalidate=f"tenant:{tenant_id}",
+        lambda pipe: pipe.delete(names().tenant(tenant_id)),
+        invalidate=invalidation.tenant(tenant_id),
         what=f"tenant {tenant_id}",
     )
 
@@ -134,7 +126,7 @@ def _republish_tenant_if_unchanged(tenant_id: str, rev: str, entry: dict[str, st
     A change committed after the resync's second look publishes its own, newer entry; that write
     must win over ours, so ours is a compare-and-set (WATCH) on the hash's ``rev``.
     """
-    name = rkey("tenant", tenant_id)
+    name = names().tenant(tenant_id)
     try:
         with get_redis().pipeline(transaction=True) as pipe:
             pipe.watch(name)
@@ -143,7 +135,7 @@ def _republish_tenant_if_unchanged(tenant_id: str, rev: str, entry: dict[str, st
                 return False
             pipe.multi()
             _write_tenant(pipe, tenant_id, entry)
-            pipe.publish(rkey(INVALIDATE_CHANNEL), f"tenant:{tenant_id}")
+            pipe.publish(names().invalidate_channel(), invalidation.tenant(tenant_id))
             pipe.execute()
     except redis.WatchError:
         return False
@@ -205,10 +197,10 @@ def resync() -> dict[str, int]:
         elif now_tenants[tenant_id] != entry:
             changed += _republish_tenant_if_unchanged(tenant_id, rev, now_tenants[tenant_id])
 
-    wanted = {rkey("apikey", lookup_id) for lookup_id in written - revoked}
+    wanted = {names().api_key(lookup_id) for lookup_id in written - revoked}
     stale = {
-        name.rsplit(":", 1)[-1]
-        for name in client.scan_iter(match=rkey("apikey", "*"), count=1000)
+        names().lookup_id_of(name)
+        for name in client.scan_iter(match=names().api_key_pattern(), count=1000)
         if name not in wanted
     }
     # A key created while we scanned is in Redis but not in `keys`: ask the database again.
@@ -216,8 +208,9 @@ def resync() -> dict[str, int]:
     for lookup_id in stale:
         unpublish_key(lookup_id)
     # Tenants deleted while Redis could not be told.
-    prefix = rkey("tenant", "")
-    mirrored = {name[len(prefix) :] for name in client.scan_iter(match=prefix + "*", count=1000)}
+    mirrored = {
+        names().tenant_id_of(name) for name in client.scan_iter(match=names().tenant_pattern(), count=1000)
+    }
     gone = {tenant_id for tenant_id in mirrored if _is_uuid(tenant_id)} - set(now_tenants)
     gone -= {str(pk) for pk in Tenant.objects.filter(pk__in=gone).values_list("pk", flat=True)}
     for tenant_id in gone:
@@ -229,9 +222,3 @@ def resync() -> dict[str, int]:
         "tenants_corrected": changed,
         "tenants_removed": len(gone),
     }
-
-
-def lookup(lookup_id: str) -> dict[str, str] | None:
-    """Read one mirrored key (what the gateway does); ``None`` if absent."""
-    entry = get_redis().hgetall(rkey("apikey", lookup_id))
-    return entry or None

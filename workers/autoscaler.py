@@ -2,13 +2,13 @@
 
 Signals:
 
-* load — per ready worker, ``vllm:num_requests_running`` + ``vllm:num_requests_waiting``: taken
-  from the gateway's scrape in Redis (``engine_load`` hash, worker id → JSON ``{"running",
-  "waiting", "kv", "at"}``) when it is fresher than ``LOAD_FRESH_SECONDS``, else read from the
-  engine's own ``/metrics`` (``workers.probe.load``);
-* demand — the gateway writes ``rkey("demand", <model name>)`` = epoch seconds with a TTL
-  (``SET … EX 60``) whenever a request for the model arrives and no worker is ready (it may also
-  refresh it on every request). Its presence means "someone is waiting or just asked".
+* load — per ready worker, the engine's running + waiting requests: taken from the gateway's
+  scrape in Redis (``engine_load``) when it is fresher than ``LOAD_FRESH_SECONDS``, else read from
+  the engine's own ``/metrics`` (``workers.probe.load``);
+* demand — the gateway sets ``demand:<model name>`` (for a minute) when a request for the model
+  finds no ready worker. Its presence means "someone is waiting or just asked".
+
+(Names and layout: ``contract``.)
 
 Rules (``decide`` is pure): wanted = ceil(load / target_concurrency). Scale up at once, up to
 ``max_replicas``; scale down (never below ``min_replicas``, nor below 1 while there is load)
@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from berth.redis import get_redis, rkey
+from berth.redis import get_redis, names
 from models_registry.models import Deployment
 from workers import dispatch, operations, probe
 from workers.constants import WorkerState
@@ -77,7 +77,7 @@ def gateway_loads(now: float | None = None) -> dict[str, probe.Load]:
     """Fresh per-worker loads the gateway scraped into Redis (``engine_load``); {} if none."""
     now = now or time.time()
     loads = {}
-    for worker_id, raw in get_redis().hgetall(rkey("engine_load")).items():
+    for worker_id, raw in get_redis().hgetall(names().engine_load()).items():
         try:
             entry = json.loads(raw)
             at = float(entry.get("at", 0))
@@ -94,7 +94,7 @@ def gateway_loads(now: float | None = None) -> dict[str, probe.Load]:
 def demand_for(model_names: list[str]) -> dict[str, bool]:
     if not model_names:
         return {}
-    values = get_redis().mget([rkey("demand", name) for name in model_names])
+    values = get_redis().mget([names().demand(name) for name in model_names])
     return {name: value is not None for name, value in zip(model_names, values, strict=True)}
 
 

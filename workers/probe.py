@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 import psutil
 
-_METRIC = re.compile(r"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$")
+from contract import engine_metrics
 
 
 @dataclass(frozen=True)
@@ -47,12 +46,8 @@ def health(url: str, *, api_key: str = "", path: str = "/health", timeout: float
 
 
 def parse_load(text: str) -> Load:
-    values = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0}
-    for line in text.splitlines():
-        match = _METRIC.match(line.strip())
-        if match:
-            values[match.group(1)] += float(match.group(2))
-    return Load(running=values["vllm:num_requests_running"], waiting=values["vllm:num_requests_waiting"])
+    parsed = engine_metrics.parse(text)
+    return Load(running=parsed.running, waiting=parsed.waiting)
 
 
 def load(url: str, *, api_key: str = "", timeout: float = 2.0) -> Load | None:

@@ -1,22 +1,9 @@
 """The routing table the gateway reads from Redis (it never queries PostgreSQL).
 
-Layout (keys built with ``berth.redis.rkey``, so under ``settings.REDIS_PREFIX``):
-
-* ``route:<model name>`` — hash, one field per READY worker of any deployment of that model:
-  field = worker id, value = JSON ``{"worker_id", "url", "api_key", "node", "deployment_id"}``.
-  ``url`` is the engine's base URL (append ``/v1/chat/completions``); ``api_key`` is the engine's
-  bearer key. A model with no ready worker has no key at all.
-* ``routes`` — set of model names that currently have a ``route:`` hash (for listing/cleanup).
-* channel ``invalidate`` — ``route:<model name>`` is published after every change, so gateways
-  that cache the table drop their copy at once.
-* ``demand:<model name>`` — written by the gateway, read by the autoscaler (see
-  ``workers.autoscaler``): a request found no ready worker (``SET … <epoch seconds> EX 60``; the
-  gateway also PUBLISHes the model name on channel ``demand``).
-* ``engine_load`` — hash written by the gateway's engine scraper (worker id → JSON
-  ``{"running", "waiting", "kv", "at"}``); the autoscaler uses fresh entries instead of probing.
-
-A worker leaves its hash before draining starts (``remove_worker``); ``publish`` rewrites every
-table from PostgreSQL at the end of each reconcile pass, so a missed write heals within a pass.
+The layout (``route:<model>`` hashes of READY workers, the ``routes`` set, the invalidation
+messages) is the contract's: see ``contract``. A worker leaves its hash before draining starts
+(``remove_worker``); ``publish`` rewrites every table from PostgreSQL at the end of each reconcile
+pass, so a missed write heals within a pass.
 """
 
 from __future__ import annotations
@@ -27,11 +14,11 @@ from collections import defaultdict
 
 import redis
 
-from berth.redis import get_redis, rkey
+from berth.redis import get_redis, names
+from contract import invalidation
 from workers.constants import WorkerState
 
 logger = logging.getLogger(__name__)
-INVALIDATE_CHANNEL = "invalidate"
 
 
 def entry(worker, model_name: str, node_name: str) -> str:
@@ -62,18 +49,18 @@ def publish(table: dict[str, dict[str, str]]) -> bool:
     """Replace every ``route:*`` hash with ``table`` (atomically, in one MULTI)."""
     client = get_redis()
     try:
-        previous = client.smembers(rkey("routes"))
+        previous = client.smembers(names().routes())
         pipe = client.pipeline(transaction=True)
         for model_name in set(previous) | set(table):
-            pipe.delete(rkey("route", model_name))
+            pipe.delete(names().route(model_name))
             if table.get(model_name):
-                pipe.hset(rkey("route", model_name), mapping=table[model_name])
-        pipe.delete(rkey("routes"))
+                pipe.hset(names().route(model_name), mapping=table[model_name])
+        pipe.delete(names().routes())
         if table:
-            pipe.sadd(rkey("routes"), *table)
+            pipe.sadd(names().routes(), *table)
         changed = set(previous) ^ set(table) | set(table)
         for model_name in changed:
-            pipe.publish(rkey(INVALIDATE_CHANNEL), f"route:{model_name}")
+            pipe.publish(names().invalidate_channel(), invalidation.route(model_name))
         pipe.execute()
     except redis.RedisError:
         logger.exception("could not publish the routing table; the next pass will")
@@ -84,8 +71,8 @@ def publish(table: dict[str, dict[str, str]]) -> bool:
 def remove_worker(model_name: str, worker_id) -> None:
     try:
         pipe = get_redis().pipeline(transaction=True)
-        pipe.hdel(rkey("route", model_name), str(worker_id))
-        pipe.publish(rkey(INVALIDATE_CHANNEL), f"route:{model_name}")
+        pipe.hdel(names().route(model_name), str(worker_id))
+        pipe.publish(names().invalidate_channel(), invalidation.route(model_name))
         pipe.execute()
     except redis.RedisError:
         logger.exception("could not remove worker %s from routing", worker_id)
@@ -93,15 +80,15 @@ def remove_worker(model_name: str, worker_id) -> None:
 
 def read(model_name: str) -> dict[str, dict]:
     """The routing entries of one model (what the gateway does)."""
-    return {k: json.loads(v) for k, v in get_redis().hgetall(rkey("route", model_name)).items()}
+    return {k: json.loads(v) for k, v in get_redis().hgetall(names().route(model_name)).items()}
 
 
 def current_tables(*, exclude_worker_ids: set[str] = frozenset()) -> dict[str, dict[str, str]]:
     """The tables as Redis has them now (raw entries), minus the given workers' entries."""
     client = get_redis()
     tables: dict[str, dict[str, str]] = {}
-    for model_name in client.smembers(rkey("routes")):
-        entries = client.hgetall(rkey("route", model_name))
+    for model_name in client.smembers(names().routes()):
+        entries = client.hgetall(names().route(model_name))
         kept = {wid: value for wid, value in entries.items() if wid not in exclude_worker_ids}
         if kept:
             tables[model_name] = kept

@@ -1,4 +1,4 @@
-"""The control plane's side of the gateway's spend counter (gateway/spend.py): prices and limits in
+"""The control plane's side of the gateway's spend counter (contract.spend): prices and limits in
 the Redis mirrors, and the periodic check raising the counter to PostgreSQL's spend."""
 
 from __future__ import annotations
@@ -7,13 +7,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
-from berth.redis import rkey
+from berth.redis import names
 from billing import spend
 from billing.models import BillingAccount
-from gateway.spend import COUNTER_TTL_SECONDS, counter_key, period_id
+from contract.spend import COUNTER_TTL_SECONDS, period_id
 from models_registry.models import Price
 from tenants import mirror as tenant_mirror
 from tenants import plans
@@ -28,7 +27,7 @@ NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
 def model_prices(redis_client, name: str) -> tuple:
-    return tuple(redis_client.hmget(rkey("model", name), ["price_input_micros", "price_output_micros"]))
+    return tuple(redis_client.hmget(names().model(name), ["price_input_micros", "price_output_micros"]))
 
 
 def test_the_model_mirror_carries_the_price_in_micros(redis_client):
@@ -36,7 +35,7 @@ def test_the_model_mirror_carries_the_price_in_micros(redis_client):
     ModelFactory(name="free-m")
     assert model_prices(redis_client, "priced-m") == ("150000", "600000")
     assert model_prices(redis_client, "free-m") == (None, None)
-    assert redis_client.hget(rkey("model", "free-m"), "served_name") == "free-m"
+    assert redis_client.hget(names().model("free-m"), "served_name") == "free-m"
 
 
 def test_a_new_price_is_published_at_once(redis_client):
@@ -67,7 +66,7 @@ def test_the_tenant_mirror_carries_the_spend_limit(client, redis_client):
     tenant = TenantFactory()
     owner = member(tenant, Role.OWNER, email="owner@limit.test")
     tenant_mirror.publish_tenant(tenant)
-    name = rkey("tenant", tenant.pk)
+    name = names().tenant(tenant.pk)
     assert redis_client.hget(name, "spend_limit_micros") == ""  # no limit
 
     # The account's limit, set in the console's settings.
@@ -94,7 +93,7 @@ def test_a_limit_set_in_the_admin_reaches_the_mirror(client, redis_client):
     form = {"tenant": str(tenant.pk), "spend_limit": "3.50", "alert_thresholds": "[50]", "billing_email": ""}
     response = client.post(url, form)
     assert response.status_code == 302, response.context["adminform"].form.errors
-    assert redis_client.hget(rkey("tenant", tenant.pk), "spend_limit_micros") == "3500000"
+    assert redis_client.hget(names().tenant(tenant.pk), "spend_limit_micros") == "3500000"
 
 
 def test_the_spend_check_repairs_a_limit_changed_without_signals(redis_client):
@@ -102,9 +101,9 @@ def test_the_spend_check_repairs_a_limit_changed_without_signals(redis_client):
     tenant_mirror.publish_tenant(tenant)
     BillingAccount.objects.update_or_create(tenant=tenant)
     BillingAccount.objects.filter(tenant=tenant).update(spend_limit=Decimal("7"))  # no signal
-    assert redis_client.hget(rkey("tenant", tenant.pk), "spend_limit_micros") == ""
+    assert redis_client.hget(names().tenant(tenant.pk), "spend_limit_micros") == ""
     spend.check_tenant(tenant=tenant, now=NOW)
-    assert redis_client.hget(rkey("tenant", tenant.pk), "spend_limit_micros") == "7000000"
+    assert redis_client.hget(names().tenant(tenant.pk), "spend_limit_micros") == "7000000"
 
 
 @pytest.fixture
@@ -116,7 +115,7 @@ def spender():
 
 
 def counter(tenant, now=NOW) -> str:
-    return counter_key(settings.REDIS_PREFIX, str(tenant.pk), period_id("month", now))
+    return names().spend_counter(tenant.pk, period_id("month", now))
 
 
 def test_the_check_raises_the_counter_to_the_exact_spend(spender, redis_client):
@@ -152,7 +151,7 @@ def test_the_counter_follows_the_billing_period_setting(spender, redis_client, s
     record(spender, "chat-c", NOW - timedelta(hours=1), 1_000_000, 0)
     record(spender, "chat-c", NOW - timedelta(days=1), 1_000_000, 0)  # yesterday: not this period
     spend.check_tenant(tenant=spender, now=NOW)
-    assert redis_client.get(counter_key(settings.REDIS_PREFIX, str(spender.pk), "d20261120")) == "1000000"
+    assert redis_client.get(names().spend_counter(spender.pk, "d20261120")) == "1000000"
 
 
 def test_no_usage_writes_no_counter(spender, redis_client):

@@ -23,7 +23,7 @@ from django.db import connection
 from django.db.models import Count, Sum
 
 from berth import embedded
-from berth.redis import rkey
+from berth.redis import names
 from billing import usage
 from billing.models import UsageRecord
 from tests.billing.tcp_proxy import TcpProxy
@@ -41,14 +41,14 @@ def event(tenant, request_id: str, **extra) -> dict:
 
 def publish(client, events: list[dict]) -> None:
     for item in events:
-        client.xadd(rkey(usage.STREAM), {"e": json.dumps(item)})
+        client.xadd(names().usage_stream(), {"e": json.dumps(item)})
 
 
 @pytest.mark.django_db
 def test_it_trims_only_what_every_group_has_acknowledged(redis_client):
     """Before: XDEL right after the billing group's XACK destroyed entries another group had not read."""
     tenant = TenantFactory()
-    stream = rkey(usage.STREAM)
+    stream = names().usage_stream()
     usage.ensure_group()
     redis_client.xgroup_create(stream, "audit", id="0")
     publish(redis_client, [event(tenant, f"req_{i}") for i in range(5)])
@@ -75,14 +75,14 @@ def test_it_trims_only_what_every_group_has_acknowledged(redis_client):
 def test_consumers_that_hold_nothing_and_sleep_are_forgotten_but_not_those_with_pending_entries(redis_client):
     tenant = TenantFactory()
     usage.ensure_group()
-    stream = rkey(usage.STREAM)
+    stream = names().usage_stream()
     publish(redis_client, [event(tenant, "held")])
     redis_client.xreadgroup(usage.GROUP, "gone-with-entries", {stream: ">"}, count=1)
     redis_client.xgroup_createconsumer(stream, usage.GROUP, "gone-empty")
     time.sleep(0.05)
     assert usage.forget_idle_consumers(redis_client, idle_ms=10) == 1
-    names = {c["name"] for c in redis_client.xinfo_consumers(stream, usage.GROUP)}
-    assert names == {"gone-with-entries"}
+    consumers = {c["name"] for c in redis_client.xinfo_consumers(stream, usage.GROUP)}
+    assert consumers == {"gone-with-entries"}
 
 
 @pytest.mark.django_db
@@ -93,12 +93,12 @@ def test_events_postgresql_refuses_are_parked_and_do_not_block_the_stream(redis_
     publish(
         redis_client, [event(tenant, "ok_1"), event(tenant, "bad", m="nul\u0000byte"), event(tenant, "ok_2")]
     )
-    redis_client.xadd(rkey(usage.STREAM), {"e": "not json"})  # malformed: parked too, not dropped
+    redis_client.xadd(names().usage_stream(), {"e": "not json"})  # malformed: parked too, not dropped
 
     assert usage.consume_batch(consumer="c1", block_ms=None) == 4
     assert set(UsageRecord.objects.values_list("request_id", flat=True)) == {"ok_1", "ok_2"}
-    assert redis_client.xpending(rkey(usage.STREAM), usage.GROUP)["pending"] == 0
-    parked = redis_client.xrange(rkey(usage.DEAD_LETTER_STREAM))
+    assert redis_client.xpending(names().usage_stream(), usage.GROUP)["pending"] == 0
+    parked = redis_client.xrange(names().usage_dead_letter())
     assert [json.loads(fields["e"])["id"] for _, fields in parked[:1]] == ["bad"]
     assert parked[1][1] == {"e": "not json", "error": "malformed"}
 
@@ -107,7 +107,7 @@ def test_events_postgresql_refuses_are_parked_and_do_not_block_the_stream(redis_
 def test_the_lag_gauges_count_pending_and_unread_events(redis_client):
     tenant = TenantFactory()
     usage.ensure_group()
-    stream = rkey(usage.STREAM)
+    stream = names().usage_stream()
     old = int(time.time() * 1000) - 90_000
     redis_client.xadd(stream, {"e": json.dumps(event(tenant, "old"))}, id=f"{old}-0")
     publish(redis_client, [event(tenant, "new")])
@@ -239,7 +239,7 @@ def test_the_consumer_survives_postgresql_and_redis_outages_and_lands_each_event
         during = batch("pg_down", 30)
         time.sleep(3)
         assert not any(landed(during).values())
-        assert client.xpending(rkey(usage.STREAM), usage.GROUP)["pending"] > 0  # read, not written
+        assert client.xpending(names().usage_stream(), usage.GROUP)["pending"] > 0  # read, not written
         proxy.restore()
         wait_landed(during, process, log)
         assert "database unavailable" in read(log)
@@ -262,9 +262,9 @@ def test_the_consumer_survives_postgresql_and_redis_outages_and_lands_each_event
         wait_landed(batch("after_kill", 10), process, log)
 
         deadline = time.monotonic() + 30
-        while client.xpending(rkey(usage.STREAM), usage.GROUP)["pending"] and time.monotonic() < deadline:
+        while client.xpending(names().usage_stream(), usage.GROUP)["pending"] and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert client.xpending(rkey(usage.STREAM), usage.GROUP)["pending"] == 0
+        assert client.xpending(names().usage_stream(), usage.GROUP)["pending"] == 0
 
         counts = landed(everything)
         assert set(counts.values()) == {1}, "every event exactly once"

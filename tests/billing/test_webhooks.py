@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core import mail
 
-from berth.redis import rkey
+from berth.redis import names
 from billing import dunning
 from billing.models import BillingAccount, Invoice, InvoiceStatus, StripeEvent
 from tenants.constants import Role, TenantStatus
@@ -218,7 +218,7 @@ def test_suspended_after_grace_and_resumed_on_payment(client, webhook_secret, se
     settings.PAYMENT_GRACE_DAYS = 7
     invoice = make_invoice()
     tenant = invoice.tenant
-    mirror_key = rkey("tenant", tenant.pk)
+    mirror_key = names().tenant(tenant.pk)
 
     post_event(client, invoice_event("evt_f1", "invoice.payment_failed", invoice))
     failed_at = BillingAccount.objects.get(tenant=tenant).payment_failed_at
@@ -270,7 +270,7 @@ def test_paying_one_of_two_failed_invoices_does_not_resume(client, webhook_secre
     assert Tenant.objects.get(pk=tenant.pk).status == TenantStatus.SUSPENDED
     post_event(client, invoice_event("evt_void", "invoice.voided", october))
     assert Tenant.objects.get(pk=tenant.pk).status == TenantStatus.ACTIVE
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == TenantStatus.ACTIVE
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == TenantStatus.ACTIVE
 
 
 @pytest.mark.django_db

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.core import mail
 
-from berth.redis import rkey
+from berth.redis import names
 from tenants.models import ApiKey
 from tests.browser.helpers import log_in
 from tests.factories import free_plan
@@ -55,7 +55,7 @@ def test_signup_create_key_list_and_revoke(live_server, page, shot, redis_client
     shot(page, "keys-created")
 
     api_key = ApiKey.objects.get(name="laptop")
-    assert redis_client.exists(rkey("apikey", api_key.lookup_id))
+    assert redis_client.exists(names().api_key(api_key.lookup_id))
     page.reload()  # re-POSTs the form: must not create a second key
     assert "already created" in page.content()
     assert ApiKey.objects.filter(name="laptop").count() == 1
@@ -66,7 +66,7 @@ def test_signup_create_key_list_and_revoke(live_server, page, shot, redis_client
     page.get_by_role("button", name="Revoke").click()
     page.wait_for_selector("text=Revoked “laptop”")
     assert page.locator(".badge.revoked").count() == 1
-    assert not redis_client.exists(rkey("apikey", api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(api_key.lookup_id))
     shot(page, "keys-revoked")
 
 

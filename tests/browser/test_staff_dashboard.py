@@ -20,7 +20,7 @@ from django.test import Client
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from berth.redis import rkey
+from berth.redis import names
 from billing.models import Invoice, UsageRecord
 from models_registry.constants import Engine
 from tenants.constants import TenantStatus
@@ -133,7 +133,7 @@ def test_staff_scale_from_zero_to_ready_worker_suspend_and_charts(
     expect(page.locator(f"#tenant-{tenant.pk} [role=status]")).to_have_text("Acme Robotics suspended.")
     expect(page.get_by_role("button", name="Resume Acme Robotics")).to_be_visible()
     assert Tenant.objects.get(pk=tenant.pk).status == TenantStatus.SUSPENDED
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "suspended"
     shot(page, "staff-tenants")
 
     # Revenue: a chart and its table.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from berth.redis import rkey
+from berth.redis import names
 from tenants import keys
 from tenants.constants import Role
 from tenants.models import ApiKey
@@ -23,7 +23,7 @@ def test_creating_a_key_shows_it_once(client, redis_client):
     assert api_key.display_prefix in plaintext
     assert response["Cache-Control"] == "no-store"
     assert api_key.allowed_models == ["tiny", "other"]
-    assert redis_client.exists(rkey("apikey", api_key.lookup_id))
+    assert redis_client.exists(names().api_key(api_key.lookup_id))
     again = client.get("/keys/").content.decode()
     assert api_key.display_prefix in again
     assert plaintext.split("_", 1)[1] not in again
@@ -47,7 +47,7 @@ def test_revoking_from_the_console(client, redis_client):
     assert response.status_code == 302
     created.api_key.refresh_from_db()
     assert created.api_key.revoked_at is not None
-    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(created.api_key.lookup_id))
 
 
 def test_another_tenants_key_cannot_be_revoked_from_the_console(client):

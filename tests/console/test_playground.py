@@ -9,7 +9,7 @@ import pytest
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
-from berth.redis import rkey
+from berth.redis import names
 from console.playground import SESSION_KEY
 from models_registry.constants import Task
 from tenants import accounts, keys
@@ -55,8 +55,8 @@ def test_playground_key_is_minted_once_per_session_and_tenant(client, redis_clie
     assert api_key.name == "Playground · ada@example.test"
     assert timedelta(minutes=59) < api_key.expires_at - timezone.now() <= timedelta(hours=1)
     assert datetime.fromisoformat(data["expires_at"]) == api_key.expires_at
-    assert redis_client.exists(rkey("apikey", api_key.lookup_id))
-    assert redis_client.ttl(rkey("apikey", api_key.lookup_id)) > 0
+    assert redis_client.exists(names().api_key(api_key.lookup_id))
+    assert redis_client.ttl(names().api_key(api_key.lookup_id)) > 0
 
     assert client.post("/playground/key/").json()["key"] == data["key"]
     assert ApiKey.objects.count() == 1

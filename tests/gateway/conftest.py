@@ -21,6 +21,7 @@ import httpx
 import pytest
 from django.conf import settings
 
+from berth.redis import names
 from tenants import mirror
 from tenants.keys import create_api_key
 from tenants.models import Plan
@@ -143,7 +144,7 @@ def register_model(
 ) -> str:
     name = name or f"model-{next(_names)}-{os.getpid()}"
     redis.hset(
-        settings.REDIS_PREFIX + f"model:{name}",
+        names().model(name),
         mapping={
             "served_name": served_name or name,
             "task": task,
@@ -153,13 +154,13 @@ def register_model(
             "owned_by": "berth",
         },
     )
-    redis.sadd(settings.REDIS_PREFIX + "models", name)
+    redis.sadd(names().models(), name)
     set_routes(redis, name, engines)
     return name
 
 
 def set_routes(redis, model: str, engines) -> None:
-    key = settings.REDIS_PREFIX + f"route:{model}"
+    key = names().route(model)
     redis.delete(key)
     for engine in engines:
         redis.hset(key, engine.name, json.dumps({"url": engine.url, "api_key": engine.api_key}))

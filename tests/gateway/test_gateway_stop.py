@@ -15,10 +15,9 @@ import httpx
 import openai
 import pytest
 
-from berth.redis import rkey
+from berth.redis import names
 from billing import checkpoints, usage
 from billing.models import UsageRecord
-from gateway.metering import CHECKPOINT_DUE, CHECKPOINT_HASH
 from tests.gateway.conftest import (
     Proc,
     engine_stats,
@@ -125,7 +124,7 @@ def test_a_sigkilled_gateways_stream_is_billed_once_from_its_last_checkpoint(eng
     assert (rec.status, rec.usage_source, rec.prompt_tokens) == ("gateway_lost", "checkpoint", 8)
     # The bound: no more than checkpoint_tokens (+ one read's worth) below what the client got.
     assert seen - 15 <= rec.completion_tokens <= engine_stats(engine)["completion_tokens_sent"]
-    assert not redis_client.hlen(rkey(CHECKPOINT_HASH))
+    assert not redis_client.hlen(names().usage_checkpoints())
     # A second copy of the event (a consumer racing the claim) changes nothing.
     assert (
         usage.write_events([{"id": request_id, "t": str(rec.tenant_id), "m": model, "ts": 1, "c": 999}]) == 0
@@ -152,7 +151,7 @@ def test_a_sigkilled_gateways_long_answer_is_billed_its_estimated_prompt(engines
             timeout=30,
         )
     killer.join()
-    [request_id] = redis_client.hkeys(rkey(CHECKPOINT_HASH))
+    [request_id] = redis_client.hkeys(names().usage_checkpoints())
     time.sleep(2.2)
     assert checkpoints.bill_lost_streams() == 1
     rec = record(request_id)
@@ -189,8 +188,8 @@ def test_a_live_gateways_slow_stream_is_never_billed_as_lost(engines, redis_clie
     rec = record(request_id)
     assert (rec.status, rec.completion_tokens, rec.usage_source) == ("ok", 3, "engine")
     assert record(answer._request_id).status == "ok"
-    assert not redis_client.hlen(rkey(CHECKPOINT_HASH))
-    assert not redis_client.zcard(rkey(CHECKPOINT_DUE))
+    assert not redis_client.hlen(names().usage_checkpoints())
+    assert not redis_client.zcard(names().usage_checkpoints_due())
 
 
 def test_the_consumer_loop_bills_abandoned_checkpoints(redis_client):
@@ -198,8 +197,8 @@ def test_the_consumer_loop_bills_abandoned_checkpoints(redis_client):
     event = {"id": "req_lost", "t": str(tenant.pk), "k": None, "m": "m", "ep": "chat", "p": 4, "c": 7,
              "s": "gateway_lost", "h": 0, "l": 1, "f": None, "w": "w1", "ts": int(time.time() * 1000),
              "u": "checkpoint"}  # fmt: skip
-    redis_client.hset(rkey(CHECKPOINT_HASH), "req_lost", json.dumps(event))
-    redis_client.zadd(rkey(CHECKPOINT_DUE), {"req_lost": 1})
+    redis_client.hset(names().usage_checkpoints(), "req_lost", json.dumps(event))
+    redis_client.zadd(names().usage_checkpoints_due(), {"req_lost": 1})
     usage.run(stop_after=1.5)
     rec = UsageRecord.objects.get(request_id="req_lost")
     assert (rec.prompt_tokens, rec.completion_tokens, rec.status, rec.usage_source) == (

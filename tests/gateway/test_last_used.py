@@ -9,6 +9,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
+from berth.redis import names
 from gateway.tasks import flush_key_last_used
 from tenants.models import ApiKey
 from tests.gateway.conftest import make_key, make_tenant
@@ -30,19 +31,16 @@ def test_it_records_key_use_in_batches(gateway, redis_client, settings):
     )
     assert response.status_code == 404
     deadline = time.monotonic() + 5
-    while (
-        not redis_client.hget(settings.REDIS_PREFIX + "key_last_used", str(api_key.pk))
-        and time.monotonic() < deadline
-    ):
+    while not redis_client.hget(names().key_last_used(), str(api_key.pk)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert flush_key_last_used() == 1
     api_key.refresh_from_db()
     first = api_key.last_used_at
     assert first is not None and abs((timezone.now() - first).total_seconds()) < 10
     # Within the minute, a later use does not rewrite the row.
-    redis_client.hset(settings.REDIS_PREFIX + "key_last_used", str(api_key.pk), int(time.time()) + 5)
+    redis_client.hset(names().key_last_used(), str(api_key.pk), int(time.time()) + 5)
     assert flush_key_last_used() == 0
     with time_machine.travel(time.time() + 120, tick=False):
-        redis_client.hset(settings.REDIS_PREFIX + "key_last_used", str(api_key.pk), int(time.time()))
+        redis_client.hset(names().key_last_used(), str(api_key.pk), int(time.time()))
         assert flush_key_last_used() == 1
     assert flush_key_last_used() == 0  # nothing pending

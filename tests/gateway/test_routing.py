@@ -11,10 +11,11 @@ import time
 
 import httpx
 import pytest
-from django.conf import settings as django_settings
 
+from berth.redis import names
+from contract import invalidation
 from gateway.config import GatewaySettings
-from gateway.routing import Router, Worker, parse_engine_metrics
+from gateway.routing import Router, Worker
 from tests.gateway.conftest import (
     ROOT,
     engine_stats,
@@ -71,15 +72,6 @@ def test_least_load_uses_engine_metrics_and_round_robin_rotates():
     assert [rr.choose(WORKERS, "same").worker_id for _ in range(4)] == ["w0", "w1", "w2", "w3"]
 
 
-def test_it_parses_vllm_metrics():
-    text = (
-        '# HELP x\nvllm:num_requests_waiting{model_name="m",engine="0"} 3.0\n'
-        'vllm:num_requests_waiting{model_name="m",engine="1"} 2.0\n'
-        'vllm:num_requests_running{model_name="m"} 7\nvllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
-    )
-    assert parse_engine_metrics(text) == {"waiting": 5.0, "running": 7.0, "kv": 0.25}
-
-
 @pytest.mark.django_db
 def test_requests_sharing_a_prefix_land_on_one_worker(gateway, engines, redis_client):
     tenant = make_tenant()
@@ -109,14 +101,14 @@ def test_requests_sharing_a_prefix_land_on_one_worker(gateway, engines, redis_cl
 @pytest.mark.django_db
 def test_the_elected_scraper_shares_engine_metrics(gateway, engines, redis_client):
     register_model(redis_client, engines)
-    key = django_settings.REDIS_PREFIX + "engine_load"
+    key = names().engine_load()
     deadline = time.monotonic() + 5
     while not redis_client.hlen(key) and time.monotonic() < deadline:
         time.sleep(0.1)
     loads = {k: json.loads(v) for k, v in redis_client.hgetall(key).items()}
     assert set(loads) >= {"w1", "w2"}
     assert {"waiting", "running", "kv", "at"} <= set(loads["w1"])
-    assert redis_client.get(django_settings.REDIS_PREFIX + "lock:engine_scraper")
+    assert redis_client.get(names().engine_scraper_lock())
 
 
 @pytest.mark.django_db
@@ -137,7 +129,7 @@ def test_cold_start_holds_the_request_until_a_worker_is_ready(gateway, engines, 
     thread = threading.Thread(target=call)
     thread.start()
     deadline = time.monotonic() + 5
-    demand = f"{django_settings.REDIS_PREFIX}demand:{model}"
+    demand = names().demand(model)
     while not redis_client.get(demand) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert abs(int(redis_client.get(demand)) - time.time()) < 5  # the autoscaler's signal (epoch s)
@@ -171,7 +163,7 @@ def test_a_worker_failing_before_the_first_byte_is_retried_on_another(gateway, e
     dead = type("Dead", (), {"name": "dead", "url": f"http://127.0.0.1:{free_port()}", "api_key": ""})()
     set_routes(redis_client, model, [dead, engines[0]])
     # As provisioning does after every change: the gateway drops its cached table at once.
-    redis_client.publish(django_settings.REDIS_PREFIX + "invalidate", f"route:{model}")
+    redis_client.publish(names().invalidate_channel(), invalidation.route(model))
     time.sleep(0.1)
     for i in range(8):
         response = httpx.post(

@@ -1,7 +1,7 @@
 """Spend limits: the gateway's own per-request counter, and the periodic check from PostgreSQL.
 
 The gateway adds each settled request's cost to the tenant's Redis counter for the billing period
-(``gateway/spend.py``) and refuses at the limit, so the limit holds within one request with no
+(``contract.spend``) and refuses at the limit, so the limit holds within one request with no
 usage consumer, Celery or PostgreSQL involved; billing's periodic check stays the record.
 """
 
@@ -12,11 +12,12 @@ from decimal import Decimal
 
 import openai
 import pytest
-from django.conf import settings
 
+from berth.redis import names
 from billing import spend
 from billing.models import BillingAccount, UsageRecord
-from gateway import spend as spend_counter
+from contract import invalidation
+from contract import spend as spend_counter
 from models_registry import mirror as registry_mirror
 from models_registry.models import Price
 from tests.gateway.conftest import make_key, make_tenant, register_model, set_routes, start_gateway
@@ -70,14 +71,12 @@ def test_the_limit_holds_within_one_request_with_no_consumer_running(engines, re
         free = register_model(redis_client, engines)
         # What the control plane mirrors: prices per million tokens and the limit, in micro-units.
         redis_client.hset(
-            f"{settings.REDIS_PREFIX}model:{priced}",
+            names().model(priced),
             mapping={"price_input_micros": 1000 * 1_000_000, "price_output_micros": 2000 * 1_000_000},
         )
         key = make_key(tenant)  # (publishing a key republishes its tenant: before the limit)
-        redis_client.hset(f"{settings.REDIS_PREFIX}tenant:{tenant.pk}", "spend_limit_micros", 50_000)
-        counter = spend_counter.counter_key(
-            settings.REDIS_PREFIX, str(tenant.pk), spend_counter.period_id("day")
-        )
+        redis_client.hset(names().tenant(tenant.pk), "spend_limit_micros", 50_000)
+        counter = names().spend_counter(tenant.pk, spend_counter.period_id("day"))
         client = openai.OpenAI(base_url=daily.url + "/v1", api_key=key, max_retries=0)
 
         def ask(model):
@@ -102,8 +101,8 @@ def test_the_limit_holds_within_one_request_with_no_consumer_running(engines, re
         assert int(redis_client.get(counter)) == 4 * 16_000  # refused requests cost nothing
 
         # The admin raises the limit: the mirror changes and the gateway is told.
-        redis_client.hset(f"{settings.REDIS_PREFIX}tenant:{tenant.pk}", "spend_limit_micros", 1_000_000)
-        redis_client.publish(f"{settings.REDIS_PREFIX}invalidate", f"tenant:{tenant.pk}")
+        redis_client.hset(names().tenant(tenant.pk), "spend_limit_micros", 1_000_000)
+        redis_client.publish(names().invalidate_channel(), invalidation.tenant(tenant.pk))
         deadline = time.monotonic() + 3
         while True:
             try:
@@ -119,17 +118,15 @@ def test_the_limit_holds_within_one_request_with_no_consumer_running(engines, re
 def test_no_limit_in_the_mirror_means_no_limit(gateway, engines, redis_client):
     tenant = make_tenant()
     model = register_model(redis_client, engines)
-    redis_client.hset(f"{settings.REDIS_PREFIX}model:{model}", "price_input_micros", 10**12)
+    redis_client.hset(names().model(model), "price_input_micros", 10**12)
     key = make_key(tenant)
-    redis_client.hset(f"{settings.REDIS_PREFIX}tenant:{tenant.pk}", "spend_limit_micros", "")
+    redis_client.hset(names().tenant(tenant.pk), "spend_limit_micros", "")
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
     for _ in range(3):
         assert client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}]
         ).choices
-    counter = spend_counter.counter_key(
-        settings.REDIS_PREFIX, str(tenant.pk), spend_counter.period_id("month")
-    )
+    counter = names().spend_counter(tenant.pk, spend_counter.period_id("month"))
     assert int(redis_client.get(counter)) == 3 * 2 * 1_000_000  # 2 prompt tokens at $1M/M, counted
 
 
@@ -154,9 +151,7 @@ def test_a_limit_set_by_the_control_plane_holds_at_the_gateway_before_any_usage_
             served += 1
     # 11 tokens at $1,000/M = $0.011 each: four stay under $0.05, the fifth crosses it, no sixth.
     assert served == 5 and refused.value.code == "insufficient_quota"
-    counter = spend_counter.counter_key(
-        settings.REDIS_PREFIX, str(tenant.pk), spend_counter.period_id("month")
-    )
+    counter = names().spend_counter(tenant.pk, spend_counter.period_id("month"))
     assert int(redis_client.get(counter)) == 5 * 11_000
     # PostgreSQL stays the record: ingesting the usage and checking agrees, and lowers nothing.
     drain()

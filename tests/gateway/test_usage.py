@@ -14,7 +14,7 @@ import openai
 import pytest
 from django.db.models import Count, Sum
 
-from berth.redis import rkey
+from berth.redis import names
 from billing import usage
 from billing.models import UsageRecord
 from tests.gateway.conftest import engine_stats, make_key, make_tenant, register_model, start_gateway
@@ -128,7 +128,7 @@ def test_a_disconnect_mid_stream_is_billed_for_what_the_engine_produced(gateway,
     assert record.status == "client_disconnected"
     assert 10 <= record.completion_tokens <= stats["completion_tokens_sent"] < 400
     # The concurrency lease and token reservation were settled too.
-    assert not redis_client.zcard(rkey("q", "{" + str(tenant.pk) + "}", "t") + ":conc")
+    assert not redis_client.zcard(names().quota_concurrency(tenant.pk))
 
 
 def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_client):
@@ -185,7 +185,7 @@ def test_a_killed_gateway_loses_no_completed_requests_usage(engines, redis_clien
 def test_ingestion_is_idempotent_and_reclaims_a_dead_consumers_entries(redis_client):
     tenant = make_tenant()
     usage.ensure_group()
-    stream = rkey("usage")
+    stream = names().usage_stream()
     now = int(time.time() * 1000)
     events = [
         {
@@ -229,9 +229,9 @@ def test_ingestion_is_idempotent_and_reclaims_a_dead_consumers_entries(redis_cli
 def test_the_consumer_loop_recreates_a_lost_group(redis_client):
     tenant = make_tenant()
     usage.ensure_group()
-    redis_client.delete(rkey("usage"))  # e.g. Redis restarted without persistence
+    redis_client.delete(names().usage_stream())  # e.g. Redis restarted without persistence
     event = {"id": "req_after_loss", "t": str(tenant.pk), "k": None, "m": "m", "ep": "chat", "p": 1, "c": 2,
              "s": "ok", "h": 200, "l": 1, "f": None, "w": "", "ts": int(time.time() * 1000)}  # fmt: skip
-    redis_client.xadd(rkey("usage"), {"e": json.dumps(event)})
+    redis_client.xadd(names().usage_stream(), {"e": json.dumps(event)})
     usage.run(stop_after=1.5)
     assert UsageRecord.objects.filter(request_id="req_after_loss").exists()

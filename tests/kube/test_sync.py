@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from berth.redis import rkey
+from berth.redis import names
 from models_registry.constants import Engine
 from tests.kube.test_backend import pod
 from tests.registry.factories import DeploymentFactory, ModelFactory
@@ -57,7 +57,7 @@ def test_ready_pods_are_published_as_routes_and_orphans_deleted(api, on_kubernet
     stats = reconciler.reconcile()
     assert stats["k8s_ready"] == 1 and stats["k8s_deleted"] == 1
     assert api.get("deployments", "inference", orphan_name) is None
-    route = json.loads(redis_client.hget(rkey("route", "llama"), f"{name}-abc"))
+    route = json.loads(redis_client.hget(names().route("llama"), f"{name}-abc"))
     assert route["url"] == "http://10.42.0.9:8000" and route["api_key"] == "engine-key-from-secret"
     assert not Worker.objects.exists()  # nothing was placed on node agents
 

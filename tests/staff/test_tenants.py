@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from berth.redis import rkey
+from berth.redis import names
 from billing.models import UsageRecord
 from tenants import mirror
 from tenants.constants import Role, TenantStatus
@@ -78,13 +78,13 @@ def test_suspend_and_resume_update_status_and_mirror(client, redis_client):
     assert "Acme suspended." in html and "Resume" in html
     tenant.refresh_from_db()
     assert tenant.status == TenantStatus.SUSPENDED
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "suspended"
 
     response = client.post(url, {"status": "active", "confirmed": "1"})
     assert response.status_code == 302
     tenant.refresh_from_db()
     assert tenant.status == TenantStatus.ACTIVE
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "active"
 
 
 @pytest.mark.django_db

@@ -7,7 +7,7 @@ import time
 import openai
 import pytest
 
-from berth.redis import rkey
+from berth.redis import names
 from tenants import keys
 from tenants.constants import Role
 from tenants.models import User
@@ -46,7 +46,7 @@ def test_the_key_page_never_offers_the_secret_and_revoke_action_unmirrors(staff_
     )
     created.api_key.refresh_from_db()
     assert created.api_key.revoked_at is not None
-    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(created.api_key.lookup_id))
 
 
 def test_suspending_a_tenant_from_the_admin_reaches_redis(staff_client, redis_client):
@@ -54,7 +54,7 @@ def test_suspending_a_tenant_from_the_admin_reaches_redis(staff_client, redis_cl
     staff_client.post("/admin/tenants/tenant/", {"action": "suspend", "_selected_action": [str(tenant.pk)]})
     tenant.refresh_from_db()
     assert tenant.status == "suspended"
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "suspended"
 
 
 def _accepted(gateway_url: str, key: str) -> bool:
@@ -95,7 +95,7 @@ def test_activating_a_tenant_suspended_for_nonpayment_in_the_admin_clears_the_fl
     tenant.refresh_from_db()
     assert tenant.status == "active"
     assert not BillingAccount.objects.get(tenant=tenant).suspended_for_nonpayment
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "active"
 
 
 def test_editing_a_plan_in_the_admin_republishes_its_tenants(staff_client, redis_client):
@@ -106,7 +106,7 @@ def test_editing_a_plan_in_the_admin_republishes_its_tenants(staff_client, redis
     form = {"name": "Admin plan", "slug": "admin-plan", "requests_per_minute": "900", "currency": "USD"}
     response = staff_client.post(f"/admin/tenants/plan/{plan.pk}/change/", form)
     assert response.status_code == 302, response.context["adminform"].form.errors
-    assert '"rpm": 900' in redis_client.hget(rkey("tenant", tenant.pk), "plan")
+    assert '"rpm": 900' in redis_client.hget(names().tenant(tenant.pk), "plan")
 
 
 def test_editing_a_tenant_in_the_admin_republishes_it(staff_client, redis_client):
@@ -123,7 +123,7 @@ def test_editing_a_tenant_in_the_admin_republishes_it(staff_client, redis_client
     }
     response = staff_client.post(f"/admin/tenants/tenant/{tenant.pk}/change/", form)
     assert response.status_code == 302, response.context["adminform"].form.errors
-    assert redis_client.hget(rkey("tenant", tenant.pk), "slug") == "renamed-slug"
+    assert redis_client.hget(names().tenant(tenant.pk), "slug") == "renamed-slug"
 
 
 def test_editing_a_key_in_the_admin_republishes_it(staff_client, redis_client):
@@ -131,5 +131,5 @@ def test_editing_a_key_in_the_admin_republishes_it(staff_client, redis_client):
     form = {"name": "renamed", "allowed_models": '["only-this"]', "expires_at_0": "", "expires_at_1": ""}
     response = staff_client.post(f"/admin/tenants/apikey/{created.api_key.pk}/change/", form)
     assert response.status_code == 302, response.context["adminform"].form.errors
-    entry = redis_client.hgetall(rkey("apikey", created.api_key.lookup_id))
+    entry = redis_client.hgetall(names().api_key(created.api_key.lookup_id))
     assert entry["name"] == "renamed" and entry["allowed_models"] == '["only-this"]'

@@ -8,7 +8,7 @@ import re
 import pytest
 from django.core.management import CommandError, call_command
 
-from berth.redis import rkey
+from berth.redis import names
 from tenants.constants import Role
 from tenants.models import ApiKey, Membership, Tenant
 from tests.factories import TenantFactory, free_plan, member
@@ -47,7 +47,7 @@ def test_create_api_key_prints_only_the_key(redis_client):
     assert re.fullmatch(r"sk-berth-[A-Za-z0-9]{12}_[A-Za-z0-9]{43}\n", out)
     api_key = ApiKey.objects.get(tenant=tenant)
     assert api_key.name == "ci"
-    assert redis_client.exists(rkey("apikey", api_key.lookup_id))
+    assert redis_client.exists(names().api_key(api_key.lookup_id))
 
 
 def test_create_api_key_for_an_unknown_tenant_fails_clearly():
@@ -62,7 +62,7 @@ def test_revoke_api_key_by_the_displayed_prefix(redis_client):
     run("revoke_api_key", api_key.display_prefix + "…")
     api_key.refresh_from_db()
     assert api_key.revoked_at is not None
-    assert not redis_client.exists(rkey("apikey", api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(api_key.lookup_id))
     with pytest.raises(CommandError):
         run("revoke_api_key", "sk-berth-doesnotexist")
 

@@ -7,7 +7,8 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from rest_framework.test import APIClient
 
-from tenants import keys, membership, mirror
+from berth.redis import get_redis, names
+from tenants import keys, membership
 from tenants.constants import KeyKind, Role
 from tenants.models import ApiKey, Membership, User
 from tests.factories import TenantFactory, member
@@ -37,7 +38,7 @@ def team():
 
 
 def _mirrored(created) -> bool:
-    return mirror.lookup(created.api_key.lookup_id) is not None
+    return bool(get_redis().exists(names().api_key(created.api_key.lookup_id)))
 
 
 def _assert_removed_and_revoked(team):

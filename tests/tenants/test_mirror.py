@@ -11,7 +11,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from berth.redis import rkey
+from berth.redis import get_redis, names
+from contract import invalidation
 from tenants import accounts, keys, mirror
 from tenants.constants import KeyKind, TenantStatus
 from tenants.models import ApiKey
@@ -20,25 +21,29 @@ from tests.factories import TenantFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _mirrored(lookup_id: str) -> bool:
+    return bool(get_redis().exists(names().api_key(lookup_id)))
+
+
 def test_it_mirrors_a_new_key_after_commit(redis_client):
     tenant = TenantFactory()
     created = keys.create_api_key(tenant=tenant, name="k", allowed_models=["tiny"])
-    entry = redis_client.hgetall(rkey("apikey", created.api_key.lookup_id))
+    entry = redis_client.hgetall(names().api_key(created.api_key.lookup_id))
     assert entry["hash"] == created.api_key.secret_hash
     assert entry["tenant_id"] == str(tenant.pk)
     assert json.loads(entry["allowed_models"]) == ["tiny"]
     assert created.plaintext.split("_", 1)[1] not in json.dumps(entry)
-    tenant_entry = redis_client.hgetall(rkey("tenant", tenant.pk))
+    tenant_entry = redis_client.hgetall(names().tenant(tenant.pk))
     assert tenant_entry["status"] == "active"
     assert json.loads(tenant_entry["plan"])["rpm"] == tenant.plan.requests_per_minute
 
 
 def test_revoking_removes_the_key_from_redis_within_a_second(redis_client):
     created = keys.create_api_key(tenant=TenantFactory(), name="k")
-    name = rkey("apikey", created.api_key.lookup_id)
+    name = names().api_key(created.api_key.lookup_id)
     assert redis_client.exists(name)
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(rkey(mirror.INVALIDATE_CHANNEL))
+    pubsub.subscribe(names().invalidate_channel())
     pubsub.get_message(timeout=1)  # subscription confirmation
     started = time.monotonic()
     keys.revoke_api_key(api_key=created.api_key)
@@ -46,7 +51,7 @@ def test_revoking_removes_the_key_from_redis_within_a_second(redis_client):
         time.sleep(0.01)
     assert not redis_client.exists(name)
     message = pubsub.get_message(timeout=1)
-    assert message and message["data"] == f"apikey:{created.api_key.lookup_id}"
+    assert message and message["data"] == invalidation.api_key(created.api_key.lookup_id)
     pubsub.close()
 
 
@@ -57,18 +62,18 @@ def test_a_rolled_back_key_is_never_mirrored(redis_client):
     with pytest.raises(RuntimeError), transaction.atomic():
         created = keys.create_api_key(tenant=tenant, name="k")
         raise RuntimeError("boom")
-    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(created.api_key.lookup_id))
 
 
 def test_management_keys_are_not_mirrored(redis_client):
     created = keys.create_api_key(tenant=TenantFactory(), name="k", kind=KeyKind.MANAGEMENT)
-    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(created.api_key.lookup_id))
 
 
 def test_an_expiring_key_vanishes_from_redis_on_time(redis_client):
     expires = timezone.now() + timedelta(hours=1)
     created = keys.create_api_key(tenant=TenantFactory(), name="k", expires_at=expires)
-    ttl = redis_client.ttl(rkey("apikey", created.api_key.lookup_id))
+    ttl = redis_client.ttl(names().api_key(created.api_key.lookup_id))
     assert 3500 < ttl <= 3600
 
 
@@ -79,20 +84,20 @@ def test_resync_restores_missing_entries_and_drops_stale_ones(redis_client):
     keys.revoke_api_key(api_key=revoked.api_key)
     redis_client.flushdb()
     # A stale entry, e.g. a revocation whose Redis write failed.
-    redis_client.hset(rkey("apikey", revoked.api_key.lookup_id), mapping={"hash": "x"})
+    redis_client.hset(names().api_key(revoked.api_key.lookup_id), mapping={"hash": "x"})
     out = io.StringIO()
     call_command("rebuild_key_mirror", stdout=out)
     assert "Mirrored 1 key(s) and 1 tenant(s); removed 1 stale key(s)" in out.getvalue()
-    assert redis_client.exists(rkey("apikey", kept.api_key.lookup_id))
-    assert not redis_client.exists(rkey("apikey", revoked.api_key.lookup_id))
-    assert redis_client.exists(rkey("tenant", tenant.pk))
+    assert redis_client.exists(names().api_key(kept.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(revoked.api_key.lookup_id))
+    assert redis_client.exists(names().tenant(tenant.pk))
 
 
 def test_suspending_a_tenant_updates_its_mirror(redis_client):
     tenant = TenantFactory()
     mirror.publish_tenant(tenant)
     accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "suspended"
 
 
 def test_a_redis_outage_does_not_fail_key_creation(monkeypatch, redis_client):
@@ -105,9 +110,9 @@ def test_a_redis_outage_does_not_fail_key_creation(monkeypatch, redis_client):
     created = keys.create_api_key(tenant=TenantFactory(), name="k")
     assert created.api_key.pk
     monkeypatch.undo()
-    assert not redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert not redis_client.exists(names().api_key(created.api_key.lookup_id))
     mirror.resync()  # what the periodic task does
-    assert redis_client.exists(rkey("apikey", created.api_key.lookup_id))
+    assert redis_client.exists(names().api_key(created.api_key.lookup_id))
 
 
 def _between_snapshot_and_write(monkeypatch, action):
@@ -127,13 +132,13 @@ def test_resync_does_not_resurrect_a_key_revoked_while_it_runs(monkeypatch, redi
     other = keys.create_api_key(tenant=created.api_key.tenant, name="other")
     _between_snapshot_and_write(monkeypatch, lambda: keys.revoke_api_key(api_key=created.api_key))
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(rkey(mirror.INVALIDATE_CHANNEL))
+    pubsub.subscribe(names().invalidate_channel())
     pubsub.get_message(timeout=1)
     mirror.resync()
-    assert mirror.lookup(created.api_key.lookup_id) is None
-    assert mirror.lookup(other.api_key.lookup_id) is not None
+    assert not _mirrored(created.api_key.lookup_id)
+    assert _mirrored(other.api_key.lookup_id)
     messages = [pubsub.get_message(timeout=0.5) for _ in range(3)]
-    assert f"apikey:{created.api_key.lookup_id}" in [m["data"] for m in messages if m]
+    assert invalidation.api_key(created.api_key.lookup_id) in [m["data"] for m in messages if m]
     pubsub.close()
 
 
@@ -144,7 +149,7 @@ def test_resync_does_not_reactivate_a_tenant_suspended_while_it_runs(monkeypatch
         monkeypatch, lambda: accounts.set_status(tenant=tenant, status=TenantStatus.SUSPENDED)
     )
     mirror.resync()
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "suspended"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "suspended"
 
 
 def test_resync_leaves_a_newer_tenant_write_alone(monkeypatch, redis_client):
@@ -165,25 +170,25 @@ def test_resync_leaves_a_newer_tenant_write_alone(monkeypatch, redis_client):
 
     monkeypatch.setattr(mirror, "_tenant_entries", second_look_then_reactivate)
     mirror.resync()
-    assert redis_client.hget(rkey("tenant", tenant.pk), "status") == "active"
+    assert redis_client.hget(names().tenant(tenant.pk), "status") == "active"
 
 
 def test_resync_drops_deleted_tenants(redis_client):
     tenant = TenantFactory()
     mirror.publish_tenant(tenant)
-    redis_client.hset(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"), mapping={"status": "active"})
-    redis_client.set(rkey("tenant", "not-a-tenant-id"), "left alone")
+    redis_client.hset(names().tenant("5d1c0f6e-0000-4000-8000-000000000000"), mapping={"status": "active"})
+    redis_client.set(names().tenant("not-a-tenant-id"), "left alone")
     mirror.resync()
-    assert redis_client.exists(rkey("tenant", tenant.pk))
-    assert not redis_client.exists(rkey("tenant", "5d1c0f6e-0000-4000-8000-000000000000"))
-    assert redis_client.get(rkey("tenant", "not-a-tenant-id")) == "left alone"
+    assert redis_client.exists(names().tenant(tenant.pk))
+    assert not redis_client.exists(names().tenant("5d1c0f6e-0000-4000-8000-000000000000"))
+    assert redis_client.get(names().tenant("not-a-tenant-id")) == "left alone"
 
 
 def test_deleting_a_key_with_the_orm_unpublishes_it(redis_client):
     created = keys.create_api_key(tenant=TenantFactory(), name="k")
-    assert mirror.lookup(created.api_key.lookup_id)
+    assert _mirrored(created.api_key.lookup_id)
     ApiKey.objects.filter(pk=created.api_key.pk).delete()
-    assert mirror.lookup(created.api_key.lookup_id) is None
+    assert not _mirrored(created.api_key.lookup_id)
 
 
 def test_deleting_a_tenant_unpublishes_it_and_its_keys_by_cascade(redis_client):
@@ -191,9 +196,9 @@ def test_deleting_a_tenant_unpublishes_it_and_its_keys_by_cascade(redis_client):
     created = [keys.create_api_key(tenant=tenant, name=f"k{n}") for n in range(3)]
     other = keys.create_api_key(tenant=TenantFactory(), name="other")
     tenant.delete()
-    assert not redis_client.exists(rkey("tenant", tenant.id))
-    assert all(mirror.lookup(c.api_key.lookup_id) is None for c in created)
-    assert mirror.lookup(other.api_key.lookup_id) is not None
+    assert not redis_client.exists(names().tenant(tenant.id))
+    assert all(not _mirrored(c.api_key.lookup_id) for c in created)
+    assert _mirrored(other.api_key.lookup_id)
 
 
 def test_a_delete_that_rolls_back_stays_published(redis_client):
@@ -203,4 +208,4 @@ def test_a_delete_that_rolls_back_stays_published(redis_client):
     with pytest.raises(RuntimeError), transaction.atomic():
         created.api_key.tenant.delete()
         raise RuntimeError("boom")
-    assert mirror.lookup(created.api_key.lookup_id) is not None
+    assert _mirrored(created.api_key.lookup_id)

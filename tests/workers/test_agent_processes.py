@@ -183,7 +183,7 @@ def test_it_drains_in_flight_requests_before_stopping(agents):
 
 
 def test_demand_from_the_gateway_scales_a_model_up_from_zero(agents, redis_client):
-    from berth.redis import rkey
+    from berth.redis import names
     from workers import autoscaler
 
     agents.start("epsilon", cpu_slots=1)
@@ -192,7 +192,7 @@ def test_demand_from_the_gateway_scales_a_model_up_from_zero(agents, redis_clien
     reconciler.reconcile()
     assert not Worker.objects.filter(deployment=deployment).exists()
 
-    redis_client.set(rkey("demand", deployment.model.name), "1", ex=60)  # what the gateway writes
+    redis_client.set(names().demand(deployment.model.name), "1", ex=60)  # what the gateway writes
     autoscaler.autoscale()
 
     def step():

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from berth.redis import rkey
+from berth.redis import names
 from tests.registry.factories import DeploymentFactory
 from workers import autoscaler
 from workers.autoscaler import Observation, decide
@@ -65,7 +65,7 @@ def test_a_pass_reads_engine_load_and_gateway_demand(seams, redis_client):
         deployment=busy, state=WorkerState.READY, url="http://busy.test:1", api_key="k"
     )
     seams.loads[worker.url] = 5
-    redis_client.set(rkey("demand", cold.model.name), "1", ex=60)
+    redis_client.set(names().demand(cold.model.name), "1", ex=60)
     autoscaler.autoscale()
     for deployment in (busy, cold, idle):
         deployment.refresh_from_db()
@@ -86,7 +86,7 @@ def test_it_prefers_the_gateways_fresh_scrape_over_probing(seams, redis_client):
         deployment=deployment, state=WorkerState.READY, url="http://b.test:1", api_key="k"
     )
     redis_client.hset(
-        rkey("engine_load"),
+        names().engine_load(),
         mapping={
             str(fresh.pk): json.dumps({"running": 2, "waiting": 1, "kv": 0.1, "at": time.time()}),
             str(stale.pk): json.dumps({"running": 50, "waiting": 0, "kv": 0.1, "at": time.time() - 600}),
@@ -103,7 +103,7 @@ def test_scaling_up_from_zero_asks_for_a_reconcile_at_once(
     seams, redis_client, django_capture_on_commit_callbacks
 ):
     cold = DeploymentFactory(desired_replicas=0, max_replicas=2)
-    redis_client.set(rkey("demand", cold.model.name), "1", ex=60)
+    redis_client.set(names().demand(cold.model.name), "1", ex=60)
     with django_capture_on_commit_callbacks(execute=True):
         autoscaler.autoscale()
     assert ("reconcile", "", "celery") in seams.sent

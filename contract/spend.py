@@ -6,7 +6,7 @@ admission refuses once the counter reaches the tenant's limit. PostgreSQL stays 
 billing's periodic spend check raises the counter to what the usage records say (never lowers
 it, since events still in the usage stream are not in PostgreSQL yet).
 
-Both sides import this module (it is Django-free), so the names and units exist once:
+The units, shared by the gateway and billing:
 
 * money on this path is an integer number of **micro-units** of the billing currency
   (1 USD = 1,000,000); a request's cost is rounded up to the next micro-unit;
@@ -14,8 +14,8 @@ Both sides import this module (it is Django-free), so the names and units exist 
   ``price_output_micros``: the current price per **million** tokens in micro-units (absent: free);
 * the tenant mirror (``tenant:<id>`` hash) carries ``spend_limit_micros`` (absent or empty: no
   limit);
-* the counter is ``q:{<tenant id>}:spend:<period id>`` (the hash tag keeps it in the tenant's
-  cluster slot, beside its quota keys), expiring ``COUNTER_TTL_SECONDS`` after its last write.
+* the counter is ``RedisNames.spend_counter(tenant id, period id)``, expiring
+  ``COUNTER_TTL_SECONDS`` after its last write.
 """
 
 from __future__ import annotations
@@ -39,10 +39,6 @@ def period_id(kind: str, now: datetime | None = None) -> str:
     if kind == "day":
         return f"d{now:%Y%m%d}"
     raise ValueError(f"unknown billing period kind {kind!r}; expected one of {PERIOD_KINDS}")
-
-
-def counter_key(prefix: str, tenant_id: str, period: str) -> str:
-    return f"{prefix}q:{{{tenant_id}}}:spend:{period}"
 
 
 def to_micros(amount: Decimal | str | int) -> int:

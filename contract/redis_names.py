@@ -1,0 +1,135 @@
+"""One builder per Redis key, channel and stream (the layout is described in ``contract``).
+
+Each process knows its prefix (``BERTH_REDIS_PREFIX``) from its own settings, so the names are
+built by a small value object holding it: ``RedisNames("berth:").api_key("AbC…")``. Nothing else
+in Berth spells a Redis name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "berth:"
+
+# Stream consumer group of the usage consumers (billing.usage).
+USAGE_GROUP = "billing"
+
+
+def normalize_prefix(value: str | None) -> str:
+    """``BERTH_REDIS_PREFIX`` as both sides read it: unset or empty means ``berth:``."""
+    return value or DEFAULT_PREFIX
+
+
+def join(prefix: str, *parts: object) -> str:
+    """``prefix`` + the parts joined by ``:`` (for names outside the contract, e.g. caches)."""
+    return prefix + ":".join(str(part) for part in parts)
+
+
+@dataclass(frozen=True)
+class RedisNames:
+    """The names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def _name(self, *parts: object) -> str:
+        return join(self.prefix, *parts)
+
+    # ------------------------------------------------------------ mirrors of PostgreSQL
+
+    def api_key(self, lookup_id: str) -> str:
+        return self._name("apikey", lookup_id)
+
+    def api_key_pattern(self) -> str:
+        return self._name("apikey", "*")
+
+    def lookup_id_of(self, name: str) -> str:
+        """The lookup id in an ``apikey:<lookup id>`` name (from a SCAN)."""
+        return name[len(self._name("apikey", "")) :]
+
+    def tenant(self, tenant_id: object) -> str:
+        return self._name("tenant", tenant_id)
+
+    def tenant_pattern(self) -> str:
+        return self._name("tenant", "*")
+
+    def tenant_id_of(self, name: str) -> str:
+        """The tenant id in a ``tenant:<id>`` name (from a SCAN)."""
+        return name[len(self._name("tenant", "")) :]
+
+    def model(self, name: str) -> str:
+        return self._name("model", name)
+
+    def models(self) -> str:
+        return self._name("models")
+
+    def route(self, model: str) -> str:
+        return self._name("route", model)
+
+    def route_pattern(self) -> str:
+        return self._name("route", "*")
+
+    def route_model_of(self, name: str) -> str:
+        """The model name in a ``route:<model>`` name (from a SCAN)."""
+        return name[len(self._name("route", "")) :]
+
+    def routes(self) -> str:
+        return self._name("routes")
+
+    def invalidate_channel(self) -> str:
+        return self._name("invalidate")
+
+    # ------------------------------------------------------------ written by the gateway
+
+    def engine_load(self) -> str:
+        return self._name("engine_load")
+
+    def engine_scraper_lock(self) -> str:
+        return self._name("lock", "engine_scraper")
+
+    def demand(self, model: str) -> str:
+        return self._name("demand", model)
+
+    def usage_stream(self) -> str:
+        return self._name("usage")
+
+    def usage_dead_letter(self) -> str:
+        return self._name("usage", "dead")
+
+    def usage_checkpoints(self) -> str:
+        return self._name("usage_ckpt")
+
+    def usage_checkpoints_due(self) -> str:
+        return self._name("usage_ckpt_due")
+
+    def key_last_used(self) -> str:
+        return self._name("key_last_used")
+
+    def key_last_used_flushing(self, token: str) -> str:
+        """Where a flush moves ``key_last_used`` (RENAME) before writing it to PostgreSQL."""
+        return self._name("key_last_used", "flushing", token)
+
+    # ------------------------------------------------------------ quotas and spend
+
+    def _quota(self, tenant_id: object, *parts: object) -> str:
+        # The {tenant} hash tag keeps one request's keys in one Redis Cluster slot.
+        return self._name("q", "{%s}" % tenant_id, *parts)  # noqa: UP031
+
+    def quota_rpm(self, tenant_id: object, minute: int) -> str:
+        return self._quota(tenant_id, "t", "rpm", minute)
+
+    def quota_tpm(self, tenant_id: object, minute: int) -> str:
+        return self._quota(tenant_id, "t", "tpm", minute)
+
+    def quota_concurrency(self, tenant_id: object) -> str:
+        return self._quota(tenant_id, "t", "conc")
+
+    def quota_monthly_tokens(self, tenant_id: object, month: str) -> str:
+        """``month`` is ``YYYYMM`` (UTC)."""
+        return self._quota(tenant_id, "t", "tokens", month)
+
+    def spend_counter(self, tenant_id: object, period: str) -> str:
+        """``period`` is a billing period id (``contract.spend.period_id``)."""
+        return self._quota(tenant_id, "spend", period)
+
+    def spend_blocked(self, tenant_id: object) -> str:
+        return self._quota(tenant_id, "spend_blocked")
