@@ -66,11 +66,11 @@ def resync() -> dict[str, int]:
     from models_registry.models import Model
 
     models = list(Model.objects.prefetch_related("allowed_tenants"))
-    names = {model.name for model in models}
+    current = {model.name for model in models}
     for model in models:
         publish_model(model)
     client = get_redis()
-    stale = {name for name in client.smembers(names().models()) if name not in names}
+    stale = {name for name in client.smembers(names().models()) if name not in current}
     for name in stale:
         unpublish_model(name)
     return {"written": len(models), "removed": len(stale)}

@@ -11,7 +11,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from berth.redis import rkey
+from berth.redis import names
 from models_registry import catalog, mirror
 from models_registry.constants import SourceKind, Visibility
 from models_registry.models import Model, Price
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def mirrored(redis_client, name: str) -> dict[str, str]:
-    return redis_client.hgetall(rkey("model", name))
+    return redis_client.hgetall(names().model(name))
 
 
 def listed(redis_client) -> set[str]:
-    return redis_client.smembers(rkey("models"))
+    return redis_client.smembers(names().models())
 
 
 def new_model(name: str, **fields) -> Model:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.db import transaction
 
-from berth.redis import rkey
+from berth.redis import names
 from tenants import mirror, plans
 from tenants.models import Plan
 from tests.factories import TenantFactory
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def published_plan(redis_client, tenant) -> dict:
-    return json.loads(redis_client.hget(rkey("tenant", tenant.pk), "plan"))
+    return json.loads(redis_client.hget(names().tenant(tenant.pk), "plan"))
 
 
 def _plan(slug: str) -> Plan:
@@ -35,7 +35,7 @@ def test_saving_a_plan_republishes_every_tenant_on_it_and_no_other(redis_client)
     plan.monthly_spend_limit = Decimal("5")
     plans.save_plan(plan=plan)
     assert all(published_plan(redis_client, t)["rpm"] == 600 for t in on_plan)
-    assert all(redis_client.hget(rkey("tenant", t.pk), "spend_limit_micros") == "5000000" for t in on_plan)
+    assert all(redis_client.hget(names().tenant(t.pk), "spend_limit_micros") == "5000000" for t in on_plan)
     assert published_plan(redis_client, elsewhere)["rpm"] == 60
     assert plans.republish_tenants(plan_id=plan.pk) == 3
 
@@ -49,10 +49,10 @@ def test_a_plan_saved_with_the_bare_orm_waits_for_the_resync(redis_client):
     plan.monthly_spend_limit = Decimal("7")
     plan.save()
     assert published_plan(redis_client, tenant)["rpm"] == 60
-    assert redis_client.hget(rkey("tenant", tenant.pk), "spend_limit_micros") == ""
+    assert redis_client.hget(names().tenant(tenant.pk), "spend_limit_micros") == ""
     mirror.resync()
     assert published_plan(redis_client, tenant)["rpm"] == 1
-    assert redis_client.hget(rkey("tenant", tenant.pk), "spend_limit_micros") == "7000000"
+    assert redis_client.hget(names().tenant(tenant.pk), "spend_limit_micros") == "7000000"
 
 
 def test_a_plan_saved_in_a_rolled_back_transaction_republishes_nothing(redis_client):
