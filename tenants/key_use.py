@@ -1,11 +1,16 @@
-"""Celery tasks of the gateway's control-plane side (never run in the gateway process)."""
+"""Key last-use times: the gateways record them in Redis, this writes them to ``ApiKey``.
+
+The gateway has no database, so each one batches the time it last saw every key into one Redis
+hash (``gateway/metering.py``); a periodic task (``tenants.tasks.flush_key_last_used``, beat every
+30 s) takes the hash over atomically and writes ``last_used_at`` at most once a minute per key,
+the granularity ``tenants.keys`` uses.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
-from celery import shared_task
 from django.db.models import Q
 
 from berth.redis import get_redis, rkey
@@ -42,8 +47,3 @@ def flush_key_last_used() -> int:
     finally:
         client.delete(claimed)
     return updated
-
-
-@shared_task(name="gateway.tasks.flush_key_last_used")
-def flush_key_last_used_task() -> int:
-    return flush_key_last_used()
