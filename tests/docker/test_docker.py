@@ -600,3 +600,17 @@ def gateway_metric_names() -> set[str]:
         (ROOT / "gateway" / "metrics.py").read_text() if (ROOT / "gateway" / "metrics.py").exists() else ""
     )
     return set(re.findall(r'"(berth_gateway_[a-z_]+)"', source))
+
+
+def test_up_hands_the_gateway_what_the_control_plane_resolved(settings):
+    """The gateway reads no Django settings: ``up`` passes it the embedded Redis and dev peppers."""
+    from berth import roles as platform
+
+    env = platform.env("gateway")
+    assert env["BERTH_ROLE"] == "gateway"
+    assert env["REDIS_URL"] == settings.REDIS_URL
+    assert env["BERTH_REDIS_PREFIX"] == settings.REDIS_PREFIX
+    assert env["BERTH_KEY_PEPPERS"] == ",".join(f"{k}:{v}" for k, v in settings.KEY_PEPPERS.items())
+    assert env["DEBUG"] == ("1" if settings.DEBUG else "0")
+    assert set(env) <= gateway_reads() | {"BERTH_ROLE"}
+    assert platform.env("web") == {"BERTH_ROLE": "web"}  # Django roles resolve it themselves
