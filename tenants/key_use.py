@@ -36,11 +36,11 @@ def flush_key_last_used() -> int:
         for key_id, stamp in client.hgetall(claimed).items():
             try:
                 when = datetime.fromtimestamp(int(stamp), tz=UTC)
-                uuid.UUID(key_id)
+                pk = uuid.UUID(str(key_id))
             except ValueError:
                 continue
             updated += (
-                ApiKey.objects.filter(pk=key_id)
+                ApiKey.objects.filter(pk=pk)
                 .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=when - LAST_USED_GRANULARITY))
                 .update(last_used_at=when)
             )
