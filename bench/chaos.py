@@ -3,7 +3,7 @@
     python bench/chaos.py              # ~4 minutes: 7 phases of 30 s
     python bench/chaos.py --short      # ~2 minutes: what the test suite runs
 
-It runs the money path as separate processes — the gateway (``manage.py gateway``, the
+It runs the money path as separate processes — the gateway (``python -m gateway``, the
 production entry point), the usage consumer (``manage.py consume_usage``), a Redis server of its
 own (AOF on, so it can be restarted), PostgreSQL (a scratch database on the configured server,
 reached through a TCP doorway the bench can shut) and two fake engines (``bench/ledger_engine.py``)
@@ -424,11 +424,13 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             engines.append(engine)
         route_models(engines)
         gateway_port = free_port()
+        # The gateway as deployments run it: its own program, without the database or Django's secret.
+        gateway_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "SECRET_KEY")}
         gateway = Service(
             "gateway",
             [
                 sys.executable,
-                "manage.py",
+                "-m",
                 "gateway",
                 "--host",
                 "127.0.0.1",
@@ -437,7 +439,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                 "--workers",
                 "1",
             ],
-            env,
+            gateway_env,
             gateway_port,
             scratch_dir,
         )

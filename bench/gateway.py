@@ -1,6 +1,6 @@
 """Gateway benchmark: the fake engine measured direct and through the gateway, in one run.
 
-    python bench/gateway.py [--duration 10] [--streams 1000] [--events 200000] [--clients]
+    python bench/gateway.py [--duration 10] [--streams 1000] [--events 200000] [--servers]
 
 Auth, quotas (a plan with limits set, so every Lua check runs) and metering (usage events to the
 Redis stream, access log) are on. Non-streaming load comes from ``wrk`` (``apt install wrk``);
@@ -290,7 +290,6 @@ def main() -> None:
     parser.add_argument("--stream-tokens", type=int, default=100)
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds between a stream's tokens")
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--clients", action="store_true", help="also measure httpx as the upstream client")
     parser.add_argument(
         "--servers", action="store_true", help="also compare httptools/h11 and raw ASGI/Starlette"
     )
@@ -332,20 +331,17 @@ def main() -> None:
         "BERTH_GATEWAY_ACCESS_LOG": "1",
     }
 
-    def gateway(client: str) -> subprocess.Popen:
-        return uvicorn(
-            "gateway.app:app",
-            gateway_port,
-            0,
-            {**gw_env, "BERTH_GATEWAY_UPSTREAM_CLIENT": client},
-            "/healthz",
-        )
+    def gateway() -> subprocess.Popen:
+        # As deployments start it (berth/roles.py): python -m gateway, pinned to CPU 0.
+        argv = [*pin(0), sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port),
+                "--log-level", "warning"]  # fmt: skip
+        return start(argv, gw_env, f"http://127.0.0.1:{gateway_port}/healthz")
 
     direct_url = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
     rows = []
     try:
-        gw = gateway("aiohttp")
+        gw = gateway()
         wrk(gateway_url, key, duration=2, connections=args.connections)  # warm-up
         direct = wrk(direct_url, ENGINE_KEY, duration=args.duration, connections=args.connections)
         cpu0 = cpu_seconds(gw.pid)
@@ -419,28 +415,8 @@ def main() -> None:
         )
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
-        if args.clients:
-            gw = gateway("httpx")
-            wrk(gateway_url, key, duration=2, connections=args.connections)
-            cpu0 = cpu_seconds(gw.pid)
-            alt = wrk(gateway_url, key, duration=args.duration, connections=args.connections)
-            alt_cpu = (cpu_seconds(gw.pid) - cpu0) / (alt["rps"] * args.duration)
-            rows.append(
-                ("non-streaming max req/s through gateway, httpx upstream client", f"{alt['rps']:,.0f}", "")
-            )
-            rows.append(
-                (
-                    "  httpx: gateway CPU per request (µs) → req/s per free core",
-                    f"{alt_cpu * 1e6:,.0f} → {1 / alt_cpu:,.0f}",
-                    "",
-                )
-            )
-            gw.send_signal(signal.SIGTERM)
-            gw.wait(30)
         if args.servers:
-            rows += server_comparison(
-                key, {**gw_env, "BERTH_GATEWAY_UPSTREAM_CLIENT": "aiohttp"}, args.duration
-            )
+            rows += server_comparison(key, gw_env, args.duration)
         rows.append(("HTTP/socket errors reported by wrk", str(errors), "0"))
     finally:
         engine.send_signal(signal.SIGTERM)

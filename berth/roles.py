@@ -27,6 +27,10 @@ class Role:
     kubernetes_note: str = ""
     # Environment the role's process gets on top of the deployment's (both up and the entrypoint).
     env: tuple[tuple[str, str], ...] = ()
+    # A program that reads no Django settings (the gateway) is handed what the control plane
+    # resolved on this machine (``control_plane_env``): under ``up`` that is the embedded Redis
+    # and the generated development peppers; a deployment sets the same variables itself.
+    takes_control_plane_env: bool = False
 
 
 ROLES: tuple[Role, ...] = (
@@ -66,9 +70,10 @@ ROLES: tuple[Role, ...] = (
     Role(
         "gateway",
         "the OpenAI-compatible metering gateway (no PostgreSQL on its path)",
-        ("{python}", "{manage}", "gateway", "--host", "{gateway_host}", "--port", "{gateway_port}"),
-        "manage.py gateway",
+        ("{python}", "-m", "gateway", "--host", "{gateway_host}", "--port", "{gateway_port}"),
+        "-m gateway",
         env=(("BERTH_ROLE", "gateway"),),
+        takes_control_plane_env=True,
     ),
     Role(
         "usage",
@@ -125,4 +130,30 @@ def argv(name: str, **values: object) -> list[str]:
 
 
 def env(name: str) -> dict[str, str]:
-    return dict(BY_NAME[name].env)
+    """The role's own environment; called by ``up``, a Django process (settings configured)."""
+    role = BY_NAME[name]
+    result = dict(role.env)
+    if role.takes_control_plane_env:
+        result.update(control_plane_env())
+    return result
+
+
+def control_plane_env() -> dict[str, str]:
+    """What a Django-free process must be told that Django resolved: the gateway's whole contract.
+
+    Only the variables the gateway reads (``gateway/config.py``), with the values the control plane
+    uses, so both sides agree on Redis, its key prefix and the peppers even when they were not in
+    the environment (embedded Redis, generated development peppers).
+    """
+    from django.conf import settings  # noqa: PLC0415 - roles.py is read by Django-free tests too
+
+    result = {
+        "REDIS_URL": settings.REDIS_URL,
+        "BERTH_REDIS_PREFIX": settings.REDIS_PREFIX,
+        "BERTH_KEY_PEPPERS": ",".join(f"{pid}:{secret}" for pid, secret in settings.KEY_PEPPERS.items()),
+        "DEBUG": "1" if settings.DEBUG else "0",
+        "LOG_LEVEL": settings.LOG_LEVEL,
+    }
+    if settings.INTERNAL_TOKEN:
+        result["BERTH_INTERNAL_TOKEN"] = settings.INTERNAL_TOKEN
+    return result

@@ -117,7 +117,6 @@ INSTALLED_APPS = [
     "tenants",
     "models_registry",
     "workers",
-    "gateway",
     "billing",
     "console",
     "staff",
@@ -349,8 +348,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.check_spend",
         "schedule": env_int("BERTH_SPEND_CHECK_SECONDS", 60, minimum=5),
     },
-    "gateway-flush-key-last-used": {
-        "task": "gateway.tasks.flush_key_last_used",
+    "tenants-flush-key-last-used": {
+        "task": "tenants.tasks.flush_key_last_used",
         "schedule": 30,
     },
     # Billing (billing/tasks.py): closing a period is idempotent, so hourly just catches up.

@@ -16,8 +16,9 @@ case "$role" in
       --workers "${WEB_CONCURRENCY:-2}" --lifespan off --proxy-headers \
       --forwarded-allow-ips "$trusted" --timeout-graceful-shutdown 20 ;;
   gateway)
-    export FORWARDED_ALLOW_IPS="$trusted"  # uvicorn's own variable: the gateway command execs uvicorn
-    exec "$python" manage.py gateway --host "${BERTH_GATEWAY_HOST:-0.0.0.0}" \
+    # The gateway is its own program (no Django): FORWARDED_ALLOW_IPS is read by its uvicorn.
+    export FORWARDED_ALLOW_IPS="$trusted"
+    exec "$python" -m gateway --host "${BERTH_GATEWAY_HOST:-0.0.0.0}" \
       --port "${BERTH_GATEWAY_PORT:-8001}" --workers "${GATEWAY_WORKERS:-2}" ;;
   usage)
     exec "$python" manage.py consume_usage --metrics-port "${BERTH_USAGE_METRICS_PORT:-9102}" ;;

@@ -16,13 +16,15 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from gateway import metrics
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, Principal
 from gateway.config import GatewaySettings, get_settings
 from gateway.cors import Cors, CorsSend
 from gateway.errors import GatewayError, error_body
@@ -172,7 +174,7 @@ class Gateway:
             elif endpoint is not None:
                 if method != "POST":
                     raise _method_not_allowed(method, path)
-                await self.state.proxy.handle(ctx, endpoint, receive, sender)
+                await self.state.proxy.handle(ctx, endpoint, sender)
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except GatewayError as exc:
@@ -314,7 +316,24 @@ class RequestContext:
         "receive",
     )
 
-    def __init__(self, request_id: str, method: str, path: str, scope):
+    request_id: str
+    method: str
+    path: str
+    scope: dict[str, Any]
+    start: float
+    status: int
+    error_code: str | None
+    model: str | None
+    endpoint: str | None
+    principal: Principal | None
+    worker: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    ttft: float | None
+    content: str | None
+    receive: Callable[[], Awaitable[dict[str, Any]]]
+
+    def __init__(self, request_id: str, method: str, path: str, scope: dict[str, Any]):
         self.request_id = request_id
         self.method = method
         self.path = path
@@ -330,7 +349,7 @@ class RequestContext:
         self.completion_tokens = 0
         self.ttft = None
         self.content = None
-        self.receive = None
+        self.receive = _no_body
 
     def log(self) -> None:
         # Structured and content-free: never headers (keys), never bodies unless the operator asked.
@@ -353,6 +372,10 @@ class RequestContext:
         if self.content is not None:
             record["content"] = self.content
         access_logger.info("%s", orjson.dumps(record).decode())
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 class _TrackingSend:

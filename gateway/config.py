@@ -1,9 +1,11 @@
 """The gateway's settings: one pydantic-settings class reading the control plane's variable names.
 
-The gateway never imports Django, so it cannot read ``berth/settings.py``; it reads the same
-environment instead (``REDIS_URL``, ``BERTH_KEY_PEPPERS``, ``BERTH_REDIS_PREFIX``) plus its own
-``BERTH_GATEWAY_*`` knobs. ``manage.py gateway`` resolves the embedded Redis URL and the dev
-peppers and passes them on in the environment.
+The gateway is its own program (``python -m gateway``) and never imports Django, so it cannot
+read ``berth/settings.py``; it reads the same environment instead (``REDIS_URL``,
+``BERTH_KEY_PEPPERS``, ``BERTH_REDIS_PREFIX``, ``BERTH_INTERNAL_TOKEN``) plus its own
+``BERTH_GATEWAY_*`` knobs, and nothing else: no database, no Django secret, no Stripe key. On a
+development machine ``berth up`` hands it what the control plane resolved (the embedded Redis URL,
+the generated dev peppers: ``berth.roles.control_plane_env``).
 
 ``DEBUG`` follows the control plane's rule (on when no ``DATABASE_URL`` names a database, as in
 development with the embedded servers; the shipped compose file and Kubernetes config set it to
@@ -28,6 +30,13 @@ from contract.api_keys import parse_peppers
 class GatewaySettings(BaseSettings):
     # hide_input_in_errors: a start-up error must not print the environment (peppers, tokens).
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
+
+    # The server (``python -m gateway`` takes them as defaults of --host, --port, --grace-seconds).
+    host: str = Field("127.0.0.1", validation_alias="BERTH_GATEWAY_HOST")
+    port: int = Field(8001, validation_alias="BERTH_GATEWAY_PORT", ge=1, le=65535)
+    # On SIGTERM the gateway stops accepting and lets in-flight requests finish for this long; what
+    # is cut after it is billed as delivered (status gateway_stopped).
+    grace_seconds: int = Field(30, validation_alias="BERTH_GATEWAY_GRACE_SECONDS", ge=0)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     key_peppers: str = Field("", validation_alias="BERTH_KEY_PEPPERS")
@@ -79,9 +88,6 @@ class GatewaySettings(BaseSettings):
     cold_start_timeout: float = Field(300.0, validation_alias="BERTH_GATEWAY_COLD_START_TIMEOUT", gt=0)
 
     # Upstream
-    upstream_client: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", validation_alias="BERTH_GATEWAY_UPSTREAM_CLIENT"
-    )
     connect_timeout: float = Field(5.0, validation_alias="BERTH_GATEWAY_CONNECT_TIMEOUT", gt=0)
     read_timeout: float = Field(600.0, validation_alias="BERTH_GATEWAY_READ_TIMEOUT", gt=0)
     max_connections: int = Field(4096, validation_alias="BERTH_GATEWAY_MAX_CONNECTIONS", ge=1)

@@ -7,7 +7,10 @@ client value, so that tenants sharing an engine never share its prefix cache (a 
 otherwise time whether another sent a prefix; vLLM's security guide, CVE-2025-46570); and for
 streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats`` (so tokens are
 known even when the client goes away mid-stream). What the client did not ask for — the extra
-usage chunk, per-chunk usage — is stripped again on the way back.
+usage chunk, per-chunk usage — is stripped again on the way back (``sse.py``, a pure function).
+
+One admitted request travels through the steps below as a ``Forward``: its context, the engine's
+body, the lease, the usage event and where it went.
 """
 
 from __future__ import annotations
@@ -17,13 +20,24 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway import metrics
+from gateway import metrics, sse
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
-from gateway.upstream import UpstreamError
+from gateway.quotas import Lease
+from gateway.routing import ModelInfo, Worker
+from gateway.upstream import UpstreamError, UpstreamResponse
 from gateway.validation import Checked, validate
+
+if TYPE_CHECKING:
+    from gateway.app import RequestContext
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Usage = dict[str, Any] | None  # an engine's usage object, as it sent it
 
 logger = logging.getLogger("berth.gateway.proxy")
 
@@ -182,14 +196,14 @@ class Proxy:
 
     # ------------------------------------------------------------------ the request
 
-    async def handle(self, ctx, endpoint: str, receive, send) -> None:
+    async def handle(self, ctx: RequestContext, endpoint: str, send: Send) -> None:
         state = self.state
         ctx.endpoint = endpoint
         headers = dict(ctx.scope["headers"])
         principal = await state.auth.authenticate(headers)
         ctx.principal = principal
         state.metering.touch(principal.key.key_id)
-        raw = await self._read_body(ctx.scope, receive)
+        raw = await self._read_body(ctx.scope, ctx.receive)
         body = self._parse(raw, headers)
         checked = validate(body, endpoint, max_tokens_limit=self.settings.max_tokens_limit)
         model, stream = checked.model, checked.stream
@@ -231,7 +245,6 @@ class Proxy:
             options["continuous_usage_stats"] = True
             body["stream_options"] = options
             modified = True
-        payload = orjson.dumps(body) if modified else raw
 
         event = {
             "id": ctx.request_id,
@@ -249,14 +262,23 @@ class Proxy:
             "ts": int(time.time() * 1000),
         }
         try:
-            prefix = (
-                _prefix(body, endpoint, self.settings.prefix_chars)
-                if self.settings.routing == "prefix"
-                else None
+            forward = Forward(
+                ctx=ctx,
+                info=info,
+                payload=orjson.dumps(body) if modified else raw,
+                prefix=(
+                    _prefix(body, endpoint, self.settings.prefix_chars)
+                    if self.settings.routing == "prefix"
+                    else None
+                ),
+                stream=stream,
+                client_usage=client_usage,
+                client_continuous=client_continuous,
+                lease=lease,
+                event=event,
+                send=send,
             )
-            await self._forward(
-                ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send
-            )
+            await self._forward(forward)
         except GatewayError as exc:
             event["h"] = exc.status
             raise
@@ -275,7 +297,7 @@ class Proxy:
                 metrics.TOKENS.labels(model, "prompt").inc(event["p"])
                 metrics.TOKENS.labels(model, "completion").inc(event["c"])
 
-    async def _workers(self, ctx, model: str):
+    async def _workers(self, model: str) -> list[Worker]:
         router = self.state.router
         workers = await router.workers(model)
         if workers:
@@ -294,7 +316,7 @@ class Proxy:
             )
         return workers
 
-    async def _open(self, ctx, info, payload: bytes, stream: bool, target: _Target, prefix: str | None):
+    async def _open(self, fwd: Forward) -> tuple[Worker, UpstreamResponse]:
         """Send to a worker; once more to another only if the first surely never got the request.
 
         Retried: a connection that could not be opened, and a 502/503/504 the engine answered
@@ -302,30 +324,31 @@ class Proxy:
         a connection dropped after the request was written — the engine may have run it already.
         """
         router = self.state.router
+        ctx, info = fwd.ctx, fwd.info
         tried: set[str] = set()
         last_error = "no worker"
         for attempt in range(2):
-            workers = await self._workers(ctx, info.name)
-            worker = router.choose(workers, prefix, tried)
+            workers = await self._workers(info.name)
+            worker = router.choose(workers, fwd.prefix, tried)
             if worker.worker_id in tried:
                 break
             tried.add(worker.worker_id)
             headers = {
                 "Content-Type": "application/json",
-                "Accept": "text/event-stream" if stream else "application/json",
+                "Accept": "text/event-stream" if fwd.stream else "application/json",
                 "X-Request-Id": ctx.request_id,
             }
             if worker.api_key:
                 headers["Authorization"] = f"Bearer {worker.api_key}"
             router.acquire(worker)
-            target.worker = worker
+            fwd.worker = worker
             try:
-                response = await self.state.upstream.send("POST", worker.url + ctx.path, headers, payload)
+                response = await self.state.upstream.send("POST", worker.url + ctx.path, headers, fwd.payload)
             except UpstreamError as exc:
                 router.release(worker)
                 if exc.sent:
                     raise
-                target.worker = None
+                fwd.worker = None
                 last_error = str(exc)
                 if attempt == 0:
                     metrics.UPSTREAM_RETRIES.labels(info.name).inc()
@@ -336,7 +359,7 @@ class Proxy:
             if response.status in RETRYABLE_STATUS and attempt == 0 and len(workers) > 1:
                 await response.close()
                 router.release(worker)
-                target.worker = None
+                fwd.worker = None
                 metrics.UPSTREAM_RETRIES.labels(info.name).inc()
                 last_error = f"HTTP {response.status}"
                 continue
@@ -352,50 +375,38 @@ class Proxy:
             code="upstream_unavailable",
         )
 
-    async def _forward(
-        self, ctx, info, payload, prefix, stream, client_usage, client_continuous, lease, event, send
-    ):
+    async def _forward(self, fwd: Forward) -> None:
         state = self.state
-        target = _Target(payload)
+        ctx, lease, event = fwd.ctx, fwd.lease, fwd.event
         self.active += 1
         # A request still running after checkpoint_seconds without a stream checkpoint (a long
         # prefill, a long non-streaming answer) gets one with its estimated prompt.
         timer = asyncio.get_running_loop().call_later(
-            self.settings.checkpoint_seconds, self._start_early_checkpoint, event, lease, target
+            self.settings.checkpoint_seconds, self._start_early_checkpoint, fwd
         )
         try:
             try:
-                worker, response = await self._open(ctx, info, payload, stream, target, prefix)
+                worker, response = await self._open(fwd)
             except UpstreamError as exc:
-                ctx.worker = event["w"] = target.worker.worker_id
-                await self._bill_prompt(event, target)
+                ctx.worker = event["w"] = fwd.worker.worker_id if fwd.worker else None
+                await self._bill_prompt(fwd)
                 raise _unanswered(exc, event, self.settings.read_timeout) from exc
             ctx.worker = event["w"] = worker.worker_id
-            base_headers = [(b"x-request-id", ctx.request_id.encode()), *lease.headers]
+            fwd.base_headers = [(b"x-request-id", ctx.request_id.encode()), *lease.headers]
             try:
-                if response.status != 200 or not stream:
-                    await self._plain(ctx, response, base_headers, lease, event, send, target)
+                if response.status != 200 or not fwd.stream:
+                    await self._plain(fwd, response)
                 else:
-                    await self._stream(
-                        ctx,
-                        response,
-                        base_headers,
-                        client_usage,
-                        client_continuous,
-                        lease,
-                        event,
-                        send,
-                        target,
-                    )
+                    await self._stream(fwd, response)
             finally:
                 await response.close()
                 state.router.release(worker)
         except asyncio.CancelledError:
             # The gateway is stopping and its grace period is over: bill what the engine did.
-            if not lease.settled and target.worker is not None:
+            if not lease.settled and fwd.worker is not None:
                 if event["s"] == "error":
                     event["s"], event["h"] = "gateway_stopped", 503
-                await self._bill_prompt(event, target)
+                await self._bill_prompt(fwd)
                 event["l"] = int((time.perf_counter() - ctx.start) * 1000)
                 await state.metering.record(event, lease)
             raise
@@ -403,29 +414,31 @@ class Proxy:
             timer.cancel()
             self.active -= 1
 
-    def _start_early_checkpoint(self, event, lease, target: _Target) -> None:
-        task = asyncio.ensure_future(self._early_checkpoint(event, lease, target))
+    def _start_early_checkpoint(self, fwd: Forward) -> None:
+        task = asyncio.ensure_future(self._early_checkpoint(fwd))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _early_checkpoint(self, event, lease, target: _Target) -> None:
+    async def _early_checkpoint(self, fwd: Forward) -> None:
         # Checked and queued on the Redis pipe in one step of the loop: a final event recorded
         # before this sees no checkpoint; one recorded after it removes this one.
-        if lease.settled or target.worker is None or event["id"] in self.state.metering.checkpointed:
+        event = fwd.event
+        if fwd.lease.settled or fwd.worker is None or event["id"] in self.state.metering.checkpointed:
             return
-        snapshot = {**event, "p": _estimate_tokens(target.body(), event["ep"]), "c": 0}
+        snapshot = {**event, "p": _estimate_tokens(fwd.body(), event["ep"]), "c": 0}
         try:
             await self.state.metering.checkpoint(snapshot)
         except Exception:
             logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
 
-    async def _plain(self, ctx, response, base_headers, lease, event, send, target) -> None:
+    async def _plain(self, fwd: Forward, response: UpstreamResponse) -> None:
+        ctx, event = fwd.ctx, fwd.event
         try:
             raw = await response.read()
         except Exception as exc:
             # The answer started and broke off: the engine worked on it, so it is not retried.
             error = exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc) or type(exc).__name__)
-            await self._bill_prompt(event, target)
+            await self._bill_prompt(fwd)
             raise _unanswered(error, event, self.settings.read_timeout) from exc
         status = response.status
         extra = [(k, v) for k, v in response.headers if k not in HOP_BY_HOP and k != b"content-type"]
@@ -436,15 +449,15 @@ class Proxy:
                 answer = None
             usage = answer.get("usage") if isinstance(answer, dict) else None
             event["s"] = "ok"
-            if _has_tokens(usage, "prompt_tokens"):
+            if isinstance(usage, dict) and _has_tokens(usage, "prompt_tokens"):
                 event["p"] = usage["prompt_tokens"]
                 completion = usage.get("completion_tokens")
                 event["c"] = completion if type(completion) is int and completion >= 0 else 0
                 event["u"] = "engine"
             else:
                 # An engine that reports no usage is counted, and the record says how.
-                await self._bill_prompt(event, target)
-                await self._count_answer(event, target, answer)
+                await self._bill_prompt(fwd)
+                await self._count_answer(fwd, answer)
         elif status in (401, 403):
             # The engine refused *our* key: the client's key was fine, so this is our fault.
             logger.error("worker %s refused the gateway's engine key (HTTP %s)", event["w"], status)
@@ -462,26 +475,25 @@ class Proxy:
         event["l"] = int((time.perf_counter() - ctx.start) * 1000)
         ctx.status = status
         # Usage is in Redis before the body leaves.
-        await self.state.metering.record(event, lease)
-        await send(
+        await self.state.metering.record(event, fwd.lease)
+        await fwd.send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(raw)).encode()),
-                    *base_headers,
+                    *fwd.base_headers,
                     *extra,
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": raw})
+        await fwd.send({"type": "http.response.body", "body": raw})
 
-    async def _stream(
-        self, ctx, response, base_headers, client_usage, client_continuous, lease, event, send, target
-    ) -> None:
+    async def _stream(self, fwd: Forward, response: UpstreamResponse) -> None:
         state = self.state
         settings = self.settings
+        ctx, lease, event, send = fwd.ctx, fwd.lease, fwd.event, fwd.send
         disconnected = asyncio.Event()
 
         async def watch_disconnect() -> None:
@@ -501,57 +513,30 @@ class Proxy:
         content_chunks = 0
         delivered_chunks = 0
         first = True
-        buffer = b""
+        rest = b""
         # Checkpoints (a SIGKILLed gateway's streams are billed from the last one): at the first
         # delivered chunk, then every checkpoint_seconds or checkpoint_tokens.
         checkpoint_tokens = -1
         checkpoint_at = 0.0
         try:
             await send(
-                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *base_headers]}
+                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *fwd.base_headers]}
             )
             async for chunk in response.chunks():
-                buffer += chunk
-                if b"\n\n" not in buffer:
+                rest += chunk
+                if sse.EVENT_END not in rest:
                     continue
-                *events, buffer = buffer.split(b"\n\n")
-                out = []
-                pending_usage = None
-                done = False
-                for raw_event in events:
-                    if not raw_event.startswith(b"data:"):
-                        if raw_event.strip():
-                            out.append(raw_event + b"\n\n")
-                        continue
-                    data = raw_event[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        continue
-                    try:
-                        obj = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        out.append(raw_event + b"\n\n")
-                        continue
-                    if not isinstance(obj, dict):
-                        out.append(raw_event + b"\n\n")
-                        continue
-                    usage = obj.get("usage")
-                    if obj.get("choices") == [] and usage:
-                        final_usage = engine_usage = usage  # the include_usage chunk
-                        if client_usage:
-                            out.append(raw_event + b"\n\n")
-                        continue
-                    if usage:
-                        pending_usage = engine_usage = usage
-                    if "usage" in obj and not client_continuous:
-                        if client_usage:
-                            obj["usage"] = None
-                        else:
-                            del obj["usage"]
-                        out.append(b"data: " + orjson.dumps(obj) + b"\n\n")
-                    else:
-                        out.append(raw_event + b"\n\n")
-                    content_chunks += 1
+                part = sse.rewrite(
+                    rest, client_usage=fwd.client_usage, client_continuous=fwd.client_continuous
+                )
+                rest = part.rest
+                if part.final_usage is not None:
+                    final_usage = part.final_usage
+                if part.latest_usage is not None:
+                    engine_usage = part.latest_usage
+                pending_usage = part.usage
+                content_chunks += part.content_chunks
+                out = part.out
                 if disconnected.is_set():
                     break
                 if first and content_chunks:
@@ -559,22 +544,16 @@ class Proxy:
                     ctx.ttft = time.perf_counter() - ctx.start
                     event["f"] = int(ctx.ttft * 1000)
                     metrics.TTFT.labels(event["m"]).observe(ctx.ttft)
-                if (final_usage is not None or done) and not lease.settled:
+                if (final_usage is not None or part.done) and not lease.settled:
                     # The last bytes are about to go: meter first.
                     await self._finish_stream(
-                        event,
-                        ctx,
-                        target,
-                        final_usage or pending_usage or delivered_usage,
-                        content_chunks,
-                        "ok",
-                        200,
+                        fwd, final_usage or pending_usage or delivered_usage, content_chunks, "ok", 200
                     )
                     await state.metering.record(event, lease)
-                if done:
-                    out.append(b"data: [DONE]\n\n")
+                if part.done:
+                    out += sse.DONE
                 if out:
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
                     delivered_chunks = content_chunks
                     if pending_usage is not None:
                         delivered_usage = pending_usage
@@ -587,7 +566,7 @@ class Proxy:
                             or now - checkpoint_at >= settings.checkpoint_seconds
                         ):
                             checkpoint_tokens, checkpoint_at = delivered, now
-                            await self._checkpoint(event, ctx, target, delivered_usage, delivered_chunks)
+                            await self._checkpoint(fwd, delivered_usage, delivered_chunks)
         except asyncio.CancelledError:
             if not lease.settled:
                 # Cut by the gateway's own shutdown: bill what the engine produced up to the cut
@@ -601,14 +580,7 @@ class Proxy:
             if not disconnected.is_set():
                 if not lease.settled:
                     await self._finish_stream(
-                        event,
-                        ctx,
-                        target,
-                        delivered_usage,
-                        delivered_chunks,
-                        "upstream_error",
-                        502,
-                        engine_usage,
+                        fwd, delivered_usage, delivered_chunks, "upstream_error", 502, engine_usage
                     )
                 raise
         finally:
@@ -618,9 +590,7 @@ class Proxy:
                 # Bill what the engine produced until the hang-up stopped it (as far as it reached
                 # us: at most the chunk in flight is missing) and the prompt it read in any case.
                 await self._finish_stream(
-                    event,
-                    ctx,
-                    target,
+                    fwd,
                     engine_usage or delivered_usage,
                     content_chunks,
                     "client_disconnected",
@@ -632,34 +602,44 @@ class Proxy:
         if not lease.settled:
             # The engine ended the stream without [DONE] or usage: meter what we saw.
             await self._finish_stream(
-                event, ctx, target, final_usage or delivered_usage, content_chunks, "ok", 200, engine_usage
+                fwd, final_usage or delivered_usage, content_chunks, "ok", 200, engine_usage
             )
             await state.metering.record(event, lease)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _checkpoint(self, event, ctx, target: _Target, usage, chunks: int) -> None:
+    async def _checkpoint(self, fwd: Forward, usage: Usage, chunks: int) -> None:
+        event = fwd.event
         snapshot = dict(event)
-        self._fill(snapshot, ctx, usage, chunks, "gateway_lost", 0)
+        self._fill(snapshot, fwd.ctx, usage, chunks, "gateway_lost", 0)
         if not _has_tokens(usage, "prompt_tokens"):  # an engine without per-chunk usage
-            snapshot["p"] = _estimate_tokens(target.body(), event["ep"])
+            snapshot["p"] = _estimate_tokens(fwd.body(), event["ep"])
         try:
             await self.state.metering.checkpoint(snapshot)
         except Exception:  # a missed checkpoint only widens what a SIGKILL could lose
             logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
 
     async def _finish_stream(
-        self, event, ctx, target, usage, chunks: int, status: str, http: int, engine_usage=None
+        self,
+        fwd: Forward,
+        usage: Usage,
+        chunks: int,
+        status: str,
+        http: int,
+        engine_usage: Usage = None,
     ) -> None:
-        self._fill(event, ctx, usage, chunks, status, http)
+        event = fwd.event
+        self._fill(event, fwd.ctx, usage, chunks, status, http)
         if not _has_tokens(usage, "prompt_tokens"):
-            if _has_tokens(engine_usage, "prompt_tokens"):
+            if engine_usage is not None and _has_tokens(engine_usage, "prompt_tokens"):
                 event["p"] = engine_usage["prompt_tokens"]  # reported, though never delivered
                 event["u"] = _worse(event.get("u"), "engine")
             else:
-                await self._bill_prompt(event, target)
+                await self._bill_prompt(fwd)
 
     @staticmethod
-    def _fill(event, ctx, usage, content_chunks: int, status: str, http: int) -> None:
+    def _fill(
+        event: dict[str, Any], ctx: RequestContext, usage: Usage, content_chunks: int, status: str, http: int
+    ) -> None:
         usage = usage if isinstance(usage, dict) else {}
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
@@ -679,17 +659,18 @@ class Proxy:
 
     # ------------------------------------------------------------------ counting without usage
 
-    async def _bill_prompt(self, event, target: _Target) -> None:
+    async def _bill_prompt(self, fwd: Forward) -> None:
         """The prompt of a request the engine got but did not report: its tokenizer, else ours.
 
         The worker that had the request may be the one that just died, so one other ready worker
         of the model (same weights, same tokenizer) is asked before falling back to the estimate.
         """
+        event = fwd.event
         if event["p"]:
             return
-        body = target.body()
+        body = fwd.body()
         count = None
-        for worker in await self._tokenizers(target, event["m"]):
+        for worker in await self._tokenizers(fwd):
             count = await self._tokenize_prompt(worker, body, event["ep"])
             if count is not None:
                 break
@@ -698,18 +679,20 @@ class Proxy:
         else:
             event["p"], event["u"] = count, _worse(event.get("u"), "tokenizer")
 
-    async def _tokenizers(self, target: _Target, model: str) -> list:
-        first = [target.worker] if target.worker else []
+    async def _tokenizers(self, fwd: Forward) -> list[Worker]:
+        current = fwd.worker
+        first = [current] if current else []
         try:
-            others = [w for w in await self.state.router.workers(model) if w is not target.worker]
+            others = [w for w in await self.state.router.workers(fwd.event["m"]) if w is not current]
         except Exception:  # noqa: BLE001 - counting must not fail the recording
             others = []
-        if first:
-            others = [w for w in others if w.worker_id != target.worker.worker_id]
+        if current:
+            others = [w for w in others if w.worker_id != current.worker_id]
         return first + others[:1]
 
-    async def _count_answer(self, event, target: _Target, answer) -> None:
+    async def _count_answer(self, fwd: Forward, answer: object) -> None:
         """Completion tokens of an answer without usage: the engine's tokenizer on its text."""
+        event = fwd.event
         texts = []
         choices = answer.get("choices") if isinstance(answer, dict) else None
         for choice in choices if isinstance(choices, list) else ():
@@ -721,17 +704,23 @@ class Proxy:
         if not texts:
             event["c"] = 0
             return
-        model = target.body().get("model")
-        counts = await asyncio.gather(
-            *(
-                self._tokenize(target.worker, {"model": model, "prompt": t, "add_special_tokens": False})
-                for t in texts
+        model = fwd.body().get("model")
+        worker = fwd.worker
+        counts: list[int | None] = [None]  # no worker to ask: the estimate
+        if worker is not None:
+            counts = await asyncio.gather(
+                *(
+                    self._tokenize(worker, {"model": model, "prompt": t, "add_special_tokens": False})
+                    for t in texts
+                )
             )
-        )
         if None in counts:
             event["c"], event["u"] = sum((len(t) + 3) // 4 for t in texts), "estimate"
         else:
-            event["c"], event["u"] = sum(counts), _worse(event.get("u"), "tokenizer")
+            event["c"], event["u"] = (
+                sum(c for c in counts if c is not None),
+                _worse(event.get("u"), "tokenizer"),
+            )
 
     async def _tokenize_prompt(self, worker, body: dict, endpoint: str) -> int | None:
         model = body.get("model")
@@ -750,9 +739,9 @@ class Proxy:
         ):
             return None  # token-id prompts and big batches: the estimate
         counts = await asyncio.gather(*(self._tokenize(worker, {"model": model, "prompt": t}) for t in texts))
-        return None if None in counts else sum(counts)
+        return None if None in counts else sum(c for c in counts if c is not None)
 
-    async def _tokenize(self, worker, request: dict) -> int | None:
+    async def _tokenize(self, worker: Worker, request: dict[str, Any]) -> int | None:
         """``POST /tokenize`` on the worker (vLLM and Berth's CPU engine): ``{"count": n, …}``."""
         result = await self.state.upstream.post_json(
             worker.url + "/tokenize",
@@ -764,17 +753,26 @@ class Proxy:
         return count if type(count) is int and count >= 0 else None
 
 
-class _Target:
-    """Where one request went (``worker`` is set while it may be with the engine) and its body."""
+@dataclass(slots=True, eq=False)
+class Forward:
+    """One admitted request on its way to an engine and back: what every step of the proxy needs."""
 
-    __slots__ = ("payload", "worker", "_body")
+    ctx: RequestContext
+    info: ModelInfo
+    payload: bytes  # the body as the engine gets it
+    prefix: str | None  # what prefix-affinity routing hashes
+    stream: bool
+    client_usage: bool  # the client's own stream_options.include_usage …
+    client_continuous: bool  # … and continuous_usage_stats
+    lease: Lease
+    event: dict[str, Any]  # the usage event, filled in as the request goes
+    send: Send
+    worker: Worker | None = None  # set while the request may be with the engine
+    base_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _body: dict[str, Any] | None = None
 
-    def __init__(self, payload: bytes):
-        self.payload = payload
-        self.worker = None
-        self._body = None
-
-    def body(self) -> dict:
+    def body(self) -> dict[str, Any]:
+        """The body the engine got, parsed once on demand (to count a prompt it did not report)."""
         if self._body is None:
             try:
                 body = orjson.loads(self.payload)

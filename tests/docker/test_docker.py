@@ -93,7 +93,7 @@ def test_the_entrypoint_has_exactly_the_roles_of_berth_roles_running_their_comma
     for role in platform.ROLES:
         assert role.signature in roles[role.name], f"{role.name} does not run {role.signature}"
         command = " ".join(role.command)
-        assert role.signature in command.replace("{python} -m ", "").replace("{manage}", "manage.py")
+        assert role.signature in command.replace("{python} ", "").replace("{manage}", "manage.py")
     assert "consume_usage" in roles["usage"]
 
 
@@ -261,11 +261,78 @@ def test_redis_persists_with_aof_and_agent_reserves_gpus():
 
 def test_app_services_wait_for_migrations_and_healthy_stores():
     services = compose_config()["services"]
-    for name in ("web", "gateway", "usage", "worker", "beat", "agent"):
+    for name in ("web", "usage", "worker", "beat", "agent"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["postgres"]["condition"] == "service_healthy"
     assert services["web"]["environment"]["DEBUG"] == "0"
+    # The gateway never reaches PostgreSQL: it waits for Redis only.
+    depends = services["gateway"]["depends_on"]
+    assert set(depends) == {"redis"} and depends["redis"]["condition"] == "service_healthy"
+
+
+# What must never reach the gateway: it has no database, signs nothing with Django and bills nobody.
+GATEWAY_FORBIDDEN = re.compile(r"^(DATABASE_URL|SECRET_KEY|STRIPE_.*|POSTGRES_.*)$")
+# Read by the entrypoint or uvicorn for the gateway role, besides gateway/config.py.
+GATEWAY_PROCESS_ENV = {"BERTH_TRUSTED_PROXIES", "GATEWAY_WORKERS", "BERTH_GATEWAY_HOST", "BERTH_GATEWAY_PORT"}
+
+
+def gateway_reads() -> set[str]:
+    from gateway.config import GatewaySettings
+
+    return {str(field.validation_alias) for field in GatewaySettings.model_fields.values()}
+
+
+def test_the_gateway_service_gets_only_what_the_gateway_reads():
+    env = compose_config()["services"]["gateway"]["environment"]
+    assert not [name for name in env if GATEWAY_FORBIDDEN.match(name)], env.keys()
+    assert set(env) <= gateway_reads() | GATEWAY_PROCESS_ENV
+    assert {"REDIS_URL", "BERTH_KEY_PEPPERS", "BERTH_INTERNAL_TOKEN"} <= set(env)
+    assert env["DEBUG"] == "0"  # /metrics needs the token
+
+
+def test_the_gateway_deployment_gets_only_what_the_gateway_reads():
+    docs = kustomize_build()
+    pod = by_kind(docs, "Deployment")["berth-gateway"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "envFrom" not in container  # the whole berth-secrets would carry the database URL
+    names = {item["name"] for item in container["env"]}
+    assert not [name for name in names if GATEWAY_FORBIDDEN.match(name)]
+    assert names <= gateway_reads() | GATEWAY_PROCESS_ENV
+    assert {"REDIS_URL", "BERTH_KEY_PEPPERS", "BERTH_INTERNAL_TOKEN", "DEBUG"} <= names
+    secrets = by_kind(docs, "Secret")["berth-secrets"]["stringData"]
+    config = by_kind(docs, "ConfigMap")["berth-config"]["data"]
+    for item in container["env"]:
+        ref = item["valueFrom"].get("secretKeyRef") or item["valueFrom"]["configMapKeyRef"]
+        source = secrets if "secretKeyRef" in item["valueFrom"] else config
+        assert ref["key"] == item["name"] and ref["key"] in source, item
+    assert config["DEBUG"] == "0"
+
+
+def test_the_gateway_starts_from_its_compose_environment_alone():
+    """No DATABASE_URL, no SECRET_KEY: the gateway's own environment is enough to serve."""
+    import httpx
+
+    from tests.gateway.conftest import free_port, gateway_argv, wait_http
+
+    env = {k: str(v) for k, v in compose_config()["services"]["gateway"]["environment"].items()}
+    env["REDIS_URL"] = settings.REDIS_URL  # the compose host name does not resolve here
+    env["PATH"] = os.environ["PATH"]
+    port = free_port()
+    process = subprocess.Popen(gateway_argv(port), env=env, cwd=ROOT, stderr=subprocess.PIPE)  # noqa: S603
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+        except RuntimeError:
+            process.kill()
+            pytest.fail(process.communicate()[1].decode()[-3000:])
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert metrics.status_code == 401  # DEBUG is off there: the token guards /metrics
+        token = {"authorization": f"Bearer {COMPOSE_ENV['BERTH_INTERNAL_TOKEN']}"}
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", headers=token).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(20)
 
 
 def volumes(service: dict) -> list[tuple[str, str]]:
@@ -533,3 +600,17 @@ def gateway_metric_names() -> set[str]:
         (ROOT / "gateway" / "metrics.py").read_text() if (ROOT / "gateway" / "metrics.py").exists() else ""
     )
     return set(re.findall(r'"(berth_gateway_[a-z_]+)"', source))
+
+
+def test_up_hands_the_gateway_what_the_control_plane_resolved(settings):
+    """The gateway reads no Django settings: ``up`` passes it the embedded Redis and dev peppers."""
+    from berth import roles as platform
+
+    env = platform.env("gateway")
+    assert env["BERTH_ROLE"] == "gateway"
+    assert env["REDIS_URL"] == settings.REDIS_URL
+    assert env["BERTH_REDIS_PREFIX"] == settings.REDIS_PREFIX
+    assert env["BERTH_KEY_PEPPERS"] == ",".join(f"{k}:{v}" for k, v in settings.KEY_PEPPERS.items())
+    assert env["DEBUG"] == ("1" if settings.DEBUG else "0")
+    assert set(env) <= gateway_reads() | {"BERTH_ROLE"}
+    assert platform.env("web") == {"BERTH_ROLE": "web"}  # Django roles resolve it themselves

@@ -1,4 +1,5 @@
-"""Fixtures: real processes — two fake engines and a gateway (uvicorn) — on the test Redis DB.
+"""Fixtures: real processes — two fake engines and a gateway (``python -m gateway``, the entry point
+every deployment runs) — on the test Redis DB.
 
 The gateway process reads only Redis (db 15, flushed before each test by ``redis_client``), so each
 test writes the keys, tenants, models and routes it needs; the gateway's ≤1 s caches never span
@@ -105,8 +106,20 @@ def gateway_env(**extra: str) -> dict[str, str]:
     }
 
 
-def start_gateway(**extra: str) -> Proc:
-    return uvicorn("gateway.app:app", free_port(), gateway_env(**extra), "/healthz")
+def gateway_argv(port: int, *args: str) -> list[str]:
+    """The gateway as deployments start it (``berth/roles.py``), quieter."""
+    return [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", *args]  # fmt: skip
+
+
+def start_gateway(*args: str, **extra: str) -> Proc:
+    port = free_port()
+    return Proc(
+        gateway_argv(port, *args),
+        {**os.environ, **gateway_env(**extra)},
+        f"http://127.0.0.1:{port}",
+        "/healthz",
+    )
 
 
 @pytest.fixture(scope="session")

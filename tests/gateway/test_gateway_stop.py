@@ -5,9 +5,7 @@ last checkpoint, exactly once)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import sys
 import threading
 import time
 
@@ -21,11 +19,10 @@ from billing.models import UsageRecord
 from tests.gateway.conftest import (
     Proc,
     engine_stats,
-    free_port,
-    gateway_env,
     make_key,
     make_tenant,
     register_model,
+    start_gateway,
 )
 from tests.gateway.test_unanswered import PROMPT, record, reset
 from tests.gateway.test_usage import drain
@@ -34,12 +31,8 @@ pytestmark = pytest.mark.django_db
 
 
 def gateway_process(*, grace: int = 30, **env: str) -> Proc:
-    """A gateway started like ``manage.py gateway`` starts it (uvicorn with a graceful timeout)."""
-    port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
-            "--timeout-graceful-shutdown", str(grace)]  # fmt: skip
-    return Proc(argv, {**os.environ, **gateway_env(**env)}, f"http://127.0.0.1:{port}", "/healthz")
+    """A gateway started as deployments start it, with a grace period."""
+    return start_gateway("--grace-seconds", str(grace), **env)
 
 
 def open_stream(proc: Proc, key: str, model: str, *, max_tokens: int, delay: float):
@@ -209,14 +202,14 @@ def test_the_consumer_loop_bills_abandoned_checkpoints(redis_client):
     )
 
 
-def test_manage_gateway_passes_the_grace_period_to_uvicorn(monkeypatch, settings):
-    from django.core.management import call_command
+def test_manage_gateway_execs_the_standalone_gateway_with_what_django_resolved(monkeypatch, settings):
+    from berth.management.commands.gateway import Command
 
     captured = {}
-    monkeypatch.setattr("os.execve", lambda path, argv, env: captured.update(argv=argv))
-    settings.GATEWAY_GRACE_SECONDS = 42
-    call_command("gateway", "--port", "9")
-    argv = captured["argv"]
-    assert argv[argv.index("--timeout-graceful-shutdown") + 1] == "42"
-    call_command("gateway", "--port", "9", "--grace-seconds", "5")
-    assert captured["argv"][captured["argv"].index("--timeout-graceful-shutdown") + 1] == "5"
+    monkeypatch.setattr("os.execve", lambda path, argv, env: captured.update(argv=argv, env=env))
+    Command().run_from_argv(["manage.py", "gateway", "--port", "9", "--grace-seconds", "5"])
+    assert captured["argv"][1:] == ["-m", "gateway", "--port", "9", "--grace-seconds", "5"]
+    env = captured["env"]
+    assert env["REDIS_URL"] == settings.REDIS_URL
+    assert env["BERTH_REDIS_PREFIX"] == settings.REDIS_PREFIX
+    assert env["BERTH_KEY_PEPPERS"] == ",".join(f"{k}:{v}" for k, v in settings.KEY_PEPPERS.items())

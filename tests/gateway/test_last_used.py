@@ -10,7 +10,7 @@ import time_machine
 from django.utils import timezone
 
 from berth.redis import names
-from gateway.tasks import flush_key_last_used
+from tenants.key_use import flush_key_last_used
 from tenants.models import ApiKey
 from tests.gateway.conftest import make_key, make_tenant
 

@@ -1,25 +1,27 @@
-"""Celery tasks of the gateway's control-plane side (never run in the gateway process)."""
+"""Key last-use times: the gateways record them in Redis, this writes them to ``ApiKey``.
+
+The gateway has no database, so each one batches the time it last saw every key into one Redis
+hash (``gateway/metering.py``); a periodic task (``tenants.tasks.flush_key_last_used``, beat every
+30 s) takes the hash over atomically and writes ``last_used_at`` at most once a minute per key,
+the granularity ``tenants.keys`` uses.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
-from celery import shared_task
 from django.db.models import Q
 
-from berth.redis import get_redis, rkey
+from berth.redis import get_redis, names
 from tenants.keys import LAST_USED_GRANULARITY
 from tenants.models import ApiKey
-
-LAST_USED_HASH = "key_last_used"  # gateway/metering.py writes it
-
 
 def flush_key_last_used() -> int:
     """Write the gateways' recorded key use times to ``ApiKey.last_used_at`` (≤ once a minute each)."""
     client = get_redis()
-    source = rkey(LAST_USED_HASH)
-    claimed = rkey(LAST_USED_HASH, "flushing", uuid.uuid4().hex)
+    source = names().key_last_used()
+    claimed = names().key_last_used_flushing(uuid.uuid4().hex)
     try:
         client.rename(source, claimed)  # atomic hand-over: new uses land in a fresh hash
     except Exception as exc:  # noqa: BLE001 - "no such key" means nothing to do
@@ -31,19 +33,14 @@ def flush_key_last_used() -> int:
         for key_id, stamp in client.hgetall(claimed).items():
             try:
                 when = datetime.fromtimestamp(int(stamp), tz=UTC)
-                uuid.UUID(key_id)
+                pk = uuid.UUID(str(key_id))
             except ValueError:
                 continue
             updated += (
-                ApiKey.objects.filter(pk=key_id)
+                ApiKey.objects.filter(pk=pk)
                 .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=when - LAST_USED_GRANULARITY))
                 .update(last_used_at=when)
             )
     finally:
         client.delete(claimed)
     return updated
-
-
-@shared_task(name="gateway.tasks.flush_key_last_used")
-def flush_key_last_used_task() -> int:
-    return flush_key_last_used()
