@@ -17,6 +17,7 @@ from berth.redis import get_redis, names
 from tenants.keys import LAST_USED_GRANULARITY
 from tenants.models import ApiKey
 
+
 def flush_key_last_used() -> int:
     """Write the gateways' recorded key use times to ``ApiKey.last_used_at`` (≤ once a minute each)."""
     client = get_redis()
