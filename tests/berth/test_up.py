@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -44,6 +46,26 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> dict:
     raise AssertionError(f"{url} did not answer 200 within {timeout}s")
 
 
+def read(path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_for_output(log, pattern: str, process: subprocess.Popen, timeout: float = 90) -> str:
+    """up's terminal output once a line matches ``pattern`` (a regular expression)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "manage.py up exited early; see up.log"
+        log.seek(0)
+        output = log.read()
+        if re.search(pattern, output, re.MULTILINE):
+            return output
+        time.sleep(0.3)
+    raise AssertionError(f"no line matching {pattern!r} on up's terminal within {timeout}s:\n{output}")
+
+
 def still_running(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -82,16 +104,40 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
     assert body["checks"]["database"]["ok"] and body["checks"]["redis"]["ok"]
     assert body["embedded"] == {"database": True, "redis": True}
     assert wait_for(f"http://127.0.0.1:{gateway}/healthz", process)["status"] == "ok"
-    # Celery worker and beat are up too.
+    # Celery worker and beat are up too; their output (banners included) is in their log files.
+    logs = tmp_path / "var" / "logs"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        log.seek(0)
-        output = log.read()
-        if "ready." in output and "beat: Starting" in output:
+        worker_log, beat_log = read(logs / "worker.log"), read(logs / "beat.log")
+        if "ready." in worker_log and "beat: Starting" in beat_log:
             break
         time.sleep(0.3)
-    assert "control@" in output and "beat: Starting" in output
+    assert "control@" in worker_log and "beat: Starting" in beat_log
+    # Every role writes its own file; the embedded servers' logs are linked next to them.
+    from berth.management.commands.up import Command
+
+    for role in Command.roles_to_run({"no_agent": False}):
+        assert "--- " in read(logs / f"{role}.log") and " started (pid " in read(logs / f"{role}.log")
+    assert "Uvicorn running on" in read(logs / "web.log")
+    assert (logs / "postgres.log").resolve() == (tmp_path / "var/postgres/postgres.log").resolve()
+    assert (logs / "postgres.log").exists()
+
+    # The terminal has the short status: where, each role's state, the models' readiness.
+    output = wait_for_output(log, r"^  tiny-chat ", process)
     assert "created staff user ops@example.test with password:" in output
+    assert f"Gateway (OpenAI base_url): http://127.0.0.1:{gateway}/v1" in output
+    for role in ("web", "gateway", "usage", "worker", "beat", "agent"):
+        assert re.search(rf"^  {role} +running \(pid \d+\)$", output, re.MULTILINE), role
+    assert re.search(
+        r"^  tiny-chat +(waiting for a worker|loading|ready) \(\d/1 workers", output, re.MULTILINE
+    )
+    assert f"each role's output: {logs}/<role>.log" in output
+    # ... and none of the roles' own output: no Celery banner, no uvicorn lines.
+    for noise in ("control@", "[tasks]", "celery@", "beat: Starting", "Uvicorn running on", "INFO"):
+        assert noise not in output
+    # Model readiness follows the agent: the tiny chat model becomes ready.
+    wait_for_output(log, r"^  tiny-chat +ready \(1/1 workers\)$", process, timeout=240)
+    assert "node local registered" in read(logs / "agent.log")
 
     data_dir = str(tmp_path / "var")
     descendants = psutil.Process(process.pid).children(recursive=True)
@@ -106,7 +152,10 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
     process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
     assert process.wait(timeout=60) == 0
     log.seek(0)
-    assert "bye" in log.read()
+    output = log.read()
+    assert "every process stopped; bye" in output
+    assert re.search(r"^  worker +stopped$", output, re.MULTILINE)
+    assert "stopped (code" in read(logs / "worker.log").splitlines()[-1]
     deadline = time.monotonic() + 10
     while (
         alive := [p for p in [*descendants, *servers] if still_running(p)]
@@ -121,8 +170,6 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
 
 def test_a_crash_looping_child_is_restarted_with_backoff_and_never_stops_the_others(tmp_path):
     """Before: five crashes in 120 s stopped every process, the gateway included."""
-    import io
-
     from berth.management.commands.up import Child, Supervisor
 
     sup = Supervisor(io.StringIO(), colour=False)
@@ -148,8 +195,6 @@ def test_a_crash_looping_child_is_restarted_with_backoff_and_never_stops_the_oth
 
 
 def test_a_child_that_ran_long_enough_starts_its_backoff_over(tmp_path):
-    import io
-
     from berth.management.commands.up import Child, Supervisor
 
     sup = Supervisor(io.StringIO(), colour=False)
@@ -173,3 +218,183 @@ def test_up_runs_every_long_running_role_and_only_those():
     names = Command.roles_to_run({"no_agent": False})
     assert set(names) == {r.name for r in roles.ROLES if r.long_running} == set(roles.NAMES) - {"migrate"}
     assert "agent" not in Command.roles_to_run({"no_agent": True})
+
+
+# --------------------------------------------------------------------------- logs and status
+
+
+def talker(name: str, lines: int = 3) -> list[str]:
+    return [sys.executable, "-c", f"for i in range({lines}): print('hello from {name}', i)"]
+
+
+def run_children(sup, *children) -> None:
+    for child in children:
+        sup.add(child)
+    for child in children:
+        child.process.wait(timeout=30)
+    sup.stop_all()  # waits for the pumps' pipes to end
+    sup.close()
+
+
+def test_each_role_writes_its_own_log_file_and_the_terminal_stays_quiet(tmp_path):
+    from berth.management.commands.up import Child, Supervisor
+
+    out = io.StringIO()
+    sup = Supervisor(out, colour=False, log_dir=tmp_path / "logs")
+    run_children(sup, Child("gateway", talker("gateway")), Child("usage", talker("usage")))
+    for name in ("gateway", "usage"):
+        text = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert [line for line in text.splitlines() if line.startswith("hello")] == [
+            f"hello from {name} {i}" for i in range(3)
+        ]
+        assert " started (pid " in text and "stopped (code 0)" in text
+    assert "hello from" not in out.getvalue()
+    assert re.search(r"^  gateway +stopped$", out.getvalue(), re.MULTILINE)
+    # A second run appends to the same files.
+    sup = Supervisor(io.StringIO(), colour=False, log_dir=tmp_path / "logs")
+    run_children(sup, Child("gateway", talker("gateway", 1)))
+    assert (tmp_path / "logs" / "gateway.log").read_text().count("hello from gateway 0") == 2
+
+
+def test_verbose_interleaves_every_role_on_the_terminal_prefixed_with_its_name(tmp_path):
+    from berth.management.commands.up import Child, Supervisor
+
+    out = io.StringIO()
+    sup = Supervisor(out, colour=False, log_dir=tmp_path / "logs", verbose=True)
+    run_children(sup, Child("gateway", talker("gateway")), Child("usage", talker("usage")))
+    lines = out.getvalue().splitlines()
+    assert [line for line in lines if "hello from gateway" in line] == [
+        f"gateway | hello from gateway {i}" for i in range(3)
+    ]
+    assert [line for line in lines if "hello from usage" in line] == [
+        f"usage   | hello from usage {i}" for i in range(3)
+    ]
+    assert any(line.startswith("up      | started gateway (pid ") for line in lines)
+    assert "hello from usage 2" in (tmp_path / "logs" / "usage.log").read_text()  # and still in the file
+
+
+def test_a_crash_names_the_log_to_read_and_its_last_line(tmp_path):
+    from berth.management.commands.up import Child, Supervisor
+
+    out = io.StringIO()
+    sup = Supervisor(out, colour=False, log_dir=tmp_path / "logs")
+    crasher = Child(
+        "usage", [sys.executable, "-c", "print('starting'); print('boom: no REDIS_URL'); exit(3)"]
+    )
+    sup.add(crasher)
+    try:
+        crasher.process.wait(timeout=30)
+        time.sleep(0.2)  # the pump writes the last lines
+        sup.watch_once()
+        message = out.getvalue()
+        assert (
+            f"usage exited with code 3 after 0s; restarting it in 1s (crash 1 in a row); its log: {tmp_path / 'logs' / 'usage.log'}"
+            in message
+        )
+        assert "    last line: boom: no REDIS_URL" in message
+        assert sup.status_lines() == [
+            ("usage", "  usage  restarting (backoff 1s, crash 1 in a row; exited with code 3)")
+        ]
+    finally:
+        sup.stop_all()
+        sup.close()
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_status_is_redrawn_in_place():
+    from berth.management.commands.up import Display
+
+    term = FakeTerminal()
+    display = Display(term, live=True)
+    display.status([("web", "  web  starting"), ("gateway", "  gateway  starting")])
+    display.status([("web", "  web  running"), ("gateway", "  gateway  starting")])
+    assert (
+        term.getvalue()
+        == "  web  starting\n  gateway  starting\n\x1b[2F\x1b[J  web  running\n  gateway  starting\n"
+    )
+    mark = len(term.getvalue())
+    display.status([("web", "  web  running"), ("gateway", "  gateway  starting")])
+    assert len(term.getvalue()) == mark  # unchanged: nothing redrawn
+    display.line("Berth is up.")  # an event scrolls above the block, which is drawn again below it
+    assert term.getvalue()[mark:] == "\x1b[2F\x1b[JBerth is up.\n  web  running\n  gateway  starting\n"
+
+
+def test_elsewhere_each_status_line_is_printed_once_when_it_changes():
+    from berth.management.commands.up import Display
+
+    out = io.StringIO()
+    display = Display(out, live=False)
+    display.status([("web", "  web  starting"), ("m", "  tiny-chat  loading (0/1 workers ready)")])
+    display.status([("web", "  web  starting"), ("m", "  tiny-chat  loading (0/1 workers ready)")])
+    display.status([("web", "  web  running"), ("m", "  tiny-chat  ready (1/1 workers)")])
+    assert out.getvalue().splitlines() == [
+        "  web  starting",
+        "  tiny-chat  loading (0/1 workers ready)",
+        "  web  running",
+        "  tiny-chat  ready (1/1 workers)",
+    ]
+    assert "\x1b" not in out.getvalue()
+
+
+def test_a_model_readiness_reads_as_a_few_words():
+    from berth.management.commands.up import ReplicaView, describe_model
+
+    ready, starting = ReplicaView("ready"), ReplicaView("starting")
+    assert describe_model(desired=3, replicas=[starting, ready, ready]) == "loading (2/3 workers ready)"
+    assert describe_model(desired=2, replicas=[ready, ready]) == "ready (2/2 workers)"
+    assert describe_model(desired=1, replicas=[]) == "waiting for a worker (0/1 workers ready)"
+    assert describe_model(desired=0, replicas=[]) == "scaled to zero (starts on the first request)"
+    assert (
+        describe_model(
+            desired=1, replicas=[ReplicaView("pending", pending_reason="no node has a free CPU slot")]
+        )
+        == "waiting for capacity (0/1 workers ready): no node has a free CPU slot"
+    )
+    failed = ReplicaView("failed", failure_reason="engine exited with code 1\nTraceback", log_path="/v/w.log")
+    assert (
+        describe_model(desired=1, replicas=[failed])
+        == "failed (0/1 workers ready): engine exited with code 1; its log: /v/w.log"
+    )
+    # A replacement already starting after the failure: loading again.
+    assert describe_model(desired=1, replicas=[starting, failed]) == "loading (0/1 workers ready)"
+
+
+@pytest.mark.django_db
+def test_the_status_reads_each_deployment_and_its_workers_from_postgresql():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from berth.management.commands.up import model_status
+    from tests.registry.factories import DeploymentFactory
+    from workers.constants import WorkerState
+    from workers.models import Worker
+
+    now = timezone.now()
+    chat = DeploymentFactory(model__name="chat-a", desired_replicas=3)
+    embed = DeploymentFactory(model__name="embed-b", desired_replicas=1)
+    for state in (WorkerState.READY, WorkerState.READY, WorkerState.STARTING, WorkerState.STOPPED):
+        Worker.objects.create(deployment=chat, state=state)
+    # A failure from before this run of up is history, not status.
+    Worker.objects.create(
+        deployment=embed, state=WorkerState.FAILED, failure_reason="old", finished_at=now - timedelta(days=1)
+    )
+    assert model_status(since=now) == [
+        (f"model {chat.id}", "  chat-a   loading (2/3 workers ready)"),
+        (f"model {embed.id}", "  embed-b  waiting for a worker (0/1 workers ready)"),
+    ]
+    Worker.objects.create(
+        deployment=embed,
+        state=WorkerState.FAILED,
+        failure_reason="out of memory",
+        finished_at=now,
+        log_path="/l",
+    )
+    assert model_status(since=now)[1] == (
+        f"model {embed.id}",
+        "  embed-b  failed (0/1 workers ready): out of memory; its log: /l",
+    )

@@ -531,11 +531,8 @@ class Command(BaseCommand):
                 )
             sup.display.status(sup.status_lines())
             for child in sup.children:
-                if (
-                    child.health_url
-                    and not sup.stopping.is_set()
-                    and not _wait_healthy(child, sup.stopping, 60)
-                ):
+                healthy = not child.health_url or _wait_healthy(child, sup.stopping, 60)
+                if not healthy and not sup.stopping.is_set():
                     sup.log(
                         "up",
                         f"{child.name} did not answer {child.health_url} within 60s; its log: {child.log_path}",
