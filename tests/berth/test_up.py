@@ -1,4 +1,5 @@
-"""``manage.py up`` on a fresh data dir: embedded servers, all processes, /healthz, clean Ctrl-C."""
+"""``berth up`` on a fresh data dir: embedded servers, all processes, /healthz, a short status, one log
+file per role, clean Ctrl-C; and the supervisor's restarts, logs and status display on their own."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
-from django.conf import settings
 
 
 def free_port() -> int:
@@ -35,7 +36,7 @@ def get_json(url: str) -> tuple[int, dict]:
 def wait_for(url: str, process: subprocess.Popen, timeout: float = 90) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, "manage.py up exited early; see up.log"
+        assert process.poll() is None, "berth up exited early; see up.log"
         try:
             status, body = get_json(url)
             if status == 200:
@@ -57,7 +58,7 @@ def wait_for_output(log, pattern: str, process: subprocess.Popen, timeout: float
     """up's terminal output once a line matches ``pattern`` (a regular expression)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert process.poll() is None, "manage.py up exited early; see up.log"
+        assert process.poll() is None, "berth up exited early; see up.log"
         log.seek(0)
         output = log.read()
         if re.search(pattern, output, re.MULTILINE):
@@ -83,9 +84,12 @@ def up_process(tmp_path):
         PYTHONUNBUFFERED="1",
     )
     log = open(tmp_path / "up.log", "w+")  # noqa: SIM115
+    # The installed ``berth`` script, from a directory that is not the checkout (as after pip install).
+    berth = str(Path(sys.executable).parent / "berth")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "up", "--web-port", str(web), "--gateway-port", str(gateway)],
-        cwd=settings.BASE_DIR,
+        [sys.executable, berth, "up", "--web-port", str(web), "--gateway-port", str(gateway)],
+        cwd=tmp_path,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

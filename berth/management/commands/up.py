@@ -384,10 +384,10 @@ def model_status(*, since: datetime) -> list[tuple[str, str]]:
         ) | Worker.objects.filter(
             deployment__in=deployments, state=WorkerState.FAILED, finished_at__gte=since
         )
-        for row in workers.order_by("-created_at").values(
-            "deployment_id", "state", "pending_reason", "failure_reason", "log_path"
-        ):
-            replicas[row.pop("deployment_id")].append(ReplicaView(**row))
+        for deployment_id, state, pending_reason, failure_reason, log_path in workers.order_by(
+            "-created_at"
+        ).values_list("deployment_id", "state", "pending_reason", "failure_reason", "log_path"):
+            replicas[deployment_id].append(ReplicaView(state, pending_reason, failure_reason, log_path))
     except (DatabaseError, InterfaceError):
         connection.close()  # a fresh one next time, once PostgreSQL is back
         return [("models", "  models: PostgreSQL unreachable; the status returns with it")]
@@ -404,6 +404,8 @@ def model_status(*, since: datetime) -> list[tuple[str, str]]:
 
 
 def _wait_healthy(child: Child, stopping: threading.Event, timeout: float) -> bool:
+    if child.health_url is None:
+        return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stopping.is_set():
         try:
@@ -432,10 +434,10 @@ def _link_embedded_logs(log_dir: Path) -> None:
 def gateway_env() -> dict[str, str]:
     """What the gateway reads and only Django resolved: the embedded Redis URL, dev peppers."""
     return {
-        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_URL": str(settings.REDIS_URL),
         "BERTH_KEY_PEPPERS": ",".join(f"{pid}:{secret}" for pid, secret in settings.KEY_PEPPERS.items()),
-        "BERTH_REDIS_PREFIX": settings.REDIS_PREFIX,
-        "LOG_LEVEL": settings.LOG_LEVEL,
+        "BERTH_REDIS_PREFIX": str(settings.REDIS_PREFIX),
+        "LOG_LEVEL": str(settings.LOG_LEVEL),
     }
 
 
@@ -470,7 +472,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        out = self.stdout._out  # raw stream: children's lines pass unaltered
+        out: IO[str] = self.stdout._out  # type: ignore[assignment]  # raw stream: lines pass unaltered
         tty = out.isatty() and os.environ.get("TERM") != "dumb"
         colour = not options["no_color"] and tty and "NO_COLOR" not in os.environ
         log_dir = settings.DATA_DIR / "logs"
