@@ -288,12 +288,14 @@ def test_a_crash_names_the_log_to_read_and_its_last_line(tmp_path):
     sup.add(crasher)
     try:
         crasher.process.wait(timeout=30)
-        time.sleep(0.2)  # the pump writes the last lines
+        crasher.pumps[0].join(timeout=10)  # its last lines are in the file
         sup.watch_once()
         message = out.getvalue()
-        assert (
-            f"usage exited with code 3 after 0s; restarting it in 1s (crash 1 in a row); its log: {tmp_path / 'logs' / 'usage.log'}"
-            in message
+        log_path = tmp_path / "logs" / "usage.log"
+        assert re.search(
+            rf"^usage exited with code 3 after \d+s; restarting it in 1s \(crash 1 in a row\); its log: {re.escape(str(log_path))}$",
+            message,
+            re.MULTILINE,
         )
         assert "    last line: boom: no REDIS_URL" in message
         assert sup.status_lines() == [
@@ -325,6 +327,10 @@ def test_on_a_terminal_the_status_is_redrawn_in_place():
     assert len(term.getvalue()) == mark  # unchanged: nothing redrawn
     display.line("Berth is up.")  # an event scrolls above the block, which is drawn again below it
     assert term.getvalue()[mark:] == "\x1b[2F\x1b[JBerth is up.\n  web  running\n  gateway  starting\n"
+    mark = len(term.getvalue())
+    display.release()  # on stop: the last states stay, what follows prints under them
+    display.line("bye")
+    assert term.getvalue()[mark:] == "bye\n"
 
 
 def test_elsewhere_each_status_line_is_printed_once_when_it_changes():

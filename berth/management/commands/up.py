@@ -66,6 +66,7 @@ class Child:
     log_lock: threading.Lock = field(default_factory=threading.Lock)
     last_exit: str = ""
     backoff_shown: float = 0.0
+    pumps: list[threading.Thread] = field(default_factory=list)  # copying its output to the log
 
     def state(self, stopping: bool) -> str:
         """One short phrase: starting, running, restarting (with its backoff), stopped or exited."""
@@ -122,6 +123,12 @@ class Display:
                         self.printed[key] = text
                         self.out.write(f"{text}\n")
             self.out.flush()
+
+    def release(self) -> None:
+        """Leave the block where it is: later lines print under it instead of redrawing it."""
+        with self.lock:
+            self.block = []
+            self.drawn = 0
 
     def _erase(self) -> None:
         if self.drawn:
@@ -180,9 +187,10 @@ class Supervisor:
         terminal; ``detail`` ones (what the status block already shows) reach the terminal only
         with ``--verbose``.
         """
-        if name == "up" and self.up_log is not None and not secret:
+        if name == "up" and not secret:
             with self.lock:
-                self.up_log.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")  # noqa: DTZ005 - local time, for people
+                if self.up_log is not None:
+                    self.up_log.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")  # noqa: DTZ005 - local time, for people
         if self.verbose:
             width = max(len(c) for c in COLOURS)
             prefix = f"{name:<{width}} |"
@@ -214,18 +222,22 @@ class Supervisor:
         )
         self._mark(child, f"started (pid {child.process.pid}): {' '.join(child.argv)}")
         self.log("up", f"started {child.name} (pid {child.process.pid})", detail=True)
-        threading.Thread(target=self._pump, args=(child, child.process), daemon=True).start()
+        pump = threading.Thread(target=self._pump, args=(child, child.process), daemon=True)
+        pump.start()
+        child.pumps = [*(p for p in child.pumps if p.is_alive()), pump]
 
     def _mark(self, child: Child, text: str) -> None:
-        if child.log_file is not None:
-            with child.log_lock:
-                child.log_file.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")  # noqa: DTZ005
+        self._write(child, f"--- {datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")  # noqa: DTZ005
+
+    @staticmethod
+    def _write(child: Child, text: str) -> None:
+        with child.log_lock:
+            if child.log_file is not None:
+                child.log_file.write(text)
 
     def _pump(self, child: Child, process: subprocess.Popen) -> None:
         for line in process.stdout or ():
-            if child.log_file is not None:
-                with child.log_lock:
-                    child.log_file.write(line if line.endswith("\n") else f"{line}\n")
+            self._write(child, line if line.endswith("\n") else f"{line}\n")
             if self.verbose:
                 self.log(child.name, line.rstrip("\n"))
 
@@ -293,16 +305,19 @@ class Supervisor:
             self._mark(child, f"stopped (code {process.returncode})")
             self.log("up", f"{child.name} stopped", detail=True)
         self.display.status(self.status_lines())
+        self.display.release()  # the final states stay on screen; what follows prints below them
 
     def close(self) -> None:
-        """Close the log files (after ``stop_all``: the pumps have seen their pipes end)."""
+        """Close the log files, once the pumps have copied what the stopped children left in their pipes."""
         for child in self.children:
-            if child.log_file is not None:
-                with child.log_lock:
+            for pump in child.pumps:
+                pump.join(timeout=2)
+            with child.log_lock:
+                if child.log_file is not None:
                     child.log_file.close()
                 child.log_file = None
-        if self.up_log is not None:
-            with self.lock:
+        with self.lock:
+            if self.up_log is not None:
                 self.up_log.close()
             self.up_log = None
 
