@@ -65,7 +65,7 @@ class Child:
     log_file: IO[str] | None = None
     log_lock: threading.Lock = field(default_factory=threading.Lock)
     last_exit: str = ""
-    backoff_shown: float = 0.0
+    backoff_delay: float = 0.0  # of the restart it waits for
     pumps: list[threading.Thread] = field(default_factory=list)  # copying its output to the log
 
     def state(self, stopping: bool) -> str:
@@ -74,7 +74,7 @@ class Child:
         if process is None:
             return "not started"
         if self.restart_at is not None and not stopping:
-            return f"restarting (backoff {self.backoff_shown:.0f}s, crash {self.crashes} in a row; {self.last_exit})"
+            return f"restarting (backoff {self.backoff_delay:.0f}s, crash {self.crashes} in a row; {self.last_exit})"
         code = process.poll()
         if code is not None:
             return "stopped" if stopping else f"exited with code {code}"
@@ -265,7 +265,7 @@ class Supervisor:
             lived = now - child.started_at
             child.crashes = 1 if lived >= self.stable_after else child.crashes + 1
             delay = self.backoff(child.crashes)
-            child.backoff_shown = delay
+            child.backoff_delay = delay
             child.last_exit = f"exited with code {process.returncode}"
             self._mark(child, f"exited with code {process.returncode} after {lived:.0f}s")
             message = (
