@@ -145,6 +145,15 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
 
     data_dir = str(tmp_path / "var")
     descendants = psutil.Process(process.pid).children(recursive=True)
+    # The gateway reads no Django settings: up hands it what only Django resolved (embedded Redis).
+    (gateway_process,) = [
+        p for p in psutil.Process(process.pid).children() if "gateway" in " ".join(p.cmdline())
+    ]
+    gateway_env = gateway_process.environ()
+    from berth import embedded
+
+    assert gateway_env["REDIS_URL"] == embedded.configured_urls(tmp_path / "var")[1]
+    assert gateway_env["BERTH_KEY_PEPPERS"].startswith("dev:")
     servers = [p for p in psutil.process_iter(["cmdline"]) if data_dir in " ".join(p.info["cmdline"] or [])]
     assert any("postgres" in " ".join(p.info["cmdline"]) for p in servers)
     assert (
@@ -408,3 +417,11 @@ def test_the_status_reads_each_deployment_and_its_workers_from_postgresql():
         f"model {embed.id}",
         "  embed-b  failed (0/1 workers ready): out of memory; its log: /l",
     )
+
+
+def test_after_a_plain_pip_install_the_roles_run_through_the_berth_script(settings, tmp_path):
+    from berth.management.commands.up import Command
+
+    assert Command.manage_script() == str(settings.BASE_DIR / "manage.py")  # a checkout
+    settings.BASE_DIR = tmp_path  # site-packages: no manage.py
+    assert Command.manage_script() == str(Path(sys.executable).parent / "berth")
