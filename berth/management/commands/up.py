@@ -446,16 +446,6 @@ def _link_embedded_logs(log_dir: Path) -> None:
                 pass
 
 
-def gateway_env() -> dict[str, str]:
-    """What the gateway reads and only Django resolved: the embedded Redis URL, dev peppers."""
-    return {
-        "REDIS_URL": str(settings.REDIS_URL),
-        "BERTH_KEY_PEPPERS": ",".join(f"{pid}:{secret}" for pid, secret in settings.KEY_PEPPERS.items()),
-        "BERTH_REDIS_PREFIX": str(settings.REDIS_PREFIX),
-        "LOG_LEVEL": str(settings.LOG_LEVEL),
-    }
-
-
 class Command(BaseCommand):
     help = "Run Berth on this machine: web, gateway, Celery worker and beat (and embedded PostgreSQL/Redis)."
 
@@ -540,12 +530,7 @@ class Command(BaseCommand):
                 + ("" if sup.verbose else " (--verbose shows it here)"),
             )
             for name in self.roles_to_run(options):
-                extra = gateway_env() if name == "gateway" else {}
-                sup.add(
-                    Child(
-                        name, roles.argv(name, **values), health.get(name), env={**roles.env(name), **extra}
-                    )
-                )
+                sup.add(Child(name, roles.argv(name, **values), health.get(name), env=roles.env(name)))
             sup.display.status(sup.status_lines())
             for child in sup.children:
                 healthy = not child.health_url or _wait_healthy(child, sup.stopping, 60)
