@@ -386,6 +386,7 @@ def describe_model(*, desired: int, replicas: Iterable[ReplicaView]) -> str:
 def model_status(*, since: datetime) -> list[tuple[str, str]]:
     """Each deployment's readiness, read from PostgreSQL; one line saying so if it is unreachable."""
     from django.db import DatabaseError, InterfaceError, connection
+    from django.db.models import Q
 
     from models_registry.models import Deployment
     from workers.constants import LIVE_STATES, WorkerState
@@ -394,14 +395,13 @@ def model_status(*, since: datetime) -> list[tuple[str, str]]:
     try:
         deployments = list(Deployment.objects.select_related("model").order_by("model__name", "created_at"))
         replicas: dict[Any, list[ReplicaView]] = {d.id: [] for d in deployments}
-        workers = Worker.objects.filter(deployment__in=deployments).filter(
-            state__in=LIVE_STATES
-        ) | Worker.objects.filter(
-            deployment__in=deployments, state=WorkerState.FAILED, finished_at__gte=since
+        recent = Q(state__in=LIVE_STATES) | Q(state=WorkerState.FAILED, finished_at__gte=since)
+        rows = (
+            Worker.objects.filter(recent, deployment__in=deployments)
+            .order_by("-created_at")
+            .values_list("deployment_id", "state", "pending_reason", "failure_reason", "log_path")
         )
-        for deployment_id, state, pending_reason, failure_reason, log_path in workers.order_by(
-            "-created_at"
-        ).values_list("deployment_id", "state", "pending_reason", "failure_reason", "log_path"):
+        for deployment_id, state, pending_reason, failure_reason, log_path in rows:
             replicas[deployment_id].append(ReplicaView(state, pending_reason, failure_reason, log_path))
     except (DatabaseError, InterfaceError):
         connection.close()  # a fresh one next time, once PostgreSQL is back
