@@ -178,6 +178,41 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
     assert not psutil.pid_exists(redis_pid)
 
 
+def test_a_closed_terminal_stops_the_embedded_servers_too(tmp_path):
+    """Before: SIGHUP killed up at once; its children followed, the embedded Redis stayed up."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG")}
+    env.update(BERTH_DATA_DIR=str(tmp_path / "var"), BERTH_ADMIN_PASSWORD="x" * 16, PYTHONUNBUFFERED="1")
+    berth = str(Path(sys.executable).parent / "berth")
+    with open(tmp_path / "up.log", "w+") as log:
+        process = subprocess.Popen(
+            [sys.executable, berth, "up", "--no-agent", "--web-port", str(free_port())],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_output(log, "^applying migrations", process)  # the embedded servers run
+            redis_pid = int((tmp_path / "var" / "redis" / "redis.pid").read_text())
+            process.send_signal(signal.SIGHUP)
+            assert process.wait(timeout=120) == 0
+            log.seek(0)
+            assert "every process stopped; bye" in log.read()
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(redis_pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not psutil.pid_exists(redis_pid)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            from berth import embedded  # whatever this test's up left running (none, when it passes)
+
+            embedded.stop_postgres(tmp_path / "var")
+            embedded.stop_redis(tmp_path / "var")
+
+
 # --------------------------------------------------------------------------- supervision
 
 

@@ -497,6 +497,9 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        # A closed terminal: by default it would kill only us, and the children follow (PDEATHSIG),
+        # but the embedded servers are daemons and would stay up.
+        signal.signal(signal.SIGHUP, on_signal)
         try:
             self._prepare(sup)
             _link_embedded_logs(log_dir)
