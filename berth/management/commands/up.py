@@ -1,26 +1,37 @@
-"""``manage.py up``: run the whole platform on one machine, supervised.
+"""``berth up`` (or ``manage.py up``): run the whole platform on one machine, supervised.
 
 Migrates, creates (once) a staff user, registers small CPU models on first run, then starts and
 supervises the web server (ASGI), the gateway, the usage consumer (``consume_usage``), a Celery
 worker, Celery beat and a local node agent — the roles of ``berth/roles.py``, with the commands
-listed there — with prefixed, coloured logs. A child that dies is restarted with exponential
-backoff (capped, reset once it has stayed up a while) and never stops the others: a consumer that
-crashes while PostgreSQL is down must not take the gateway, which never needs PostgreSQL, with it.
-Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period) and, when they
-are embedded, PostgreSQL and Redis too, so nothing is left running.
+listed there. A child that dies is restarted with exponential backoff (capped, reset once it has
+stayed up a while) and never stops the others: a consumer that crashes while PostgreSQL is down
+must not take the gateway, which never needs PostgreSQL, with it. Ctrl-C or SIGTERM stops every
+child (SIGTERM, then SIGKILL after a grace period) and, when they are embedded, PostgreSQL and
+Redis too, so nothing is left running.
+
+Each role's whole output goes to ``BERTH_DATA_DIR/logs/<role>.log`` (appended to, with a line at
+every start and exit); the terminal gets a short status instead — where to connect, each role's
+state, each model's readiness from PostgreSQL, and errors with the log to read — redrawn in place
+on a terminal, as plain lines when the output is a file or a pipe. Interleaved logs drown that
+status (Celery alone prints two banners), so they are on the terminal only with ``--verbose``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -34,6 +45,8 @@ GRACE_SECONDS = 10
 BACKOFF_FIRST = 1.0  # seconds before the first restart; doubles with each crash in a row
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a child up this long has recovered: its next crash starts from BACKOFF_FIRST
+STATUS_EVERY = 1.0  # seconds between two looks at the models' readiness in PostgreSQL
+LOG_TAIL_BYTES = 4096
 
 
 @dataclass
@@ -47,12 +60,110 @@ class Child:
     crashes: int = 0  # in a row, without a stable run in between
     restart_at: float | None = None
     restarts: int = 0
+    healthy: bool = False  # answered its health URL since its last start (or has none)
+    log_path: Path | None = None
+    log_file: IO[str] | None = None
+    log_lock: threading.Lock = field(default_factory=threading.Lock)
+    last_exit: str = ""
+    backoff_delay: float = 0.0  # of the restart it waits for
+    pumps: list[threading.Thread] = field(default_factory=list)  # copying its output to the log
+
+    def state(self, stopping: bool) -> str:
+        """One short phrase: starting, running, restarting (with its backoff), stopped or exited."""
+        process = self.process
+        if process is None:
+            return "not started"
+        if self.restart_at is not None and not stopping:
+            return f"restarting (backoff {self.backoff_delay:.0f}s, crash {self.crashes} in a row; {self.last_exit})"
+        code = process.poll()
+        if code is not None:
+            return "stopped" if stopping else f"exited with code {code}"
+        if stopping:
+            return "stopping"
+        if self.health_url and not self.healthy:
+            return "starting"
+        return f"running (pid {process.pid})"
+
+
+class Display:
+    """The terminal: event lines that scroll, under them a status block.
+
+    On a TTY the block is redrawn in place; otherwise each status line is printed when it changes,
+    so a log file or CI output reads as a sequence of plain lines.
+    """
+
+    def __init__(self, out: IO[str], *, live: bool):
+        self.out = out
+        self.live = live
+        self.lock = threading.RLock()
+        self.block: list[str] = []
+        self.drawn = 0
+        self.printed: dict[str, str] = {}
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            self._erase()
+            self.out.write(f"{text}\n")
+            self._draw()
+            self.out.flush()
+
+    def status(self, lines: Iterable[tuple[str, str]]) -> None:
+        """Show ``(key, text)`` lines: in place on a TTY, else the ones whose text changed."""
+        lines = list(lines)
+        with self.lock:
+            if self.live:
+                block = [text for _, text in lines]
+                if block != self.block:
+                    self._erase()
+                    self.block = block
+                    self._draw()
+            else:
+                for key, text in lines:
+                    if self.printed.get(key) != text:
+                        self.printed[key] = text
+                        self.out.write(f"{text}\n")
+            self.out.flush()
+
+    def release(self) -> None:
+        """Leave the block where it is: later lines print under it instead of redrawing it."""
+        with self.lock:
+            self.block = []
+            self.drawn = 0
+
+    def _erase(self) -> None:
+        if self.drawn:
+            # Up to the block's first line, then clear to the end of the screen.
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        if not self.live or not self.block:
+            return
+        width = max(20, shutil.get_terminal_size().columns - 1)  # a wrapped line would break the count
+        for text in self.block:
+            self.out.write(f"{text[:width]}\n")
+        self.drawn = len(self.block)
 
 
 class Supervisor:
-    def __init__(self, out, colour: bool):
+    def __init__(
+        self,
+        out: IO[str],
+        colour: bool,
+        *,
+        log_dir: Path | None = None,
+        verbose: bool = False,
+        live: bool = False,
+    ):
         self.out = out
         self.colour = colour
+        self.verbose = verbose
+        self.display = Display(out, live=live and not verbose)
+        self.log_dir = log_dir
+        self.up_log: IO[str] | None = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.up_log = open(log_dir / "up.log", "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
         self.children: list[Child] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -68,18 +179,34 @@ class Supervisor:
             "DJANGO_SETTINGS_MODULE": "berth.settings",
         }
 
-    def log(self, name: str, line: str) -> None:
-        width = max(len(c) for c in COLOURS)
-        prefix = f"{name:<{width}} |"
-        if self.colour:
-            prefix = f"\x1b[{COLOURS.get(name, 37)}m{prefix}\x1b[0m"
-        with self.lock:
-            self.out.write(f"{prefix} {line}\n")
-            self.out.flush()
+    def log(self, name: str, line: str, *, detail: bool = False, secret: bool = False) -> None:
+        """A line from a child (``name``) or from us (``"up"``).
+
+        A child's lines go to its log file, and to the terminal with ``--verbose``. Ours go to
+        ``up.log`` (unless ``secret``: a password is shown once, never written down) and the
+        terminal; ``detail`` ones (what the status block already shows) reach the terminal only
+        with ``--verbose``.
+        """
+        if name == "up" and not secret:
+            with self.lock:
+                if self.up_log is not None:
+                    self.up_log.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {line}\n")  # noqa: DTZ005 - local time, for people
+        if self.verbose:
+            width = max(len(c) for c in COLOURS)
+            prefix = f"{name:<{width}} |"
+            if self.colour:
+                prefix = f"\x1b[{COLOURS.get(name, 37)}m{prefix}\x1b[0m"
+            self.display.line(f"{prefix} {line}")
+        elif name == "up" and not detail:
+            self.display.line(line)
 
     def start(self, child: Child) -> None:
         child.started_at = time.monotonic()
         child.restart_at = None
+        child.healthy = child.health_url is None
+        if self.log_dir is not None and child.log_file is None:
+            child.log_path = self.log_dir / f"{child.name}.log"
+            child.log_file = open(child.log_path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
         child.process = subprocess.Popen(  # noqa: S603
             child.argv,
             stdout=subprocess.PIPE,
@@ -93,12 +220,26 @@ class Supervisor:
             bufsize=1,
             errors="replace",
         )
-        self.log("up", f"started {child.name} (pid {child.process.pid})")
-        threading.Thread(target=self._pump, args=(child, child.process), daemon=True).start()
+        self._mark(child, f"started (pid {child.process.pid}): {' '.join(child.argv)}")
+        self.log("up", f"started {child.name} (pid {child.process.pid})", detail=True)
+        pump = threading.Thread(target=self._pump, args=(child, child.process), daemon=True)
+        pump.start()
+        child.pumps = [*(p for p in child.pumps if p.is_alive()), pump]
+
+    def _mark(self, child: Child, text: str) -> None:
+        self._write(child, f"--- {datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")  # noqa: DTZ005
+
+    @staticmethod
+    def _write(child: Child, text: str) -> None:
+        with child.log_lock:
+            if child.log_file is not None:
+                child.log_file.write(text)
 
     def _pump(self, child: Child, process: subprocess.Popen) -> None:
         for line in process.stdout or ():
-            self.log(child.name, line.rstrip("\n"))
+            self._write(child, line if line.endswith("\n") else f"{line}\n")
+            if self.verbose:
+                self.log(child.name, line.rstrip("\n"))
 
     def add(self, child: Child) -> None:
         self.children.append(child)
@@ -124,12 +265,25 @@ class Supervisor:
             lived = now - child.started_at
             child.crashes = 1 if lived >= self.stable_after else child.crashes + 1
             delay = self.backoff(child.crashes)
-            self.log(
-                "up",
+            child.backoff_delay = delay
+            child.last_exit = f"exited with code {process.returncode}"
+            self._mark(child, f"exited with code {process.returncode} after {lived:.0f}s")
+            message = (
                 f"{child.name} exited with code {process.returncode} after {lived:.0f}s; "
-                f"restarting it in {delay:.0f}s (crash {child.crashes} in a row)",
+                f"restarting it in {delay:.0f}s (crash {child.crashes} in a row)"
             )
+            if child.log_path is not None:
+                message += f"; its log: {child.log_path}"
+                last = last_line(child.log_path)
+                if last:
+                    message += f"\n    last line: {last}"
+            self.log("up", message)
             child.restart_at = now + delay
+
+    def status_lines(self) -> list[tuple[str, str]]:
+        width = max((len(c.name) for c in self.children), default=0)
+        stopping = self.stopping.is_set()
+        return [(c.name, f"  {c.name:<{width}}  {c.state(stopping)}") for c in self.children]
 
     def stop_all(self) -> None:
         self.stopping.set()
@@ -148,7 +302,24 @@ class Supervisor:
             # Kill whatever is left of the group (pool processes, engines) either way.
             self._signal(process, signal.SIGKILL)
             process.wait()
-            self.log("up", f"{child.name} stopped")
+            self._mark(child, f"stopped (code {process.returncode})")
+            self.log("up", f"{child.name} stopped", detail=True)
+        self.display.status(self.status_lines())
+        self.display.release()  # the final states stay on screen; what follows prints below them
+
+    def close(self) -> None:
+        """Close the log files, once the pumps have copied what the stopped children left in their pipes."""
+        for child in self.children:
+            for pump in child.pumps:
+                pump.join(timeout=2)
+            with child.log_lock:
+                if child.log_file is not None:
+                    child.log_file.close()
+                child.log_file = None
+        with self.lock:
+            if self.up_log is not None:
+                self.up_log.close()
+            self.up_log = None
 
     @staticmethod
     def _signal(process: subprocess.Popen, sig: int) -> None:
@@ -158,17 +329,121 @@ class Supervisor:
             pass
 
 
-def _wait_healthy(url: str, timeout: float) -> bool:
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file, or ``""``."""
+    try:
+        with path.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - LOG_TAIL_BYTES))
+            tail = file.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip() and not line.startswith("--- ")]
+    return lines[-1][:300] if lines else ""
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """What the status needs of one worker (replica) of a deployment."""
+
+    state: str
+    pending_reason: str = ""
+    failure_reason: str = ""
+    log_path: str = ""
+
+
+def describe_model(*, desired: int, replicas: Iterable[ReplicaView]) -> str:
+    """A deployment's readiness in a few words, e.g. ``loading (2/3 workers ready)``.
+
+    ``replicas`` are its live workers and the ones that failed since ``up`` started, newest first.
+    """
+    from workers.constants import WorkerState
+
+    replicas = list(replicas)
+    ready = sum(r.state == WorkerState.READY for r in replicas)
+    starting = sum(r.state == WorkerState.STARTING for r in replicas)
+    pending = [r for r in replicas if r.state == WorkerState.PENDING]
+    failed = [r for r in replicas if r.state == WorkerState.FAILED]
+    count = f"{ready}/{desired} workers ready"
+    if desired == 0 and ready == 0 and not starting:
+        return "scaled to zero (starts on the first request)"
+    if ready >= desired:
+        return f"ready ({ready}/{desired} workers)"
+    if failed and replicas[0].state == WorkerState.FAILED:
+        reason = (
+            failed[0].failure_reason.splitlines()[0][:200] if failed[0].failure_reason else "no reason given"
+        )
+        where = f"; its log: {failed[0].log_path}" if failed[0].log_path else ""
+        return f"failed ({count}): {reason}{where}"
+    if starting:
+        return f"loading ({count})"
+    if pending:
+        reason = pending[0].pending_reason
+        return f"waiting for capacity ({count})" + (f": {reason}" if reason else "")
+    return f"waiting for a worker ({count})"
+
+
+def model_status(*, since: datetime) -> list[tuple[str, str]]:
+    """Each deployment's readiness, read from PostgreSQL; one line saying so if it is unreachable."""
+    from django.db import DatabaseError, InterfaceError, connection
+    from django.db.models import Q
+
+    from models_registry.models import Deployment
+    from workers.constants import LIVE_STATES, WorkerState
+    from workers.models import Worker
+
+    try:
+        deployments = list(Deployment.objects.select_related("model").order_by("model__name", "created_at"))
+        replicas: dict[Any, list[ReplicaView]] = {d.id: [] for d in deployments}
+        recent = Q(state__in=LIVE_STATES) | Q(state=WorkerState.FAILED, finished_at__gte=since)
+        rows = (
+            Worker.objects.filter(recent, deployment__in=deployments)
+            .order_by("-created_at")
+            .values_list("deployment_id", "state", "pending_reason", "failure_reason", "log_path")
+        )
+        for deployment_id, state, pending_reason, failure_reason, log_path in rows:
+            replicas[deployment_id].append(ReplicaView(state, pending_reason, failure_reason, log_path))
+    except (DatabaseError, InterfaceError):
+        connection.close()  # a fresh one next time, once PostgreSQL is back
+        return [("models", "  models: PostgreSQL unreachable; the status returns with it")]
+    if not deployments:
+        return [("models", "  models: none registered (berth pull_model <repo-or-path>)")]
+    width = max(len(d.model.name) for d in deployments)
+    return [
+        (
+            f"model {d.id}",
+            f"  {d.model.name:<{width}}  {describe_model(desired=d.desired_replicas, replicas=replicas[d.id])}",
+        )
+        for d in deployments
+    ]
+
+
+def _wait_healthy(child: Child, stopping: threading.Event, timeout: float) -> bool:
+    if child.health_url is None:
+        return True
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping.is_set():
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+            with urllib.request.urlopen(child.health_url, timeout=2) as response:  # noqa: S310 - our own loopback URL
                 if response.status == 200:
+                    child.healthy = True
                     return True
         except OSError:
             pass
-        time.sleep(0.25)
+        stopping.wait(0.25)
     return False
+
+
+def _link_embedded_logs(log_dir: Path) -> None:
+    """Put the embedded servers' own log files next to the roles' (as links), where people look."""
+    for server, name in (("postgres", "postgres.log"), ("redis", "redis.log")):
+        target = settings.DATA_DIR / server / name
+        link = log_dir / name
+        if target.exists() and not link.exists() and not link.is_symlink():
+            try:
+                link.symlink_to(target)
+            except OSError:
+                pass
 
 
 class Command(BaseCommand):
@@ -195,18 +470,24 @@ class Command(BaseCommand):
             action="store_true",
             help="Leave embedded PostgreSQL/Redis running on exit.",
         )
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="Show every role's output here, prefixed with the role, besides its log file.",
+        )
 
     def handle(self, *args, **options):
-        colour = not options["no_color"] and sys.stdout.isatty() and "NO_COLOR" not in os.environ
-        sup = Supervisor(self.stdout._out, colour)  # raw stream: children's lines pass unaltered
-        sup.log(
-            "up",
-            f"PostgreSQL: {settings.DATABASE_URL} ({'embedded' if settings.EMBEDDED_DATABASE else 'external'})",
-        )
-        sup.log(
-            "up",
-            f"Redis:      {settings.REDIS_URL} ({'embedded' if settings.EMBEDDED_REDIS else 'external'})",
-        )
+        out: IO[str] = self.stdout._out  # type: ignore[assignment]  # raw stream: lines pass unaltered
+        tty = out.isatty() and os.environ.get("TERM") != "dumb"
+        colour = not options["no_color"] and tty and "NO_COLOR" not in os.environ
+        log_dir = settings.DATA_DIR / "logs"
+        sup = Supervisor(out, colour, log_dir=log_dir, verbose=options["verbose"], live=tty)
+        for label, url, is_embedded, server in (
+            ("PostgreSQL:", settings.DATABASE_URL, settings.EMBEDDED_DATABASE, "postgres"),
+            ("Redis:", settings.REDIS_URL, settings.EMBEDDED_REDIS, "redis"),
+        ):
+            where = f"embedded; its log: {log_dir / server}.log" if is_embedded else "external"
+            sup.log("up", f"{label:<11} {url} ({where})")
 
         received: list[int] = []
 
@@ -216,12 +497,15 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        # A closed terminal: by default it would kill only us, and the children follow (PDEATHSIG),
+        # but the embedded servers are daemons and would stay up.
+        signal.signal(signal.SIGHUP, on_signal)
         try:
             self._prepare(sup)
+            _link_embedded_logs(log_dir)
             if sup.stopping.is_set():
                 return
             py = sys.executable
-            manage = str(settings.BASE_DIR / "manage.py")
             web = f"http://{options['web_host']}:{options['web_port']}"
             gateway = f"http://{options['gateway_host']}:{options['gateway_port']}"
             # The console's playground calls the gateway from the web's origin (CORS).
@@ -229,7 +513,7 @@ class Command(BaseCommand):
             sup.env.setdefault("BERTH_GATEWAY_CORS_ORIGINS", ",".join(sorted(origins)))
             values = {
                 "python": py,
-                "manage": manage,
+                "manage": self.manage_script(),
                 "web_host": options["web_host"],
                 "web_port": options["web_port"],
                 "gateway_host": options["gateway_host"],
@@ -243,20 +527,29 @@ class Command(BaseCommand):
             # uvicorn's own variable, read by the gateway's server (the entrypoint sets it the same).
             sup.env.setdefault("FORWARDED_ALLOW_IPS", values["trusted_proxies"])
             health = {"web": f"{web}/healthz", "gateway": f"{gateway}/healthz"}
+            sup.log(
+                "up",
+                f"each role's output: {log_dir}/<role>.log"
+                + ("" if sup.verbose else " (--verbose shows it here)"),
+            )
             for name in self.roles_to_run(options):
                 sup.add(Child(name, roles.argv(name, **values), health.get(name), env=roles.env(name)))
+            sup.display.status(sup.status_lines())
             for child in sup.children:
-                if child.health_url and not sup.stopping.is_set() and not _wait_healthy(child.health_url, 60):
-                    sup.log("up", f"{child.name} did not answer {child.health_url} within 60s")
+                healthy = not child.health_url or _wait_healthy(child, sup.stopping, 60)
+                if not healthy and not sup.stopping.is_set():
+                    sup.log(
+                        "up",
+                        f"{child.name} did not answer {child.health_url} within 60s; its log: {child.log_path}",
+                    )
+                sup.display.status(sup.status_lines())
             if not sup.stopping.is_set():
                 sup.log(
                     "up",
                     f"Berth is up. Console: {web}/  Admin: {web}/admin/  API docs: {web}/api/docs/",
                 )
                 sup.log("up", f"Gateway (OpenAI base_url): {gateway}/v1   Press Ctrl-C to stop.")
-            while not sup.stopping.is_set():
-                sup.watch_once()
-                sup.stopping.wait(0.5)
+            self._supervise(sup)
         finally:
             sup.log("up", "stopping…")
             sup.stop_all()
@@ -271,9 +564,34 @@ class Command(BaseCommand):
                     except embedded.EmbeddedError as exc:  # still stop the other one
                         sup.log("up", f"could not stop embedded {label}: {exc}")
                         sup.failed = sup.failed or f"embedded {label} did not stop"
-            sup.log("up", "bye")
+            sup.log("up", "every process stopped; bye" if not sup.failed else "bye")
+            sup.close()
         if sup.failed:
             raise CommandError(sup.failed)
+
+    @staticmethod
+    def _supervise(sup: Supervisor) -> None:
+        """Restart what dies; show the roles' states and the models' readiness about once a second."""
+        from django.utils import timezone
+
+        since = timezone.now()
+        models: list[tuple[str, str]] = []
+        next_look = 0.0
+        while not sup.stopping.is_set():
+            sup.watch_once()
+            if time.monotonic() >= next_look:
+                models = model_status(since=since)
+                next_look = time.monotonic() + STATUS_EVERY
+            sup.display.status([*sup.status_lines(), *models])
+            sup.stopping.wait(0.5)
+
+    @staticmethod
+    def manage_script() -> str:
+        """``manage.py`` in a checkout; after a plain ``pip install``, the ``berth`` script instead."""
+        manage = Path(settings.BASE_DIR) / "manage.py"
+        if manage.exists():
+            return str(manage)
+        return shutil.which("berth", path=str(Path(sys.executable).parent)) or "berth"
 
     @staticmethod
     def roles_to_run(options) -> list[str]:
@@ -290,7 +608,7 @@ class Command(BaseCommand):
         from tenants import mirror
 
         result = mirror.resync()
-        sup.log("up", f"key mirror in Redis: {result['written']} key(s)")
+        sup.log("up", f"key mirror in Redis: {result['written']} key(s)", detail=True)
         from workers.bootstrap import ensure_default_models
 
         note = ensure_default_models()
@@ -299,7 +617,7 @@ class Command(BaseCommand):
         from models_registry import mirror as model_mirror
 
         result = model_mirror.resync()
-        sup.log("up", f"model registry in Redis: {result['written']} model(s)")
+        sup.log("up", f"model registry in Redis: {result['written']} model(s)", detail=True)
 
     def _ensure_staff_user(self, sup: Supervisor) -> None:
         from tenants.models import User
@@ -312,10 +630,10 @@ class Command(BaseCommand):
         password = password or secrets.token_urlsafe(16)
         User.objects.create_superuser(email=email, password=password)
         if generated:
-            sup.log("up", f"created staff user {email} with password: {password}")
+            sup.log("up", f"created staff user {email} with password: {password}", secret=True)
             sup.log(
                 "up",
-                "(shown once; set BERTH_ADMIN_PASSWORD to choose it, or reset it with manage.py changepassword)",
+                "(shown once; set BERTH_ADMIN_PASSWORD to choose it, or reset it with berth changepassword)",
             )
         else:
             sup.log("up", f"created staff user {email} (password from BERTH_ADMIN_PASSWORD)")
