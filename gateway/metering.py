@@ -34,11 +34,6 @@ return 1
 """ % {"field": EVENT_FIELD}  # noqa: UP031 - as the stream's readers expect
 
 
-def _event(event: UsageEvent | dict) -> UsageEvent:
-    """The request handler still builds the event as its wire mapping; the encoding is the contract's."""
-    return event if isinstance(event, UsageEvent) else UsageEvent.from_wire(event, strict=False)
-
-
 class Metering:
     def __init__(self, redis, settings, quotas):
         self.redis = redis
@@ -54,9 +49,9 @@ class Metering:
     def _due(self) -> int:
         return int((time.time() + self.settings.checkpoint_lost_after) * 1000)
 
-    async def checkpoint(self, event: UsageEvent | dict) -> None:
+    async def checkpoint(self, event: UsageEvent) -> None:
         """Store what a stream has delivered so far; billed only if this gateway dies."""
-        snapshot = _event(event).as_checkpoint()
+        snapshot = event.as_checkpoint()
         rid = snapshot.request_id
         self.checkpointed.add(rid)  # from now on the final event must remove it
         results = await self.quotas.hot.execute(
@@ -70,9 +65,8 @@ class Metering:
     def touch(self, key_id: str) -> None:
         self.last_used[key_id] = int(time.time())
 
-    async def record(self, event: UsageEvent | dict, lease) -> None:
+    async def record(self, event: UsageEvent, lease) -> None:
         """Append the usage event and settle the request's quota in one round trip."""
-        event = _event(event)
         rid = event.request_id
         if rid in self.checkpointed:
             commands: list[tuple[object, ...]] = [

@@ -21,11 +21,12 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from contract.usage import UsageEvent
 from gateway import metrics, sse
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.quotas import Lease
@@ -246,21 +247,15 @@ class Proxy:
             body["stream_options"] = options
             modified = True
 
-        event = {
-            "id": ctx.request_id,
-            "t": principal.tenant.tenant_id,
-            "k": principal.key.key_id,
-            "m": model,
-            "ep": endpoint,
-            "p": 0,
-            "c": 0,
-            "s": "error",
-            "h": 0,
-            "l": 0,
-            "f": None,
-            "w": None,
-            "ts": int(time.time() * 1000),
-        }
+        event = UsageEvent(
+            request_id=ctx.request_id,
+            tenant_id=principal.tenant.tenant_id,
+            key_id=principal.key.key_id,
+            model=model,
+            endpoint=endpoint,
+            status="error",
+            occurred_at_ms=int(time.time() * 1000),
+        )
         try:
             forward = Forward(
                 ctx=ctx,
@@ -280,22 +275,22 @@ class Proxy:
             )
             await self._forward(forward)
         except GatewayError as exc:
-            event["h"] = exc.status
+            event.http_status = exc.status
             raise
         finally:
             if not lease.settled:
                 # Whatever happened (client gone, upstream error, bug), meter and free the lease.
-                event["l"] = int((time.perf_counter() - ctx.start) * 1000)
-                event["h"] = event["h"] or ctx.status or 500
+                event.latency_ms = int((time.perf_counter() - ctx.start) * 1000)
+                event.http_status = event.http_status or ctx.status or 500
                 try:
                     await asyncio.shield(state.metering.record(event, lease))
                 except Exception:
                     state.quotas.in_flight.pop(lease.request_id, None)
                     raise
-            ctx.prompt_tokens, ctx.completion_tokens = event["p"], event["c"]
-            if event["p"] or event["c"]:
-                metrics.TOKENS.labels(model, "prompt").inc(event["p"])
-                metrics.TOKENS.labels(model, "completion").inc(event["c"])
+            ctx.prompt_tokens, ctx.completion_tokens = event.prompt_tokens, event.completion_tokens
+            if event.prompt_tokens or event.completion_tokens:
+                metrics.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
+                metrics.TOKENS.labels(model, "completion").inc(event.completion_tokens)
 
     async def _workers(self, model: str) -> list[Worker]:
         router = self.state.router
@@ -388,10 +383,10 @@ class Proxy:
             try:
                 worker, response = await self._open(fwd)
             except UpstreamError as exc:
-                ctx.worker = event["w"] = fwd.worker.worker_id if fwd.worker else None
+                ctx.worker = event.worker = fwd.worker.worker_id if fwd.worker else None
                 await self._bill_prompt(fwd)
                 raise _unanswered(exc, event, self.settings.read_timeout) from exc
-            ctx.worker = event["w"] = worker.worker_id
+            ctx.worker = event.worker = worker.worker_id
             fwd.base_headers = [(b"x-request-id", ctx.request_id.encode()), *lease.headers]
             try:
                 if response.status != 200 or not fwd.stream:
@@ -404,10 +399,10 @@ class Proxy:
         except asyncio.CancelledError:
             # The gateway is stopping and its grace period is over: bill what the engine did.
             if not lease.settled and fwd.worker is not None:
-                if event["s"] == "error":
-                    event["s"], event["h"] = "gateway_stopped", 503
+                if event.status == "error":
+                    event.status, event.http_status = "gateway_stopped", 503
                 await self._bill_prompt(fwd)
-                event["l"] = int((time.perf_counter() - ctx.start) * 1000)
+                event.latency_ms = int((time.perf_counter() - ctx.start) * 1000)
                 await state.metering.record(event, lease)
             raise
         finally:
@@ -423,13 +418,15 @@ class Proxy:
         # Checked and queued on the Redis pipe in one step of the loop: a final event recorded
         # before this sees no checkpoint; one recorded after it removes this one.
         event = fwd.event
-        if fwd.lease.settled or fwd.worker is None or event["id"] in self.state.metering.checkpointed:
+        if fwd.lease.settled or fwd.worker is None or event.request_id in self.state.metering.checkpointed:
             return
-        snapshot = {**event, "p": _estimate_tokens(fwd.body(), event["ep"]), "c": 0}
+        snapshot = replace(
+            event, prompt_tokens=_estimate_tokens(fwd.body(), event.endpoint), completion_tokens=0
+        )
         try:
             await self.state.metering.checkpoint(snapshot)
         except Exception:
-            logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
+            logger.warning("could not checkpoint the usage of %s", event.request_id, exc_info=True)
 
     async def _plain(self, fwd: Forward, response: UpstreamResponse) -> None:
         ctx, event = fwd.ctx, fwd.event
@@ -448,31 +445,31 @@ class Proxy:
             except orjson.JSONDecodeError:
                 answer = None
             usage = answer.get("usage") if isinstance(answer, dict) else None
-            event["s"] = "ok"
+            event.status = "ok"
             if isinstance(usage, dict) and _has_tokens(usage, "prompt_tokens"):
-                event["p"] = usage["prompt_tokens"]
+                event.prompt_tokens = usage["prompt_tokens"]
                 completion = usage.get("completion_tokens")
-                event["c"] = completion if type(completion) is int and completion >= 0 else 0
-                event["u"] = "engine"
+                event.completion_tokens = completion if type(completion) is int and completion >= 0 else 0
+                event.usage_source = "engine"
             else:
                 # An engine that reports no usage is counted, and the record says how.
                 await self._bill_prompt(fwd)
                 await self._count_answer(fwd, answer)
         elif status in (401, 403):
             # The engine refused *our* key: the client's key was fine, so this is our fault.
-            logger.error("worker %s refused the gateway's engine key (HTTP %s)", event["w"], status)
+            logger.error("worker %s refused the gateway's engine key (HTTP %s)", event.worker, status)
             status = 502
             raw = error_body(
                 "The model worker rejected the gateway's credentials. The operator has been told.",
                 type="server_error",
                 code="upstream_auth",
             )
-            event["s"] = "upstream_error"
+            event.status = "upstream_error"
         else:
             raw = engine_error(status, raw, request_id=ctx.request_id)
-            event["s"] = "upstream_error"
-        event["h"] = status
-        event["l"] = int((time.perf_counter() - ctx.start) * 1000)
+            event.status = "upstream_error"
+        event.http_status = status
+        event.latency_ms = int((time.perf_counter() - ctx.start) * 1000)
         ctx.status = status
         # Usage is in Redis before the body leaves.
         await self.state.metering.record(event, fwd.lease)
@@ -542,8 +539,8 @@ class Proxy:
                 if first and content_chunks:
                     first = False
                     ctx.ttft = time.perf_counter() - ctx.start
-                    event["f"] = int(ctx.ttft * 1000)
-                    metrics.TTFT.labels(event["m"]).observe(ctx.ttft)
+                    event.ttft_ms = int(ctx.ttft * 1000)
+                    metrics.TTFT.labels(event.model).observe(ctx.ttft)
                 if (final_usage is not None or part.done) and not lease.settled:
                     # The last bytes are about to go: meter first.
                     await self._finish_stream(
@@ -609,14 +606,14 @@ class Proxy:
 
     async def _checkpoint(self, fwd: Forward, usage: Usage, chunks: int) -> None:
         event = fwd.event
-        snapshot = dict(event)
+        snapshot = replace(event)
         self._fill(snapshot, fwd.ctx, usage, chunks, "gateway_lost", 0)
         if not _has_tokens(usage, "prompt_tokens"):  # an engine without per-chunk usage
-            snapshot["p"] = _estimate_tokens(fwd.body(), event["ep"])
+            snapshot.prompt_tokens = _estimate_tokens(fwd.body(), event.endpoint)
         try:
             await self.state.metering.checkpoint(snapshot)
         except Exception:  # a missed checkpoint only widens what a SIGKILL could lose
-            logger.warning("could not checkpoint the usage of %s", event["id"], exc_info=True)
+            logger.warning("could not checkpoint the usage of %s", event.request_id, exc_info=True)
 
     async def _finish_stream(
         self,
@@ -631,31 +628,31 @@ class Proxy:
         self._fill(event, fwd.ctx, usage, chunks, status, http)
         if not _has_tokens(usage, "prompt_tokens"):
             if engine_usage is not None and _has_tokens(engine_usage, "prompt_tokens"):
-                event["p"] = engine_usage["prompt_tokens"]  # reported, though never delivered
-                event["u"] = _worse(event.get("u"), "engine")
+                event.prompt_tokens = engine_usage["prompt_tokens"]  # reported, though never delivered
+                event.usage_source = _worse(event.usage_source, "engine")
             else:
                 await self._bill_prompt(fwd)
 
     @staticmethod
     def _fill(
-        event: dict[str, Any], ctx: RequestContext, usage: Usage, content_chunks: int, status: str, http: int
+        event: UsageEvent, ctx: RequestContext, usage: Usage, content_chunks: int, status: str, http: int
     ) -> None:
         usage = usage if isinstance(usage, dict) else {}
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
-        event["p"] = prompt if type(prompt) is int and prompt >= 0 else 0
+        event.prompt_tokens = prompt if type(prompt) is int and prompt >= 0 else 0
         source = "engine"
         if type(completion) is int and completion >= 0:
-            event["c"] = completion
+            event.completion_tokens = completion
         else:
             # Without usage from the engine, count content chunks (one token each in vLLM).
-            event["c"] = content_chunks
+            event.completion_tokens = content_chunks
             if content_chunks:
                 source = "chunks"
-        event["u"] = source
-        event["s"] = status
-        event["h"] = http
-        event["l"] = int((time.perf_counter() - ctx.start) * 1000)
+        event.usage_source = source
+        event.status = status
+        event.http_status = http
+        event.latency_ms = int((time.perf_counter() - ctx.start) * 1000)
 
     # ------------------------------------------------------------------ counting without usage
 
@@ -666,24 +663,24 @@ class Proxy:
         of the model (same weights, same tokenizer) is asked before falling back to the estimate.
         """
         event = fwd.event
-        if event["p"]:
+        if event.prompt_tokens:
             return
         body = fwd.body()
         count = None
         for worker in await self._tokenizers(fwd):
-            count = await self._tokenize_prompt(worker, body, event["ep"])
+            count = await self._tokenize_prompt(worker, body, event.endpoint)
             if count is not None:
                 break
         if count is None:
-            event["p"], event["u"] = _estimate_tokens(body, event["ep"]), "estimate"
+            event.prompt_tokens, event.usage_source = _estimate_tokens(body, event.endpoint), "estimate"
         else:
-            event["p"], event["u"] = count, _worse(event.get("u"), "tokenizer")
+            event.prompt_tokens, event.usage_source = count, _worse(event.usage_source, "tokenizer")
 
     async def _tokenizers(self, fwd: Forward) -> list[Worker]:
         current = fwd.worker
         first = [current] if current else []
         try:
-            others = [w for w in await self.state.router.workers(fwd.event["m"]) if w is not current]
+            others = [w for w in await self.state.router.workers(fwd.event.model) if w is not current]
         except Exception:  # noqa: BLE001 - counting must not fail the recording
             others = []
         if current:
@@ -702,7 +699,7 @@ class Proxy:
                 if isinstance(text, str) and text:
                     texts.append(text)
         if not texts:
-            event["c"] = 0
+            event.completion_tokens = 0
             return
         model = fwd.body().get("model")
         worker = fwd.worker
@@ -715,11 +712,11 @@ class Proxy:
                 )
             )
         if None in counts:
-            event["c"], event["u"] = sum((len(t) + 3) // 4 for t in texts), "estimate"
+            event.completion_tokens, event.usage_source = sum((len(t) + 3) // 4 for t in texts), "estimate"
         else:
-            event["c"], event["u"] = (
+            event.completion_tokens, event.usage_source = (
                 sum(c for c in counts if c is not None),
-                _worse(event.get("u"), "tokenizer"),
+                _worse(event.usage_source, "tokenizer"),
             )
 
     async def _tokenize_prompt(self, worker, body: dict, endpoint: str) -> int | None:
@@ -765,7 +762,7 @@ class Forward:
     client_usage: bool  # the client's own stream_options.include_usage …
     client_continuous: bool  # … and continuous_usage_stats
     lease: Lease
-    event: dict[str, Any]  # the usage event, filled in as the request goes
+    event: UsageEvent  # the usage event, filled in as the request goes
     send: Send
     worker: Worker | None = None  # set while the request may be with the engine
     base_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -802,17 +799,17 @@ def _completion(usage, chunks: int) -> int:
     return chunks
 
 
-def _unanswered(exc: UpstreamError, event: dict, read_timeout: float) -> GatewayError:
+def _unanswered(exc: UpstreamError, event: UsageEvent, read_timeout: float) -> GatewayError:
     """The engine got the request and the answer never came: 504, not retried, prompt billed."""
     if exc.timeout:
-        event["s"] = "upstream_timeout"
+        event.status = "upstream_timeout"
         message = (
             f"The model worker did not answer within {read_timeout:g} seconds. The request was not "
             "retried because the worker may have processed it; you were billed for the prompt."
         )
         code = "upstream_timeout"
     else:
-        event["s"] = "upstream_error"
+        event.status = "upstream_error"
         message = (
             "The connection to the model worker broke after the request was sent. It was not retried "
             "because the worker may have processed it; you were billed for the prompt."
