@@ -22,6 +22,7 @@ import orjson
 from contract import api_keys, invalidation
 from contract.invalidation import Invalidation, Kind
 from contract.redis_names import RedisNames
+from gateway.cache import TtlCache
 from gateway.errors import GatewayError, invalid_api_key, missing_api_key
 
 logger = logging.getLogger("berth.gateway.auth")
@@ -89,8 +90,8 @@ class Authenticator:
         self.peppers = settings.peppers()
         self._any_pepper = next(iter(self.peppers.values()))
         self.ttl = settings.key_cache_seconds
-        self._keys: dict[str, tuple[float, KeyEntry | None]] = {}
-        self._tenants: dict[str, tuple[float, TenantEntry | None]] = {}
+        self._keys: TtlCache[str, KeyEntry | None] = TtlCache(self.ttl, max_entries=100_000)
+        self._tenants: TtlCache[str, TenantEntry | None] = TtlCache(self.ttl, max_entries=100_000)
         # Routing-table and model-registry invalidations share the channel; the router takes them.
         self.on_other: Callable[[str, str], None] | None = None
 
@@ -102,9 +103,9 @@ class Authenticator:
             self._keys.clear()
             self._tenants.clear()
         elif parsed.kind is Kind.API_KEY:
-            self._keys.pop(parsed.ident, None)
+            self._keys.pop(parsed.ident)
         elif parsed.kind is Kind.TENANT:
-            self._tenants.pop(parsed.ident, None)
+            self._tenants.pop(parsed.ident)
         elif self.on_other is not None:  # a model or a route
             self.on_other(parsed.kind.value, parsed.ident)
 
@@ -129,46 +130,36 @@ class Authenticator:
                 await asyncio.sleep(1)
 
     async def _key(self, lookup_id: str) -> KeyEntry | None:
-        now = time.monotonic()
-        cached = self._keys.get(lookup_id)
-        if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
+        return await self._keys.get(lookup_id, lambda: self._read_key(lookup_id))
+
+    async def _read_key(self, lookup_id: str) -> KeyEntry | None:
         raw = await self.redis.hgetall(self.names.api_key(lookup_id))
-        entry = None
-        if raw:
-            raw = {k.decode(): v.decode() for k, v in raw.items()}
-            entry = KeyEntry(
-                key_id=raw.get("key_id", ""),
-                tenant_id=raw.get("tenant_id", ""),
-                secret_hash=raw.get("hash", ""),
-                pepper_id=raw.get("pepper", ""),
-                allowed_models=frozenset(orjson.loads(raw.get("allowed_models") or "[]")),
-                expires_at=float(raw["expires_at"]) if raw.get("expires_at") else None,
-            )
-        if len(self._keys) > 100_000:
-            self._keys.clear()
-        self._keys[lookup_id] = (now, entry)
-        return entry
+        if not raw:
+            return None
+        raw = {k.decode(): v.decode() for k, v in raw.items()}
+        return KeyEntry(
+            key_id=raw.get("key_id", ""),
+            tenant_id=raw.get("tenant_id", ""),
+            secret_hash=raw.get("hash", ""),
+            pepper_id=raw.get("pepper", ""),
+            allowed_models=frozenset(orjson.loads(raw.get("allowed_models") or "[]")),
+            expires_at=float(raw["expires_at"]) if raw.get("expires_at") else None,
+        )
 
     async def tenant(self, tenant_id: str) -> TenantEntry | None:
-        now = time.monotonic()
-        cached = self._tenants.get(tenant_id)
-        if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
+        return await self._tenants.get(tenant_id, lambda: self._read_tenant(tenant_id))
+
+    async def _read_tenant(self, tenant_id: str) -> TenantEntry | None:
         raw = await self.redis.hgetall(self.names.tenant(tenant_id))
-        entry = None
-        if raw:
-            raw = {k.decode(): v.decode() for k, v in raw.items()}
-            entry = TenantEntry(
-                tenant_id=tenant_id,
-                status=raw.get("status", ""),
-                plan=orjson.loads(raw.get("plan") or "{}"),
-                spend_limit_micros=_spend_limit(raw.get("spend_limit_micros")),
-            )
-        if len(self._tenants) > 100_000:
-            self._tenants.clear()
-        self._tenants[tenant_id] = (now, entry)
-        return entry
+        if not raw:
+            return None
+        raw = {k.decode(): v.decode() for k, v in raw.items()}
+        return TenantEntry(
+            tenant_id=tenant_id,
+            status=raw.get("status", ""),
+            plan=orjson.loads(raw.get("plan") or "{}"),
+            spend_limit_micros=_spend_limit(raw.get("spend_limit_micros")),
+        )
 
     # ------------------------------------------------------------------ verification
 

@@ -29,6 +29,7 @@ import orjson
 from contract import engine_metrics
 from contract.invalidation import Kind
 from contract.redis_names import RedisNames
+from gateway.cache import TtlCache
 
 logger = logging.getLogger("berth.gateway.routing")
 
@@ -85,8 +86,10 @@ class Router:
         self.instance = f"{os.uname().nodename}:{os.getpid()}"
         self.outstanding: dict[str, int] = {}
         self.engine_load: dict[str, dict] = {}
-        self._routes: dict[str, tuple[float, list[Worker]]] = {}
-        self._models: dict[str, tuple[float, ModelInfo | None]] = {}
+        self._routes: TtlCache[str, list[Worker]] = TtlCache(settings.route_cache_seconds, max_entries=10_000)
+        self._models: TtlCache[str, ModelInfo | None] = TtlCache(
+            settings.route_cache_seconds, max_entries=10_000
+        )
         self._model_names: tuple[float, list[str]] = (0.0, [])
         self._demand_sent: dict[str, float] = {}
         self._rr = itertools.count()
@@ -94,15 +97,7 @@ class Router:
     # ------------------------------------------------------------------ registry reads
 
     async def model(self, name: str) -> ModelInfo | None:
-        now = time.monotonic()
-        cached = self._models.get(name)
-        if cached is not None and now - cached[0] < self.settings.route_cache_seconds:
-            return cached[1]
-        info = await self._read_model(name)
-        if len(self._models) > 10_000:
-            self._models.clear()
-        self._models[name] = (now, info)
-        return info
+        return await self._models.get(name, lambda: self._read_model(name))
 
     async def _read_model(self, name: str) -> ModelInfo | None:
         raw = _decode(await self.redis.hgetall(self.names.model(name)))
@@ -137,13 +132,7 @@ class Router:
         return result
 
     async def workers(self, model: str, *, fresh: bool = False) -> list[Worker]:
-        now = time.monotonic()
-        cached = self._routes.get(model)
-        if not fresh and cached is not None and now - cached[0] < self.settings.route_cache_seconds:
-            return cached[1]
-        workers = await self._read_routes(model)
-        self._routes[model] = (now, workers)
-        return workers
+        return await self._routes.get(model, lambda: self._read_routes(model), fresh=fresh)
 
     async def _read_routes(self, model: str) -> list[Worker]:
         raw = _decode(await self.redis.hgetall(self.names.route(model)))
@@ -176,9 +165,9 @@ class Router:
     def invalidate(self, kind: str, name: str) -> None:
         """Drop a cached route table or model entry (from the ``invalidate`` channel)."""
         if kind == Kind.ROUTE:
-            self._routes.pop(name, None)
+            self._routes.pop(name)
         elif kind == Kind.MODEL:
-            self._models.pop(name, None)
+            self._models.pop(name)
             self._model_names = (0.0, [])
 
     # ------------------------------------------------------------------ choice
