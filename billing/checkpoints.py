@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
 
@@ -51,7 +52,8 @@ def bill_lost_streams(
     due_key, hash_key, stream = rkey(CHECKPOINT_DUE), rkey(CHECKPOINT_HASH), rkey(USAGE_STREAM)
     claim = client.register_script(_CLAIM)
     moved = 0
-    for request_id in client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=limit):
+    due: Any = client.zrangebyscore(due_key, "-inf", now_ms, start=0, num=limit)
+    for request_id in due:
         if claim(keys=[due_key, hash_key, stream], args=[request_id, now_ms], client=client):
             moved += 1
     if moved:

@@ -110,7 +110,7 @@ class UsageHourly(models.Model):
         return f"{self.tenant_id} {self.model} {self.hour:%Y-%m-%d %H}:00"
 
 
-money = {"max_digits": 14, "decimal_places": 3, "default": Decimal("0")}
+money: dict = {"max_digits": 14, "decimal_places": 3, "default": Decimal("0")}
 
 
 class BillingAccount(models.Model):

@@ -102,7 +102,7 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
     status.spend_micros = to_micros(sum((line.exact_cost() for line in lines), Decimal(0)))
     if limit is not None:
         status.blocked = spend >= limit
-        percent = status.percent
+        percent = percent_of(spend, limit)
         for threshold in sorted({int(t) for t in account.alert_thresholds or []}):
             if percent >= threshold and _record_alert(tenant, period, threshold, spend, limit):
                 status.alerts_sent.append(threshold)
@@ -188,6 +188,8 @@ def _record_alert(tenant, period: Period, threshold: int, spend: Decimal, limit:
 
 
 def _send_alert(tenant: Tenant, status: SpendStatus, threshold: int) -> None:
+    if status.limit is None:  # alerts are thresholds of a limit
+        return
     currency = settings.BILLING_CURRENCY
     spent = money.format_money(status.spend, currency)
     limit = money.format_money(status.limit, currency)

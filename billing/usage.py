@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import orjson
 import redis
@@ -204,7 +205,9 @@ def consume_batch(
     stream = rkey(STREAM)
     entries: list = []
     if own_pending:
-        for _stream, stream_entries in client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count) or ():
+        # redis-py types a reply as RESP2 or RESP3; ours are RESP2 lists of decoded strings.
+        pending: Any = client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+        for _stream, stream_entries in pending or ():
             entries.extend(stream_entries)
     else:
         _, claimed = client.xautoclaim(
@@ -212,7 +215,7 @@ def consume_batch(
         )[:2]
         entries = list(claimed or [])
         if not entries:
-            response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
+            response: Any = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms)
             for _stream, stream_entries in response or ():
                 entries.extend(stream_entries)
     if not entries:
@@ -310,7 +313,7 @@ class _Metrics:
         stream = rkey(STREAM)
         now_ms = time.time() * 1000
         self.stream_length.set(client.xlen(stream))
-        summary = client.xpending(stream, GROUP)
+        summary: Any = client.xpending(stream, GROUP)
         self.pending.set(summary["pending"])
         oldest_pending = summary["min"] if summary["pending"] else None
         self.oldest_pending_age.set(
@@ -321,7 +324,7 @@ class _Metrics:
         last = next(
             (g["last-delivered-id"] for g in client.xinfo_groups(stream) if g["name"] == GROUP), "0-0"
         )
-        undelivered = client.xrange(stream, min=f"({last}", count=1)  # the first after it
+        undelivered: Any = client.xrange(stream, min=f"({last}", count=1)  # the first after it
         if undelivered:
             candidates.append(_id_key(undelivered[0][0]))
         self.oldest_unacked_age.set(max(0.0, (now_ms - min(candidates)[0]) / 1000) if candidates else 0.0)
@@ -414,6 +417,7 @@ def run(
     started = time.monotonic()
     # At start, first what this consumer name read before (a restarted container keeps its name).
     own_pending, group_ready, failures, housekept = True, False, 0, 0.0
+    error: Exception
     try:
         while not stop.is_set() and (stop_after is None or time.monotonic() - started < stop_after):
             METRICS.turned_at = time.monotonic()

@@ -134,7 +134,7 @@ def create_api_key(
         api_key.full_clean()
         api_key.save()
         transaction.on_commit(lambda: mirror.publish_key(api_key))
-    return CreatedKey(api_key=api_key, plaintext=f"{KEY_PREFIX[kind]}{lookup_id}_{secret}")
+    return CreatedKey(api_key=api_key, plaintext=f"{KEY_PREFIX[KeyKind(kind)]}{lookup_id}_{secret}")
 
 
 def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
