@@ -24,7 +24,11 @@ from django.conf import settings
 
 from berth.redis import get_redis
 
-REDIS_TEST_DB = int(os.environ.get("REDIS_TEST_DB", "15"))
+# Under pytest-xdist (`pytest -n 2`) each worker gets a database of its own (gw1: 14), as
+# pytest-django gives each its own PostgreSQL test database: one worker's flush must not empty
+# the other's keys. Database 13 belongs to tests/deploy/test_topology.py, so at most two workers.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+REDIS_TEST_DB = int(os.environ.get("REDIS_TEST_DB", "15")) - int(_XDIST_WORKER.removeprefix("gw") or 0)
 
 # Fixtures that start processes, wherever they are defined; a test depending on one (directly or
 # through another fixture) gets the marker.
@@ -48,6 +52,8 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "up_process": ("processes",),
     "own_redis": ("processes",),
     "production_gateway": ("processes",),
+    # tests/security/test_api_schema.py: schemathesis over the whole management API
+    "api_schema": ("slow",),
 }
 
 # Folders whose every test needs the same outside program.
@@ -108,6 +114,8 @@ def server_in(argv: list[str]) -> str | None:
     program = Path(words[0]).name
     if program in _SERVER_PROGRAMS or program.startswith("chrom"):
         return program
+    if any(word.endswith("entrypoint.sh") for word in words[:3]):
+        return "docker/entrypoint.sh"
     if program.startswith("python"):
         rest = words[1:]
         if len(rest) >= 2 and rest[0] == "-m" and rest[1] in _SERVER_MODULES:

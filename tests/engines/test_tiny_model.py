@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 from django.core.management import call_command
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from workers.tiny_model import REQUIRED_FILES, create_tiny_model
+
+pytestmark = pytest.mark.engine  # builds the tiny model with transformers
 
 
 def digests(path) -> dict[str, str]:

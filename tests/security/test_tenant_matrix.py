@@ -418,6 +418,7 @@ def admin_paths(world: World) -> list[tuple[str, str]]:
 SITE_KINDS = ("index", "login", "logout", "site", "app_list", "catch_all", "view_on_site")
 
 
+@pytest.mark.slow  # every admin page as every actor
 def test_the_admin_is_for_staff_only(world):
     """The admin checks ``is_staff`` only, whatever the tenant role: its site pages are called by
     every role, each model's pages by the most privileged non-staff user, anonymous and staff."""
