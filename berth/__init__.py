@@ -1,4 +1,4 @@
-"""Berth's Django project package (the design card calls it ``platform/``; see README)."""
+"""Berth's Django project package (not ``platform``, which would shadow the standard library's module)."""
 
 from berth.celery import app as celery_app
 
