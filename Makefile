@@ -3,13 +3,16 @@
 
 PYTHON ?= .venv/bin/python
 FAST = not processes and not engine and not browser and not docker and not slow
+# pytest-xdist workers for test-fast: each has its own PostgreSQL test database (kept by
+# --reuse-db) and Redis database (tests/conftest.py); N=0 runs in this process.
+N ?= 2
 
 .PHONY: test-fast test lint lock up
 
 # The tests that start no process, engine, browser or docker tool (markers: pyproject.toml,
 # given in tests/conftest.py).
 test-fast:
-	$(PYTHON) -m pytest -q -m "$(FAST)" $(ARGS)
+	$(PYTHON) -m pytest -q -m "$(FAST)" -n $(N) $(ARGS)
 
 test:
 	$(PYTHON) -m pytest $(ARGS)
