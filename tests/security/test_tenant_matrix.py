@@ -302,6 +302,7 @@ def world(shared_world, db):
         yield shared_world
 
 
+@pytest.mark.slow  # every URL as every actor: about a minute; CI and `make test` run it
 @pytest.mark.parametrize("probe", PROBES, ids=[p.id for p in PROBES])
 def test_matrix(world, probe):
     assert resolve(fill(probe.path, world.values()).split("?")[0]).route == probe.route
