@@ -1,4 +1,4 @@
-"""Berth's Django project package (the design card calls it ``platform/``; see README).
+"""Berth's Django project package (not ``platform``, which would shadow the standard library's module).
 
 The Celery application is created when Django starts (``BerthConfig.ready``), not when this
 package is imported: ``berth gateway`` imports ``berth.cli`` and must not import Django or Celery.

@@ -1,1 +1,1 @@
-"""Usage records, invoices, Stripe sync and webhooks (billing issue)."""
+"""Usage records, spend limits, invoices, Stripe sync and webhooks."""

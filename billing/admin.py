@@ -16,13 +16,15 @@ from billing.models import (
     UsageRecord,
 )
 
+LINE_FIELDS = ("model", "kind", "tokens", "unit_price_per_million", "amount", "requests", "late_requests")
+
 
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
-    fields = ["model", "kind", "tokens", "unit_price_per_million", "amount", "requests", "late_requests"]
-    readonly_fields = fields
+    fields = LINE_FIELDS
+    readonly_fields = LINE_FIELDS
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -109,7 +110,7 @@ def close_period(*, tenant: Tenant, period: Period, now: datetime | None = None)
                 for position, line in enumerate(lines)
             ]
             InvoiceLine.objects.bulk_create(rows)
-            invoice.subtotal = sum((row.amount for row in rows), money.round_money(0, currency))
+            invoice.subtotal = sum((row.amount for row in rows), money.round_money(Decimal(0), currency))
             invoice.total = invoice.subtotal
             invoice.status = InvoiceStatus.OPEN
             invoice.finalized_at = now

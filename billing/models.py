@@ -93,7 +93,7 @@ class UsageRecord(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
-money = {"max_digits": 14, "decimal_places": 3, "default": Decimal("0")}
+money: dict = {"max_digits": 14, "decimal_places": 3, "default": Decimal("0")}
 
 
 class BillingAccount(models.Model):

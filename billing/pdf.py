@@ -29,7 +29,7 @@ def _styles():
     }
 
 
-def _esc(text: str) -> str:
+def _esc(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

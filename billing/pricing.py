@@ -73,7 +73,7 @@ def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_gr
         .order_by(*extra_group, "model")
     )
     prices = Price.objects.in_bulk({row["price_id"] for row in rows if row["price_id"]})
-    out = []
+    out: list = []
     for row in rows:
         price = prices.get(row["price_id"])
         if price is not None and price.currency.upper() != currency.upper():
@@ -86,8 +86,10 @@ def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_gr
                 continue
             line = PricedLine(row["model"], kind, int(tokens), price, row["n"], row["n_late"])
             out.append((tuple(row[f] for f in extra_group), line) if extra_group else line)
-    key = (lambda item: (item[0], _sort_key(item[1]))) if extra_group else _sort_key
-    out.sort(key=key)
+    if extra_group:
+        out.sort(key=lambda item: (item[0], _sort_key(item[1])))
+    else:
+        out.sort(key=_sort_key)
     return out
 
 

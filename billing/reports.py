@@ -71,7 +71,7 @@ def usage_by_day(tenant, start: datetime, end: datetime) -> list[DayModelUsage]:
 
 
 def totals(rows: list[DayModelUsage]) -> dict:
-    out = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal("0")}
+    out: dict = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal("0")}
     for row in rows:
         out["requests"] += row.requests
         out["errors"] += row.errors
@@ -90,7 +90,7 @@ def priced(tenant, start: datetime, end: datetime) -> list[pricing.PricedLine]:
 def rounded_total(lines: list[pricing.PricedLine]) -> Decimal:
     """What an invoice of ``lines`` would total: lines rounded, then summed."""
     currency = settings.BILLING_CURRENCY
-    return sum((line.amount(currency) for line in lines), money.round_money(0, currency))
+    return sum((line.amount(currency) for line in lines), money.round_money(Decimal(0), currency))
 
 
 def spend(tenant, start: datetime, end: datetime) -> Decimal:

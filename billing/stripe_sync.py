@@ -43,12 +43,15 @@ def configured() -> bool:
 
 
 def client() -> stripe.StripeClient:
-    if not configured():
+    secret = settings.STRIPE_SECRET_KEY
+    if not secret:
         raise RuntimeError("STRIPE_SECRET_KEY is not set")
-    options = {}
-    if settings.STRIPE_API_BASE:
-        options["base_addresses"] = {"api": settings.STRIPE_API_BASE.rstrip("/")}
-    return stripe.StripeClient(settings.STRIPE_SECRET_KEY, max_network_retries=MAX_NETWORK_RETRIES, **options)
+    api_base = settings.STRIPE_API_BASE
+    return stripe.StripeClient(
+        secret,
+        max_network_retries=MAX_NETWORK_RETRIES,
+        base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+    )
 
 
 def _v1(stripe_client: stripe.StripeClient):
@@ -83,7 +86,8 @@ def ensure_customer(tenant: Tenant, stripe_client: stripe.StripeClient | None = 
 
 
 def _unit_price(per_million: Decimal, currency: str) -> str:
-    places = max(money.minor_exponent(currency), -Decimal(per_million).normalize().as_tuple().exponent)
+    exponent = Decimal(per_million).normalize().as_tuple().exponent  # an int: prices are finite
+    places = max(money.minor_exponent(currency), -int(exponent))
     return money.format_money(Decimal(per_million).quantize(Decimal(1).scaleb(-places)), currency)
 
 

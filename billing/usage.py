@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import redis
@@ -275,7 +275,7 @@ class _Metrics:
         stream = names().usage_stream()
         now_ms = time.time() * 1000
         self.stream_length.set(client.xlen(stream))
-        summary = client.xpending(stream, GROUP)
+        summary: Any = client.xpending(stream, GROUP)
         self.pending.set(summary["pending"])
         oldest_pending = summary["min"] if summary["pending"] else None
         self.oldest_pending_age.set(

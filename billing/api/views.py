@@ -48,7 +48,7 @@ class UsageRowSerializer(serializers.Serializer):
     date = serializers.DateField(source="day")
     model = serializers.CharField()
     requests = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
@@ -59,7 +59,7 @@ class UsageRowSerializer(serializers.Serializer):
 
 class UsageTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
-    errors = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
@@ -71,7 +71,7 @@ class UsageReportSerializer(serializers.Serializer):
 
     start = serializers.DateField()
     end = serializers.DateField()
-    data = UsageRowSerializer(many=True)
+    data = UsageRowSerializer(many=True)  # type: ignore[assignment]  # a field, not Serializer.data
     totals = UsageTotalsSerializer()
 
 

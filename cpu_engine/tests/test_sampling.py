@@ -35,6 +35,7 @@ def test_greedy_rows_take_the_argmax_while_others_sample():
     assert picks[:, 1].unique().numel() > 5
 
 
+@pytest.mark.slow  # thousands of draws
 def test_samples_follow_the_softmax_of_logits_over_temperature():
     torch.manual_seed(1)
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])

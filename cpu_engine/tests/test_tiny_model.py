@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cpu_engine.tiny_model import REQUIRED_FILES, create_tiny_model
+
+pytestmark = pytest.mark.engine  # builds the tiny model with transformers
 
 
 def digests(path) -> dict[str, str]:

@@ -9,6 +9,8 @@ import pytest
 
 from berth import embedded
 
+pytestmark = pytest.mark.processes  # real PostgreSQL and Redis servers of their own
+
 
 def gone(pid: int, timeout: float = 5) -> bool:
     """pg_ctl -w returns once the pid file is gone; the process exits a moment later."""

@@ -236,6 +236,7 @@ def _web_process():
     return uvicorn("berth.asgi:application", free_port(), env, "/healthz")
 
 
+@pytest.mark.processes  # the web role under uvicorn
 @pytest.mark.django_db(transaction=True)
 def test_usage_csv_of_200k_rows_streams_through_asgi_with_flat_memory(client):
     """Under ASGI a sync iterator is read whole into a list first; the export must not be."""

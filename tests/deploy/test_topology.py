@@ -30,6 +30,8 @@ from django.db import connection
 from berth import roles
 from tests.billing.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.processes  # every role through docker/entrypoint.sh
+
 ROOT = Path(settings.BASE_DIR)
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 GATEWAY_WITHHELD = {"DATABASE_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE", "STRIPE_SECRET_KEY"}

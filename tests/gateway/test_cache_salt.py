@@ -73,6 +73,7 @@ def test_completions_are_salted_and_embeddings_untouched(gateway, redis_client, 
     assert "cache_salt" not in recorder.bodies[-1]
 
 
+@pytest.mark.processes  # starts its own gateway
 def test_the_operator_can_let_a_group_of_tenants_share(redis_client, recorder):
     a, b, outsider = make_tenant(), make_tenant(), make_tenant()
     shared = start_gateway(BERTH_GATEWAY_CACHE_SALT_GROUPS=f"{a.pk}=research, {b.pk}=research")

@@ -15,6 +15,8 @@ from django.conf import settings
 
 from tests.gateway.conftest import ROOT, free_port, gateway_argv, gateway_env, start_gateway
 
+pytestmark = pytest.mark.processes  # gateways in production mode
+
 TOKEN = "internal-token-for-tests-0123456789abcdef"
 
 

@@ -302,6 +302,7 @@ def world(shared_world, db):
         yield shared_world
 
 
+@pytest.mark.slow  # every URL as every actor: about a minute; CI and `make test` run it
 @pytest.mark.parametrize("probe", PROBES, ids=[p.id for p in PROBES])
 def test_matrix(world, probe):
     assert resolve(fill(probe.path, world.values()).split("?")[0]).route == probe.route
@@ -418,6 +419,7 @@ def admin_paths(world: World) -> list[tuple[str, str]]:
 SITE_KINDS = ("index", "login", "logout", "site", "app_list", "catch_all", "view_on_site")
 
 
+@pytest.mark.slow  # every admin page as every actor
 def test_the_admin_is_for_staff_only(world):
     """The admin checks ``is_staff`` only, whatever the tenant role: its site pages are called by
     every role, each model's pages by the most privileged non-staff user, anonymous and staff."""

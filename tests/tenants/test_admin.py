@@ -66,6 +66,7 @@ def _accepted(gateway_url: str, key: str) -> bool:
     return True
 
 
+@pytest.mark.processes  # starts a gateway
 @pytest.mark.parametrize("what", ["apikey", "tenant"])
 def test_deleting_in_the_admin_stops_the_gateway_accepting_the_key_within_a_second(staff_client, what):
     tenant = TenantFactory()
