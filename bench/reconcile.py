@@ -5,7 +5,7 @@
 It creates a scratch database next to the configured one (``berth_bench_<pid>``), migrates it,
 builds the fleet, runs reconcile passes and drops the database at the end (also on errors).
 Redis keys go under a scratch prefix and are deleted. Only the two seams to the outside are
-stubbed: ``workers.dispatch.send`` (start/stop orders to node agents) and ``workers.probe``
+stubbed: ``provisioning.dispatch.send`` (start/stop orders to node agents) and ``provisioning.probe``
 (engine health and load); between passes the script plays the agents (gives started workers a
 URL, marks stopped ones stopped) outside the timed region. Prints seconds and SQL queries per pass.
 """
@@ -37,7 +37,7 @@ from django.utils import timezone  # noqa: E402
 def build_fleet(*, nodes: int, gpus_per_node: int) -> None:
     from models_registry.constants import Engine
     from models_registry.models import Deployment, Model
-    from workers.models import Gpu, Node
+    from provisioning.models import Gpu, Node
 
     now = timezone.now()
     node_rows = Node.objects.bulk_create(
@@ -79,8 +79,8 @@ def build_fleet(*, nodes: int, gpus_per_node: int) -> None:
 def play_agents() -> None:
     """What node agents would have done since the last pass (not timed)."""
 
-    from workers.constants import WorkerState
-    from workers.models import Node, Worker
+    from provisioning.constants import WorkerState
+    from provisioning.models import Node, Worker
 
     Worker.objects.filter(state=WorkerState.STARTING, url="").update(url="http://engine.sim:8000", pid=1)
     Worker.objects.filter(state=WorkerState.DRAINING, stop_requested_at__isnull=False).update(
@@ -90,7 +90,7 @@ def play_agents() -> None:
 
 
 def run_pass(samples: list, sent: list) -> dict:
-    from workers import reconciler
+    from provisioning import reconciler
 
     count = [0]
 
@@ -125,7 +125,7 @@ def main() -> None:
     settings.REDIS_PREFIX = f"bench{os.getpid()}:"
 
     from berth.redis import get_redis
-    from workers import dispatch, probe
+    from provisioning import dispatch, probe
 
     sent: list = []
     dispatch.send = lambda task, worker_id, queue: sent.append((task, worker_id, queue))
@@ -140,8 +140,8 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
 
         from models_registry.models import Deployment
-        from workers.constants import WorkerState
-        from workers.models import Node, Worker
+        from provisioning.constants import WorkerState
+        from provisioning.models import Node, Worker
 
         def phase(name: str, passes: int, before=None) -> None:
             samples: list = []

@@ -116,7 +116,7 @@ INSTALLED_APPS = [
     "berth.apps.BerthConfig",
     "tenants",
     "models_registry",
-    "workers",
+    "provisioning",
     "billing",
     "console",
     "staff",
@@ -333,11 +333,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Provisioning (workers/): both tasks take an advisory lock, so overlapping runs are harmless.
     "workers-reconcile": {
-        "task": "workers.tasks.reconcile",
+        "task": "provisioning.tasks.reconcile",
         "schedule": env_int("BERTH_RECONCILE_SECONDS", 5, minimum=1),
     },
     "workers-autoscale": {
-        "task": "workers.tasks.autoscale",
+        "task": "provisioning.tasks.autoscale",
         "schedule": env_int("BERTH_AUTOSCALE_SECONDS", 10, minimum=1),
     },
     "models-resync-mirror": {
@@ -430,7 +430,7 @@ NODE_NAME = env_str("BERTH_NODE_NAME")  # node_agent --name default (else the ho
 NODE_ADDRESS = env_str("BERTH_NODE_ADDRESS", "127.0.0.1")  # engines bind to and are reached at it
 CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a node agent offers
 HEARTBEAT_SECONDS = env_int("BERTH_HEARTBEAT_SECONDS", 5, minimum=1)
-# Where vLLM deployments run: "local" (node agents) or "kubernetes" (workers/k8s/sync.py).
+# Where vLLM deployments run: "local" (node agents) or "kubernetes" (provisioning/k8s/sync.py).
 PROVISIONER = env_str("BERTH_PROVISIONER", "local")
 if PROVISIONER not in ("local", "kubernetes"):
     raise ImproperlyConfigured("BERTH_PROVISIONER must be 'local' or 'kubernetes'")
@@ -448,7 +448,7 @@ RESTART_BACKOFF_SECONDS = env_int("BERTH_RESTART_BACKOFF_SECONDS", 5, minimum=0)
 RESTART_BACKOFF_MAX = env_int("BERTH_RESTART_BACKOFF_MAX", 300, minimum=0)
 SCALE_DOWN_DELAY = env_int("BERTH_SCALE_DOWN_DELAY", 120, minimum=0)
 WORKER_LOG_DIR = DATA_DIR / "logs" / "workers"
-# Test-only: dotted path of a launcher used instead of workers.engines.build_launch.
+# Test-only: dotted path of a launcher used instead of provisioning.engines.build_launch.
 ENGINE_LAUNCHER_OVERRIDE = env_str("BERTH_ENGINE_LAUNCHER_OVERRIDE")
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

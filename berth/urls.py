@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from berth.health import healthz
 from console import views as console_views
-from workers import observability
+from provisioning import observability
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -21,10 +21,10 @@ from console.access import NoTenant, forbidden, tenant_required
 from console.forms import BillingSettingsForm, OrganizationForm, UsageRangeForm
 from models_registry.constants import Task
 from models_registry.models import Model
+from provisioning.constants import WorkerState
 from tenants.constants import PERM_MANAGE_BILLING, PERM_MANAGE_SETTINGS, PERM_USE_KEYS, PERM_VIEW_BILLING
 from tenants.models import ApiKey, Tenant
 from tenants.permissions import allows
-from workers.constants import WorkerState
 
 CHART_DAYS = 30
 

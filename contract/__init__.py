@@ -36,7 +36,7 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
 * ``models`` — set of every mirrored model name (``GET /v1/models``).
 * ``route:<public name>`` — hash, one field per READY worker: worker id → JSON ``{"worker_id",
   "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and
-  ``api_key``). A model with no ready worker has no hash. Written by ``workers.routing``.
+  ``api_key``). A model with no ready worker has no hash. Written by ``provisioning.routing``.
 * ``routes`` — set of model names that have a ``route:`` hash.
 * channel ``invalidate`` — after every mirror write: ``apikey:<lookup id>``, ``tenant:<id>``,
   ``model:<name>``, ``route:<name>`` (``contract.invalidation``). Gateways drop their ≤1 s cached
@@ -46,9 +46,9 @@ Written by the gateway:
 
 * ``engine_load`` — hash worker id → JSON ``{"waiting", "running", "kv", "at"}`` (engine gauges,
   ``at`` in epoch s), scraped about once a second by the one gateway holding
-  ``lock:engine_scraper`` (``SET NX PX``); read by every gateway and by ``workers.autoscaler``.
+  ``lock:engine_scraper`` (``SET NX PX``); read by every gateway and by ``provisioning.autoscaler``.
 * ``demand:<public name>`` — epoch s of the last request that found no ready worker (``EX 60``);
-  read by ``workers.autoscaler`` to scale a model up from zero.
+  read by ``provisioning.autoscaler`` to scale a model up from zero.
 * ``usage`` — stream, one entry per admitted request, field ``e`` = the usage event
   (``contract.usage``); consumer group ``billing`` (``billing.usage``) moves it to PostgreSQL.
   ``usage:dead`` — stream of events PostgreSQL refused (kept, never dropped).

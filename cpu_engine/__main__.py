@@ -3,7 +3,7 @@
 Run as ``python -m cpu_engine --task chat --model DIR --served-model-name NAME --host H --port P``
 (or ``--fd N``: serve on a bound socket inherited from the node agent) with the API key in
 ``VLLM_API_KEY`` (the variable ``vllm serve`` reads, and unlike argv it does not show in ``ps``).
-``workers.engines.cpu.build_launch`` writes that command. The process imports no Django, so it is
+``provisioning.engines.cpu.build_launch`` writes that command. The process imports no Django, so it is
 ready as soon as the model is loaded.
 """
 

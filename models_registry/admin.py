@@ -1,6 +1,6 @@
 """Django admin for staff: models, prices, LoRA adapters.
 
-Deployments are administered in ``workers/admin.py``, next to the workers that serve them.
+Deployments are administered in ``provisioning/admin.py``, next to the workers that serve them.
 """
 
 from django.contrib import admin

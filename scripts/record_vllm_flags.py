@@ -2,7 +2,7 @@
 
 The GPU worker's vLLM cannot be installed next to the control plane (it pins its own torch and
 CUDA), so the flag list the tests check against is produced once per vLLM release and committed
-as ``workers/engines/vllm_<version>_serve_flags.json``. This script builds the real parser, the
+as ``provisioning/engines/vllm_<version>_serve_flags.json``. This script builds the real parser, the
 one ``vllm serve`` uses (``vllm.entrypoints.common.cli_args.make_arg_parser`` on vLLM's
 ``FlexibleArgumentParser``), from the unpacked wheel's Python sources. Heavy or GPU-only imports
 (torch, transformers, triton, CUDA kernels, ...) are replaced by permissive stub modules: flag
@@ -18,7 +18,7 @@ How the committed file was produced (vLLM 0.33.0)::
         cachetools msgspec psutil numpy pyyaml cloudpickle requests tqdm filelock jinja2 openai \\
         fastapi uvloop prometheus_client pyzmq cbor2 pybase64 blake3 email-validator
     /tmp/vpenv/bin/python scripts/record_vllm_flags.py /tmp/vllm/src \\
-        workers/engines/vllm_0.33.0_serve_flags.json
+        provisioning/engines/vllm_0.33.0_serve_flags.json
 
 ``--parse SRC ARG...`` runs one command line (what follows ``vllm serve``) through the same
 parser and prints the parsed namespace: a check of the launcher's output against vLLM itself.
@@ -260,7 +260,7 @@ def describe(parser: argparse.ArgumentParser) -> dict:
 def main() -> None:
     if sys.argv[1] == "--parse":
         # Parse a command line (everything after `vllm serve`) with the real parser, e.g. the
-        # output of workers.engines.vllm.serve_args, and print the resulting namespace.
+        # output of provisioning.engines.vllm.serve_args, and print the resulting namespace.
         namespace = build_serve_parser(sys.argv[2]).parse_args(sys.argv[3:])
         print(json.dumps(vars(namespace), indent=1, sort_keys=True, default=repr))
         return

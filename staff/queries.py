@@ -17,8 +17,8 @@ from django.db.models.functions import TruncMonth
 from billing.models import ANSWERED_STATUSES, SERVER_ERROR, Invoice, InvoiceStatus, UsageRecord
 from billing.periods import period_containing
 from models_registry.models import Deployment
-from workers.constants import HOLDING_STATES, LIVE_STATES, TERMINAL_STATES, WorkerState
-from workers.models import Node, Worker
+from provisioning.constants import HOLDING_STATES, LIVE_STATES, TERMINAL_STATES, WorkerState
+from provisioning.models import Node, Worker
 
 # --------------------------------------------------------------------------- fleet
 

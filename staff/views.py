@@ -2,7 +2,7 @@
 
 Every view needs ``is_staff``: anonymous users are sent to log in, signed-in non-staff get 403.
 Actions are POSTs (CSRF) that work both from htmx (the changed row is swapped in) and without
-JavaScript (redirect back with a message). They call ``workers.operations`` with the signed-in
+JavaScript (redirect back with a message). They call ``provisioning.operations`` with the signed-in
 user, who is recorded on the event.
 """
 
@@ -27,11 +27,11 @@ from billing.models import BillingAccount
 from billing.money import format_money
 from billing.periods import period_containing
 from models_registry.models import Deployment
+from provisioning import operations
+from provisioning.models import Worker
 from staff import queries
 from tenants.constants import TenantStatus
 from tenants.models import Tenant
-from workers import operations
-from workers.models import Worker
 
 TENANTS_PER_PAGE = 50
 

@@ -36,9 +36,9 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     # tests/gateway/conftest.py: fake engines and the gateway under uvicorn
     "engines": ("processes",),
     "gateway": ("processes",),
-    # tests/workers/conftest.py: node agents (manage.py node_agent, a Celery worker each)
+    # tests/provisioning/conftest.py: node agents (manage.py node_agent, a Celery worker each)
     "agents": ("processes",),
-    # tests/engines/conftest.py, tests/workers/test_cpu_engine_agent.py: the CPU engine, the tiny model
+    # tests/engines/conftest.py, tests/provisioning/test_cpu_engine_agent.py: the CPU engine, the tiny model
     "tiny_model_path": ("engine",),
     "tiny_model_dir": ("engine",),
     "_engines": ("engine", "processes"),
@@ -102,7 +102,7 @@ _SERVER_PROGRAMS = {
     "postgres",
     "pg_ctl",
 }
-_SERVER_MODULES = {"uvicorn", "celery", "gateway", "cpu_engine", "workers.engines.cpu_server", "berth"}
+_SERVER_MODULES = {"uvicorn", "celery", "gateway", "cpu_engine", "provisioning.engines.cpu_server", "berth"}
 _SERVER_COMMANDS = {"up", "gateway", "node_agent", "consume_usage", "runserver", "celery", "embedded"}
 
 

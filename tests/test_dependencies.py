@@ -22,7 +22,6 @@ APP_PACKAGES = [
     "berth",
     "tenants",
     "models_registry",
-    "workers",
     "provisioning",
     "gateway",
     "billing",
@@ -35,7 +34,6 @@ APP_PACKAGES = [
 EXTRAS_FOR = {
     "cpu_engine": {"cpu"},
     # The node agent: Kubernetes backend, NVML for GPUs, the launchers and the tiny/embedding models.
-    "workers": {"kubernetes", "agent", "gpu", "cpu"},
     "provisioning": {"kubernetes", "agent", "gpu", "cpu"},
 }
 # Import names whose distribution is not installed here (the GPU extra lives in vLLM's image).

@@ -25,7 +25,7 @@ FORBIDDEN = {
     "contract",
     "tenants",
     "models_registry",
-    "workers",
+    "provisioning",
     "gateway",
     "billing",
     "console",

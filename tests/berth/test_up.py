@@ -424,9 +424,9 @@ def test_the_status_reads_each_deployment_and_its_workers_from_postgresql():
     from django.utils import timezone
 
     from berth.management.commands.up import model_status
+    from provisioning.constants import WorkerState
+    from provisioning.models import Worker
     from tests.registry.factories import DeploymentFactory
-    from workers.constants import WorkerState
-    from workers.models import Worker
 
     now = timezone.now()
     chat = DeploymentFactory(model__name="chat-a", desired_replicas=3)

@@ -23,14 +23,14 @@ from playwright.sync_api import expect
 from berth.redis import names
 from billing.models import Invoice, UsageRecord
 from models_registry.constants import Engine
+from provisioning import reconciler
+from provisioning.constants import WorkerState
+from provisioning.models import Node, Worker
 from tenants.constants import TenantStatus
 from tenants.models import Tenant, User
 from tests.factories import TenantFactory
+from tests.provisioning.conftest import agents, broker, wait_for  # noqa: F401 - fixtures
 from tests.registry.factories import DeploymentFactory
-from tests.workers.conftest import agents, broker, wait_for  # noqa: F401 - fixtures
-from workers import reconciler
-from workers.constants import WorkerState
-from workers.models import Node, Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ FORBIDDEN = (
     "django",
     "berth",
     "tenants",
-    "workers",
+    "provisioning",
     "gateway",
     "billing",
     "models_registry",

@@ -20,12 +20,12 @@ from gateway.config import GatewaySettings
 from gateway.errors import GatewayError
 from gateway.routing import Router
 from models_registry import mirror as model_mirror
+from provisioning import routing
+from provisioning.constants import WorkerState
+from provisioning.models import Worker
 from tenants import keys, mirror
 from tests.factories import TenantFactory
 from tests.registry.factories import DeploymentFactory, NodeFactory, priced_model
-from workers import routing
-from workers.constants import WorkerState
-from workers.models import Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

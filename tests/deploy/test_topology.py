@@ -201,7 +201,7 @@ def test_every_role_started_by_the_entrypoint_bills_sdk_traffic(
         "BERTH_RECONCILE_SECONDS": "1",
         "BERTH_HEARTBEAT_SECONDS": "1",
         "BERTH_BILLING_PERIOD": "day",
-        "BERTH_ENGINE_LAUNCHER_OVERRIDE": "tests.workers.fake_engine.build_launch",
+        "BERTH_ENGINE_LAUNCHER_OVERRIDE": "tests.provisioning.fake_engine.build_launch",
         "PYTHONPATH": str(ROOT),  # the fake engine's launcher lives under tests/
     }
     topology = Topology(tmp_path, env)

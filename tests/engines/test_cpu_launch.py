@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from cpu_engine.__main__ import parse_args
-from workers.engines import EngineSpec, build_launch
-from workers.engines.base import LoraModule
-from workers.engines.cpu import build_launch as build_cpu_launch
+from provisioning.engines import EngineSpec, build_launch
+from provisioning.engines.base import LoraModule
+from provisioning.engines.cpu import build_launch as build_cpu_launch
 
 
 def spec(**overrides) -> EngineSpec:

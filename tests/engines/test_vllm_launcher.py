@@ -1,6 +1,6 @@
 """The vLLM launcher: exact `vllm serve` argv and env, checked against vLLM 0.33.0's own parser.
 
-Flags are checked against the recorded parser dump (``workers/engines/vllm_0.33.0_serve_flags.json``)
+Flags are checked against the recorded parser dump (``provisioning/engines/vllm_0.33.0_serve_flags.json``)
 always, and against the live parser when ``vllm`` is importable (a GPU worker's environment).
 """
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import workers.engines
-from workers.engines.base import EngineSpec, LoraModule
-from workers.engines.vllm import (
+import provisioning.engines
+from provisioning.engines.base import EngineSpec, LoraModule
+from provisioning.engines.vllm import (
     MANAGED_FLAGS,
     MANAGED_OPTIONS,
     EngineArgsError,
@@ -21,7 +21,7 @@ from workers.engines.vllm import (
     serve_args,
 )
 
-RECORD = json.loads((Path(workers.engines.__file__).parent / "vllm_0.33.0_serve_flags.json").read_text())
+RECORD = json.loads((Path(provisioning.engines.__file__).parent / "vllm_0.33.0_serve_flags.json").read_text())
 FLAGS: dict[str, dict] = RECORD["flags"]
 
 
@@ -119,7 +119,7 @@ def test_it_builds_the_exact_command_line():
 
 
 def test_it_is_reached_through_the_engine_dispatcher():
-    assert workers.engines.build_launch(make_spec()).argv[1:3] == ["serve", make_spec().source]
+    assert provisioning.engines.build_launch(make_spec()).argv[1:3] == ["serve", make_spec().source]
 
 
 def test_every_flag_it_can_emit_is_a_vllm_0_33_0_flag():
@@ -286,13 +286,13 @@ def test_it_rejects_inconsistent_lora_settings(overrides, message):
 
 
 def test_lora_rank_choices_match_vllm():
-    from workers.engines.vllm import MAX_LORA_RANKS
+    from provisioning.engines.vllm import MAX_LORA_RANKS
 
     assert sorted(FLAGS["--max-lora-rank"]["choices"], key=int) == [str(r) for r in MAX_LORA_RANKS]
 
 
 def test_dtype_choices_match_vllm():
-    from workers.engines.vllm import DTYPES
+    from provisioning.engines.vllm import DTYPES
 
     assert sorted(FLAGS["--dtype"]["choices"]) == sorted(DTYPES)
 

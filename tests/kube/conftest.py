@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
+from provisioning.engines.base import EngineSpec, LoraModule
+from provisioning.k8s import GroupSpec, KubernetesBackend
 from tests.kube.fake_apiserver import FakeApiServer, serve
-from workers.engines.base import EngineSpec, LoraModule
-from workers.k8s import GroupSpec, KubernetesBackend
 
 
 def make_group(**overrides) -> GroupSpec:

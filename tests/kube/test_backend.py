@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from provisioning.k8s import KubernetesBackend, render_manifests
+from provisioning.k8s.backend import GroupNotFound, KubernetesBackendError
 from tests.kube.conftest import make_group
-from workers.k8s import KubernetesBackend, render_manifests
-from workers.k8s.backend import GroupNotFound, KubernetesBackendError
 
 DEPLOYMENTS = "/apis/apps/v1/namespaces/inference/deployments"
 SERVICES = "/api/v1/namespaces/inference/services"
@@ -85,7 +85,7 @@ def test_the_created_deployment_carries_the_engine_args_gpus_and_secret(api, bac
 
 
 def test_the_created_pod_gets_no_berth_secret_and_no_api_token(api, backend, group, monkeypatch):
-    from workers.agent import engine_environment
+    from provisioning.agent import engine_environment
 
     # Whatever the control plane process holds, the pod is built from the launcher alone.
     monkeypatch.setenv("BERTH_INTERNAL_TOKEN", "internal-token")

@@ -11,10 +11,10 @@ import dataclasses
 import kubernetes_validate
 import pytest
 
+from provisioning.engines.vllm import EngineArgsError, serve_args
+from provisioning.k8s import DEFAULT_VLLM_IMAGE, render_manifests
+from provisioning.k8s.manifests import pod_engine_spec
 from tests.kube.conftest import make_group
-from workers.engines.vllm import EngineArgsError, serve_args
-from workers.k8s import DEFAULT_VLLM_IMAGE, render_manifests
-from workers.k8s.manifests import pod_engine_spec
 
 K8S_VERSIONS = ["1.37.0", "1.33.0"]
 

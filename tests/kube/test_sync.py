@@ -9,11 +9,11 @@ import pytest
 
 from berth.redis import names
 from models_registry.constants import Engine
+from provisioning import reconciler
+from provisioning.k8s import sync as kube
+from provisioning.models import Worker
 from tests.kube.test_backend import pod
 from tests.registry.factories import DeploymentFactory, ModelFactory
-from workers import reconciler
-from workers.k8s import sync as kube
-from workers.models import Worker
 
 pytestmark = pytest.mark.django_db
 

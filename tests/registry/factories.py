@@ -10,7 +10,7 @@ import factory
 from models_registry import catalog
 from models_registry.constants import Engine, SourceKind, Task, Visibility
 from models_registry.models import Deployment, Model, Price
-from workers.models import Gpu, Node
+from provisioning.models import Gpu, Node
 
 
 class ModelFactory(factory.django.DjangoModelFactory):

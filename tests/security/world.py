@@ -22,13 +22,13 @@ from typing import Any
 from billing import invoicing
 from billing.periods import parse_period
 from models_registry.constants import Visibility
+from provisioning.constants import WorkerState
+from provisioning.models import Worker
 from tenants import invitations, keys
 from tenants.constants import KeyKind, Role
 from tests.billing.usage import record
 from tests.factories import TenantFactory, UserFactory, member
 from tests.registry.factories import DeploymentFactory, NodeFactory, add_gpus, priced_model
-from workers.constants import WorkerState
-from workers.models import Worker
 
 PERIOD = parse_period("2026-10", "month")
 CLOSED_AT = datetime(2026, 11, 2, tzinfo=UTC)

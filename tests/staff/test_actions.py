@@ -6,9 +6,9 @@ import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
+from provisioning.constants import EventKind, WorkerState
+from provisioning.models import Worker, WorkerEvent
 from tests.registry.factories import DeploymentFactory, NodeFactory
-from workers.constants import EventKind, WorkerState
-from workers.models import Worker, WorkerEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -7,11 +7,11 @@ import re
 import pytest
 from django.urls import reverse
 
+from provisioning.constants import WorkerState
+from provisioning.models import Gpu, Worker
 from staff import queries
 from tests.factories import UserFactory
 from tests.registry.factories import DeploymentFactory, NodeFactory, add_gpus
-from workers.constants import WorkerState
-from workers.models import Gpu, Worker
 
 pytestmark = pytest.mark.django_db
 

@@ -357,7 +357,7 @@ def describe_model(*, desired: int, replicas: Iterable[ReplicaView]) -> str:
 
     ``replicas`` are its live workers and the ones that failed since ``up`` started, newest first.
     """
-    from workers.constants import WorkerState
+    from provisioning.constants import WorkerState
 
     replicas = list(replicas)
     ready = sum(r.state == WorkerState.READY for r in replicas)
@@ -389,8 +389,8 @@ def model_status(*, since: datetime) -> list[tuple[str, str]]:
     from django.db.models import Q
 
     from models_registry.models import Deployment
-    from workers.constants import LIVE_STATES, WorkerState
-    from workers.models import Worker
+    from provisioning.constants import LIVE_STATES, WorkerState
+    from provisioning.models import Worker
 
     try:
         deployments = list(Deployment.objects.select_related("model").order_by("model__name", "created_at"))
@@ -609,7 +609,7 @@ class Command(BaseCommand):
 
         result = mirror.resync()
         sup.log("up", f"key mirror in Redis: {result['written']} key(s)", detail=True)
-        from workers.bootstrap import ensure_default_models
+        from provisioning.bootstrap import ensure_default_models
 
         note = ensure_default_models()
         if note:
