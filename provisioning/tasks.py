@@ -11,24 +11,24 @@ from celery import shared_task
 from provisioning import agent, autoscaler, reconciler
 
 
-@shared_task
+@shared_task(name="provisioning.tasks.reconcile")
 def reconcile() -> dict | None:
     return reconciler.reconcile()
 
 
-@shared_task
+@shared_task(name="provisioning.tasks.autoscale")
 def autoscale() -> dict | None:
     return autoscaler.autoscale()
 
 
-@shared_task(acks_late=False)
+@shared_task(name="provisioning.tasks.start_engine", acks_late=False)
 def start_engine(worker_id: str) -> str:
     if agent.current is None:
         return "not a node agent"
     return agent.current.start(worker_id)
 
 
-@shared_task(acks_late=False)
+@shared_task(name="provisioning.tasks.stop_engine", acks_late=False)
 def stop_engine(worker_id: str) -> str:
     if agent.current is None:
         return "not a node agent"

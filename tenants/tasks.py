@@ -5,7 +5,7 @@ from celery import shared_task
 from tenants import key_use, mirror
 
 
-@shared_task
+@shared_task(name="tenants.tasks.resync_key_mirror")
 def resync_key_mirror() -> dict[str, int]:
     """Safety net: make the Redis key mirror equal to PostgreSQL."""
     return mirror.resync()
