@@ -35,4 +35,4 @@ lock:
 		--output-file requirements/agent.txt pyproject.toml
 
 up:
-	$(PYTHON) manage.py up
+	$(PYTHON) -m berth.cli up

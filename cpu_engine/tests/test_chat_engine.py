@@ -22,6 +22,10 @@ from cpu_engine.tests.engine_process import (
     wait_ready,
 )
 
+# Each test talks to a real engine process (the session fixtures start it), so none is fast;
+# marked here too so that collecting this folder alone deselects them.
+pytestmark = [pytest.mark.engine, pytest.mark.processes]
+
 MESSAGES = [{"role": "user", "content": "Say something about lighthouses."}]
 
 

@@ -15,6 +15,10 @@ from transformers import AutoTokenizer
 from cpu_engine.embedding_model import EMBEDDING_DIMENSIONS, embedding_model_path
 from cpu_engine.tests.engine_process import Engine, metric, scrape
 
+# Each test talks to a real engine process (the session fixtures start it), so none is fast;
+# marked here too so that collecting this folder alone deselects them.
+pytestmark = [pytest.mark.engine, pytest.mark.processes]
+
 
 @pytest.fixture
 def client(embedding_engine: Engine) -> openai.OpenAI:

@@ -1,4 +1,4 @@
-"""Prefix-cache isolation in the CPU engine: ``cache_salt`` as vLLM reads it (issue 12, item 6).
+"""Prefix-cache isolation in the CPU engine: ``cache_salt`` as vLLM reads it.
 
 Observed through the engine's own counters, ``vllm:prefix_cache_queries_total`` and
 ``vllm:prefix_cache_hits_total`` (tokens), as a router or an operator would read them.
@@ -14,6 +14,10 @@ import pytest
 
 from cpu_engine.backends import PAGE_SIZE
 from cpu_engine.tests.engine_process import Engine, metric, scrape
+
+# Each test talks to a real engine process (the session fixtures start it), so none is fast;
+# marked here too so that collecting this folder alone deselects them.
+pytestmark = [pytest.mark.engine, pytest.mark.processes]
 
 
 def counters(engine: Engine) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""What a node agent hands its engines (issue 12, item 7): a minimal environment, and a port that
+"""What a node agent hands its engines: a minimal environment, and a port that
 no other process can pass off as the engine.
 
 Real processes: ``manage.py node_agent`` subprocesses running the fake engine, the test playing

@@ -1,7 +1,6 @@
 """The node agent with the real CPU engine (``provisioning.engines.cpu``) and the tiny model.
 
-Skipped where the CPU engine or the tiny-model generator is not installed (e.g. on a branch
-without them); otherwise it is the end-to-end check that the agent's EngineSpec, environment and
+Skipped where the ``cpu`` extra is not installed; otherwise it is the end-to-end check that the agent's EngineSpec, environment and
 health checks fit the engine contract.
 """
 
