@@ -28,7 +28,7 @@ from tests.gateway.conftest import (
     register_model,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.processes]  # every test runs python -m gateway
 
 HOOK = '''
 import os
