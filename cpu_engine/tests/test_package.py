@@ -12,6 +12,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import cpu_engine
 
 PACKAGE = Path(cpu_engine.__file__).resolve().parent
@@ -56,6 +58,7 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+@pytest.mark.slow  # imports torch and transformers in a subprocess
 def test_importing_every_engine_module_loads_no_django_and_no_other_berth_package():
     code = (
         "import importlib, json, sys\n"

@@ -69,6 +69,7 @@ def test_berth_agent_is_the_node_agent(tmp_path):
     assert "--cpu-slots" in result.stdout and "--labels" in result.stdout
 
 
+@pytest.mark.slow  # Django starts twice in subprocesses
 @pytest.mark.django_db(transaction=True)  # CREATE DATABASE cannot run inside a transaction
 def test_any_other_word_is_the_management_command_from_any_directory(tmp_path):
     """``berth migrate --check`` against the (fully migrated) test database, run from elsewhere."""

@@ -178,6 +178,7 @@ def test_up_runs_everything_on_embedded_servers_and_ctrl_c_leaves_nothing(up_pro
     assert not psutil.pid_exists(redis_pid)
 
 
+@pytest.mark.processes  # the embedded PostgreSQL and Redis, then a hang-up
 def test_a_closed_terminal_stops_the_embedded_servers_too(tmp_path):
     """Before: SIGHUP killed up at once; its children followed, the embedded Redis stayed up."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DEBUG")}
@@ -216,6 +217,7 @@ def test_a_closed_terminal_stops_the_embedded_servers_too(tmp_path):
 # --------------------------------------------------------------------------- supervision
 
 
+@pytest.mark.processes
 def test_a_crash_looping_child_is_restarted_with_backoff_and_never_stops_the_others(tmp_path):
     """Before: five crashes in 120 s stopped every process, the gateway included."""
     from berth.management.commands.up import Child, Supervisor

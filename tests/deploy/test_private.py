@@ -63,6 +63,7 @@ def probe_settings(tmp_path, **env) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.processes  # the web role under uvicorn
 def test_the_asgi_web_role_keeps_no_persistent_connections(tmp_path):
     assert probe_settings(tmp_path, BERTH_ROLE="web")["age"] == 0
     assert probe_settings(tmp_path, BERTH_ROLE="web", DATABASE_CONN_MAX_AGE="600")["age"] == 0
