@@ -23,9 +23,10 @@ from django.utils.crypto import salted_hmac
 
 from console.access import NoTenant, forbidden, tenant_required
 from console.pages import models_for
+from contract import api_keys
 from models_registry.constants import Task
 from tenants import keys, verification
-from tenants.constants import KEY_PREFIX, PERM_USE_KEYS
+from tenants.constants import PERM_USE_KEYS
 from tenants.models import ApiKey
 
 SESSION_KEY = "berth_playground_keys"
@@ -44,7 +45,7 @@ def _plaintext(api_key: ApiKey, salt: str) -> str | None:
     secret = _derived_secret(salt)
     if not keys.secret_matches(secret, pepper_id=api_key.pepper_id, expected_hash=api_key.secret_hash):
         return None
-    return f"{KEY_PREFIX[api_key.kind]}{api_key.lookup_id}_{secret}"
+    return api_keys.format_key(kind=api_key.kind, lookup_id=api_key.lookup_id, secret=secret)
 
 
 def playground_key(request, tenant) -> dict[str, str]:

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.api_keys import parse_peppers
+from contract.redis_names import normalize_prefix
 
 
 class GatewaySettings(BaseSettings):
@@ -50,7 +51,7 @@ class GatewaySettings(BaseSettings):
     # Bearer token for /metrics (the same variable guards the web's /internal/*).
     internal_token: str = Field("", validation_alias="BERTH_INTERNAL_TOKEN")
     internal_token_file: str | None = Field(None, validation_alias="BERTH_INTERNAL_TOKEN_FILE")
-    # The spend counter's period (gateway/spend.py), as billing closes invoices.
+    # The spend counter's period (contract/spend.py), as billing closes invoices.
     billing_period: Literal["month", "week", "day"] = Field("month", validation_alias="BERTH_BILLING_PERIOD")
 
     # Prefix-cache isolation: the salt sent to engines as `cache_salt` is an HMAC of the tenant id
@@ -119,7 +120,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("redis_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        return value or "berth:"
+        return normalize_prefix(value)
 
     @model_validator(mode="after")
     def _peppers_from_file(self) -> GatewaySettings:
@@ -172,10 +173,6 @@ class GatewaySettings(BaseSettings):
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
-
-    def key(self, *parts: object) -> str:
-        """A namespaced Redis key, as ``berth.redis.rkey`` builds it on the control plane."""
-        return self.redis_prefix + ":".join(str(part) for part in parts)
 
 
 @lru_cache(maxsize=1)

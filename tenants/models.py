@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from contract import api_keys
 from tenants.constants import TENANT_PERMISSIONS, KeyKind, Role, TenantStatus
 
 
@@ -207,9 +208,7 @@ class ApiKey(models.Model):
     @property
     def display_prefix(self) -> str:
         """What the console shows: the visible prefix plus the lookup id (not secret)."""
-        from tenants.constants import KEY_PREFIX
-
-        return f"{KEY_PREFIX[self.kind]}{self.lookup_id}"
+        return api_keys.display_prefix(kind=self.kind, lookup_id=self.lookup_id)
 
     @property
     def is_revoked(self) -> bool:
