@@ -34,17 +34,13 @@ def names() -> redis_names.RedisNames:
     return redis_names.RedisNames(settings.REDIS_PREFIX)
 
 
-def rkey(*parts: object) -> str:
-    """A name under the prefix that is not part of the contract: ``rkey("x", 1)`` -> ``berth:x:1``."""
-    return redis_names.join(settings.REDIS_PREFIX, *parts)
-
-
 def mirror_write(write, *, invalidate: str, what: str) -> bool:
     """One atomic write to a Redis mirror of PostgreSQL, followed by an invalidation message.
 
     ``write(pipe)`` queues the commands; ``invalidate`` (a ``contract.invalidation`` message) is
-    published on the invalidation channel so gateways drop their in-process copies. A Redis outage is logged, not raised: the caller's
-    database change already committed, and the periodic resync repairs the mirror.
+    published on the invalidation channel so gateways drop their in-process copies. A Redis outage
+    is logged, not raised: the caller's database change already committed, and the periodic resync
+    repairs the mirror.
     """
     try:
         pipe = get_redis().pipeline(transaction=True)
