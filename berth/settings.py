@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "billing",
     "console",
     "staff",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -132,6 +133,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenants.middleware.CurrentTenantMiddleware",
+    "audit.context.AuditContextMiddleware",
 ]
 
 ROOT_URLCONF = "berth.urls"
@@ -365,6 +367,19 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.enforce_payment_grace",
         "schedule": 3600,
     },
+    # The audit trail (audit/tasks.py): each is safe to overlap (cursor row lock, chain lock, group).
+    "audit-export": {
+        "task": "audit.tasks.export",
+        "schedule": env_int("BERTH_AUDIT_EXPORT_SECONDS", 30, minimum=1),
+    },
+    "audit-prune": {
+        "task": "audit.tasks.prune",
+        "schedule": 3600,
+    },
+    "audit-consume-gateway-events": {
+        "task": "audit.tasks.consume_gateway_events",
+        "schedule": env_int("BERTH_AUDIT_EVENTS_SECONDS", 5, minimum=1),
+    },
 }
 
 # --------------------------------------------------------------------------- Berth
@@ -401,6 +416,26 @@ USAGE_METRICS_PORT = env_int("BERTH_USAGE_METRICS_PORT", 9102, minimum=0)
 # All interfaces in production (probes and Prometheus reach the pod; the token guards it); only
 # loopback on a development machine, where the endpoint is open without a token.
 USAGE_METRICS_HOST = env_str("BERTH_USAGE_METRICS_HOST", "127.0.0.1" if DEBUG else "0.0.0.0")  # noqa: S104
+
+# --------------------------------------------------------------------------- audit trail (audit/)
+
+# Where new audit entries go for a SIEM: "" (nowhere), file, syslog or webhook (audit/export.py).
+AUDIT_EXPORT = env_str("BERTH_AUDIT_EXPORT", "").lower()
+if AUDIT_EXPORT not in ("", "file", "syslog", "webhook"):
+    raise ImproperlyConfigured("BERTH_AUDIT_EXPORT must be file, syslog, webhook or empty")
+AUDIT_EXPORT_PATH = env_str("BERTH_AUDIT_EXPORT_PATH", str(DATA_DIR / "audit.jsonl"))
+AUDIT_EXPORT_SYSLOG = env_str("BERTH_AUDIT_EXPORT_SYSLOG", "")  # udp://host:514 or tcp://host:601
+AUDIT_EXPORT_WEBHOOK_URL = env_str("BERTH_AUDIT_EXPORT_WEBHOOK_URL", "")
+AUDIT_EXPORT_WEBHOOK_SECRET = env_secret("BERTH_AUDIT_EXPORT_WEBHOOK_SECRET")
+AUDIT_EXPORT_BATCH = env_int("BERTH_AUDIT_EXPORT_BATCH", 500, minimum=1)
+if AUDIT_EXPORT == "syslog" and not AUDIT_EXPORT_SYSLOG.startswith(("udp://", "tcp://")):
+    raise ImproperlyConfigured("BERTH_AUDIT_EXPORT_SYSLOG must be udp://host:port or tcp://host:port")
+if AUDIT_EXPORT == "webhook" and not (AUDIT_EXPORT_WEBHOOK_URL and AUDIT_EXPORT_WEBHOOK_SECRET):
+    raise ImproperlyConfigured(
+        "BERTH_AUDIT_EXPORT=webhook needs BERTH_AUDIT_EXPORT_WEBHOOK_URL and BERTH_AUDIT_EXPORT_WEBHOOK_SECRET"
+    )
+# Days an audit entry is kept; 0 keeps everything (audit/retention.py).
+AUDIT_RETENTION_DAYS = env_int("BERTH_AUDIT_RETENTION_DAYS", 0, minimum=0)
 
 # --------------------------------------------------------------------------- billing (billing/)
 

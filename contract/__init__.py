@@ -56,6 +56,10 @@ Written by the gateway:
   ``usage_ckpt_due`` — sorted set request id → epoch ms after which that checkpoint counts as
   abandoned (pushed forward by the live gateway's heartbeat). ``billing.checkpoints`` moves an
   abandoned one into ``usage``; the final event removes it in the same script.
+* ``audit:events`` — stream of the gateway's audit-relevant events (guardrail flags…), field ``e`` =
+  JSON ``{"id" (uuid), "ts_ms", "action", "tenant_id", "key_id" (or null), "request_id",
+  "summary", "detail" (object)}``; consumer group ``audit`` (``audit.gateway_events``) records
+  each in the audit trail once, by ``id``.
 * ``key_last_used`` — hash key id → epoch s, flushed every few seconds; a Celery task claims it
   (renamed to ``key_last_used:flushing:<token>``) and writes ``ApiKey.last_used_at``.
 * Quotas, taken and settled in one Lua script each (``gateway.quotas``):

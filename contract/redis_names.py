@@ -13,6 +13,8 @@ DEFAULT_PREFIX = "berth:"
 
 # Stream consumer group of the usage consumers (billing.usage).
 USAGE_GROUP = "billing"
+# Stream consumer group of the control plane's audit-event consumer (audit.gateway_events).
+AUDIT_GROUP = "audit"
 
 
 def normalize_prefix(value: str | None) -> str:
@@ -100,6 +102,9 @@ class RedisNames:
 
     def usage_checkpoints_due(self) -> str:
         return self._name("usage_ckpt_due")
+
+    def audit_events(self) -> str:
+        return self._name("audit", "events")
 
     def key_last_used(self) -> str:
         return self._name("key_last_used")
