@@ -1,4 +1,4 @@
-"""Logins, failed logins and logouts, from Django's auth signals (console and admin alike).
+"""Logins, failed logins and logouts (Django's auth signals), and staff changes in the admin.
 
 A failed login records the username attempted (never the password): a run of them against one
 address is what an operator looks for. It has no tenant, so only staff see it.
@@ -6,7 +6,9 @@ address is what an operator looks for. It has no tenant, so only staff see it.
 
 from __future__ import annotations
 
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from audit import trail
@@ -54,4 +56,38 @@ def _login_failed(sender, credentials, request=None, **kwargs):
         summary=f"failed login for {attempted or 'an empty username'}",
         after={"username": attempted},
         request=request,
+    )
+
+
+# Admin changes to objects whose service functions do not record them already (deployments,
+# nodes, plans, memberships edited in the admin…), from the admin's own LogEntry.
+RECORDED_BY_SERVICES = {
+    ("tenants", "tenant"),
+    ("tenants", "apikey"),
+    ("models_registry", "model"),
+    ("models_registry", "price"),
+}
+ADMIN_VERBS = {1: "created", 2: "changed", 3: "deleted"}
+
+
+@receiver(post_save, sender=LogEntry, dispatch_uid="audit.admin_change")
+def _admin_change(sender, instance: LogEntry, created: bool, **kwargs):
+    content_type = instance.content_type
+    if not created or content_type is None:
+        return
+    if (content_type.app_label, content_type.model) in RECORDED_BY_SERVICES:
+        return
+    verb = ADMIN_VERBS.get(instance.action_flag, "changed")
+    target = None
+    if instance.action_flag != 3:
+        target = content_type.model_class()._default_manager.filter(pk=instance.object_id).first()
+    tenant = getattr(target, "tenant", None)
+    trail.record(
+        action=f"{content_type.model}.{verb}",
+        tenant=tenant,
+        actor=instance.user,
+        actor_kind=ActorKind.STAFF,
+        target_type=f"{content_type.app_label}.{content_type.model}",
+        target_id=str(instance.object_id or ""),
+        summary=f"{instance.object_repr} {verb} in the admin: {instance.get_change_message() or 'no fields'}",
     )

@@ -24,3 +24,10 @@ def consume_gateway_events() -> int:
     from audit import gateway_events  # noqa: PLC0415
 
     return gateway_events.consume()
+
+
+@shared_task(name="audit.tasks.record_expired_keys")
+def record_expired_keys() -> int:
+    from audit import expiry  # noqa: PLC0415
+
+    return expiry.record_expired_keys()

@@ -136,3 +136,25 @@ def _ip(value: str) -> str:
         return str(ipaddress.ip_address(value)) if value else ""
     except ValueError:
         return ""
+
+
+def diff(instance, *, exclude: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What saving ``instance`` changes against its stored row (every field when it is new).
+
+    Call it before the save; pass the result to ``record(before=..., after=...)``.
+    """
+    names = [
+        field.attname
+        for field in instance._meta.concrete_fields
+        if not field.primary_key and field.attname not in exclude and field.name not in exclude
+    ]
+    stored = None
+    if not instance._state.adding and instance.pk is not None:
+        stored = type(instance)._default_manager.filter(pk=instance.pk).values(*names).first()
+    return changes(stored or {}, {name: getattr(instance, name) for name in names})
+
+
+def form_changes(form) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A bound, valid ModelForm's changed fields as ``(before, after)``."""
+    names = list(form.changed_data)
+    return {n: form.initial.get(n) for n in names}, {n: form.cleaned_data.get(n) for n in names}

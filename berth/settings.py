@@ -376,6 +376,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.tasks.prune",
         "schedule": 3600,
     },
+    "audit-record-expired-keys": {
+        "task": "audit.tasks.record_expired_keys",
+        "schedule": 60,
+    },
     "audit-consume-gateway-events": {
         "task": "audit.tasks.consume_gateway_events",
         "schedule": env_int("BERTH_AUDIT_EVENTS_SECONDS", 5, minimum=1),

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
+from audit import trail
 from billing import money, notify
 from billing.models import BillingAccount, Invoice, InvoiceStatus
 from tenants import accounts
@@ -54,6 +55,13 @@ def payment_failed(invoice: Invoice, *, at: datetime | None = None) -> bool:
         if invoice.payment_failed_at is None:
             invoice.payment_failed_at = at
             invoice.save(update_fields=["payment_failed_at"])
+            trail.record(
+                action="payment.failed",
+                tenant=invoice.tenant,
+                target=invoice,
+                summary=f"payment of {invoice.number} ({invoice.currency} {invoice.total}) failed",
+                after={"payment_failed_at": at},
+            )
         if account.payment_failed_at is None:
             account.payment_failed_at = at
         warn = account.payment_warning_sent_at is None

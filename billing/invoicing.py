@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from audit import trail
 from billing import money, pricing
 from billing.models import BillingAccount, Invoice, InvoiceLine, InvoiceStatus, UsageRecord
 from billing.periods import Period, period_containing
@@ -118,6 +119,13 @@ def close_period(*, tenant: Tenant, period: Period, now: datetime | None = None)
             if invoice.total == 0:
                 invoice.status, invoice.paid_at = InvoiceStatus.PAID, now
             invoice.save()
+            trail.record(
+                action="invoice.finalized",
+                tenant=tenant,
+                target=invoice,
+                summary=f"{invoice.number} for {period.label}: {invoice.currency} {invoice.total}",
+                after={"number": invoice.number, "total": invoice.total, "status": invoice.status},
+            )
     except IntegrityError:
         # Another closer won the race for this (tenant, period): its invoice stands.
         existing = Invoice.objects.filter(tenant=tenant, period_start=period.start).first()

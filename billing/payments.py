@@ -18,6 +18,7 @@ import stripe
 from django.db import transaction
 from django.utils import timezone
 
+from audit import trail
 from billing import dunning, stripe_sync
 from billing.models import Invoice, InvoiceStatus
 from tenants import accounts
@@ -75,8 +76,18 @@ def mark_paid(*, invoice: Invoice, user, now: datetime | None = None) -> Outcome
     with transaction.atomic():
         locked = Invoice.objects.select_for_update().select_related("tenant").get(pk=invoice.pk)
         if locked.status != InvoiceStatus.PAID:  # else Stripe's webhook recorded it meanwhile
+            previous = locked.status
             locked.status, locked.paid_at = InvoiceStatus.PAID, now
             locked.save(update_fields=["status", "paid_at"])
+            trail.record(
+                action="invoice.paid",
+                tenant=locked.tenant,
+                actor=user,
+                target=locked,
+                summary=f"{locked.number} marked paid ({locked.currency} {locked.total}) outside Stripe",
+                before={"status": previous},
+                after={"status": locked.status, "paid_at": now},
+            )
         resumed = dunning.settle(locked.tenant)
     log.info("%s marked paid by %s (Stripe: %s)", locked.number, _who(user), remote)
     return Outcome(locked, remote, resumed)
@@ -93,8 +104,18 @@ def void(*, invoice: Invoice, user) -> Outcome:
         locked = Invoice.objects.select_for_update().select_related("tenant").get(pk=invoice.pk)
         if locked.status == InvoiceStatus.PAID:
             raise PaymentActionError(f"{locked.number} was paid meanwhile: it cannot be voided.")
+        previous = locked.status
         locked.status = InvoiceStatus.VOID
         locked.save(update_fields=["status"])
+        trail.record(
+            action="invoice.voided",
+            tenant=locked.tenant,
+            actor=user,
+            target=locked,
+            summary=f"{locked.number} voided ({locked.currency} {locked.total})",
+            before={"status": previous},
+            after={"status": locked.status},
+        )
         resumed = dunning.settle(locked.tenant)
     log.info("%s voided by %s (Stripe: %s)", locked.number, _who(user), remote)
     return Outcome(locked, remote, resumed)

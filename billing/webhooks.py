@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from audit import trail
 from billing import dunning
 from billing.models import Invoice, InvoiceStatus, StripeEvent
 
@@ -114,9 +115,19 @@ def invoice_paid(invoice: Invoice, obj: dict) -> str:
         log.warning("invoice %s is void in Berth but paid in Stripe", invoice.number)
     transitions = obj.get("status_transitions")
     paid_at = _timestamp(transitions.get("paid_at")) if isinstance(transitions, dict) else None
+    previous = invoice.status
     invoice.status = InvoiceStatus.PAID
     invoice.paid_at = paid_at or timezone.now()
     invoice.save(update_fields=["status", "paid_at"])
+    trail.record(
+        action="invoice.paid",
+        tenant=invoice.tenant,
+        actor_label="stripe",
+        target=invoice,
+        summary=f"{invoice.number} paid in Stripe ({invoice.currency} {invoice.total})",
+        before={"status": previous},
+        after={"status": invoice.status, "paid_at": invoice.paid_at},
+    )
     resumed = dunning.settle(invoice.tenant)
     return "paid, tenant resumed" if resumed else "paid"
 

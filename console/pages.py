@@ -14,6 +14,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 
+from audit import trail
 from billing import reports, spend
 from billing.models import BillingAccount, UsageRecord
 from billing.periods import period_containing
@@ -238,7 +239,18 @@ def settings_page(request, tenant: Tenant):
         if not can_settings:
             return forbidden(request, "Only owners and admins can rename the organization.")
         if org_form.is_valid():
-            org_form.save()
+            with transaction.atomic():
+                before, after = trail.form_changes(org_form)
+                org_form.save()
+                if after:
+                    trail.record(
+                        action="tenant.settings_changed",
+                        tenant=tenant,
+                        target=tenant,
+                        summary=f"organization settings changed: {', '.join(after)}",
+                        before=before,
+                        after=after,
+                    )
             messages.success(request, "Organization name saved.")
             return redirect("console:settings")
         status = 400
@@ -247,7 +259,19 @@ def settings_page(request, tenant: Tenant):
             return forbidden(request, "Only owners and billing members can change spend limits and alerts.")
         if billing_form.is_valid():
             with transaction.atomic():
+                before, after = trail.form_changes(billing_form)
                 billing_form.save()
+                if after:
+                    trail.record(
+                        action="billing.spend_limit_changed"
+                        if "spend_limit" in after
+                        else "billing.settings_changed",
+                        tenant=tenant,
+                        target=billing_form.instance,
+                        summary=f"billing settings changed: {', '.join(after)}",
+                        before=before,
+                        after=after,
+                    )
                 transaction.on_commit(lambda: spend.check_tenant(tenant=tenant))
             messages.success(request, "Billing settings saved. The new limit applies within seconds.")
             return redirect("console:settings")

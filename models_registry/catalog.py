@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from audit import trail
 from models_registry import mirror
 from models_registry.models import Model, Price
 
@@ -29,7 +30,17 @@ def save_model(*, model: Model) -> Model:
         previous = None
         if not model._state.adding:
             previous = Model.objects.filter(pk=model.pk).values_list("name", flat=True).first()
+        created = model._state.adding
+        before, after = trail.diff(model)
         model.save()
+        if after:
+            trail.record(
+                action="model.created" if created else "model.changed",
+                target=model,
+                summary=f"model {model.name} {'registered' if created else 'changed'}",
+                before=None if created else before,
+                after=after,
+            )
 
         def write() -> None:
             if previous and previous != model.name:
@@ -44,6 +55,9 @@ def delete_model(*, model: Model) -> None:
     """Delete ``model`` (its deployments and prices protect it while they exist)."""
     name = model.name
     with transaction.atomic():
+        trail.record(
+            action="model.deleted", target=model, summary=f"model {name} deleted", before={"name": name}
+        )
         model.delete()
         transaction.on_commit(lambda: mirror.unpublish_model(name))
 
@@ -52,5 +66,13 @@ def add_price(*, price: Price) -> Price:
     """Save a new price (prices are append-only); one already in effect is charged at once."""
     with transaction.atomic():
         price.save()
+        trail.record(
+            action="price.added",
+            target=price,
+            summary=f"new price for {price.model.name}",
+            after=trail.fields(
+                price, ("model_id", "input_per_million", "output_per_million", "currency", "effective_from")
+            ),
+        )
         publish(model=price.model)
     return price

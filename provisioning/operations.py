@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from django.db import transaction
 
+from audit import trail
 from models_registry.models import Deployment
 from provisioning import lifecycle, routing
 from provisioning.constants import LIVE_STATES, EventKind, WorkerState
@@ -67,6 +68,15 @@ def scale(
             deployment_id=deployment.pk,
             actor=actor,
         )
+        if actor is not None and before != replicas:  # the autoscaler's moves are fleet events only
+            trail.record(
+                action="deployment.scaled",
+                actor=actor,
+                target=deployment,
+                summary=f"desired replicas {before} → {replicas}" + (f" ({why})" if why else ""),
+                before={"desired_replicas": before},
+                after={"desired_replicas": replicas},
+            )
     deployment.desired_replicas = replicas
     return deployment
 
@@ -94,7 +104,17 @@ def retire(*, worker: Worker, actor: User | None, reason: str) -> bool:
 
 def drain(*, worker: Worker, actor: User | None, via: str = "") -> bool:
     """Drain-and-replace one worker: retire it; the unchanged desired replicas bring a new one."""
-    return retire(worker=worker, actor=actor, reason=f"drained {describe_actor(actor, via=via)}")
+    with transaction.atomic():
+        drained = retire(worker=worker, actor=actor, reason=f"drained {describe_actor(actor, via=via)}")
+        if drained and actor is not None:
+            trail.record(
+                action="deployment.worker_drained",
+                actor=actor,
+                target=worker.deployment,
+                summary=f"worker {worker.pk} drained {describe_actor(actor, via=via)}",
+                after={"worker": str(worker.pk)},
+            )
+    return drained
 
 
 def drain_ready_workers(*, deployment: Deployment, actor: User | None, via: str = "") -> int:
@@ -124,5 +144,13 @@ def restart(*, deployment: Deployment, actor: User | None, via: str = "") -> int
             deployment_id=deployment.pk,
             actor=actor,
         )
+        if actor is not None:
+            trail.record(
+                action="deployment.restarted",
+                actor=actor,
+                target=deployment,
+                summary=f"restart requested {by}: {count} worker(s) replaced",
+                after={"workers_retired": count},
+            )
     logger.info("deployment %s restarted %s: %s worker(s)", deployment.pk, by, count)
     return count

@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils.text import slugify
 from guardian.shortcuts import assign_perm, remove_perm
 
+from audit import trail
 from tenants import keys, mirror, verification
 from tenants.constants import ALL_ROLE_PERMISSIONS, ROLE_PERMISSIONS, Role, TenantStatus
 from tenants.models import ApiKey, Membership, Plan, Tenant, User
@@ -57,6 +58,13 @@ def create_tenant(*, name: str, owner: User, plan: Plan | None = None, slug: str
         tenant = Tenant(name=name, slug=slug or unique_slug(name), plan=plan or default_plan())
         tenant.full_clean()
         tenant.save()
+        trail.record(
+            action="tenant.created",
+            tenant=tenant,
+            target=tenant,
+            summary=f"organization {tenant.name!r} created, owned by {owner.email}",
+            after=trail.fields(tenant, ("name", "slug", "plan_id")),
+        )
         add_member(tenant=tenant, user=owner, role=Role.OWNER)
         transaction.on_commit(lambda: mirror.publish_tenant(tenant))
     return tenant
@@ -130,10 +138,22 @@ def revoke_own_keys(*, user: User) -> int:
 
 def add_member(*, tenant: Tenant, user: User, role: str = Role.MEMBER) -> Membership:
     with transaction.atomic():
-        membership, _ = Membership.objects.get_or_create(tenant=tenant, user=user, defaults={"role": role})
+        membership, created = Membership.objects.get_or_create(
+            tenant=tenant, user=user, defaults={"role": role}
+        )
+        previous = membership.role
         if membership.role != role:
             membership.role = role
             membership.save(update_fields=["role"])
+        if created or previous != role:
+            trail.record(
+                action="member.added" if created else "member.role_changed",
+                tenant=tenant,
+                target=membership,
+                summary=f"{user.email} added as {role}" if created else f"{user.email}: {previous} → {role}",
+                before=None if created else {"role": previous},
+                after={"user": user.email, "role": role},
+            )
         sync_role_permissions(membership)
     return membership
 
@@ -155,9 +175,19 @@ def change_role(*, membership: Membership, role: str) -> Membership:
         Tenant.objects.select_for_update().filter(pk=locked.tenant_id).first()
         if locked.role == Role.OWNER and role != Role.OWNER and not _owners_left(locked.tenant, locked):
             raise ValidationError("A tenant must keep at least one owner.")
+        previous = locked.role
         locked.role = role
         locked.save(update_fields=["role"])
         sync_role_permissions(locked)
+        if previous != role:
+            trail.record(
+                action="member.role_changed",
+                tenant=locked.tenant,
+                target=locked,
+                summary=f"{locked.user.email}: {previous} → {role}",
+                before={"role": previous},
+                after={"role": role},
+            )
     return locked
 
 
@@ -169,13 +199,33 @@ def remove_member(*, membership: Membership) -> None:
             raise ValidationError("A tenant must keep at least one owner.")
         for perm in ALL_ROLE_PERMISSIONS:
             remove_perm(full_name(perm), locked.user, locked.tenant)
+        trail.record(
+            action="member.removed",
+            tenant=locked.tenant,
+            target=locked,
+            summary=f"{locked.user.email} ({locked.role}) removed",
+            before={"user": locked.user.email, "role": locked.role},
+        )
         locked.delete()
 
 
 def set_status(*, tenant: Tenant, status: str) -> Tenant:
     with transaction.atomic():
+        previous = (
+            Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("status", flat=True).first()
+        )
         Tenant.objects.filter(pk=tenant.pk).update(status=TenantStatus(status))
         tenant.status = status
+        if previous != status:
+            suspended = status == TenantStatus.SUSPENDED
+            trail.record(
+                action="tenant.suspended" if suspended else "tenant.resumed",
+                tenant=tenant,
+                target=tenant,
+                summary=f"{tenant.name} {'suspended' if suspended else 'resumed'}",
+                before={"status": previous},
+                after={"status": status},
+            )
         transaction.on_commit(lambda: mirror.publish_tenant(tenant))
     return tenant
 
@@ -183,6 +233,33 @@ def set_status(*, tenant: Tenant, status: str) -> Tenant:
 def update_tenant(*, tenant: Tenant) -> Tenant:
     """Save an edited tenant (slug, status, plan: what the gateway reads) and republish it."""
     with transaction.atomic():
+        before, after = trail.diff(tenant)
         tenant.save()
+        if "plan_id" in after:
+            trail.record(
+                action="plan.changed",
+                tenant=tenant,
+                target=tenant,
+                summary=f"{tenant.name}: plan changed",
+                before={"plan_id": before["plan_id"]},
+                after={"plan_id": after["plan_id"]},
+            )
+            before.pop("plan_id")
+            after.pop("plan_id")
+        if after:
+            status_change = set(after) == {"status"}
+            if status_change:
+                suspended = after["status"] == TenantStatus.SUSPENDED
+                action = "tenant.suspended" if suspended else "tenant.resumed"
+            else:
+                action = "tenant.settings_changed"
+            trail.record(
+                action=action,
+                tenant=tenant,
+                target=tenant,
+                summary=f"{tenant.name}: {', '.join(sorted(after))} changed",
+                before=before,
+                after=after,
+            )
         transaction.on_commit(lambda: mirror.publish_tenant(tenant))
     return tenant

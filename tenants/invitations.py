@@ -24,6 +24,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from audit import trail
 from tenants import accounts, verification
 from tenants.models import Invitation, Membership, Tenant, User
 
@@ -77,6 +78,14 @@ def invite(
             invited_by=invited_by,
             expires_at=timezone.now() + INVITATION_TTL,
         )
+        trail.record(
+            action="invitation.sent",
+            tenant=tenant,
+            actor=invited_by,
+            target=invitation,
+            summary=f"{email} invited as {role}",
+            after={"email": email, "role": role, "expires_at": invitation.expires_at},
+        )
         url = base_url.rstrip("/") + reverse("console:accept-invitation", args=[token])
         inviter = invited_by.email if invited_by else "An administrator"
         transaction.on_commit(
@@ -122,8 +131,27 @@ def accept(*, token: str, user: User) -> Membership:
         invitation.accepted_at = timezone.now()
         invitation.accepted_by = user
         invitation.save(update_fields=["accepted_at", "accepted_by"])
+        trail.record(
+            action="invitation.accepted",
+            tenant=invitation.tenant,
+            actor=user,
+            target=invitation,
+            summary=f"{user.email} accepted the invitation as {invitation.role}",
+            after={"email": invitation.email, "role": invitation.role},
+        )
     return membership
 
 
 def revoke(*, invitation: Invitation) -> None:
-    Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    with transaction.atomic():
+        revoked = Invitation.objects.filter(pk=invitation.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            trail.record(
+                action="invitation.revoked",
+                tenant=invitation.tenant,
+                target=invitation,
+                summary=f"invitation of {invitation.email} revoked",
+                before={"email": invitation.email, "role": invitation.role},
+            )

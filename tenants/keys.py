@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit import trail
 from contract import api_keys
 from tenants import mirror
 from tenants.constants import KeyKind
@@ -97,6 +98,14 @@ def create_api_key(
         )
         api_key.full_clean()
         api_key.save()
+        trail.record(
+            action="api_key.created",
+            tenant=tenant,
+            actor=created_by,
+            target=api_key,
+            summary=f"{api_key.get_kind_display()} key {api_key.name!r} ({api_key.display_prefix}…) created",
+            after=trail.fields(api_key, ("name", "kind", "allowed_models", "expires_at")),
+        )
         transaction.on_commit(lambda: mirror.publish_key(api_key))
     return CreatedKey(
         api_key=api_key, plaintext=api_keys.format_key(kind=str(kind), lookup_id=lookup_id, secret=secret)
@@ -110,6 +119,14 @@ def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
         if locked.revoked_at is None:
             locked.revoked_at = timezone.now()
             locked.save(update_fields=["revoked_at"])
+            trail.record(
+                action="api_key.revoked",
+                tenant=locked.tenant,
+                target=locked,
+                summary=f"key {locked.name!r} ({locked.display_prefix}…) revoked",
+                before={"revoked_at": None},
+                after={"revoked_at": locked.revoked_at},
+            )
         transaction.on_commit(lambda: mirror.unpublish_key(locked.lookup_id))
     api_key.revoked_at = locked.revoked_at
     return locked
@@ -118,7 +135,17 @@ def revoke_api_key(*, api_key: ApiKey) -> ApiKey:
 def update_api_key(*, api_key: ApiKey) -> ApiKey:
     """Save an edited key (name, allowed models, expiry) and republish it after commit."""
     with transaction.atomic():
+        before, after = trail.diff(api_key, exclude=("last_used_at",))
         api_key.save()
+        if after:
+            trail.record(
+                action="api_key.updated",
+                tenant=api_key.tenant,
+                target=api_key,
+                summary=f"key {api_key.name!r} ({api_key.display_prefix}…) changed",
+                before=before,
+                after=after,
+            )
         transaction.on_commit(lambda: mirror.publish_key(api_key))
     return api_key
 
