@@ -9,10 +9,14 @@ schema did not list would be a broken contract.
 from django.urls import include, path
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
+from audit.api import AuditEntryList
+
 urlpatterns = [
     path("", include("tenants.api.urls")),
     path("", include("models_registry.api.urls")),
     path("", include("billing.api.urls")),
+    path("audit", AuditEntryList.as_view(), name="audit"),
+    path("audit/", AuditEntryList.as_view()),
 ]
 
 

@@ -20,9 +20,17 @@ def _can_view_billing(request) -> bool:
     return allows(getattr(request, "user", None), getattr(request, "tenant", None), PERM_VIEW_BILLING)
 
 
+def _can_view_audit(request) -> bool:
+    from audit.filters import PERM_VIEW_AUDIT
+    from tenants.permissions import allows
+
+    return allows(getattr(request, "user", None), getattr(request, "tenant", None), PERM_VIEW_AUDIT)
+
+
 def console(request):
     return {
         "can_view_billing": SimpleLazyObject(lambda: _can_view_billing(request)),
+        "can_view_audit": SimpleLazyObject(lambda: _can_view_audit(request)),
         "gateway_url": settings.GATEWAY_PUBLIC_URL,
         "current_tenant": getattr(request, "tenant", None) or None,
         "current_membership": getattr(request, "membership", None) or None,

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from audit import console as audit_pages
 from console import invoices, pages, playground, team, views
 
 app_name = "console"
@@ -21,6 +22,8 @@ urlpatterns = [
     path("team/members/<uuid:membership_id>/remove/", team.remove_member, name="remove-member"),
     path("team/invitations/<uuid:invitation_id>/revoke/", team.revoke_invitation, name="revoke-invitation"),
     path("invite/<str:token>/", team.accept_invitation, name="accept-invitation"),
+    path("audit/", audit_pages.audit_log, name="audit"),
+    path("audit.csv", audit_pages.audit_csv, name="audit-csv"),
     path("billing/", invoices.invoices, name="invoices"),
     path("billing/invoices/<uuid:invoice_id>/", invoices.invoice_detail, name="invoice"),
     path("billing/invoices/<uuid:invoice_id>/pdf/", invoices.invoice_pdf, name="invoice-pdf"),
