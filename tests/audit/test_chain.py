@@ -19,7 +19,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _entries(n: int, tenant=None) -> list[AuditEntry]:
-    return [trail.record(action="test.thing", tenant=tenant, summary=f"thing {i}", after={"i": i}) for i in range(n)]
+    return [
+        trail.record(action="test.thing", tenant=tenant, summary=f"thing {i}", after={"i": i})
+        for i in range(n)
+    ]
 
 
 def verify() -> str:
@@ -85,7 +88,11 @@ def test_the_orm_refuses_to_change_or_delete_an_entry():
 @pytest.mark.parametrize("sql", ["UPDATE audit_auditentry SET summary = 'x'", "DELETE FROM audit_auditentry"])
 def test_the_database_refuses_raw_updates_and_deletes(sql):
     _entries(1)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(sql)
 
 
