@@ -110,6 +110,9 @@ PROBES: list[Probe] = [
     # The token in the link is the capability: whoever holds it sees whom it invites to which tenant.
     console("invite/<str:token>/", "GET", "/invite/{foreign_invitation_token}/", everyone(200), leak_check=False),
     console("invite/<str:token>/", "GET", "/invite/not-a-real-token/", everyone(404)),
+    console("audit/", "GET", "/audit/", by_role(200, 200, 403, 403, 200, LOGIN, 200)),
+    console("audit/", "GET", "/audit/?action=api_key&start=2026-01-01&end=2030-12-31", by_role(200, 200, 403, 403, 200, LOGIN, 200), note="filtered"),
+    console("audit.csv", "GET", "/audit.csv", by_role(200, 200, 403, 403, 200, LOGIN, 404)),
     console("billing/", "GET", "/billing/", by_role(200, 200, 403, 200, 200, LOGIN, 404)),
     console("billing/invoices/<uuid:invoice_id>/", "GET", "/billing/invoices/{home_invoice}/", by_role(200, 200, 403, 200, 404, LOGIN, 404)),
     console("billing/invoices/<uuid:invoice_id>/", "GET", "/billing/invoices/{foreign_invoice}/", by_role(404, 404, 403, 404, 404, LOGIN, 404)),
@@ -175,6 +178,8 @@ PROBES: list[Probe] = [
     api("api/v1/models/?$", "GET", "/api/v1/models", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/models/(?P<name>[^/]+?)/?$", "GET", "/api/v1/models/{home_model}", by_role(200, 200, 200, 200, 404, 401, 403)),
     api("api/v1/models/(?P<name>[^/]+?)/?$", "GET", "/api/v1/models/{foreign_model}", by_role(404, 404, 404, 404, 404, 401, 403)),
+    api("api/v1/audit", "GET", "/api/v1/audit", by_role(200, 200, 403, 403, 200, 401, 403)),
+    api("api/v1/audit/", "GET", "/api/v1/audit/?action=api_key", by_role(200, 200, 403, 403, 200, 401, 403)),
     api("api/v1/usage", "GET", "/api/v1/usage?start=2026-10-01&end=2026-10-31", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/usage/", "GET", "/api/v1/usage/", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/invoices/?$", "GET", "/api/v1/invoices", by_role(200, 200, 403, 200, 200, 401, 403)),
@@ -339,7 +344,7 @@ def test_a_management_key_sees_only_its_own_tenant(world):
                  "/api/v1/models/{foreign_model}"):  # fmt: skip
         assert client.get(fill(path, values)).status_code == 404, path
     for path in ("/api/v1/keys/", "/api/v1/members/", "/api/v1/invitations/", "/api/v1/invoices",
-                 "/api/v1/models", "/api/v1/usage", "/api/v1/tenant"):  # fmt: skip
+                 "/api/v1/models", "/api/v1/usage", "/api/v1/tenant", "/api/v1/audit"):  # fmt: skip
         response = client.get(path)
         assert response.status_code == 200, path
         assert not [m for m in world.foreign.markers if m in response.content.decode()], path
