@@ -6,7 +6,7 @@ address is what an operator looks for. It has no tenant, so only staff see it.
 
 from __future__ import annotations
 
-from django.contrib.admin.models import LogEntry
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import post_save
 from django.dispatch import receiver
@@ -67,7 +67,10 @@ RECORDED_BY_SERVICES = {
     ("models_registry", "model"),
     ("models_registry", "price"),
 }
-ADMIN_VERBS = {1: "created", 2: "changed", 3: "deleted"}
+# The membership admin deletes through tenants.membership (which records member.removed, and
+# may refuse: the last owner); its role edits are plain saves, recorded from the log entry.
+DELETED_BY_SERVICES = {("tenants", "membership")}
+ADMIN_VERBS = {ADDITION: "created", CHANGE: "changed", DELETION: "deleted"}
 
 
 @receiver(post_save, sender=LogEntry, dispatch_uid="audit.admin_change")
@@ -75,11 +78,12 @@ def _admin_change(sender, instance: LogEntry, created: bool, **kwargs):
     content_type = instance.content_type
     if not created or content_type is None:
         return
-    if (content_type.app_label, content_type.model) in RECORDED_BY_SERVICES:
+    kind = (content_type.app_label, content_type.model)
+    if kind in RECORDED_BY_SERVICES or (instance.action_flag == DELETION and kind in DELETED_BY_SERVICES):
         return
     verb = ADMIN_VERBS.get(instance.action_flag, "changed")
     target = None
-    if instance.action_flag != 3:
+    if instance.action_flag != DELETION:
         target = content_type.model_class()._default_manager.filter(pk=instance.object_id).first()
     tenant = getattr(target, "tenant", None)
     trail.record(

@@ -5,7 +5,9 @@ rolls back with it. Appends are serialized by a transaction-level advisory lock:
 the chain head, links to it and moves it, and the next writer waits for that commit. Concurrent
 writers therefore never fork the chain, and ``seq`` order is commit order (the export's cursor
 relies on it). The lock is held to the end of the caller's transaction, so keep audited
-transactions short.
+transactions short, and record after taking the transaction's row locks (``select_for_update``):
+a transaction that holds the chain's lock and then waits for a row can deadlock with one that
+holds that row and waits to record.
 
 Who acted comes from ``actor``/``request`` when given, else from the request being served
 (``audit.context``), else it is the system. Before/after hold only what changed and never secrets.
@@ -110,7 +112,7 @@ def _actor(request, *, actor, actor_kind: str):
     if actor is None and user is not None and getattr(user, "is_authenticated", False):
         actor = user
     if actor_kind == ActorKind.SYSTEM or (actor is None and actor_kind == ActorKind.USER):
-        return ActorKind.SYSTEM, None, context.system_label()
+        return ActorKind.SYSTEM, None, "system"
     auth = getattr(request, "auth", None) if request is not None else None
     display_prefix = getattr(auth, "display_prefix", None)
     email = getattr(actor, "email", "") or ""

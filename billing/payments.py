@@ -79,6 +79,10 @@ def mark_paid(*, invoice: Invoice, user, now: datetime | None = None) -> Outcome
             previous = locked.status
             locked.status, locked.paid_at = InvoiceStatus.PAID, now
             locked.save(update_fields=["status", "paid_at"])
+        else:
+            previous = None
+        resumed = dunning.settle(locked.tenant)
+        if previous is not None:  # recorded last: the chain's lock after every row lock (audit.trail)
             trail.record(
                 action="invoice.paid",
                 tenant=locked.tenant,
@@ -88,7 +92,6 @@ def mark_paid(*, invoice: Invoice, user, now: datetime | None = None) -> Outcome
                 before={"status": previous},
                 after={"status": locked.status, "paid_at": now},
             )
-        resumed = dunning.settle(locked.tenant)
     log.info("%s marked paid by %s (Stripe: %s)", locked.number, _who(user), remote)
     return Outcome(locked, remote, resumed)
 
@@ -107,7 +110,8 @@ def void(*, invoice: Invoice, user) -> Outcome:
         previous = locked.status
         locked.status = InvoiceStatus.VOID
         locked.save(update_fields=["status"])
-        trail.record(
+        resumed = dunning.settle(locked.tenant)
+        trail.record(  # recorded last: the chain's lock after every row lock (audit.trail)
             action="invoice.voided",
             tenant=locked.tenant,
             actor=user,
@@ -116,7 +120,6 @@ def void(*, invoice: Invoice, user) -> Outcome:
             before={"status": previous},
             after={"status": locked.status},
         )
-        resumed = dunning.settle(locked.tenant)
     log.info("%s voided by %s (Stripe: %s)", locked.number, _who(user), remote)
     return Outcome(locked, remote, resumed)
 

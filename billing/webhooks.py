@@ -119,7 +119,8 @@ def invoice_paid(invoice: Invoice, obj: dict) -> str:
     invoice.status = InvoiceStatus.PAID
     invoice.paid_at = paid_at or timezone.now()
     invoice.save(update_fields=["status", "paid_at"])
-    trail.record(
+    resumed = dunning.settle(invoice.tenant)
+    trail.record(  # recorded last: the chain's lock after every row lock (audit.trail)
         action="invoice.paid",
         tenant=invoice.tenant,
         actor_label="stripe",
@@ -128,7 +129,6 @@ def invoice_paid(invoice: Invoice, obj: dict) -> str:
         before={"status": previous},
         after={"status": invoice.status, "paid_at": invoice.paid_at},
     )
-    resumed = dunning.settle(invoice.tenant)
     return "paid, tenant resumed" if resumed else "paid"
 
 

@@ -38,7 +38,12 @@ def remove_member(*, tenant: Tenant, user: User, acting_user: User | None) -> Re
     with transaction.atomic():
         membership = Membership.objects.get(tenant=tenant, user=user)
         theirs = list(
-            ApiKey.objects.for_tenant(tenant).usable().filter(created_by=user).order_by("created_at")
+            # Locked before anything is recorded: the audit chain's lock comes after row locks.
+            ApiKey.objects.for_tenant(tenant)
+            .usable()
+            .filter(created_by=user)
+            .order_by("created_at")
+            .select_for_update()
         )
         accounts.remove_member(membership=membership)
         revoked = [keys.revoke_api_key(api_key=api_key) for api_key in theirs]
