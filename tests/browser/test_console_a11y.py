@@ -45,6 +45,7 @@ def test_main_pages_are_labelled_keyboard_usable_and_work(live_server, page, sho
         "console-keys": "/keys/",
         "console-team": "/team/",
         "console-settings": "/settings/",
+        "console-audit": "/audit/",
     }
     for name, path in pages.items():
         page.goto(live_server.url + path)
