@@ -223,14 +223,6 @@ class Price(models.Model):
     def __str__(self) -> str:
         return f"{self.served_name} {self.input_per_million}/{self.output_per_million} {self.currency}"
 
-    @property
-    def served_name(self) -> str:
-        return self.adapter.served_name if self.adapter_id else str(self.model)
-
-    def clean(self) -> None:
-        if (self.model_id is None) == (self.adapter_id is None):
-            raise ValidationError("A price is for a model or for a LoRA adapter: choose exactly one.")
-
     def save(self, *args, **kwargs):
         # Invoices must be reproducible from history: never rewrite a price, add a newer one.
         if not self._state.adding:
@@ -239,6 +231,14 @@ class Price(models.Model):
 
     def delete(self, *args, **kwargs):
         raise ValidationError("Prices are never deleted; add a new price that supersedes this one.")
+
+    def clean(self) -> None:
+        if (self.model_id is None) == (self.adapter_id is None):
+            raise ValidationError("A price is for a model or for a LoRA adapter: choose exactly one.")
+
+    @property
+    def served_name(self) -> str:
+        return self.adapter.served_name if self.adapter_id else str(self.model)
 
 
 class LoraAdapterQuerySet(models.QuerySet):
@@ -285,11 +285,15 @@ class LoraAdapter(models.Model):
     source = models.CharField(
         max_length=500, help_text="Hugging Face repo id, absolute folder or https:// URL of a folder."
     )
-    revision = models.CharField(max_length=100, blank=True, help_text="Git revision (Hub only); empty = main.")
+    revision = models.CharField(
+        max_length=100, blank=True, help_text="Git revision (Hub only); empty = main."
+    )
     local_path = models.CharField(
         max_length=500, blank=True, editable=False, help_text="Where its files are on this machine."
     )
-    rank = models.PositiveSmallIntegerField(null=True, blank=True, help_text="LoRA rank r (adapter_config.json).")
+    rank = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="LoRA rank r (adapter_config.json)."
+    )
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     visibility = models.CharField(
         max_length=8,
