@@ -73,7 +73,7 @@ def adapters_page(request, tenant):
         "plan": plan,
         "count": len(listed),
     }
-    return render(request, "console/adapters.html", context, status=400 if form.errors else 200)
+    return render(request, "console/adapters.html", context)
 
 
 @tenant_required(perm=PERM_MANAGE_SETTINGS, denied=DENIED, if_no_tenant=NoTenant.NOT_FOUND, methods=["POST"])

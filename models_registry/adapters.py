@@ -41,6 +41,7 @@ from django.utils import timezone
 from models_registry import mirror
 from models_registry.constants import ADAPTER_BASE_TASKS, AdapterSourceKind, AdapterStatus, Visibility
 from models_registry.models import LoraAdapter, Model, Price, model_name_validator
+from tenants.models import Tenant
 
 log = logging.getLogger("berth.registry")
 
@@ -247,7 +248,7 @@ def create_adapter(
         files = inspect_folder(Path(source))
         check_files(tenant=tenant, base=base, files=files)
     with transaction.atomic():
-        type(tenant).objects.select_for_update().filter(pk=tenant.pk).first()  # one creation at a time
+        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # one creation at a time
         live = LoraAdapter.objects.of_tenant(tenant)
         if live.filter(name=name).exists():
             raise AdapterError({"name": f"You already have an adapter named {name!r}."})
