@@ -110,8 +110,8 @@ def allowed_source(*, source_kind: str, source: str) -> str:
 # --------------------------------------------------------------------------- checks
 
 
-def inspect_folder(folder: Path) -> AdapterFiles:
-    """Read a PEFT LoRA adapter's folder: its rank, its size and the base it was trained on."""
+def read_config(folder: Path) -> tuple[int, str]:
+    """The rank and the base model named by a PEFT LoRA's ``adapter_config.json``."""
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except FileNotFoundError:
@@ -128,12 +128,17 @@ def inspect_folder(folder: Path) -> AdapterFiles:
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise AdapterError({"source": f"{CONFIG_FILE} has no valid rank 'r' ({rank!r})."})
+    return rank, str(config.get("base_model_name_or_path") or "")
+
+
+def inspect_folder(folder: Path) -> AdapterFiles:
+    """Read a PEFT LoRA adapter's folder: its rank, its size and the base it was trained on."""
+    rank, base_name = read_config(folder)
     weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
     if not weights:
         raise AdapterError({"source": f"No adapter weights ({' or '.join(WEIGHT_FILES)})."})
     size = sum(path.stat().st_size for path in [folder / CONFIG_FILE, *weights])
-    base_name = config.get("base_model_name_or_path") or ""
-    return AdapterFiles(rank=rank, size_bytes=size, base_name=str(base_name))
+    return AdapterFiles(rank=rank, size_bytes=size, base_name=base_name)
 
 
 def deployment_rank_limit(base: Model) -> int | None:
@@ -341,44 +346,52 @@ def _too_large(size: int, limit: int) -> str:
 
 
 def fetch_hub(adapter: LoraAdapter, folder: Path) -> None:
-    """Download the adapter's files from the Hub; the plan's size limit is checked before."""
-    from huggingface_hub import HfApi, snapshot_download
+    """Download the adapter's files (config and weights only) from the Hub at one commit; the
+    plan's size limit is checked on the Hub's file sizes before anything is downloaded."""
+    from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    revision = adapter.revision or None
     try:
         info = HfApi(endpoint=settings.HF_ENDPOINT).model_info(
-            adapter.source, revision=revision, files_metadata=True
+            adapter.source, revision=adapter.revision or None, files_metadata=True
         )
-        wanted = [s for s in info.siblings or [] if s.rfilename in FETCHED_FILES]
-        if CONFIG_FILE not in {s.rfilename for s in wanted}:
+        wanted = {s.rfilename: s.size or 0 for s in info.siblings or [] if s.rfilename in FETCHED_FILES}
+        if CONFIG_FILE not in wanted:
             raise AdapterError({"source": f"Not a PEFT adapter: {adapter.source} has no {CONFIG_FILE}."})
-        limit = _max_bytes(adapter)
-        size = sum(s.size or 0 for s in wanted)
-        if limit is not None and size > limit:
-            raise AdapterError({"source": _too_large(size, limit)})
-        snapshot_download(
-            adapter.source,
-            revision=info.sha or revision,
-            local_dir=folder,
-            allow_patterns=[s.rfilename for s in wanted],
-            endpoint=settings.HF_ENDPOINT,
-            etag_timeout=settings.HF_ETAG_TIMEOUT,
-        )
+        if WEIGHT_FILES[0] in wanted:
+            wanted.pop(WEIGHT_FILES[1], None)  # safetensors when both are there
+        revision = info.sha or adapter.revision or None
+
+        def download(filename: str) -> None:
+            hf_hub_download(
+                adapter.source,
+                filename,
+                revision=revision,
+                local_dir=folder,
+                endpoint=settings.HF_ENDPOINT,
+                etag_timeout=settings.HF_ETAG_TIMEOUT,
+            )
+
+        # The config first: type, rank, base and the Hub's sizes are checked before the weights.
+        download(CONFIG_FILE)
+        rank, base_name = read_config(folder)
+        size = sum(wanted.values())
+        check_files(tenant=adapter.tenant, base=adapter.base_model, files=AdapterFiles(rank, size, base_name))
+        for filename in wanted:
+            if filename != CONFIG_FILE:
+                download(filename)
     except LocalEntryNotFoundError:
-        raise AdapterError(
-            {
-                "source": f"Could not reach {settings.HF_ENDPOINT or 'huggingface.co'} to fetch {adapter.source}."
-            }
-        ) from None
+        where = settings.HF_ENDPOINT or "huggingface.co"
+        raise AdapterError({"source": f"Could not reach {where} to fetch {adapter.source}."}) from None
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", None)
         if status in (401, 403, 404):
+            revision = adapter.revision or "main"
             raise AdapterError(
-                {
-                    "source": f"{adapter.source} (revision {adapter.revision or 'main'}) was not found on the Hub."
-                }
+                {"source": f"{adapter.source} (revision {revision}) was not found on the Hub."}
             ) from None
+        raise AdapterError({"source": f"Could not fetch {adapter.source}: {exc}"}) from None
+    except OSError as exc:
         raise AdapterError({"source": f"Could not fetch {adapter.source}: {exc}"}) from None
 
 
@@ -427,6 +440,9 @@ def pull(*, adapter_id: str) -> LoraAdapter | None:
         check_files(tenant=adapter.tenant, base=adapter.base_model, files=files)
     except ValidationError as exc:
         return _fail(adapter, " ".join(exc.messages))
+    except Exception as exc:  # noqa: BLE001 - a network or disk failure: failed, with the reason
+        log.exception("fetching adapter %s failed", adapter.served_name)
+        return _fail(adapter, f"Could not fetch {adapter.source}: {exc}")
     with transaction.atomic():
         updated = LoraAdapter.objects.filter(pk=adapter.pk, status=AdapterStatus.PENDING).update(
             status=AdapterStatus.READY,
