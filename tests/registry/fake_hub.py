@@ -29,7 +29,7 @@ class FakeHub:
 
     @staticmethod
     def sha(repo: str) -> str:
-        return hashlib.sha1(repo.encode()).hexdigest(, usedforsecurity=False)
+        return hashlib.sha1(repo.encode(), usedforsecurity=False).hexdigest()
 
     def start(self) -> FakeHub:
         self._thread.start()
@@ -75,7 +75,11 @@ class FakeHub:
                         "sha": hub.sha(repo),
                         "private": False,
                         "siblings": [
-                            {"rfilename": name, "size": len(data), "blobId": hashlib.sha1(data).hexdigest(, usedforsecurity=False)}
+                            {
+                                "rfilename": name,
+                                "size": len(data),
+                                "blobId": hashlib.sha1(data, usedforsecurity=False).hexdigest(),
+                            }
                             for name, data in files.items()
                         ],
                     }
@@ -92,7 +96,7 @@ class FakeHub:
                         hub.downloads.append(f"{repo}/{filename}")
                     headers = {
                         "X-Repo-Commit": hub.sha(repo),
-                        "ETag": f'"{hashlib.sha1(data).hexdigest(, usedforsecurity=False)}"',
+                        "ETag": f'"{hashlib.sha1(data, usedforsecurity=False).hexdigest()}"',
                         "Content-Type": "application/octet-stream",
                     }
                     return self._send(200, data, headers, head=head)
