@@ -233,8 +233,9 @@ class Price(models.Model):
         raise ValidationError("Prices are never deleted; add a new price that supersedes this one.")
 
     def clean(self) -> None:
-        if (self.model_id is None) == (self.adapter_id is None):
-            raise ValidationError("A price is for a model or for a LoRA adapter: choose exactly one.")
+        # Neither is caught by the check constraint (an admin inline sets its parent after this).
+        if self.model_id is not None and self.adapter_id is not None:
+            raise ValidationError("A price is for a model or for a LoRA adapter, not both.")
 
     @property
     def served_name(self) -> str:
