@@ -21,9 +21,11 @@ differs from ``limit_for``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -154,7 +156,9 @@ def republish_prices(*, now: datetime | None = None) -> list[str]:
     from models_registry import mirror
     from models_registry.models import Model
 
-    entries = [(model.name, model, mirror.publish_model) for model in Model.objects.order_by("name")]
+    entries: list[tuple[str, Any, Callable[[Any], bool]]] = [
+        (model.name, model, mirror.publish_model) for model in Model.objects.order_by("name")
+    ]
     entries += [(a.served_name, a, mirror.publish_adapter) for a in mirror.published_adapters()]
     if not entries:
         return []

@@ -277,3 +277,19 @@ def test_an_adapters_usage_is_invoiced_at_the_adapters_price(allowed, acme, base
     assert lines[("acme/support-v2", "output")] == (2_000_000, Decimal("0.6"), Decimal("1.20"))
     assert lines[("tiny-chat", "input")] == (1_000_000, Decimal("0.10"), Decimal("0.10"))
     assert result.invoice.total == Decimal("1.45")
+
+
+def test_a_price_that_took_effect_unseen_is_republished(
+    allowed, acme, base, redis_client, django_capture_on_commit_callbacks
+):
+    from billing.spend import republish_prices
+
+    with django_capture_on_commit_callbacks(execute=True):
+        adapter = create(acme, write_adapter(allowed / "a"))
+    key = names().model("acme/support-v2")
+    assert redis_client.hget(key, "price_input_micros") == "100000"
+    assert republish_prices() == []
+    # As a price scheduled earlier that has just taken effect: saved without publishing.
+    Price(adapter=adapter, input_per_million=Decimal("5"), output_per_million=Decimal("6")).save()
+    assert republish_prices() == ["acme/support-v2"]
+    assert redis_client.hget(key, "price_input_micros") == "5000000"
