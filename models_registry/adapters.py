@@ -30,6 +30,7 @@ import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -51,6 +52,8 @@ FETCHED_FILES = (CONFIG_FILE, *WEIGHT_FILES)
 MB = 1_000_000
 REASON_CHARS = 1000
 URL_TIMEOUT = 30
+# Longer than a task may run (CELERY_TASK_TIME_LIMIT), so a live fetch is never started twice.
+PULL_STALLED_AFTER = timedelta(minutes=15)
 
 
 class AdapterError(ValidationError):
@@ -283,6 +286,19 @@ def create_adapter(
             transaction.on_commit(lambda: _enqueue_pull(adapter))
     log.info("adapter %s registered from %s (%s)", adapter.served_name, adapter.source, adapter.status)
     return adapter
+
+
+def retry_stalled_pulls(*, now=None) -> int:
+    """Enqueue again the fetch of adapters pending for longer than ``PULL_STALLED_AFTER`` (their
+    task was lost: a worker restarted); the periodic mirror resync calls this."""
+    now = now or timezone.now()
+    stalled = list(
+        LoraAdapter.objects.filter(status=AdapterStatus.PENDING, updated_at__lt=now - PULL_STALLED_AFTER)
+    )
+    for adapter in stalled:
+        LoraAdapter.objects.filter(pk=adapter.pk).update(updated_at=now)
+        _enqueue_pull(adapter)
+    return len(stalled)
 
 
 def _enqueue_pull(adapter: LoraAdapter) -> None:

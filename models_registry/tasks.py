@@ -7,8 +7,13 @@ from models_registry import mirror
 
 @shared_task(name="models_registry.tasks.resync_model_mirror")
 def resync_model_mirror() -> dict[str, int]:
-    """Safety net: make the Redis copy of the registry equal to PostgreSQL."""
-    return mirror.resync()
+    """Safety net: make the Redis copy of the registry equal to PostgreSQL; restart the fetch of
+    adapters whose task was lost."""
+    from models_registry import adapters
+
+    result = mirror.resync()
+    result["adapter_pulls_retried"] = adapters.retry_stalled_pulls()
+    return result
 
 
 @shared_task(name="models_registry.tasks.pull_adapter")

@@ -5,14 +5,17 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from datetime import timedelta
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.utils import timezone
 
 from berth.redis import names
 from models_registry import adapters
 from models_registry.constants import AdapterStatus
-from models_registry.tasks import pull_adapter
+from models_registry.models import LoraAdapter
+from models_registry.tasks import pull_adapter, resync_model_mirror
 from tests.factories import TenantFactory
 from tests.registry.adapter_files import write_adapter
 from tests.registry.factories import priced_model
@@ -157,3 +160,14 @@ def test_a_url_adapter_is_fetched_under_an_allowed_prefix(hub, acme, file_server
     assert pull_adapter(str(missing.pk)) == AdapterStatus.FAILED
     missing.refresh_from_db()
     assert "HTTP 404" in missing.status_reason
+
+
+def test_a_lost_fetch_is_enqueued_again_by_the_periodic_resync(hub, acme, monkeypatch):
+    queued = []
+    monkeypatch.setattr(adapters, "_enqueue_pull", queued.append)
+    adapter = register(acme, "acme-ml/lost")
+    assert resync_model_mirror()["adapter_pulls_retried"] == 0
+    LoraAdapter.objects.filter(pk=adapter.pk).update(updated_at=timezone.now() - timedelta(minutes=20))
+    assert resync_model_mirror()["adapter_pulls_retried"] == 1
+    assert [a.pk for a in queued] == [adapter.pk]
+    assert resync_model_mirror()["adapter_pulls_retried"] == 0  # not again at once
