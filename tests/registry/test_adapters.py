@@ -293,3 +293,23 @@ def test_a_price_that_took_effect_unseen_is_republished(
     Price(adapter=adapter, input_per_million=Decimal("5"), output_per_million=Decimal("6")).save()
     assert republish_prices() == ["acme/support-v2"]
     assert redis_client.hget(key, "price_input_micros") == "5000000"
+
+
+def test_staff_set_the_adapter_limits_in_the_plan_admin(admin_client, allowed, acme, base):
+    plan = acme.plan
+    form = {
+        "name": plan.name,
+        "slug": plan.slug,
+        "currency": "USD",
+        "is_default": "on",
+        "max_adapters": "1",
+        "max_adapter_rank": "4",
+        "max_adapter_size_mb": "",
+    }
+    page = admin_client.get(f"/admin/tenants/plan/{plan.pk}/change/").content.decode()
+    assert 'name="max_adapter_rank"' in page
+    assert admin_client.post(f"/admin/tenants/plan/{plan.pk}/change/", form).status_code == 302
+    acme.refresh_from_db()
+    assert (acme.plan.max_adapters, acme.plan.max_adapter_rank, acme.plan.max_adapter_size_mb) == (1, 4, None)
+    with pytest.raises(adapters.AdapterError, match="maximum of 4"):
+        create(acme, write_adapter(allowed / "a", rank=8))
