@@ -68,7 +68,8 @@ def test_the_usage_csv_has_the_adapters_line(billed):
 def test_the_invoice_page_and_pdf_show_the_adapter_at_its_price(billed):
     client, invoice = billed
     assert invoice.total == Decimal("1.30")
-    assert "acme/support-v2" in client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
+    page = client.get(f"/billing/invoices/{invoice.pk}/").content.decode()
+    assert 'acme/support-v2 <span class="help">(adapter on tiny-chat)</span>' in page
     pdf = client.get(f"/billing/invoices/{invoice.pk}/pdf/").content
     text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
-    assert "acme/support-v2" in text and "$0.90" in text
+    assert "acme/support-v2 (adapter on tiny-chat)" in text and "$0.90" in text
