@@ -89,7 +89,7 @@ def allowed_source(*, source_kind: str, source: str) -> str:
         parts = source.split("/")
         if len(parts) != 2 or not all(parts) or any(p.startswith(".") for p in parts):
             raise AdapterError({"source": f"{source!r} is not a Hugging Face repo id (owner/name)."})
-        allowed = any(p == "hub:" or (p.startswith("hub:") and source.startswith(p[4:])) for p in prefixes)
+        allowed = any(p.startswith("hub:") and _under(p[4:], source) for p in prefixes)
     elif source_kind == AdapterSourceKind.PATH:
         if not source.startswith("/"):
             raise AdapterError({"source": "A folder must be an absolute path."})
@@ -97,10 +97,10 @@ def allowed_source(*, source_kind: str, source: str) -> str:
         allowed = any(p.startswith("/") and resolved.is_relative_to(Path(p).resolve()) for p in prefixes)
         source = str(resolved)
     elif source_kind == AdapterSourceKind.URL:
-        if not source.startswith(("http://", "https://")) or ".." in source:
-            raise AdapterError({"source": f"{source!r} is not an http(s) URL."})
-        allowed = any(p.startswith(("http://", "https://")) and source.startswith(p) for p in prefixes)
+        if not source.startswith(("http://", "https://")) or ".." in source or "%2e" in source.lower():
+            raise AdapterError({"source": f"{source!r} is not an http(s) URL of a folder."})
         source = source.rstrip("/")
+        allowed = any(p.startswith(("http://", "https://")) and _under(p, source) for p in prefixes)
     else:
         raise AdapterError({"source_kind": f"Unknown source kind {source_kind!r}."})
     if not allowed:
@@ -108,6 +108,13 @@ def allowed_source(*, source_kind: str, source: str) -> str:
             {"source": f"Adapters from {source!r} are not allowed on this server. Ask the operator."}
         )
     return source
+
+
+def _under(prefix: str, value: str) -> bool:
+    """``value`` is ``prefix`` or below it, a whole path segment at a time (``org`` allows
+    ``org/x``, not ``org-evil/x``); an empty prefix allows everything."""
+    prefix = prefix.rstrip("/")
+    return not prefix or value == prefix or value.startswith(prefix + "/")
 
 
 # --------------------------------------------------------------------------- checks

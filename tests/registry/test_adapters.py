@@ -129,9 +129,17 @@ def test_sources_outside_the_operators_prefixes_are_refused(allowed, acme, base,
         with pytest.raises(adapters.AdapterError) as excinfo:
             create(acme, source)
         assert "not allowed on this server" in error_of(excinfo)["source"][0]
-    settings.ADAPTER_ALLOWED_SOURCES = ["hub:berth-org/"]
-    with pytest.raises(adapters.AdapterError, match="not allowed"):
-        create(acme, "someone/adapter")
+    settings.ADAPTER_ALLOWED_SOURCES = ["hub:berth-org", "https://files.test/adapters"]
+    for source in ("someone/adapter", "berth-org-evil/adapter", "https://files.test/adapters-evil/x"):
+        with pytest.raises(adapters.AdapterError, match="not allowed"):
+            create(acme, source)
+    with pytest.raises(adapters.AdapterError, match="not an http\\(s\\) URL"):
+        create(acme, "https://files.test/adapters/%2E%2E/secret")
+    assert create(acme, "berth-org/adapter", name="from-hub").status == AdapterStatus.PENDING
+    assert (
+        create(acme, "https://files.test/adapters/x/", name="from-url").source
+        == "https://files.test/adapters/x"
+    )
     with pytest.raises(adapters.AdapterError, match="not a Hugging Face repo id"):
         create(acme, "not a repo")
 
