@@ -321,3 +321,30 @@ def test_staff_set_the_adapter_limits_in_the_plan_admin(admin_client, allowed, a
     assert (acme.plan.max_adapters, acme.plan.max_adapter_rank, acme.plan.max_adapter_size_mb) == (1, 4, None)
     with pytest.raises(adapters.AdapterError, match="maximum of 4"):
         create(acme, write_adapter(allowed / "a", rank=8))
+
+
+def test_staff_make_an_adapter_public_in_the_admin(
+    admin_client, allowed, acme, base, redis_client, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        adapter = create(acme, write_adapter(allowed / "a"))
+    url = f"/admin/models_registry/loraadapter/{adapter.pk}/change/"
+    page = admin_client.get(url).content.decode()
+    assert "acme/support-v2" in page and 'name="visibility"' in page
+    form = {
+        "base_model": str(base.pk),
+        "visibility": "public",
+        "prices-TOTAL_FORMS": "0",
+        "prices-INITIAL_FORMS": str(adapter.prices.count()),
+        "prices-MIN_NUM_FORMS": "0",
+        "prices-MAX_NUM_FORMS": "1000",
+    }
+    for n, price in enumerate(adapter.prices.all()):
+        form[f"prices-{n}-id"] = str(price.pk)
+        form[f"prices-{n}-adapter"] = str(adapter.pk)
+    form["prices-TOTAL_FORMS"] = form["prices-INITIAL_FORMS"]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert redis_client.hget(names().model("acme/support-v2"), "visibility") == "public"
+    assert admin_client.get("/admin/models_registry/loraadapter/add/").status_code == 403
