@@ -465,6 +465,10 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # point the stripe client at a loc
 HF_CACHE_DIR = None if env_str("HF_HOME") else str(DATA_DIR / "hf-cache")
 HF_ENDPOINT = env_str("HF_ENDPOINT")
 HF_ETAG_TIMEOUT = env_int("BERTH_HF_ETAG_TIMEOUT", 10, minimum=1)
+# Where tenants' LoRA adapters may come from (models_registry.adapters): "hub:" any Hub repo,
+# "hub:<org>/" that org's repos, an absolute folder prefix, or an http(s):// URL prefix.
+ADAPTER_ALLOWED_SOURCES = env_list("BERTH_ADAPTER_ALLOWED_SOURCES", ["hub:"])
+ADAPTER_DIR = DATA_DIR / "adapters"  # fetched adapters, one folder each
 NODE_NAME = env_str("BERTH_NODE_NAME")  # node_agent --name default (else the host name)
 NODE_ADDRESS = env_str("BERTH_NODE_ADDRESS", "127.0.0.1")  # engines bind to and are reached at it
 CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a node agent offers

@@ -207,8 +207,16 @@ class InvoiceLine(models.Model):
         return f"{self.model} {self.kind} {self.tokens} @ {self.unit_price_per_million}/M = {self.amount}"
 
     @property
+    def adapter_base(self) -> str:
+        """The base model's name when the line is a LoRA adapter's (its price is the adapter's)."""
+        adapter = self.price.adapter if self.price is not None else None
+        return adapter.base_model.name if adapter is not None else ""
+
+    @property
     def description(self) -> str:
-        return f"{self.model} — {self.get_kind_display().lower()}"
+        base = self.adapter_base
+        model = f"{self.model} (adapter on {base})" if base else self.model
+        return f"{model} — {self.get_kind_display().lower()}"
 
 
 class SpendAlert(models.Model):

@@ -82,7 +82,7 @@ def render(invoice: Invoice) -> bytes:
     ]
     header = ["Description", "Tokens", f"Price per 1M ({cur})", f"Amount ({cur})"]
     rows = [header]
-    for line in invoice.lines.all():
+    for line in invoice.lines.select_related("price__adapter__base_model"):
         text = _esc(line.description)
         if line.price is None:
             text += " <font color='#6b7280'>(no price set)</font>"

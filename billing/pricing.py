@@ -2,7 +2,8 @@
 
 One query groups a set of usage records by model and by the price row in effect at each record's
 ``occurred_at`` (a correlated subquery over the append-only Price history), so a price change in
-the middle of a period splits that model's usage exactly at the change. Rollups could not do this
+the middle of a period splits that model's usage exactly at the change. A LoRA adapter's usage is
+recorded under its served name (``<tenant slug>/<name>``) and priced by the adapter's own rows. Rollups could not do this
 (a price may change mid-hour), so invoices and spend are computed from the records.
 """
 
@@ -48,7 +49,8 @@ class CurrencyMismatch(ValueError):
 
 def _price_in_effect():
     return Subquery(
-        Price.objects.filter(model__name=OuterRef("model"), effective_from__lte=OuterRef("occurred_at"))
+        Price.objects.for_served_name(OuterRef("model"))
+        .filter(effective_from__lte=OuterRef("occurred_at"))
         .order_by("-effective_from")
         .values("pk")[:1]
     )

@@ -21,9 +21,11 @@ differs from ``limit_for``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -149,25 +151,28 @@ def _check_limit_mirror(tenant: Tenant, limit: Decimal | None) -> None:
 
 
 def republish_prices(*, now: datetime | None = None) -> list[str]:
-    """Republish every mirrored model whose mirrored price is not the one in effect ``now`` (a
-    price scheduled for later took effect, or a write was missed); returns their names."""
+    """Republish every mirrored model or adapter whose mirrored price is not the one in effect
+    ``now`` (a price scheduled for later took effect, or a write was missed); returns their names."""
     from models_registry import mirror
     from models_registry.models import Model
 
-    models = list(Model.objects.order_by("name"))
-    if not models:
+    entries: list[tuple[str, Any, Callable[[Any], bool]]] = [
+        (model.name, model, mirror.publish_model) for model in Model.objects.order_by("name")
+    ]
+    entries += [(a.served_name, a, mirror.publish_adapter) for a in mirror.published_adapters()]
+    if not entries:
         return []
     pipe = get_redis().pipeline(transaction=False)
-    for model in models:
-        pipe.hmget(names().model(model.name), ["served_name", *mirror.PRICE_FIELDS])
+    for name, _, _ in entries:
+        pipe.hmget(names().model(name), ["served_name", *mirror.PRICE_FIELDS])
     changed = []
-    for model, (served, *prices) in zip(models, pipe.execute(), strict=True):
+    for (name, priced, publish), (served, *prices) in zip(entries, pipe.execute(), strict=True):
         if served is None:
             continue  # not mirrored (yet): the registry's resync publishes it whole
-        wanted = mirror.price_fields(model, now)
-        if prices != [wanted.get(name) for name in mirror.PRICE_FIELDS]:
-            mirror.publish_model(model)
-            changed.append(model.name)
+        wanted = mirror.price_fields(priced, now)
+        if prices != [wanted.get(field) for field in mirror.PRICE_FIELDS]:
+            publish(priced)
+            changed.append(name)
     if changed:
         log.info("prices republished for %s", ", ".join(changed))
     return changed

@@ -44,7 +44,7 @@ def invoice_detail(request, tenant, invoice_id):
     invoice = _invoice(tenant, invoice_id)
     context = {
         "invoice": invoice,
-        "lines": invoice.lines.select_related("price"),
+        "lines": invoice.lines.select_related("price__adapter__base_model"),
         "online_payment": stripe_sync.configured(),
     }
     return render(request, "console/invoice.html", context)

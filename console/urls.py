@@ -1,7 +1,7 @@
 from django.urls import path
 
 from audit import console as audit_pages
-from console import invoices, pages, playground, team, views
+from console import adapters, invoices, pages, playground, team, views
 
 app_name = "console"
 
@@ -15,6 +15,8 @@ urlpatterns = [
     path("settings/", pages.settings_page, name="settings"),
     path("signup/", views.signup, name="signup"),
     path("switch/", views.switch_tenant, name="switch-tenant"),
+    path("adapters/", adapters.adapters_page, name="adapters"),
+    path("adapters/<uuid:adapter_id>/delete/", adapters.delete_adapter, name="delete-adapter"),
     path("keys/", views.api_keys, name="keys"),
     path("keys/<uuid:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("team/", team.team, name="team"),

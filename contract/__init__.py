@@ -33,6 +33,11 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   empty), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
   tokens). A model without this hash does not exist for the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
+  A ready LoRA adapter is mirrored the same way under its served name ``<tenant slug>/<name>``
+  (``owned_by`` its tenant's slug, ``task``/``context_length`` its base's, its own price) plus
+  ``parent`` (the base model's name), ``adapter_id`` (uuid), ``adapter_source`` (what an engine
+  loads: an absolute folder or a Hub repo id), ``adapter_revision`` (may be empty) and
+  ``adapter_rank``. A plain model's hash has no ``parent``.
 * ``models`` — set of every mirrored model name (``GET /v1/models``).
 * ``route:<public name>`` — hash, one field per READY worker: worker id → JSON ``{"worker_id",
   "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and

@@ -1,11 +1,15 @@
 """Django admin for staff: models, prices, LoRA adapters.
 
+Staff make a tenant's adapter public (every tenant may call it) or add it a new price here; edits
+and deletes go through ``models_registry.adapters``, which republishes the gateway's copy.
+
 Deployments are administered in ``provisioning/admin.py``, next to the workers that serve them.
 """
 
 from django.contrib import admin
+from django.db import transaction
 
-from models_registry import catalog
+from models_registry import adapters, catalog
 from models_registry.models import LoraAdapter, Model, Price
 
 
@@ -57,6 +61,7 @@ class ModelAdmin(admin.ModelAdmin):
 class PriceAdmin(admin.ModelAdmin):
     list_display = [
         "model",
+        "adapter",
         "input_per_million",
         "output_per_million",
         "currency",
@@ -65,6 +70,7 @@ class PriceAdmin(admin.ModelAdmin):
     ]
     list_filter = ["currency", "model"]
     readonly_fields = ["created_at"]
+    autocomplete_fields = ["adapter"]
 
     def has_change_permission(self, request, obj=None):
         return obj is None  # append-only: the add form only
@@ -76,8 +82,61 @@ class PriceAdmin(admin.ModelAdmin):
         return False
 
 
+class AdapterPriceInline(PriceInline):
+    fk_name = "adapter"
+
+
 @admin.register(LoraAdapter)
 class LoraAdapterAdmin(admin.ModelAdmin):
-    list_display = ["name", "base_model", "tenant", "source", "created_at"]
-    search_fields = ["name", "tenant__name", "base_model__name"]
+    list_display = [
+        "served_name",
+        "base_model",
+        "tenant",
+        "status",
+        "visibility",
+        "rank",
+        "size_bytes",
+        "created_at",
+    ]
+    list_filter = ["status", "visibility", "source_kind"]
+    search_fields = ["served_name", "name", "tenant__name", "base_model__name"]
     autocomplete_fields = ["tenant"]
+    readonly_fields = [
+        "id",
+        "tenant",
+        "name",
+        "served_name",
+        "source_kind",
+        "source",
+        "revision",
+        "local_path",
+        "rank",
+        "size_bytes",
+        "status",
+        "status_reason",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+    ]
+    inlines = [AdapterPriceInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("tenant", "base_model")
+
+    def has_add_permission(self, request):
+        return False  # tenants register adapters (console, API): the checks and the fetch are there
+
+    def save_model(self, request, obj, form, change):
+        adapters.save_adapter(adapter=obj)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        adapter = form.instance
+        transaction.on_commit(lambda: adapters.publish(adapter))  # prices added inline
+
+    def delete_model(self, request, obj):
+        adapters.delete_adapter(adapter=obj)
+
+    def delete_queryset(self, request, queryset):
+        for adapter in queryset:
+            adapters.delete_adapter(adapter=adapter)

@@ -1,7 +1,8 @@
 """Changing the model registry: every write to a model or its prices, then its Redis mirror.
 
 The gateway knows models only through the mirror (``models_registry/mirror.py``), so whatever
-registers, edits, renames or deletes a model, or adds a price, goes through these functions: the
+registers, edits, renames or deletes a model, or adds a price (a model's or a LoRA adapter's),
+goes through these functions: the
 admin, ``pull_model`` and the bootstrap of ``manage.py up``. Each writes PostgreSQL inside a
 transaction and publishes after the commit, so a rolled-back change never reaches Redis and a
 committed one reaches it at once. A row changed with the bare ORM reaches the mirror at the next
@@ -14,7 +15,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from audit import trail
-from models_registry import mirror
+from models_registry import adapters, mirror
 from models_registry.models import Model, Price
 
 
@@ -65,14 +66,27 @@ def delete_model(*, model: Model) -> None:
 def add_price(*, price: Price) -> Price:
     """Save a new price (prices are append-only); one already in effect is charged at once."""
     with transaction.atomic():
+        price.clean()
         price.save()
         trail.record(
             action="price.added",
             target=price,
-            summary=f"new price for {price.model.name}",
+            summary=f"new price for {price.adapter.served_name if price.adapter_id else price.model.name}",
             after=trail.fields(
-                price, ("model_id", "input_per_million", "output_per_million", "currency", "effective_from")
+                price,
+                (
+                    "model_id",
+                    "adapter_id",
+                    "input_per_million",
+                    "output_per_million",
+                    "currency",
+                    "effective_from",
+                ),
             ),
         )
-        publish(model=price.model)
+        if price.adapter_id is not None:
+            adapter = price.adapter
+            transaction.on_commit(lambda: adapters.publish(adapter))
+        else:
+            publish(model=price.model)
     return price

@@ -25,3 +25,20 @@ class Engine(models.TextChoices):
 
 
 DEFAULT_CURRENCY = "USD"
+
+
+class AdapterSourceKind(models.TextChoices):
+    HUB = "hub", "Hugging Face repository"
+    PATH = "path", "Folder on the server"
+    URL = "url", "URL of a folder"
+
+
+class AdapterStatus(models.TextChoices):
+    PENDING = "pending", "Pending (being fetched and checked)"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+    DELETED = "deleted", "Deleted"
+
+
+# The tasks an adapter's base may have: LoRA adapters here change generation, not embeddings.
+ADAPTER_BASE_TASKS = ("chat", "completion")

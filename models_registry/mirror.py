@@ -5,6 +5,12 @@ see ``contract``. Signals keep it current whatever edits the registry (admin, AP
 ``pull_model``, bootstrap) or adds a price; a price scheduled for later is published when it takes
 effect by billing's periodic spend check (``billing.spend.republish_prices``). ``resync``
 (periodic, and at ``manage.py up``) heals any missed write.
+
+A tenant's LoRA adapter (``LoraAdapter``, once ``ready``) is published like a model under its
+served name ``<tenant slug>/<name>``, with the adapter's own price and ``parent`` (the base model's
+name) plus what an engine needs to load it: ``adapter_id``, ``adapter_source`` (an absolute
+folder, or a Hub repo id), ``adapter_revision`` and ``adapter_rank``. A plain model's entry has no
+``parent``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ PRICE_FIELDS = ("price_input_micros", "price_output_micros")
 
 
 def price_fields(model, now=None) -> dict[str, str]:
-    """The price in effect ``now`` as the gateway reads it; empty when the model has no price."""
+    """The price in effect ``now`` as the gateway reads it; empty when the model (or the adapter)
+    has no price."""
     from models_registry.models import Price
 
     price = Price.objects.in_effect(model, now)
@@ -45,6 +52,40 @@ def entry(model) -> dict[str, str]:
     }
 
 
+def adapter_entry(adapter) -> dict[str, str]:
+    """A ready adapter as the gateway sees it: a model with a ``parent`` (see the module doc)."""
+    from models_registry.constants import Visibility
+
+    base = adapter.base_model
+    private = adapter.visibility != Visibility.PUBLIC
+    return {
+        "served_name": adapter.served_name,
+        "task": base.task,
+        "visibility": Visibility.PRIVATE if private else Visibility.PUBLIC,
+        "tenants": json.dumps([str(adapter.tenant_id)] if private else []),
+        "created": str(int(adapter.created_at.timestamp())) if adapter.created_at else "0",
+        "owned_by": adapter.tenant.slug,
+        "context_length": str(base.context_length) if base.context_length else "",
+        **price_fields(adapter),
+        "parent": base.name,
+        "adapter_id": str(adapter.pk),
+        "adapter_source": adapter.engine_source,
+        "adapter_revision": adapter.revision if not adapter.local_path else "",
+        "adapter_rank": str(adapter.rank or ""),
+    }
+
+
+def publish_adapter(adapter) -> bool:
+    name = adapter.served_name
+
+    def write(pipe):
+        pipe.delete(names().model(name))
+        pipe.hset(names().model(name), mapping=adapter_entry(adapter))
+        pipe.sadd(names().models(), name)
+
+    return mirror_write(write, invalidate=invalidation.model(name), what=f"adapter {name}")
+
+
 def publish_model(model) -> bool:
     def write(pipe):
         pipe.delete(names().model(model.name))
@@ -62,15 +103,25 @@ def unpublish_model(name: str) -> bool:
     return mirror_write(write, invalidate=invalidation.model(name), what=f"model {name}")
 
 
+def published_adapters():
+    """The adapters the mirror holds: the ready ones."""
+    from models_registry.models import LoraAdapter
+
+    return LoraAdapter.objects.ready().select_related("tenant", "base_model")
+
+
 def resync() -> dict[str, int]:
     from models_registry.models import Model
 
     models = list(Model.objects.prefetch_related("allowed_tenants"))
-    current = {model.name for model in models}
+    adapters = list(published_adapters())
+    current = {model.name for model in models} | {adapter.served_name for adapter in adapters}
     for model in models:
         publish_model(model)
+    for adapter in adapters:
+        publish_adapter(adapter)
     client = get_redis()
     stale = {name for name in client.smembers(names().models()) if name not in current}
     for name in stale:
         unpublish_model(name)
-    return {"written": len(models), "removed": len(stale)}
+    return {"written": len(models) + len(adapters), "removed": len(stale)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
@@ -17,7 +18,15 @@ from django.db import models
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from models_registry.constants import DEFAULT_CURRENCY, Engine, SourceKind, Task, Visibility
+from models_registry.constants import (
+    DEFAULT_CURRENCY,
+    AdapterSourceKind,
+    AdapterStatus,
+    Engine,
+    SourceKind,
+    Task,
+    Visibility,
+)
 
 model_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]{0,99}$",
@@ -72,6 +81,13 @@ class Model(models.Model):
         default=list, blank=True, help_text='Extra engine arguments, e.g. ["--max-num-seqs", "64"].'
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PUBLIC)
+    adapter_surcharge_percent = models.DecimalField(
+        max_digits=7,
+        decimal_places=2,
+        default=Decimal("0"),
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="A new LoRA adapter on this model is priced at this model's price plus this percentage.",
+    )
     allowed_tenants = models.ManyToManyField(
         "tenants.Tenant",
         blank=True,
@@ -153,17 +169,31 @@ class Deployment(models.Model):
 
 
 class PriceQuerySet(models.QuerySet):
-    def in_effect(self, model, at: datetime | None = None) -> Price | None:
-        """The price row that applies to ``model`` at ``at`` (now by default)."""
+    def in_effect(self, priced, at: datetime | None = None) -> Price | None:
+        """The price row that applies to ``priced`` (a Model or a LoraAdapter) at ``at`` (now)."""
         at = at or timezone.now()
-        return self.filter(model=model, effective_from__lte=at).order_by("-effective_from").first()
+        owner = {"adapter": priced} if isinstance(priced, LoraAdapter) else {"model": priced}
+        return self.filter(**owner, effective_from__lte=at).order_by("-effective_from").first()
+
+    def for_served_name(self, served_name) -> PriceQuerySet:
+        """The prices of whatever is served as ``served_name``: a model's name, or an adapter's
+        ``<tenant slug>/<name>`` (``served_name`` may be an ``OuterRef``). Model names never hold
+        a ``/``, so the two never collide."""
+        return self.filter(Q(model__name=served_name) | Q(adapter__served_name=served_name))
 
 
 class Price(models.Model):
-    """Per-million-token prices from ``effective_from`` on. Append-only: a new row supersedes."""
+    """Per-million-token prices from ``effective_from`` on. Append-only: a new row supersedes.
+
+    A price belongs to a model or to a LoRA adapter (exactly one of the two): usage is metered and
+    billed under the served name, and ``PriceQuerySet.for_served_name`` finds either.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="prices")
+    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="prices", null=True, blank=True)
+    adapter = models.ForeignKey(
+        "LoraAdapter", on_delete=models.PROTECT, related_name="prices", null=True, blank=True
+    )
     input_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, validators=[MinValueValidator(0)]
     )
@@ -177,13 +207,21 @@ class Price(models.Model):
     objects = PriceQuerySet.as_manager()
 
     class Meta:
-        ordering = ["model__name", "-effective_from"]
+        ordering = ["model__name", "adapter__served_name", "-effective_from"]
         constraints = [
-            models.UniqueConstraint(fields=["model", "effective_from"], name="one_price_per_model_instant")
+            models.UniqueConstraint(fields=["model", "effective_from"], name="one_price_per_model_instant"),
+            models.UniqueConstraint(
+                fields=["adapter", "effective_from"], name="one_price_per_adapter_instant"
+            ),
+            models.CheckConstraint(
+                condition=Q(model__isnull=False, adapter__isnull=True)
+                | Q(model__isnull=True, adapter__isnull=False),
+                name="price_for_model_xor_adapter",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.model} {self.input_per_million}/{self.output_per_million} {self.currency}"
+        return f"{self.served_name} {self.input_per_million}/{self.output_per_million} {self.currency}"
 
     def save(self, *args, **kwargs):
         # Invoices must be reproducible from history: never rewrite a price, add a newer one.
@@ -194,27 +232,112 @@ class Price(models.Model):
     def delete(self, *args, **kwargs):
         raise ValidationError("Prices are never deleted; add a new price that supersedes this one.")
 
+    def clean(self) -> None:
+        # Neither is caught by the check constraint (an admin inline sets its parent after this).
+        if self.model_id is not None and self.adapter_id is not None:
+            raise ValidationError("A price is for a model or for a LoRA adapter, not both.")
+
+    @property
+    def served_name(self) -> str:
+        return self.adapter.served_name if self.adapter_id else str(self.model)
+
+
+class LoraAdapterQuerySet(models.QuerySet):
+    def live(self) -> LoraAdapterQuerySet:
+        """Every adapter but the deleted ones (kept for their prices: usage not yet invoiced)."""
+        return self.exclude(status=AdapterStatus.DELETED)
+
+    def ready(self) -> LoraAdapterQuerySet:
+        return self.filter(status=AdapterStatus.READY)
+
+    def of_tenant(self, tenant) -> LoraAdapterQuerySet:
+        """``tenant``'s own adapters (not the public ones of others); nothing without a tenant."""
+        if tenant is None:
+            return self.none()
+        return self.live().filter(tenant=tenant)
+
+    def usable_by(self, tenant) -> LoraAdapterQuerySet:
+        """Ready adapters ``tenant`` may call: its own and the public ones."""
+        if tenant is None:
+            return self.none()
+        return self.ready().filter(Q(tenant=tenant) | Q(visibility=Visibility.PUBLIC))
+
 
 class LoraAdapter(models.Model):
-    """A LoRA adapter on a base model, owned by (and only usable by) one tenant."""
+    """A LoRA adapter on a base model, owned by one tenant and served as ``<tenant slug>/<name>``.
+
+    It is private to its tenant unless staff make it public. Deleting one marks it ``deleted``
+    rather than removing the row: its prices must outlive it until its usage is invoiced, and a
+    new adapter may take the name at once (the uniqueness holds among live adapters only).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="lora_adapters")
     base_model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="lora_adapters")
-    name = models.CharField(max_length=100, validators=[model_name_validator])
-    source = models.CharField(max_length=500, help_text="Hugging Face repo id or absolute local folder.")
-    revision = models.CharField(max_length=100, blank=True)
+    name = models.CharField(
+        max_length=100, validators=[model_name_validator], help_text="Served as <tenant slug>/<name>."
+    )
+    served_name = models.CharField(
+        max_length=170, editable=False, db_index=True, default="", help_text="What clients send as 'model'."
+    )
+    source_kind = models.CharField(
+        max_length=8, choices=AdapterSourceKind.choices, default=AdapterSourceKind.HUB
+    )
+    source = models.CharField(
+        max_length=500, help_text="Hugging Face repo id, absolute folder or https:// URL of a folder."
+    )
+    revision = models.CharField(
+        max_length=100, blank=True, help_text="Git revision (Hub only); empty = main."
+    )
+    local_path = models.CharField(
+        max_length=500, blank=True, editable=False, help_text="Where its files are on this machine."
+    )
+    rank = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="LoRA rank r (adapter_config.json)."
+    )
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    visibility = models.CharField(
+        max_length=8,
+        choices=Visibility.choices,
+        default=Visibility.PRIVATE,
+        help_text="Private: its tenant only. Public (staff only): every tenant may call it.",
+    )
+    status = models.CharField(max_length=8, choices=AdapterStatus.choices, default=AdapterStatus.PENDING)
+    status_reason = models.TextField(blank=True, help_text="Why it failed, for the tenant.")
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = LoraAdapterQuerySet.as_manager()
 
     class Meta:
-        ordering = ["name"]
+        ordering = ["served_name", "created_at"]
         verbose_name = "LoRA adapter"
-        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="one_adapter_name_per_tenant")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"],
+                condition=~Q(status=AdapterStatus.DELETED),
+                name="one_live_adapter_name_per_tenant",
+            ),
+            models.UniqueConstraint(
+                fields=["served_name"],
+                condition=~Q(status=AdapterStatus.DELETED),
+                name="one_live_adapter_per_served_name",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.name} on {self.base_model}"
+        return f"{self.served_name or self.name} on {self.base_model}"
+
+    def save(self, *args, **kwargs):
+        if not self.served_name or self._state.adding:
+            self.served_name = f"{self.tenant.slug}/{self.name}"
+        super().save(*args, **kwargs)
 
     @property
-    def served_name(self) -> str:
-        """The name engines serve it under (unique across tenants): ``<tenant slug>/<name>``."""
-        return f"{self.tenant.slug}/{self.name}"
+    def engine_source(self) -> str:
+        """What an engine's load call takes: the fetched folder when there is one, else the source."""
+        return self.local_path or self.source
+
+    def current_price(self, at: datetime | None = None) -> Price | None:
+        return Price.objects.in_effect(self, at)

@@ -43,6 +43,8 @@ class PlanAdmin(admin.ModelAdmin):
         "monthly_token_budget",
         "monthly_spend_limit",
         "currency",
+        "max_adapters",
+        "max_adapter_rank",
         "is_default",
     ]
     prepopulated_fields = {"slug": ["name"]}

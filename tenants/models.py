@@ -77,6 +77,16 @@ class Plan(models.Model):
     )
     currency = models.CharField(max_length=3, default="USD")
     is_default = models.BooleanField(default=False, help_text="Given to new sign-ups.")
+    # LoRA adapters a tenant may register (models_registry.adapters checks them).
+    max_adapters = models.PositiveIntegerField(
+        null=True, blank=True, default=5, help_text="LoRA adapters per tenant; empty: unlimited."
+    )
+    max_adapter_rank = models.PositiveSmallIntegerField(
+        null=True, blank=True, default=64, help_text="Highest LoRA rank r allowed; empty: unlimited."
+    )
+    max_adapter_size_mb = models.PositiveIntegerField(
+        null=True, blank=True, default=1024, help_text="Largest adapter in MB (10^6 bytes); empty: unlimited."
+    )
 
     class Meta:
         ordering = ["name"]

@@ -1,10 +1,11 @@
-"""Serializers for the tenant-facing model list."""
+"""Serializers for the tenant-facing model list and the tenant's LoRA adapters."""
 
 from __future__ import annotations
 
 from rest_framework import serializers
 
-from models_registry.models import Model
+from models_registry.constants import AdapterSourceKind
+from models_registry.models import LoraAdapter, Model
 
 
 class PriceSerializer(serializers.Serializer):
@@ -33,3 +34,41 @@ class ModelSerializer(serializers.ModelSerializer):
                 "effective_from": model.price_from,
             }
         ).data
+
+
+class AdapterSerializer(serializers.ModelSerializer):
+    """A tenant's LoRA adapter. ``model`` is what clients send to /v1 once it is ready."""
+
+    model = serializers.CharField(source="served_name", read_only=True)
+    base_model = serializers.CharField(source="base_model.name")
+    source_kind = serializers.ChoiceField(choices=AdapterSourceKind.choices, required=False)
+    revision = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    price = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LoraAdapter
+        fields = [
+            "id",
+            "name",
+            "model",
+            "base_model",
+            "source_kind",
+            "source",
+            "revision",
+            "rank",
+            "size_bytes",
+            "visibility",
+            "status",
+            "status_reason",
+            "price",
+            "created_at",
+        ]
+        read_only_fields = ["id", "rank", "size_bytes", "visibility", "status", "status_reason", "created_at"]
+        # The registration's own checks answer for the name (per tenant, among live adapters).
+        extra_kwargs = {"name": {"validators": []}}
+
+    def get_price(self, adapter) -> dict | None:
+        price = adapter.current_price()
+        if price is None:
+            return None
+        return PriceSerializer(price).data

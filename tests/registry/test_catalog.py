@@ -99,6 +99,7 @@ def _model_form(name: str, **overrides) -> dict:
         "tensor_parallel_size": "1",
         "engine_args": "[]",
         "visibility": Visibility.PRIVATE,
+        "adapter_surcharge_percent": "0",
         "allowed_tenants": [],
         "prices-TOTAL_FORMS": "0",
         "prices-INITIAL_FORMS": "0",

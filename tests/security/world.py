@@ -21,7 +21,8 @@ from typing import Any
 
 from billing import invoicing
 from billing.periods import parse_period
-from models_registry.constants import Visibility
+from models_registry.constants import AdapterSourceKind, AdapterStatus, Visibility
+from models_registry.models import LoraAdapter
 from provisioning.constants import WorkerState
 from provisioning.models import Worker
 from tenants import invitations, keys
@@ -48,6 +49,7 @@ class Side:
     invoice: Any
     private_model: Any
     membership: Any
+    adapter: Any
     markers: list[str] = field(default_factory=list)
 
 
@@ -72,6 +74,7 @@ def _side(label: str, name: str) -> Side:
         tenant, private.name, PERIOD.start + timedelta(days=3), 1000, 500, request_id=f"req-{label}-marker"
     )
     invoice = invoicing.close_period(tenant=tenant, period=PERIOD, now=CLOSED_AT).invoice
+    adapter = _adapter(tenant, private, f"{label}-adapter-name")
     markers = [
         name,
         owner.email,
@@ -81,6 +84,7 @@ def _side(label: str, name: str) -> Side:
         sent.invitation.email,
         private.name,
         f"req-{label}-marker",
+        adapter.name,
     ]
     return Side(
         tenant=tenant,
@@ -92,7 +96,21 @@ def _side(label: str, name: str) -> Side:
         invoice=invoice,
         private_model=private,
         membership=plain.memberships.get(tenant=tenant),
+        adapter=adapter,
         markers=markers,
+    )
+
+
+def _adapter(tenant, base, name: str) -> LoraAdapter:
+    return LoraAdapter.objects.create(
+        tenant=tenant,
+        base_model=base,
+        name=name,
+        source_kind=AdapterSourceKind.PATH,
+        source=f"/srv/adapters/{name}",
+        local_path=f"/srv/adapters/{name}",
+        rank=8,
+        status=AdapterStatus.READY,
     )
 
 
@@ -132,6 +150,12 @@ class World:
             keys.create_api_key(tenant=self.home.tenant, name="spare", created_by=self.home.owner).api_key.pk
         )
 
+    def new_home_adapter(self) -> str:
+        return str(_adapter(self.home.tenant, self.home.private_model, f"spare-{uuid.uuid4().hex[:8]}").pk)
+
+    def new_home_adapter_name(self) -> str:
+        return LoraAdapter.objects.get(pk=self.new_home_adapter()).name
+
     def new_home_invitation(self) -> str:
         return str(self._invite(self.home).pk)
 
@@ -166,5 +190,10 @@ class World:
             "new_home_member": self.new_home_member,
             "new_home_key": self.new_home_key,
             "new_home_invitation": self.new_home_invitation,
+            "home_adapter": home.adapter.name,
+            "foreign_adapter": foreign.adapter.name,
+            "foreign_adapter_id": foreign.adapter.pk,
+            "new_home_adapter": self.new_home_adapter,
+            "new_home_adapter_name": self.new_home_adapter_name,
             "new_email": lambda: f"invitee-{uuid.uuid4().hex[:10]}@newcomer.test",
         }
