@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cpu_engine.errors import InputError
 
@@ -152,7 +152,11 @@ class GenerationBackend:
             messages = [_calls_as_text(m) for m in messages]
         try:
             ids = self.tokenizer.apply_chat_template(
-                messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=False
+                messages,
+                tools=cast(Any, tools or None),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
             )
         except Exception as exc:  # a template may raise anything on odd input (jinja errors included)
             raise InputError(f"could not apply the chat template: {exc}", "messages") from exc

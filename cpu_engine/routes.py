@@ -429,10 +429,11 @@ class Collected:
 
 
 async def run(
-    request: Request, engine: Engine, prompt_len: int, started: float, steps: Any
+    request: Request | None, engine: Engine, prompt_len: int, started: float, steps: Any
 ) -> Collected | None:
     """Generate to the end and count it in the metrics; None if the client left first (generation
-    stops then). A generation failure is re-raised (a 500)."""
+    stops then). A generation failure is re-raised (a 500). Without a request (a background
+    response) only cancelling the caller's task stops it early."""
     metrics = engine.metrics
     got = Collected()
 
@@ -447,6 +448,9 @@ async def run(
                 got.stop_sequence = step.stop_sequence
 
     async def watch_disconnect() -> None:
+        if request is None:
+            await asyncio.Event().wait()  # nobody to watch: wait for the collector
+            return
         # The body has been read, so the next ASGI message can only be the disconnect.
         while (await request.receive())["type"] != "http.disconnect":
             pass

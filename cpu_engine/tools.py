@@ -206,11 +206,14 @@ def example_value(schema: Any, depth: int = 0) -> Any:
     if kind is None:
         kind = "object" if "properties" in schema else "string"
     if kind == "object":
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        required = schema.get("required") if isinstance(schema.get("required"), list) else []
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        required = schema.get("required")
+        required = required if isinstance(required, list) else []
         return {name: example_value(properties.get(name, {}), depth + 1) for name in required}
     if kind == "array":
-        count = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
+        count = schema.get("minItems")
+        count = count if isinstance(count, int) else 0
         return [example_value(schema.get("items", {}), depth + 1) for _ in range(count)]
     if kind in ("integer", "number"):
         low = schema.get("minimum", schema.get("exclusiveMinimum"))
@@ -227,8 +230,8 @@ def example_value(schema: Any, depth: int = 0) -> Any:
         return False
     if kind == "null":
         return None
-    length = schema.get("minLength") if isinstance(schema.get("minLength"), int) else 0
-    return "x" * length
+    length = schema.get("minLength")
+    return "x" * length if isinstance(length, int) else ""
 
 
 def call(tool: Tool) -> ToolCall:
