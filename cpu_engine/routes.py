@@ -123,7 +123,8 @@ async def tokenize(request: Request) -> dict[str, Any]:
             messages = [ChatMessage.model_validate(m) for m in data["messages"]]
         except (ValidationError, TypeError) as exc:
             raise InputError("messages must be a list of chat messages", "messages") from exc
-        ids = backend.chat_prompt_ids([{"role": m.role, "content": m.text()} for m in messages])
+        tools = openai_tools(data.get("tools"))
+        ids = backend.chat_prompt_ids([m.for_template() for m in messages], tools=[t.openai() for t in tools])
     else:
         add_special = bool(data.get("add_special_tokens", True))
         ids = list(backend.tokenizer(data["prompt"], add_special_tokens=add_special)["input_ids"])

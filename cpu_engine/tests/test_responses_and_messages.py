@@ -348,7 +348,8 @@ def test_messages_stream_events_and_final_usage(chat_engine, claude):
     kwargs = {
         "model": model(chat_engine),
         "max_tokens": 8,
-        "temperature": 0,
+        # This SDK release has no sampling arguments; Anthropic's API and this engine still take them.
+        "extra_body": {"temperature": 0},
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}],
     }
     with claude.messages.stream(**kwargs) as stream:
@@ -365,7 +366,7 @@ def test_messages_stream_events_and_final_usage(chat_engine, claude):
 
 
 def test_messages_stop_at_a_stop_sequence_and_say_which(chat_engine, claude):
-    kwargs = {"model": model(chat_engine), "max_tokens": 24, "temperature": 0}
+    kwargs = {"model": model(chat_engine), "max_tokens": 24, "extra_body": {"temperature": 0}}
     messages = [{"role": "user", "content": "Go on."}]
     text = claude.messages.create(messages=messages, **kwargs).content[0].text
     assert len(text) > 12
