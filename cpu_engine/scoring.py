@@ -21,7 +21,6 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -81,13 +80,12 @@ async def similarities(engine: Engine, queries: list[str], documents: list[str])
     lengths = backend.count_tokens(queries + documents)
     vectors = await backend.embed(queries + documents)
     q, d = vectors[: len(queries)], vectors[len(queries) :]
-    if len(queries) == 1:
-        scores = d @ q[0]
-    else:
-        scores = np.einsum("ij,ij->i", q, d)
+    # Rows are unit vectors (the backend normalises them): a dot product is the cosine.
+    pairs = zip(q if len(queries) > 1 else [q[0]] * len(documents), d, strict=True)
+    scores = [float(a @ b) for a, b in pairs]
     tokens = sum(lengths)
     engine.metrics.finished("stop", prompt_tokens=tokens, completion_tokens=0, started=started)
-    return [float(s) for s in scores], tokens
+    return scores, tokens
 
 
 async def score(request: Request) -> dict[str, Any]:

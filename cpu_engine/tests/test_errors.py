@@ -35,7 +35,7 @@ class FailingBackend:
     def kv_cache_usage(self):
         return 0.0
 
-    def chat_prompt_ids(self, messages):
+    def chat_prompt_ids(self, messages, *, tools=None):
         if self.where == "prompt":
             raise KeyError(SECRET)
         return [1, 2, 3]
