@@ -48,6 +48,7 @@ class Step:
     completion_tokens: int
     finish_reason: str | None = None  # set on the last step: "stop" or "length"
     stop_sequence: str | None = None  # the stop string that ended it (Anthropic's stop_sequence)
+    cached_tokens: int = 0  # prompt tokens the prefix cache served (usage's cached_tokens)
 
 
 def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +256,7 @@ class GenerationBackend:
         # arrives split over several tokens is never partly sent before it is recognised.
         hold = max((len(s) for s in params.stop), default=1) - 1
         stage = "waiting"
+        cached = 0
         self.waiting += 1
         finished = False
         try:
@@ -264,7 +266,7 @@ class GenerationBackend:
                     stage = "running"
                     self.waiting -= 1
                     self.running += 1
-                    self.prefix_cache.started(request_id)
+                    cached = self.prefix_cache.started(request_id)
                 if output.error is not None:
                     finished = True
                     raise RuntimeError(f"generation failed: {output.error}")
@@ -285,18 +287,21 @@ class GenerationBackend:
                             completion_tokens=seen,
                             finish_reason="stop",
                             stop_sequence=matched,
+                            cached_tokens=cached,
                         )
                         return
                 if output.is_finished():
                     finished = True
                     ended = not params.ignore_eos and tokens and tokens[-1] in self.eos_token_ids
                     reason = "stop" if ended else "length"
-                    yield Step(text=text[sent:], completion_tokens=seen, finish_reason=reason)
+                    yield Step(
+                        text=text[sent:], completion_tokens=seen, finish_reason=reason, cached_tokens=cached
+                    )
                     return
                 safe = len(text) - hold
                 if safe > sent:
                     piece, sent = text[sent:safe], safe
-                    yield Step(text=piece, completion_tokens=seen)
+                    yield Step(text=piece, completion_tokens=seen, cached_tokens=cached)
         finally:
             if stage == "waiting":
                 self.waiting -= 1

@@ -175,10 +175,10 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def usage_of(prompt: int, produced: int) -> dict[str, Any]:
+def usage_of(prompt: int, produced: int, cached: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": produced,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + produced,
@@ -242,10 +242,15 @@ def new_body(engine: Engine, body: ResponsesRequest, params: SamplingParams) -> 
 
 
 def finish(
-    response: dict[str, Any], output: list[dict[str, Any]], reason: str, prompt: int, produced: int
+    response: dict[str, Any],
+    output: list[dict[str, Any]],
+    reason: str,
+    prompt: int,
+    produced: int,
+    cached: int = 0,
 ) -> None:
     response["output"] = output
-    response["usage"] = usage_of(prompt, produced)
+    response["usage"] = usage_of(prompt, produced, cached)
     if reason == "length":
         response["status"] = "incomplete"
         response["incomplete_details"] = {"reason": "max_output_tokens"}
@@ -324,7 +329,7 @@ async def create(request: Request) -> Response:
         return Response(status_code=499)
     status = "incomplete" if got.reason == "length" else "completed"
     output = [message_item(_id("msg"), got.text, status)]
-    finish(response, output, got.reason, len(made.prompt_ids), got.produced)
+    finish(response, output, got.reason, len(made.prompt_ids), got.produced, got.cached_tokens)
     if body.store:
         store_of(engine).put(stored)
     return JSONResponse(response)
@@ -347,9 +352,8 @@ async def background(engine: Engine, made: Plan, stored: Stored, steps: Any, sta
     if got is None:  # no request to leave: only a cancel ends it early, and that raised above
         return
     status = "incomplete" if got.reason == "length" else "completed"
-    finish(
-        response, [message_item(_id("msg"), got.text, status)], got.reason, len(made.prompt_ids), got.produced
-    )
+    output = [message_item(_id("msg"), got.text, status)]
+    finish(response, output, got.reason, len(made.prompt_ids), got.produced, got.cached_tokens)
 
 
 def tool_response(engine: Engine, made: Plan, stored: Stored) -> Response:
@@ -435,7 +439,7 @@ async def stream(
     events = Events(response)
     item_id = _id("msg")
     metrics = engine.metrics
-    produced, reason, first, texts = 0, "abort", True, []
+    produced, cached, reason, first, texts = 0, 0, "abort", True, []
     where = {"output_index": 0, "item_id": item_id, "content_index": 0}
     try:
         yield events.created()
@@ -452,7 +456,7 @@ async def stream(
             if first:
                 metrics.ttft.observe(time.monotonic() - started)
                 first = False
-            produced = step.completion_tokens
+            produced, cached = step.completion_tokens, step.cached_tokens
             if step.finish_reason is not None:
                 reason = step.finish_reason
             if step.text:
@@ -465,7 +469,7 @@ async def stream(
         yield events.emit("response.content_part.done", **where, part=part)
         item = message_item(item_id, text, status)
         yield events.emit("response.output_item.done", output_index=0, item=item)
-        finish(response, [item], reason, prompt_len, produced)
+        finish(response, [item], reason, prompt_len, produced, cached)
         if made.body.store:
             store_of(engine).put(stored)
         yield events.emit("response.completed", response=response)

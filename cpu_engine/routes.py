@@ -423,6 +423,7 @@ class Collected:
     produced: int = 0
     reason: str = "abort"
     stop_sequence: str | None = None
+    cached_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -444,6 +445,7 @@ async def run(
                 metrics.ttft.observe(time.monotonic() - started)
             got.texts.append(step.text)
             got.produced = step.completion_tokens
+            got.cached_tokens = step.cached_tokens
             if step.finish_reason:
                 got.reason = step.finish_reason
                 got.stop_sequence = step.stop_sequence

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import anthropic
 import httpx
@@ -123,6 +124,21 @@ def test_responses_stream_sends_the_typed_events_in_order(chat_engine, client):
     assert whole.output_text == streamed
     assert whole.usage.output_tokens == done.usage.output_tokens
     assert client.responses.retrieve(done.id).output_text == streamed
+
+
+def test_responses_report_the_prompt_tokens_the_prefix_cache_served(chat_engine, client):
+    # Long enough for whole 64-token blocks; unique, so the first request finds nothing cached.
+    instructions = f"Session {uuid.uuid4().hex}. " + "Answer in the voice of a lighthouse keeper. " * 20
+    kwargs = {"model": model(chat_engine), "instructions": instructions, "max_output_tokens": 2}
+    first = client.responses.create(input="Hello.", **kwargs)
+    assert first.usage.input_tokens_details.cached_tokens == 0
+    second = client.responses.create(input="Hello.", **kwargs)
+    cached = second.usage.input_tokens_details.cached_tokens
+    assert cached > 0
+    assert cached % 64 == 0  # whole blocks
+    assert cached <= second.usage.input_tokens
+    events = list(client.responses.create(input="Hello.", stream=True, **kwargs))
+    assert events[-1].response.usage.input_tokens_details.cached_tokens == cached
 
 
 def test_responses_with_store_false_are_not_kept(chat_engine, client):
