@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cpu_engine.errors import InputError
 
@@ -47,6 +47,20 @@ class Step:
     text: str
     completion_tokens: int
     finish_reason: str | None = None  # set on the last step: "stop" or "length"
+    stop_sequence: str | None = None  # the stop string that ended it (Anthropic's stop_sequence)
+    cached_tokens: int = 0  # prompt tokens the prefix cache served (usage's cached_tokens)
+
+
+def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    from cpu_engine.tools import rendered_call
+
+    text = [message.get("content") or ""]
+    text += [rendered_call(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+    rest = {k: v for k, v in message.items() if k != "tool_calls"}
+    return {**rest, "content": "\n".join(t for t in text if t)}
 
 
 class GenerationBackend:
@@ -126,12 +140,24 @@ class GenerationBackend:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.tokenizer.chat_template is None:
+    def chat_prompt_ids(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """The prompt of a conversation; ``tools`` (OpenAI function tools) reach templates that
+        render them, as vLLM passes them, and templates without tool support ignore them."""
+        template = self.tokenizer.chat_template
+        if template is None:
             raise InputError("this model has no chat template; use /v1/completions", "messages")
+        if "tool_calls" not in template:
+            # A template without tool support would drop earlier calls: they become text.
+            messages = [_calls_as_text(m) for m in messages]
         try:
             ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                messages,
+                tools=cast(Any, tools or None),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
             )
         except Exception as exc:  # a template may raise anything on odd input (jinja errors included)
             raise InputError(f"could not apply the chat template: {exc}", "messages") from exc
@@ -139,6 +165,10 @@ class GenerationBackend:
 
     def text_prompt_ids(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of text the model would write (no special tokens)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_token_ids(self, ids: list[int]) -> None:
         if any(not 0 <= i < self.vocab_size for i in ids):
@@ -226,6 +256,7 @@ class GenerationBackend:
         # arrives split over several tokens is never partly sent before it is recognised.
         hold = max((len(s) for s in params.stop), default=1) - 1
         stage = "waiting"
+        cached = 0
         self.waiting += 1
         finished = False
         try:
@@ -235,7 +266,7 @@ class GenerationBackend:
                     stage = "running"
                     self.waiting -= 1
                     self.running += 1
-                    self.prefix_cache.started(request_id)
+                    cached = self.prefix_cache.started(request_id)
                 if output.error is not None:
                     finished = True
                     raise RuntimeError(f"generation failed: {output.error}")
@@ -246,22 +277,31 @@ class GenerationBackend:
                 seen = len(tokens)
                 if params.stop:
                     start = max(0, searched_to - hold)
-                    hits = [i for i in (text.find(stop, start) for stop in params.stop) if i >= 0]
+                    hits = [(i, stop) for stop in params.stop if (i := text.find(stop, start)) >= 0]
                     if hits:
                         finished = True
                         self._cb.cancel_request(request_id)
-                        yield Step(text=text[sent : min(hits)], completion_tokens=seen, finish_reason="stop")
+                        at, matched = min(hits)
+                        yield Step(
+                            text=text[sent:at],
+                            completion_tokens=seen,
+                            finish_reason="stop",
+                            stop_sequence=matched,
+                            cached_tokens=cached,
+                        )
                         return
                 if output.is_finished():
                     finished = True
                     ended = not params.ignore_eos and tokens and tokens[-1] in self.eos_token_ids
                     reason = "stop" if ended else "length"
-                    yield Step(text=text[sent:], completion_tokens=seen, finish_reason=reason)
+                    yield Step(
+                        text=text[sent:], completion_tokens=seen, finish_reason=reason, cached_tokens=cached
+                    )
                     return
                 safe = len(text) - hold
                 if safe > sent:
                     piece, sent = text[sent:safe], safe
-                    yield Step(text=piece, completion_tokens=seen)
+                    yield Step(text=piece, completion_tokens=seen, cached_tokens=cached)
         finally:
             if stage == "waiting":
                 self.waiting -= 1

@@ -78,11 +78,13 @@ class PrefixCacheSalts:
         if salt:
             self._roots[request_id] = salt_root(salt)
 
-    def started(self, request_id: str) -> None:
-        """The request produced its first output: its lookup is final, count it once."""
+    def started(self, request_id: str) -> int:
+        """The request produced its first output: its lookup is final, count it once. Returns its
+        prompt tokens found cached (the usage's ``cached_tokens``)."""
         queried, hit = self._matched.pop(request_id, (0, 0))
         self.queries += queried
         self.hits += hit
+        return hit
 
     def forget(self, request_id: str) -> None:
         self._roots.pop(request_id, None)

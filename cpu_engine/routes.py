@@ -35,6 +35,8 @@ from cpu_engine.schemas import (
     EmbeddingRequest,
     StreamOptions,
 )
+from cpu_engine.tools import Tool, forced_tool, openai_tools
+from cpu_engine.tools import call as tools_call
 
 logger = logging.getLogger("berth.cpu_engine")
 
@@ -121,7 +123,8 @@ async def tokenize(request: Request) -> dict[str, Any]:
             messages = [ChatMessage.model_validate(m) for m in data["messages"]]
         except (ValidationError, TypeError) as exc:
             raise InputError("messages must be a list of chat messages", "messages") from exc
-        ids = backend.chat_prompt_ids([{"role": m.role, "content": m.text()} for m in messages])
+        tools = openai_tools(data.get("tools"))
+        ids = backend.chat_prompt_ids([m.for_template() for m in messages], tools=[t.openai() for t in tools])
     else:
         add_special = bool(data.get("add_special_tokens", True))
         ids = list(backend.tokenizer(data["prompt"], add_special_tokens=add_special)["input_ids"])
@@ -184,10 +187,14 @@ async def embeddings(request: Request) -> dict[str, Any]:
 async def chat_completions(request: Request) -> Response:
     engine = engine_of(request)
     body = await parse(request, ChatRequest)
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt_ids = engine.backend.chat_prompt_ids(messages)
+    tools = openai_tools(body.tools)
+    forced = forced_tool(tools, body.tool_choice)
+    messages = [m.for_template() for m in body.messages]
+    prompt_ids = engine.backend.chat_prompt_ids(messages, tools=[t.openai() for t in tools])
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     params = engine.sampling_params(body, len(prompt_ids), requested)
+    if forced is not None:
+        return tool_reply(engine, body, forced, len(prompt_ids))
     return await generate(
         request,
         engine,
@@ -198,6 +205,51 @@ async def chat_completions(request: Request) -> Response:
         options=body.stream_options,
         cache_salt=body.cache_salt,
     )
+
+
+def tool_reply(engine: Engine, body: ChatRequest, tool: Tool, prompt_len: int) -> Response:
+    """The forced call of ``tool`` (see ``cpu_engine.tools``), whole or streamed as vLLM does:
+    the call's id and name first, then its arguments, then finish_reason "tool_calls"."""
+    reply = Reply(kind="chat", model=engine.served_name, prompt_len=prompt_len)
+    made = tools_call(tool)
+    produced = engine.backend.count_text_tokens(made.arguments)
+    engine.metrics.finished(
+        "stop", prompt_tokens=prompt_len, completion_tokens=produced, started=reply.started
+    )
+    called = {"id": made.id, "type": "function", "function": {"name": made.name, "arguments": made.arguments}}
+    if not body.stream:
+        whole = reply.whole("", "tool_calls", produced)
+        whole["choices"][0]["message"].update(content=None, tool_calls=[called])
+        return JSONResponse(whole)
+    options = body.stream_options
+    include_usage = bool(options and options.include_usage)
+    continuous = include_usage and bool(options and options.continuous_usage_stats)
+
+    def running(done: int) -> dict[str, int] | None:
+        return usage(prompt_len, done) if continuous else None
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    opening = {"index": 0, **called, "function": {"name": made.name, "arguments": ""}}
+    events = [
+        reply.chunk(reply.delta(None, None, role=True), running(0)),
+        reply.chunk(choice({"tool_calls": [opening]}), running(0)),
+        reply.chunk(
+            choice({"tool_calls": [{"index": 0, "function": {"arguments": made.arguments}}]}),
+            running(produced),
+        ),
+        reply.chunk(choice({}, "tool_calls"), running(produced)),
+    ]
+    if include_usage:
+        events.append(reply.chunk(None, usage(prompt_len, produced)))
+    events.append(b"data: [DONE]\n\n")
+
+    async def send() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    return StreamingResponse(send(), media_type="text/event-stream")
 
 
 async def completions(request: Request) -> Response:
@@ -364,27 +416,44 @@ async def stream_events(
 
 
 @dataclass
-class _Collected:
+class Collected:
+    """A whole generation: its text, token count, why it ended and the stop string that did."""
+
     texts: list[str] = field(default_factory=list)
     produced: int = 0
     reason: str = "abort"
+    stop_sequence: str | None = None
+    cached_tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
 
 
-async def collect(request: Request, engine: Engine, reply: Reply, steps: Any) -> Response:
-    """The whole reply at once; generation stops if the client leaves before it is done."""
+async def run(
+    request: Request | None, engine: Engine, prompt_len: int, started: float, steps: Any
+) -> Collected | None:
+    """Generate to the end and count it in the metrics; None if the client left first (generation
+    stops then). A generation failure is re-raised (a 500). Without a request (a background
+    response) only cancelling the caller's task stops it early."""
     metrics = engine.metrics
-    got = _Collected()
+    got = Collected()
 
     async def read_steps() -> None:
         async for step in steps:
             if not got.texts:
-                metrics.ttft.observe(time.monotonic() - reply.started)
+                metrics.ttft.observe(time.monotonic() - started)
             got.texts.append(step.text)
             got.produced = step.completion_tokens
+            got.cached_tokens = step.cached_tokens
             if step.finish_reason:
                 got.reason = step.finish_reason
+                got.stop_sequence = step.stop_sequence
 
     async def watch_disconnect() -> None:
+        if request is None:
+            await asyncio.Event().wait()  # nobody to watch: wait for the collector
+            return
         # The body has been read, so the next ASGI message can only be the disconnect.
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -403,11 +472,19 @@ async def collect(request: Request, engine: Engine, reply: Reply, steps: Any) ->
         failed = collector.done() and not collector.cancelled() and collector.exception() is not None
         metrics.finished(
             "error" if failed else got.reason,
-            prompt_tokens=reply.prompt_len,
+            prompt_tokens=prompt_len,
             completion_tokens=got.produced,
-            started=reply.started,
+            started=started,
         )
     if collector.cancelled():
-        return Response(status_code=499)
+        return None
     collector.result()  # re-raise a generation failure as a 500
-    return JSONResponse(reply.whole("".join(got.texts), got.reason, got.produced))
+    return got
+
+
+async def collect(request: Request, engine: Engine, reply: Reply, steps: Any) -> Response:
+    """The whole reply at once; generation stops if the client leaves before it is done."""
+    got = await run(request, engine, reply.prompt_len, reply.started, steps)
+    if got is None:
+        return Response(status_code=499)
+    return JSONResponse(reply.whole(got.text, got.reason, got.produced))

@@ -35,7 +35,7 @@ class FailingBackend:
     def kv_cache_usage(self):
         return 0.0
 
-    def chat_prompt_ids(self, messages):
+    def chat_prompt_ids(self, messages, *, tools=None):
         if self.where == "prompt":
             raise KeyError(SECRET)
         return [1, 2, 3]
@@ -99,3 +99,69 @@ def test_a_stream_that_fails_midway_says_so_without_the_exception_text():
     error = json.loads(events[-2])["error"]
     assert error["type"] == "internal_server_error"
     assert "hunter2" not in r.text and "/srv/berth" not in r.text
+
+
+def post(where: str, path: str, body: dict, headers: dict) -> httpx.Response:
+    app = create_app(task="chat", backend=FailingBackend(where), served_name="tiny", api_key=KEY)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    async def send():
+        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+            return await client.post(path, json=body, headers=headers)
+
+    import asyncio
+
+    return asyncio.run(send())
+
+
+MESSAGE = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("where", ["prompt", "generate"])
+def test_messages_failures_answer_in_anthropics_shape_without_the_exception_text(where):
+    r = post(where, "/v1/messages", MESSAGE, {"x-api-key": KEY})
+    assert r.status_code == 500
+    body = r.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "api_error"
+    assert "request id engine-" in body["error"]["message"]
+    assert "hunter2" not in r.text and "/srv/berth" not in r.text
+
+
+def test_messages_errors_and_the_key_check_use_anthropics_shape():
+    r = post("generate", "/v1/messages", MESSAGE, {"x-api-key": "wrong"})
+    assert r.status_code == 401
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Incorrect API key provided."},
+    }
+    r = post("generate", "/v1/messages", {**MESSAGE, "model": "other"}, {"x-api-key": KEY})
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found_error"
+    # The same key in a Bearer header works on these paths too, and other paths keep OpenAI's shape.
+    r = post("generate", "/v1/messages", {"messages": []}, {"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    r = post("generate", "/v1/responses", {"input": "hi"}, {"x-api-key": "wrong"})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_messages_stream_that_fails_midway_sends_an_error_event():
+    r = post("mid-stream", "/v1/messages", {**MESSAGE, "stream": True}, {"x-api-key": KEY})
+    assert r.status_code == 200
+    events = [line[len("event: ") :] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert events[0] == "message_start"
+    assert events[-1] == "error"
+    assert "hunter2" not in r.text
+
+
+def test_a_responses_stream_that_fails_midway_ends_with_response_failed():
+    r = post(
+        "mid-stream", "/v1/responses", {"input": "hi", "stream": True}, {"Authorization": f"Bearer {KEY}"}
+    )
+    assert r.status_code == 200
+    events = [line[len("event: ") :] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert events[0] == "response.created"
+    assert events[-1] == "response.failed"
+    assert "hunter2" not in r.text
