@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("tenants.api.urls")),
     path("", include("models_registry.api.urls")),
     path("", include("billing.api.urls")),
+    path("", include("guardrails.api.urls")),
 ]
 
 

@@ -120,6 +120,7 @@ INSTALLED_APPS = [
     "billing",
     "console",
     "staff",
+    "guardrails",
 ]
 
 MIDDLEWARE = [
@@ -360,6 +361,18 @@ CELERY_BEAT_SCHEDULE = {
     "billing-sync-pending-invoices": {
         "task": "billing.tasks.sync_pending_invoices",
         "schedule": 600,
+    },
+    "guardrails-resync-mirror": {
+        "task": "guardrails.tasks.resync_mirror",
+        "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
+    },
+    "guardrails-store-content-log": {
+        "task": "guardrails.tasks.store_content_log",
+        "schedule": 10,
+    },
+    "guardrails-purge-content": {
+        "task": "guardrails.tasks.purge_content",
+        "schedule": 3600,
     },
     "billing-enforce-payment-grace": {
         "task": "billing.tasks.enforce_payment_grace",

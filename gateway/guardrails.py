@@ -90,7 +90,9 @@ class Finding:
     rule: str  # a detector name or "blocked_term"
 
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,3}\.[A-Za-z]{2,24}")
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){0,3}\.[A-Za-z]{2,24}"
+)
 # A run of digits with the separators cards and phone numbers are written with; classified after.
 _NUMBER = re.compile(r"[+(\d][\d ().\-]{5,30}\d")
 _IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
@@ -660,7 +662,9 @@ class Guardrails:
         except orjson.JSONDecodeError:
             logger.warning("ignoring malformed guardrail policies of tenant %s", tenant_id)
             policies = []
-        return TenantPolicies(policies if isinstance(policies, list) else [], fields.get("log_content") == "1")
+        return TenantPolicies(
+            policies if isinstance(policies, list) else [], fields.get("log_content") == "1"
+        )
 
     async def check(self, *, tenant_id: str, key_id: str, request_id: str, model: str, endpoint: str,
                     body: dict) -> RequestGuard | None:  # fmt: skip
