@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console import invoices, pages, playground, team, views
+from console import guardrails, invoices, pages, playground, team, views
 
 app_name = "console"
 
@@ -21,6 +21,13 @@ urlpatterns = [
     path("team/members/<uuid:membership_id>/remove/", team.remove_member, name="remove-member"),
     path("team/invitations/<uuid:invitation_id>/revoke/", team.revoke_invitation, name="revoke-invitation"),
     path("invite/<str:token>/", team.accept_invitation, name="accept-invitation"),
+    path("guardrails/", guardrails.guardrails_page, name="guardrails"),
+    path("guardrails/<uuid:policy_id>/", guardrails.guardrail_policy, name="guardrail-policy"),
+    path(
+        "guardrails/<uuid:policy_id>/delete/",
+        guardrails.delete_guardrail_policy,
+        name="delete-guardrail-policy",
+    ),
     path("billing/", invoices.invoices, name="invoices"),
     path("billing/invoices/<uuid:invoice_id>/", invoices.invoice_detail, name="invoice"),
     path("billing/invoices/<uuid:invoice_id>/pdf/", invoices.invoice_pdf, name="invoice-pdf"),
