@@ -309,6 +309,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "berth.api_router.document_errors",
     ],
+    # One name for the guardrail action choices, used by several fields.
+    "ENUM_NAME_OVERRIDES": {"GuardrailActionEnum": "guardrails.models.Action"},
 }
 
 # --------------------------------------------------------------------------- Celery
