@@ -357,7 +357,7 @@ def compile_policies(policies: list[dict], key_id: str | None) -> tuple[RuleSet,
                     model=str(screen["model"]),
                     examples=tuple(str(e) for e in screen["examples"]),
                     threshold=float(screen.get("threshold", 0.8)),
-                    action=screen.get("action") if screen.get("action") in ACTIONS else BLOCK,
+                    action=str(screen["action"]) if screen.get("action") in ACTIONS else BLOCK,
                     timeout_s=max(0.01, float(screen.get("timeout_ms", 500)) / 1000),
                     fail_open=bool(screen.get("fail_open", True)),
                 )
@@ -548,7 +548,7 @@ class StreamGuard:
                 choice["delta"] = {"content": text}
             else:
                 choice["text"] = text
-            chunk = {k: base[k] for k in ("id", "object", "created", "model") if k in base}
+            chunk: dict[str, Any] = {k: base[k] for k in ("id", "object", "created", "model") if k in base}
             chunk["choices"] = [choice]
             out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         return b"".join(out)
