@@ -153,3 +153,16 @@ def test_platform_defaults_apply_to_tenants_without_their_own(
     # A stale hash of a tenant that no longer exists goes.
     redis_client.hset(names().guardrails("00000000-0000-0000-0000-000000000000"), "policies", "[]")
     assert mirror.resync()["removed"] == 1
+
+
+def test_rebuilding_the_mirror_restores_guardrails_after_redis_lost_them(world, redis_client):
+    import io
+
+    from django.core.management import call_command
+
+    policies.create_policy(tenant=world["a"], name="pii", detectors={"email": "redact"})
+    redis_client.flushdb()
+    out = io.StringIO()
+    call_command("rebuild_key_mirror", stdout=out)
+    assert "Mirrored the guardrails of 1 tenant(s)" in out.getvalue()
+    assert _mirrored(redis_client, world["a"])["policies"][0]["name"] == "pii"
