@@ -62,3 +62,22 @@ def test_purge_honours_each_tenants_retention(redis_client):
     assert sorted(ContentLog.objects.values_list("request_id", flat=True)) == sorted(
         [f"{short.slug}-1", f"{default.slug}-3"]
     )
+
+
+def test_beat_runs_the_guardrail_tasks_and_they_run(settings, redis_client):
+    from berth.celery import app
+    from guardrails import tasks
+
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    names_ = {
+        "guardrails.tasks.resync_mirror",
+        "guardrails.tasks.store_content_log",
+        "guardrails.tasks.purge_content",
+    }
+    assert names_ <= scheduled and names_ <= set(app.tasks)
+    tenant = TenantFactory()
+    policies.set_governance(tenant=tenant, log_content=True, content_retention_days=1)
+    _push(redis_client, tenant, "req_old", ago_days=2)
+    assert tasks.store_content_log() == 1
+    assert tasks.purge_content() == 1
+    assert tasks.resync_mirror()["written"] == 1
