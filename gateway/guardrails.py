@@ -130,6 +130,10 @@ def number_windows(text: str) -> list[tuple[int, int]]:
     return windows
 
 
+_RUN_CHARS = frozenset("0123456789 ().+-")
+_RUN_CHARS_IBAN = _RUN_CHARS | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for position, char in enumerate(reversed(digits)):
@@ -245,6 +249,35 @@ class RuleSet:
     def hold(self) -> int:
         longest = max((len(term) for term, *_ in self.terms), default=0)
         return max(MAX_MATCH if self.detectors else 0, longest + 2)
+
+    def tail_start(self, text: str) -> int:
+        """Where a match still growing with the next chunk could start: keep from here back.
+
+        Addresses and secrets hold no whitespace, so only the last word can be one in the
+        making (with ``Bearer`` before it); numbers are runs of digits, separators and, for
+        IBANs, capitals; a blocked term is at most its own length. Never more than ``hold``.
+        """
+        end = len(text)
+        cut = end
+        detectors = self.detectors
+        if "email" in detectors or "secret" in detectors:
+            word = end
+            while word > 0 and not text[word - 1].isspace():
+                word -= 1
+            cut = word
+            if "secret" in detectors:
+                before = text[:word].rstrip()
+                if before[-6:].lower() == "bearer":
+                    cut = len(before) - 6
+        if "card" in detectors or "phone" in detectors or "iban" in detectors:
+            run = end
+            allowed = _RUN_CHARS_IBAN if "iban" in detectors else _RUN_CHARS
+            while run > 0 and text[run - 1] in allowed:
+                run -= 1
+            cut = min(cut, run)
+        if self.terms:
+            cut = min(cut, end - max(len(term) for term, *_ in self.terms))
+        return max(cut, end - self.hold, 0)
 
     def find(self, text: str) -> list[tuple[Finding, str, tuple[str, str]]]:
         """Every match in ``text``, without overlaps, with its action and (policy id, name)."""
@@ -478,7 +511,7 @@ class StreamGuard:
             self.blocked.add(index)
             self.buffers[index] = ""
             return ""
-        cut = len(buffer) if final else max(0, len(buffer) - self.hold)
+        cut = len(buffer) if final else self.rules.tail_start(buffer)
         for finding, _, _ in findings:
             if finding.start < cut < finding.end:
                 cut = finding.start

@@ -182,3 +182,19 @@ def test_a_plain_answer_is_redacted_or_filtered():
     out = orjson.loads(guard.answer(orjson.dumps(answer)))
     assert out["choices"][0]["message"]["content"] == ""
     assert out["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_the_stream_holds_back_only_what_could_still_become_a_match():
+    stream = _guard({**ALL_REDACT, "completions": True}).stream()
+    first = _texts(stream.feed(_sse("Here is the plan for today. Write to jane", finish=False)[0]))
+    assert first == "Here is the plan for today. Write to "  # not 160 characters behind
+    second = _texts(stream.feed(_sse("@example.com or call +1 415", finish=False)[0]))
+    assert second == "[EMAIL] or call"
+    rest = _texts(b"".join(stream.feed(e) for e in _sse(" 555 0132 ok")))
+    assert rest == " [PHONE] ok"
+
+
+def test_a_bearer_token_split_from_its_scheme_is_still_redacted():
+    stream = _guard({**ALL_REDACT, "completions": True}).stream()
+    events = _sse("use Authorization: Bearer ", "abcdefghijklmnopqrstuvwxyz0123 to call")
+    assert _texts(b"".join(stream.feed(e) for e in events)) == "use Authorization: [SECRET] to call"
