@@ -4,7 +4,8 @@ The issue's bar is under 100 µs per request on a typical chat body. Each body (
 ordinary chat text, plus the same sizes with an e-mail address, a phone number and a card number
 in them) is screened by ``Guardrails``' prompt path — every message's text found, every detector
 and a blocked-terms list run, redactions written back — and compared with the same walk under no
-policy, in the same run. Run: ``python bench/guardrails.py``.
+policy, in the same run (the best of 25 short runs each). Run: ``python -P bench/guardrails.py`` (``-P``: this
+folder's ``gateway.py`` would shadow the package).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def chat_body(size: int, pii: bool) -> dict:
     }
 
 
+REPEATS = 25
+
+
 class _Settings:
     redis_prefix = "bench:"
     key_cache_seconds = 1.0
@@ -78,10 +82,11 @@ def main() -> None:
     for size in (1024, 10240):
         for pii in (False, True):
             body = chat_body(size, pii)
-            rounds = 2000 if size < 5000 else 500
+            rounds = 200 if size < 5000 else 50
             measure(body, [POLICY], 50)  # warm-up
-            baseline = measure(body, [], rounds)
-            guarded = measure(body, [POLICY], rounds)
+            # The best of several runs: on a shared machine the others measure the neighbours.
+            baseline = min(measure(body, [], rounds) for _ in range(REPEATS))
+            guarded = min(measure(body, [POLICY], rounds) for _ in range(REPEATS))
             label = f"{len(orjson.dumps(body)) // 1024} KB{' with PII' if pii else ''}"
             print(f"{label:<22}{baseline:>14.1f}{guarded:>18.1f}")
 
