@@ -223,8 +223,9 @@ class Proxy:
             tenant_id=principal.tenant.tenant_id, key_id=principal.key.key_id,
             request_id=ctx.request_id, model=model, endpoint=endpoint, body=body,
         )  # fmt: skip
-        if self.settings.log_content:
-            ctx.content = raw[:2000].decode("utf-8", "replace")
+        if self.settings.log_content and guard is not None and guard.log_content:
+            # Only for tenants that allow content logging, and as redacted as the engine sees it.
+            ctx.content = (orjson.dumps(body) if guard.modified else raw)[:2000].decode("utf-8", "replace")
 
         lease = await state.quotas.admit(
             principal,

@@ -221,3 +221,34 @@ def test_content_is_logged_only_when_the_tenant_turned_it_on(
     entries = [json.loads(f["e"]) for _, f in redis_client.xrange(names().content_log())]
     assert all(e["tenant_id"] != str(quiet.pk) for e in entries)
     assert "secret plans" not in json.dumps(entries)
+
+
+def test_the_operators_content_log_honours_the_tenant_and_the_redaction(
+    gateway, recorder, model, tmp_path, django_capture_on_commit_callbacks
+):
+    import os
+    import subprocess
+
+    from tests.gateway.conftest import ROOT, free_port, gateway_argv, gateway_env, wait_http
+
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    env = {**os.environ, **gateway_env(BERTH_GATEWAY_ACCESS_LOG="1", BERTH_GATEWAY_LOG_CONTENT="1")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(gateway_argv(port), env=env, cwd=ROOT, stdout=out, stderr=out)  # noqa: S603
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz")
+        private, sharing = make_tenant(), make_tenant()
+        _policy(sharing, django_capture_on_commit_callbacks, name="pii", detectors=PII_REDACT)
+        with django_capture_on_commit_callbacks(execute=True):
+            policies.set_governance(tenant=sharing, log_content=True, content_retention_days=1)
+        ask = [{"role": "user", "content": "private words of ann@example.com"}]
+        _client(url, private).chat.completions.create(model=model, messages=ask)
+        _client(url, sharing).chat.completions.create(model=model, messages=ask)
+    finally:
+        process.terminate()
+        process.wait(10)
+    text = log.read_text()
+    assert "ann@example.com" not in text
+    assert text.count("private words of [EMAIL]") == 1  # the sharing tenant's request only
