@@ -27,6 +27,7 @@ APP_PACKAGES = [
     "billing",
     "console",
     "staff",
+    "guardrails",
     "contract",
     "cpu_engine",
 ]
