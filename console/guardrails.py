@@ -44,7 +44,10 @@ class PolicyForm(forms.Form):
     name = forms.CharField(max_length=100)
     enabled = forms.BooleanField(required=False, initial=True)
     api_key = forms.ModelChoiceField(
-        queryset=ApiKey.objects.none(), required=False, empty_label="Every key of the organization"
+        queryset=ApiKey.objects.none(),
+        required=False,
+        empty_label="Every key of the organization",
+        label="API key",
     )
     applies_to_prompts = forms.BooleanField(required=False, initial=True, label="Screen prompts")
     applies_to_completions = forms.BooleanField(required=False, label="Screen completions")
@@ -57,7 +60,9 @@ class PolicyForm(forms.Form):
     max_prompt_chars = forms.IntegerField(
         min_value=1, required=False, label="Maximum prompt size (characters)"
     )
-    max_prompt_action = forms.ChoiceField(choices=Action.choices, initial=Action.BLOCK)
+    max_prompt_action = forms.ChoiceField(
+        choices=Action.choices, initial=Action.BLOCK, label="Over-size action"
+    )
     screen_model = forms.CharField(
         max_length=200,
         required=False,
@@ -68,7 +73,9 @@ class PolicyForm(forms.Form):
     )
     screen_threshold = forms.FloatField(min_value=-1, max_value=1, initial=0.8)
     screen_action = forms.ChoiceField(choices=Action.choices, initial=Action.BLOCK)
-    screen_timeout_ms = forms.IntegerField(min_value=10, max_value=10_000, initial=500)
+    screen_timeout_ms = forms.IntegerField(
+        min_value=10, max_value=10_000, initial=500, label="Screen timeout (ms)"
+    )
     screen_fail_open = forms.BooleanField(
         required=False, initial=True, label="Let requests through if the screen is slow"
     )
@@ -80,6 +87,9 @@ class PolicyForm(forms.Form):
             self.fields[f"detector_{name}"] = forms.ChoiceField(
                 choices=DETECTOR_CHOICES, required=False, label=DETECTOR_LABELS[name]
             )
+        # What most policies are about first: the detectors, then terms, size and the screen.
+        first = ["name", "enabled", "api_key", "applies_to_prompts", "applies_to_completions"]
+        self.order_fields(first + [f"detector_{name}" for name in DETECTORS])
 
     @classmethod
     def initial_of(cls, policy: GuardrailPolicy) -> dict:
