@@ -49,12 +49,12 @@ def store(*, max_batches: int = 20) -> int:
         parsed = []
         for _entry_id, fields in entries:
             try:
-                event = json.loads(fields.get("e") or "")
+                event = json.loads((fields or {}).get("e") or "")
             except ValueError:
-                logger.warning("dropping a malformed content log entry")
-                continue
-            tenant_id = _uuid(event.get("tenant_id"))
+                event = None
+            tenant_id = _uuid(event.get("tenant_id")) if isinstance(event, dict) else None
             if tenant_id is None or not isinstance(event, dict):
+                logger.warning("dropping a malformed content log entry")
                 continue
             tenant_ids.add(tenant_id)
             parsed.append((tenant_id, event))
@@ -83,7 +83,7 @@ def store(*, max_batches: int = 20) -> int:
             )
         with transaction.atomic():
             ContentLog.objects.bulk_create(rows, ignore_conflicts=True)
-        client.xdel(stream, *[entry_id for entry_id, _ in entries])
+        client.xdel(stream, *[entry_id for entry_id, _ in entries if entry_id is not None])
         stored += len(rows)
         if len(entries) < BATCH:
             break

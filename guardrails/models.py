@@ -121,7 +121,7 @@ class GuardrailPolicy(models.Model):
             errors["screen_examples"] = "A screen needs at least one example phrase."
         if not (self.applies_to_prompts or self.applies_to_completions):
             errors["applies_to_prompts"] = "A policy applies to prompts, completions or both."
-        if self.api_key_id is not None and self.api_key.tenant_id != self.tenant_id:
+        if self.api_key is not None and self.api_key.tenant_id != self.tenant_id:
             errors["api_key"] = "The key belongs to another organization."
         if errors:
             raise ValidationError(errors)

@@ -40,6 +40,7 @@ def test_store_keeps_only_tenants_that_log_and_is_idempotent(redis_client):
     _push(redis_client, off, "req_2")  # sent before the gateway saw "off": dropped
     _push(redis_client, on, "req_1")  # a replay
     redis_client.xadd(names().content_log(), {"e": "not json"})
+    redis_client.xadd(names().content_log(), {"e": "[1, 2]"})
     assert content.store() == 2
     assert list(ContentLog.objects.values_list("request_id", "tenant_id")) == [("req_1", on.pk)]
     assert redis_client.xlen(names().content_log()) == 0
