@@ -17,6 +17,7 @@ urlpatterns = [
     path("", include("billing.api.urls")),
     path("audit", AuditEntryList.as_view(), name="audit"),
     path("audit/", AuditEntryList.as_view()),
+    path("", include("guardrails.api.urls")),
 ]
 
 

@@ -121,6 +121,7 @@ INSTALLED_APPS = [
     "console",
     "staff",
     "audit",
+    "guardrails",
 ]
 
 MIDDLEWARE = [
@@ -310,6 +311,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "berth.api_router.document_errors",
     ],
+    # One name for the guardrail action choices, used by several fields.
+    "ENUM_NAME_OVERRIDES": {"GuardrailActionEnum": "guardrails.models.Action"},
 }
 
 # --------------------------------------------------------------------------- Celery
@@ -362,6 +365,18 @@ CELERY_BEAT_SCHEDULE = {
     "billing-sync-pending-invoices": {
         "task": "billing.tasks.sync_pending_invoices",
         "schedule": 600,
+    },
+    "guardrails-resync-mirror": {
+        "task": "guardrails.tasks.resync_mirror",
+        "schedule": env_int("BERTH_KEY_MIRROR_RESYNC_SECONDS", 300, minimum=10),
+    },
+    "guardrails-store-content-log": {
+        "task": "guardrails.tasks.store_content_log",
+        "schedule": 10,
+    },
+    "guardrails-purge-content": {
+        "task": "guardrails.tasks.purge_content",
+        "schedule": 3600,
     },
     "billing-enforce-payment-grace": {
         "task": "billing.tasks.enforce_payment_grace",

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from audit import console as audit_pages
-from console import adapters, invoices, pages, playground, team, views
+from console import adapters, guardrails, invoices, pages, playground, team, views
 
 app_name = "console"
 
@@ -26,6 +26,13 @@ urlpatterns = [
     path("invite/<str:token>/", team.accept_invitation, name="accept-invitation"),
     path("audit/", audit_pages.audit_log, name="audit"),
     path("audit.csv", audit_pages.audit_csv, name="audit-csv"),
+    path("guardrails/", guardrails.guardrails_page, name="guardrails"),
+    path("guardrails/<uuid:policy_id>/", guardrails.guardrail_policy, name="guardrail-policy"),
+    path(
+        "guardrails/<uuid:policy_id>/delete/",
+        guardrails.delete_guardrail_policy,
+        name="delete-guardrail-policy",
+    ),
     path("billing/", invoices.invoices, name="invoices"),
     path("billing/invoices/<uuid:invoice_id>/", invoices.invoice_detail, name="invoice"),
     path("billing/invoices/<uuid:invoice_id>/pdf/", invoices.invoice_pdf, name="invoice-pdf"),

@@ -43,9 +43,17 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and
   ``api_key``). A model with no ready worker has no hash. Written by ``provisioning.routing``.
 * ``routes`` — set of model names that have a ``route:`` hash.
+* ``guardrails:<tenant id>`` — hash: ``policies`` (JSON list of the guardrail policies in force
+  for the tenant: its own, or the platform defaults when it has no tenant-wide one; each with
+  ``id``, ``name``, ``key_id`` (null: every key), ``prompts``, ``completions``, ``detectors``
+  (detector → ``redact`` | ``block`` | ``flag``), ``blocked_terms``, ``blocked_terms_action``,
+  ``max_prompt_chars``, ``max_prompt_tokens``, ``max_prompt_action`` and ``screen`` (null or
+  ``model``, ``examples``, ``threshold``, ``action``, ``timeout_ms``, ``fail_open``)) and
+  ``log_content`` (``1`` | ``0``). No hash: nothing to apply. Written by ``guardrails.mirror``,
+  read by ``gateway.guardrails``.
 * channel ``invalidate`` — after every mirror write: ``apikey:<lookup id>``, ``tenant:<id>``,
-  ``model:<name>``, ``route:<name>`` (``contract.invalidation``). Gateways drop their ≤1 s cached
-  copy at once.
+  ``model:<name>``, ``route:<name>``, ``guardrails:<tenant id>`` (``contract.invalidation``).
+  Gateways drop their ≤1 s cached copy at once.
 
 Written by the gateway:
 
@@ -61,10 +69,15 @@ Written by the gateway:
   ``usage_ckpt_due`` — sorted set request id → epoch ms after which that checkpoint counts as
   abandoned (pushed forward by the live gateway's heartbeat). ``billing.checkpoints`` moves an
   abandoned one into ``usage``; the final event removes it in the same script.
-* ``audit:events`` — stream of the gateway's audit-relevant events (guardrail flags…), field ``e`` =
-  JSON ``{"id" (uuid), "ts_ms", "action", "tenant_id", "key_id" (or null), "request_id",
-  "summary", "detail" (object)}``; consumer group ``audit`` (``audit.gateway_events``) records
-  each in the audit trail once, by ``id``.
+* ``audit:events`` — stream of security events seen by the gateway (guardrail flags and blocks),
+  field ``e`` = JSON ``{"id": uuid, "ts_ms", "action" ("guardrail.flag" | "guardrail.block"),
+  "tenant_id", "key_id", "request_id", "summary", "detail": {"policy_id", "policy", "rule",
+  "direction", "matches", "model", "endpoint"}}`` — never the content itself; consumer group
+  ``audit`` (``audit.gateway_events``) records each in the audit trail once, by ``id``. Capped (``MAXLEN ~`` one million).
+* ``content_log`` — stream, one entry per request of a tenant whose guardrails say
+  ``log_content``: field ``e`` = JSON ``{"request_id", "ts_ms", "tenant_id", "key_id", "model",
+  "endpoint", "status", "http_status", "prompt", "completion"}`` (texts after redaction, each
+  capped at 64 KiB); ``guardrails.content`` stores it in ``ContentLog`` and deletes the entries.
 * ``key_last_used`` — hash key id → epoch s, flushed every few seconds; a Celery task claims it
   (renamed to ``key_last_used:flushing:<token>``) and writes ``ApiKey.last_used_at``.
 * Quotas, taken and settled in one Lua script each (``gateway.quotas``):

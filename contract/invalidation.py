@@ -16,6 +16,7 @@ class Kind(StrEnum):
     TENANT = "tenant"  # ident: the tenant id
     MODEL = "model"  # ident: the public model name
     ROUTE = "route"  # ident: the public model name
+    GUARDRAILS = "guardrails"  # ident: the tenant id
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def model(name: str) -> str:
 
 def route(model_name: str) -> str:
     return _message(Kind.ROUTE, model_name)
+
+
+def guardrails(tenant_id: object) -> str:
+    return _message(Kind.GUARDRAILS, tenant_id)
 
 
 def parse(message: str | bytes) -> Invalidation | Unknown:

@@ -77,6 +77,16 @@ class RedisNames:
     def routes(self) -> str:
         return self._name("routes")
 
+    def guardrails(self, tenant_id: object) -> str:
+        return self._name("guardrails", tenant_id)
+
+    def guardrails_pattern(self) -> str:
+        return self._name("guardrails", "*")
+
+    def guardrails_tenant_of(self, name: str) -> str:
+        """The tenant id in a ``guardrails:<tenant id>`` name (from a SCAN)."""
+        return name[len(self._name("guardrails", "")) :]
+
     def invalidate_channel(self) -> str:
         return self._name("invalidate")
 
@@ -105,6 +115,9 @@ class RedisNames:
 
     def audit_events(self) -> str:
         return self._name("audit", "events")
+
+    def content_log(self) -> str:
+        return self._name("content_log")
 
     def key_last_used(self) -> str:
         return self._name("key_last_used")

@@ -28,6 +28,7 @@ from gateway.auth import Authenticator, Principal
 from gateway.config import GatewaySettings, get_settings
 from gateway.cors import Cors, CorsSend
 from gateway.errors import GatewayError, error_body
+from gateway.guardrails import Guardrails
 from gateway.metering import Metering
 from gateway.proxy import ENDPOINTS, Proxy
 from gateway.quotas import Quotas
@@ -40,6 +41,18 @@ logger = logging.getLogger("berth.gateway")
 
 JSON = b"application/json"
 SHUTDOWN_RECORD_SECONDS = 10
+
+
+def _invalidations(router: Router, guardrails: Guardrails) -> Callable[[str, str], None]:
+    """Invalidations the authenticator does not handle: guardrails, else models and routes."""
+
+    def invalidate(kind: str, ident: str) -> None:
+        if kind == "guardrails":
+            guardrails.invalidate(ident)
+        else:
+            router.invalidate(kind, ident)
+
+    return invalidate
 
 
 class Gateway:
@@ -76,7 +89,8 @@ class Gateway:
         except Exception:  # Redis not up yet: the scripts are loaded on first NOSCRIPT
             logger.warning("could not load quota scripts into Redis at start-up", exc_info=True)
         state.router = Router(state.redis, settings, state.upstream)
-        state.auth.on_other = state.router.invalidate
+        state.guardrails = Guardrails(state.redis, settings, state.router, state.upstream)
+        state.auth.on_other = _invalidations(state.router, state.guardrails)
         state.metering = Metering(state.redis, settings, state.quotas)
         state.proxy = Proxy(state)
         state.tasks = [
@@ -103,6 +117,8 @@ class Gateway:
                 await state.metering.flush_last_used()
             except Exception:  # shutting down: Redis may be gone already
                 logger.warning("could not flush key last-use times at shutdown")
+        if hasattr(state, "guardrails"):
+            await state.guardrails.drain()
         if hasattr(state, "upstream"):
             await state.upstream.close()
         if hasattr(state, "hot"):

@@ -29,6 +29,7 @@ import orjson
 from contract.usage import UsageEvent
 from gateway import metrics, sse
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
+from gateway.guardrails import RequestGuard
 from gateway.quotas import Lease
 from gateway.routing import ModelInfo, Worker
 from gateway.upstream import UpstreamError, UpstreamResponse
@@ -217,8 +218,14 @@ class Proxy:
         ):
             raise model_not_found(model)
         ctx.model = model
-        if self.settings.log_content:
-            ctx.content = raw[:2000].decode("utf-8", "replace")
+        # Guardrails: the prompt is screened (and redacted in place) before any quota or engine work.
+        guard = await state.guardrails.check(
+            tenant_id=principal.tenant.tenant_id, key_id=principal.key.key_id,
+            request_id=ctx.request_id, model=model, endpoint=endpoint, body=body,
+        )  # fmt: skip
+        if self.settings.log_content and guard is not None and guard.log_content:
+            # Only for tenants that allow content logging, and as redacted as the engine sees it.
+            ctx.content = (orjson.dumps(body) if guard.modified else raw)[:2000].decode("utf-8", "replace")
 
         lease = await state.quotas.admit(
             principal,
@@ -228,7 +235,7 @@ class Proxy:
             price_output_micros=info.price_output_micros,
         )
 
-        modified = False
+        modified = guard is not None and guard.modified
         if info.served_name != model:
             body["model"] = info.served_name
             modified = True
@@ -272,6 +279,7 @@ class Proxy:
                 lease=lease,
                 event=event,
                 send=send,
+                guard=guard if guard is not None and guard.screens_answers else None,
             )
             await self._forward(forward)
         except GatewayError as exc:
@@ -288,6 +296,8 @@ class Proxy:
                     state.quotas.in_flight.pop(lease.request_id, None)
                     raise
             ctx.prompt_tokens, ctx.completion_tokens = event.prompt_tokens, event.completion_tokens
+            if guard is not None:
+                guard.finish(status=event.status, http_status=event.http_status or ctx.status or 0)
             if event.prompt_tokens or event.completion_tokens:
                 metrics.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
                 metrics.TOKENS.labels(model, "completion").inc(event.completion_tokens)
@@ -445,6 +455,8 @@ class Proxy:
             except orjson.JSONDecodeError:
                 answer = None
             usage = answer.get("usage") if isinstance(answer, dict) else None
+            if fwd.guard is not None:
+                raw = fwd.guard.answer(raw)
             event.status = "ok"
             if isinstance(usage, dict) and _has_tokens(usage, "prompt_tokens"):
                 event.prompt_tokens = usage["prompt_tokens"]
@@ -503,6 +515,7 @@ class Proxy:
                     return
 
         watcher = asyncio.create_task(watch_disconnect())
+        screen = fwd.guard.stream() if fwd.guard is not None else None
         ctx.status = 200
         delivered_usage = None  # usage as of the last chunk the client received
         engine_usage = None  # the latest usage the engine reported (delivered or not)
@@ -547,6 +560,8 @@ class Proxy:
                         fwd, final_usage or pending_usage or delivered_usage, content_chunks, "ok", 200
                     )
                     await state.metering.record(event, lease)
+                if screen is not None:
+                    out = screen.feed(out) + (screen.flush() if part.done else b"")
                 if part.done:
                     out += sse.DONE
                 if out:
@@ -766,6 +781,7 @@ class Forward:
     send: Send
     worker: Worker | None = None  # set while the request may be with the engine
     base_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    guard: RequestGuard | None = None  # the completion-side guardrails, when a policy has any
     _body: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ APP_PACKAGES = [
     "console",
     "staff",
     "audit",
+    "guardrails",
     "contract",
     "cpu_engine",
 ]

@@ -44,6 +44,7 @@ def test_main_pages_are_labelled_keyboard_usable_and_work(live_server, page, sho
         "console-invoices": "/billing/",
         "console-keys": "/keys/",
         "console-team": "/team/",
+        "console-guardrails": "/guardrails/",
         "console-settings": "/settings/",
         "console-audit": "/audit/",
     }

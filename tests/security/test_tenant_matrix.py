@@ -69,6 +69,7 @@ def api(route, method, path, expect, **kw) -> Probe:
 
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
+GUARDRAIL_FORM = {"policy-name": "matrix", "policy-applies_to_prompts": "on", "policy-detector_email": "redact", "policy-blocked_terms_action": "block", "policy-max_prompt_action": "block", "policy-screen_threshold": "0.8", "policy-screen_action": "block", "policy-screen_timeout_ms": "500"}  # fmt: skip
 NOT_FOUND_FOR_TENANTS = by_role(404, 404, 404, 404, 404, LOGIN, 404)
 STAFF_ONLY = by_role(403, 403, 403, 403, 403, LOGIN, 200)
 STAFF_ACTION = by_role(403, 403, 403, 403, 403, LOGIN, 302)
@@ -117,6 +118,15 @@ PROBES: list[Probe] = [
     console("audit/", "GET", "/audit/", by_role(200, 200, 403, 403, 200, LOGIN, 200)),
     console("audit/", "GET", "/audit/?action=api_key&start=2026-01-01&end=2030-12-31", by_role(200, 200, 403, 403, 200, LOGIN, 200), note="filtered"),
     console("audit.csv", "GET", "/audit.csv", by_role(200, 200, 403, 403, 200, LOGIN, 404)),
+    console("guardrails/", "GET", "/guardrails/", by_role(200, 200, 200, 200, 200, LOGIN, 200)),
+    console("guardrails/", "POST", "/guardrails/", by_role(302, 302, 403, 403, 302, LOGIN, 200), data={"form": "policy", **GUARDRAIL_FORM}),
+    console("guardrails/", "POST", "/guardrails/", by_role(302, 302, 403, 403, 302, LOGIN, 200), data={"form": "content", "content-content_retention_days": "9"}, note="content"),
+    console("guardrails/<uuid:policy_id>/", "GET", "/guardrails/{home_guardrail}/", by_role(200, 200, 200, 200, 404, LOGIN, 404)),
+    console("guardrails/<uuid:policy_id>/", "GET", "/guardrails/{foreign_guardrail}/", NOT_FOUND_FOR_TENANTS),
+    console("guardrails/<uuid:policy_id>/", "POST", "/guardrails/{new_home_guardrail}/", by_role(302, 302, 403, 403, 404, LOGIN, 404), data=GUARDRAIL_FORM),
+    console("guardrails/<uuid:policy_id>/", "POST", "/guardrails/{foreign_guardrail}/", NOT_FOUND_FOR_TENANTS, data=GUARDRAIL_FORM),
+    console("guardrails/<uuid:policy_id>/delete/", "POST", "/guardrails/{new_home_guardrail}/delete/", by_role(302, 302, 403, 403, 404, LOGIN, 404)),
+    console("guardrails/<uuid:policy_id>/delete/", "POST", "/guardrails/{foreign_guardrail}/delete/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
     console("billing/", "GET", "/billing/", by_role(200, 200, 403, 200, 200, LOGIN, 404)),
     console("billing/invoices/<uuid:invoice_id>/", "GET", "/billing/invoices/{home_invoice}/", by_role(200, 200, 403, 200, 404, LOGIN, 404)),
     console("billing/invoices/<uuid:invoice_id>/", "GET", "/billing/invoices/{foreign_invoice}/", by_role(404, 404, 403, 404, 404, LOGIN, 404)),
@@ -192,6 +202,16 @@ PROBES: list[Probe] = [
     api("api/v1/adapters/(?P<name>[^/]+?)/?$", "DELETE", "/api/v1/adapters/{foreign_adapter}", by_role(404, 404, 403, 403, 404, 401, 403)),
     api("api/v1/usage", "GET", "/api/v1/usage?start=2026-10-01&end=2026-10-31", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/usage/", "GET", "/api/v1/usage/", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/guardrails/?$", "GET", "/api/v1/guardrails/", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/guardrails/?$", "POST", "/api/v1/guardrails/", by_role(201, 201, 403, 403, 201, 401, 403), data={"name": "matrix", "detectors": {"email": "redact"}}),
+    api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/guardrails/{home_guardrail}/", by_role(200, 200, 200, 200, 404, 401, 403)),
+    api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/guardrails/{foreign_guardrail}/", by_role(404, 404, 404, 404, 404, 401, 403)),
+    api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "PATCH", "/api/v1/guardrails/{new_home_guardrail}/", by_role(200, 200, 403, 403, 404, 401, 403), data={"name": "renamed"}),
+    api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "PATCH", "/api/v1/guardrails/{foreign_guardrail}/", by_role(404, 404, 403, 403, 404, 401, 403), data={"name": "renamed"}),
+    api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "DELETE", "/api/v1/guardrails/{new_home_guardrail}/", by_role(204, 204, 403, 403, 404, 401, 403)),
+    api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "DELETE", "/api/v1/guardrails/{foreign_guardrail}/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/content-governance", "GET", "/api/v1/content-governance", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/content-governance/", "PATCH", "/api/v1/content-governance/", by_role(200, 200, 403, 403, 200, 401, 403), data={"content_retention_days": 9}),
     api("api/v1/invoices/?$", "GET", "/api/v1/invoices", by_role(200, 200, 403, 200, 200, 401, 403)),
     api("api/v1/invoices/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/invoices/{home_invoice}", by_role(200, 200, 403, 200, 404, 401, 403)),
     api("api/v1/invoices/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/invoices/{foreign_invoice}", by_role(404, 404, 403, 404, 404, 401, 403)),

@@ -21,6 +21,7 @@ from typing import Any
 
 from billing import invoicing
 from billing.periods import parse_period
+from guardrails import policies
 from models_registry.constants import AdapterSourceKind, AdapterStatus, Visibility
 from models_registry.models import LoraAdapter
 from provisioning.constants import WorkerState
@@ -132,6 +133,13 @@ class World:
         self.worker = Worker.objects.create(
             deployment=self.deployment, node=node, cpu_slot=0, state=WorkerState.READY, port=9
         )
+        self.guardrails = {}
+        for label, side in (("home", self.home), ("foreign", self.foreign)):
+            name = f"{label}-guardrail-marker"
+            self.guardrails[label] = policies.create_policy(
+                tenant=side.tenant, name=name, detectors={"email": "flag"}
+            )
+            side.markers.append(name)
 
     def markers_hidden_from(self, role: str) -> list[str]:
         """What ``role`` must never see: the other tenants' markers (staff sees everything)."""
@@ -156,6 +164,11 @@ class World:
     def new_home_adapter_name(self) -> str:
         return LoraAdapter.objects.get(pk=self.new_home_adapter()).name
 
+    def new_home_guardrail(self) -> str:
+        return str(
+            policies.create_policy(tenant=self.home.tenant, name="spare", detectors={"email": "flag"}).pk
+        )
+
     def new_home_invitation(self) -> str:
         return str(self._invite(self.home).pk)
 
@@ -179,6 +192,9 @@ class World:
             "home_invitation": home.invitation.pk,
             "foreign_invitation": foreign.invitation.pk,
             "foreign_invitation_token": foreign.invitation_token,
+            "home_guardrail": self.guardrails["home"].pk,
+            "foreign_guardrail": self.guardrails["foreign"].pk,
+            "new_home_guardrail": self.new_home_guardrail,
             "home_invoice": home.invoice.pk,
             "foreign_invoice": foreign.invoice.pk,
             "home_model": home.private_model.name,

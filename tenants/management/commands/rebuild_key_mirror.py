@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
+from guardrails import mirror as guardrails_mirror
 from tenants import mirror
 
 
@@ -13,4 +14,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Mirrored {result['written']} key(s) and {result['tenants']} tenant(s); removed "
             f"{result['removed']} stale key(s) and {result['tenants_removed']} deleted tenant(s)."
+        )
+        guarded = guardrails_mirror.resync()
+        self.stdout.write(
+            f"Mirrored the guardrails of {guarded['written']} tenant(s); removed {guarded['removed']} stale."
         )
