@@ -66,6 +66,9 @@ class GuardrailPolicySerializer(serializers.ModelSerializer):
 
 
 class ContentGovernanceSerializer(serializers.ModelSerializer):
+    # null until the tenant first saves its settings (the defaults are then shown unsaved)
+    updated_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
     class Meta:
         model = ContentGovernance
         fields = ["log_content", "content_retention_days", "updated_at"]
