@@ -58,6 +58,10 @@ Written by the gateway:
   abandoned one into ``usage``; the final event removes it in the same script.
 * ``key_last_used`` — hash key id → epoch s, flushed every few seconds; a Celery task claims it
   (renamed to ``key_last_used:flushing:<token>``) and writes ``ApiKey.last_used_at``.
+* ``response:<response id>`` — hash ``tenant_id``, ``key_id``, ``model`` (public name),
+  ``worker_id`` for each ``/v1/responses`` answer (``gateway.responses``), expiring after
+  ``BERTH_GATEWAY_RESPONSE_TTL_SECONDS``: retrieve, cancel and ``previous_response_id`` go to the
+  worker that stored the response, and only for the tenant that created it.
 * Quotas, taken and settled in one Lua script each (``gateway.quotas``):
   ``q:{t}:t:rpm:<epoch minute>``, ``q:{t}:t:tpm:<epoch minute>`` (counters, expire after 2 min),
   ``q:{t}:t:conc`` (sorted set request id → lease expiry ms), ``q:{t}:t:tokens:<YYYYMM>``.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from contract.usage import UsageEvent
-from gateway import metrics, sse
+from gateway import dialects, metrics, sse
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.quotas import Lease
 from gateway.routing import ModelInfo, Worker
@@ -47,6 +47,7 @@ ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    **dialects.ENDPOINTS,
 }
 
 HOP_BY_HOP = frozenset(
@@ -73,6 +74,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-
 
 def _estimate_tokens(body: dict, endpoint: str) -> int:
     """A cheap prompt-size estimate (≈4 characters per token) for the token reservation."""
+    if endpoint in dialects.ESTIMATED:
+        return dialects.estimate_tokens(body, endpoint)
     chars = 0
     if endpoint == "chat":
         for message in body.get("messages") or ():
@@ -173,7 +176,7 @@ class Proxy:
         ``max_tokens`` or, without one, what the model's context leaves after the prompt.
         """
         estimate = _estimate_tokens(body, endpoint)
-        if endpoint == "embeddings":
+        if endpoint in dialects.POOLING:
             return estimate
         per_choice = checked.max_tokens
         if per_choice is None:
@@ -217,6 +220,10 @@ class Proxy:
         ):
             raise model_not_found(model)
         ctx.model = model
+        # A follow-up turn of a stored response must go to the worker that holds it.
+        pinned = (
+            await state.responses.pinned_worker(body, principal, model) if endpoint == "responses" else None
+        )
         if self.settings.log_content:
             ctx.content = raw[:2000].decode("utf-8", "replace")
 
@@ -232,12 +239,12 @@ class Proxy:
         if info.served_name != model:
             body["model"] = info.served_name
             modified = True
-        if endpoint != "embeddings":
+        if endpoint in dialects.SALTED:
             # Prefix-cache isolation: the engine shares cached prefixes only within one salt.
             body["cache_salt"] = self._cache_salt(principal.tenant.tenant_id)
             modified = True
         client_usage = client_continuous = False
-        if stream:
+        if stream and endpoint in dialects.CHUNKED:
             options = body.get("stream_options")
             options = dict(options) if isinstance(options, dict) else {}
             client_usage = options.get("include_usage") is True
@@ -272,6 +279,8 @@ class Proxy:
                 lease=lease,
                 event=event,
                 send=send,
+                pinned=pinned,
+                typed=dialects.TypedStream(endpoint) if endpoint in dialects.TYPED_STREAMS else None,
             )
             await self._forward(forward)
         except GatewayError as exc:
@@ -323,7 +332,7 @@ class Proxy:
         tried: set[str] = set()
         last_error = "no worker"
         for attempt in range(2):
-            workers = await self._workers(info.name)
+            workers = [fwd.pinned] if fwd.pinned else await self._workers(info.name)
             worker = router.choose(workers, fwd.prefix, tried)
             if worker.worker_id in tried:
                 break
@@ -444,8 +453,10 @@ class Proxy:
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 answer = None
-            usage = answer.get("usage") if isinstance(answer, dict) else None
+            usage = dialects.answer_usage(answer)  # every endpoint's usage in OpenAI's terms
             event.status = "ok"
+            if fwd.typed is not None:
+                await self.state.responses.remember_answer(fwd, answer)
             if isinstance(usage, dict) and _has_tokens(usage, "prompt_tokens"):
                 event.prompt_tokens = usage["prompt_tokens"]
                 completion = usage.get("completion_tokens")
@@ -523,9 +534,14 @@ class Proxy:
                 rest += chunk
                 if sse.EVENT_END not in rest:
                     continue
-                part = sse.rewrite(
-                    rest, client_usage=fwd.client_usage, client_continuous=fwd.client_continuous
-                )
+                if fwd.typed is not None:
+                    part = fwd.typed.rewrite(rest)
+                    if fwd.typed.response_id:
+                        await self.state.responses.remember(fwd, fwd.typed.take_response_id())
+                else:
+                    part = sse.rewrite(
+                        rest, client_usage=fwd.client_usage, client_continuous=fwd.client_continuous
+                    )
                 rest = part.rest
                 if part.final_usage is not None:
                     final_usage = part.final_usage
@@ -765,6 +781,8 @@ class Forward:
     event: UsageEvent  # the usage event, filled in as the request goes
     send: Send
     worker: Worker | None = None  # set while the request may be with the engine
+    pinned: Worker | None = None  # the one worker that may take it (a stored response's)
+    typed: dialects.TypedStream | None = None  # Responses and Messages: their typed events
     base_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     _body: dict[str, Any] | None = None
 
