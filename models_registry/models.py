@@ -17,7 +17,15 @@ from django.db import models
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from models_registry.constants import DEFAULT_CURRENCY, Engine, SourceKind, Task, Visibility
+from models_registry.constants import (
+    DEFAULT_CURRENCY,
+    REASONING_PARSER_CHOICES,
+    TOOL_CALL_PARSER_CHOICES,
+    Engine,
+    SourceKind,
+    Task,
+    Visibility,
+)
 
 model_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]{0,99}$",
@@ -70,6 +78,19 @@ class Model(models.Model):
     tensor_parallel_size = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     engine_args = models.JSONField(
         default=list, blank=True, help_text='Extra engine arguments, e.g. ["--max-num-seqs", "64"].'
+    )
+    tool_call_parser = models.CharField(
+        max_length=32,
+        blank=True,
+        choices=TOOL_CALL_PARSER_CHOICES,
+        help_text="vLLM's tool-call parser for this model's chat template (e.g. hermes for Qwen, "
+        "llama3_json for Llama 3.1); empty: no automatic tool choice on vLLM workers.",
+    )
+    reasoning_parser = models.CharField(
+        max_length=32,
+        blank=True,
+        choices=REASONING_PARSER_CHOICES,
+        help_text="vLLM's reasoning parser (e.g. qwen3, deepseek_r1); empty: none.",
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PUBLIC)
     allowed_tenants = models.ManyToManyField(
