@@ -297,9 +297,6 @@ def _responses(body: dict, model: str, max_tokens_limit: int) -> Checked:
     return Checked(model=model, stream=_stream_flag(body), max_tokens=max_tokens, choices=1)
 
 
-ANTHROPIC_ROLES = frozenset({"user", "assistant"})
-
-
 def _anthropic_messages(body: dict) -> None:
     if "messages" not in body:
         raise _missing("messages")
@@ -313,12 +310,12 @@ def _anthropic_messages(body: dict) -> None:
         if not isinstance(message, dict):
             raise _invalid_type(where, "an object", message)
         role = message.get("role")
-        if role not in ANTHROPIC_ROLES:
-            raise bad_request(
-                f"{where}.role: Input should be 'user' or 'assistant'",
-                param=f"{where}.role",
-                code="invalid_value",
-            )
+        if role is None:
+            raise _missing(f"{where}.role")
+        if not isinstance(role, str):
+            # Other strings go to the engine: vLLM also takes "system", and maps the "ctx"/"msg"
+            # roles recent coding agents send.
+            raise _invalid_type(f"{where}.role", "a string ('user' or 'assistant')", role)
         content = message.get("content")
         if isinstance(content, list):
             for j, block in enumerate(content):

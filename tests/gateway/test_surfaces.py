@@ -261,7 +261,7 @@ def test_anthropic_errors_have_anthropic_shape(setup, gateway, redis_client, eng
         client.messages.create(**{**good, "model": "no-such-model"})
     assert unknown.value.body["type"] == "error" and unknown.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.BadRequestError) as bad_body:
-        client.messages.create(model=model, max_tokens=2, messages=[{"role": "system", "content": "x"}])
+        client.messages.create(model=model, max_tokens=2, messages=[{"role": 5, "content": "x"}])
     assert bad_body.value.body["error"]["type"] == "invalid_request_error"
     missing = httpx.post(
         gateway.url + "/v1/messages", headers={"x-api-key": key}, json={"model": model, "messages": []}
