@@ -151,6 +151,25 @@ def estimate_tokens(body: dict, endpoint: str) -> int:
     return chars // 4 + 1
 
 
+def prefix(body: dict, endpoint: str, limit: int) -> str | None:
+    """What prefix-affinity routing hashes: the instructions/system text, then the conversation."""
+    if endpoint == "responses":
+        head, rest = body.get("instructions"), body.get("input")
+    elif endpoint == "messages":
+        head, rest = body.get("system"), body.get("messages")
+    else:
+        return None
+    parts = [] if head is None else [head if isinstance(head, str) else orjson.dumps(head).decode()]
+    if isinstance(rest, str):
+        parts.append(rest)
+    elif isinstance(rest, list):
+        for item in rest:
+            parts.append(orjson.dumps(item).decode())
+            if sum(map(len, parts)) >= limit:
+                break
+    return "\x1e".join(parts)[:limit] or None
+
+
 # ---------------------------------------------------------------------------------- streams
 
 
@@ -228,15 +247,22 @@ class TypedStream:
     (``gateway.responses``) before passing more on, so a retrieval right after the stream finds it.
     """
 
-    __slots__ = ("endpoint", "response_id", "_seen")
+    __slots__ = ("endpoint", "response_id", "_seen", "_prompt")
 
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
         self.response_id: str | None = None
         self._seen = endpoint != "responses"
+        self._prompt: int | None = None  # message_start's input_tokens, for a later message_delta
 
     def rewrite(self, data: bytes) -> Rewritten:
         part = rewrite_typed(data, self.endpoint)
+        if part.usage is not None and "prompt_tokens" in part.usage:
+            self._prompt = part.usage["prompt_tokens"]
+        if self._prompt is not None:
+            for usage in (part.final_usage, part.latest_usage):
+                if usage is not None and not usage.get("prompt_tokens"):
+                    usage["prompt_tokens"] = self._prompt
         if not self._seen and part.out:
             for raw_event in part.out.split(EVENT_END):
                 _, payload = _event_parts(raw_event)

@@ -100,6 +100,8 @@ def _estimate_tokens(body: dict, endpoint: str) -> int:
 
 
 def _prefix(body: dict, endpoint: str, limit: int) -> str | None:
+    if endpoint in dialects.TYPED_STREAMS:
+        return dialects.prefix(body, endpoint, limit)
     if endpoint == "chat":
         parts = []
         for message in body.get("messages") or ():
