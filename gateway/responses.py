@@ -14,8 +14,11 @@ Not metered, and why:
   (even of 0 tokens) would only blur the usage pages. Requests are counted in the metrics and the
   access log (endpoint ``responses_retrieve`` / ``responses_cancel``);
 * **``/v1/messages/count_tokens``** runs only the engine's tokenizer, like ``/tokenize``, which
-  the gateway itself calls to meter: it is not billed and takes no quota (endpoint label
-  ``count_tokens``).
+  the gateway itself calls to meter: it is not billed (endpoint label ``count_tokens``).
+
+All three still take a request from the tenant's requests per minute and a concurrency slot for
+their duration (a lease of 0 tokens, settled at 0 with no usage event), so they cannot be used to
+hammer a worker past the plan, and a tenant blocked by its spend limit is refused them too.
 
 ``background: true`` is refused at validation (``gateway.validation``): the engine would generate
 after the request ended, where nothing could meter it, so cancel only ever reaches responses
@@ -32,6 +35,7 @@ import orjson
 
 from contract.redis_names import RedisNames
 from gateway.errors import GatewayError, engine_error, error_body, model_not_found
+from gateway.redis_pipe import is_noscript
 from gateway.routing import Worker
 from gateway.upstream import UpstreamError
 from gateway.validation import validate
@@ -179,7 +183,7 @@ class Responses:
         path = PREFIX + quote(response_id, safe="") + ("/cancel" if action == "cancel" else "")
         query = ctx.scope.get("query_string") or b""
         url = worker.url + path + (("?" + query.decode("latin-1")) if query else "")
-        await self._relay(ctx, send, worker, ctx.method, url, b"")
+        await self._admitted(ctx, principal, worker, ctx.method, url, b"", send)
 
     # ------------------------------------------------------------------ count_tokens
 
@@ -206,12 +210,38 @@ class Responses:
         body["model"] = info.served_name
         workers = await proxy._workers(model)
         worker = state.router.choose(workers, None, set())
-        await self._relay(ctx, send, worker, "POST", worker.url + ctx.path, orjson.dumps(body))
+        await self._admitted(ctx, principal, worker, "POST", worker.url + ctx.path, orjson.dumps(body), send)
+
+    async def _admitted(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        worker: Worker,
+        method: str,
+        url: str,
+        body: bytes,
+        send,
+    ) -> None:
+        """Relay under a lease of 0 tokens: a request per minute and a concurrency slot, no usage."""
+        quotas = self.state.quotas
+        lease = await quotas.admit(principal, ctx.request_id, 0)
+        try:
+            await self._relay(ctx, send, worker, method, url, body, lease.headers)
+        finally:
+            command = quotas.settle_command(lease, prompt_tokens=0, completion_tokens=0)
+            try:
+                result = (await quotas.hot.execute(command))[0]
+                if is_noscript(result):
+                    await quotas.retry_settle(command)
+                elif isinstance(result, Exception):
+                    raise result
+            except Exception:  # the lease expires on its own (lease_seconds)
+                logger.warning("could not release the lease of %s", ctx.request_id, exc_info=True)
 
     # ------------------------------------------------------------------ the engine's answer
 
     async def _relay(
-        self, ctx: RequestContext, send, worker: Worker, method: str, url: str, body: bytes
+        self, ctx: RequestContext, send, worker: Worker, method: str, url: str, body: bytes, extra: list
     ) -> None:
         state = self.state
         ctx.worker = worker.worker_id
@@ -233,15 +263,15 @@ class Responses:
                     code="upstream_unavailable",
                 ) from exc
             try:
-                await self._answer(ctx, send, response)
+                await self._answer(ctx, send, response, extra)
             finally:
                 await response.close()
         finally:
             state.router.release(worker)
 
-    async def _answer(self, ctx: RequestContext, send, response) -> None:
+    async def _answer(self, ctx: RequestContext, send, response, extra: list) -> None:
         status = response.status
-        base = [(b"x-request-id", ctx.request_id.encode())]
+        base = [(b"x-request-id", ctx.request_id.encode()), *extra]
         content_type = b"application/json"
         for name, value in response.headers:
             if name == b"content-type":

@@ -349,3 +349,19 @@ def test_rerank_and_score_bodies_are_validated(setup, gateway, path, body, param
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == param
+
+
+def test_unbilled_calls_still_count_against_requests_per_minute(gateway, engines, redis_client):
+    tenant = make_tenant(requests_per_minute=3)
+    key = make_key(tenant)
+    model = register_model(redis_client, engines)
+    response = _openai(gateway, key).responses.create(model=model, input="x", max_output_tokens=1)
+    client = _anthropic(gateway, key)
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}]}
+    assert client.messages.count_tokens(**body).input_tokens == 2
+    assert _openai(gateway, key).responses.retrieve(response.id).id == response.id
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.count_tokens(**body)
+    assert limited.value.body["error"]["type"] == "rate_limit_error"
+    assert [r.endpoint for r in records(tenant, "responses")] == ["responses"]
+    assert UsageRecord.objects.filter(tenant_id=tenant.pk).count() == 1
