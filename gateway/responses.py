@@ -86,6 +86,8 @@ class Responses:
         """Record which worker holds ``response_id`` and whose it is (failures are logged only)."""
         if not response_id or len(response_id) > MAX_ID or fwd.worker is None:
             return
+        if fwd.body().get("store") is False:
+            return  # the engine keeps nothing to come back to
         key = self.names.response(response_id)
         event = fwd.event
         try:

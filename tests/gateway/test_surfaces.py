@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from berth.redis import names
 from billing import usage
 from billing.models import UsageRecord
 from tests.gateway.conftest import make_key, make_tenant, register_model
@@ -86,7 +87,9 @@ def test_responses_stream_passes_typed_events_and_meters_response_completed(setu
     assert first.ttft_ms is not None
 
 
-def test_a_stored_response_is_retrieved_from_its_worker_and_never_billed_again(setup, gateway, engines):
+def test_a_stored_response_is_retrieved_from_its_worker_and_never_billed_again(
+    setup, gateway, engines, redis_client
+):
     tenant, key, model = setup
     client = _openai(gateway, key)
     created = [
@@ -103,11 +106,19 @@ def test_a_stored_response_is_retrieved_from_its_worker_and_never_billed_again(s
             assert again.id == response.id and again.output_text == response.output_text
     assert len(records(tenant, "responses")) == 5  # the creates only
     assert UsageRecord.objects.filter(tenant_id=tenant.pk).count() == 5
+    assert redis_client.ttl(names().response(created[0].id)) > 6 * 86400
     with pytest.raises(openai.BadRequestError, match="Cannot cancel a synchronous response"):
         client.responses.cancel(created[0].id)
     with pytest.raises(openai.NotFoundError) as missing:
         client.responses.retrieve("resp_does_not_exist")
     assert missing.value.body["code"] == "response_not_found"
+    unstored = client.responses.create(model=model, input="x", max_output_tokens=1, store=False)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+    deleted = httpx.delete(
+        f"{gateway.url}/v1/responses/{created[0].id}", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert deleted.status_code == 405 and deleted.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_another_tenant_cannot_retrieve_cancel_or_continue_a_response(setup, gateway):
