@@ -14,11 +14,13 @@ prompt tokens = whitespace-separated words of the input (+1), output tokens = ``
   ``input_tokens``/``output_tokens`` … ``message_stop``), ``POST /v1/messages/count_tokens``.
 * ``POST /v1/rerank`` (and ``/rerank``, ``/v2/rerank``): ``usage.total_tokens`` only, as vLLM's
   ``RerankUsage``; ``POST /v1/score`` (and ``/score``): ``usage.prompt_tokens``/``total_tokens``.
-* ``LAST`` keeps the last body each path got (``GET /_last?path=…``).
+* ``LAST`` keeps the last body each path got (``GET /_last?path=…``); ``fake_delay`` (seconds)
+  paces the delta events of a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -277,9 +279,7 @@ async def _responses(body: dict, send, up) -> None:
             {"type": "response.completed", "sequence_number": next(seq), "response": response},
         )
     )
-    for event in events:
-        await send({"type": "http.response.body", "body": event, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await _send_events(events, body, send)
 
 
 async def _messages(body: dict, send, up) -> None:
@@ -353,6 +353,14 @@ async def _messages(body: dict, send, up) -> None:
         ),
         _sse("message_stop", {"type": "message_stop"}),
     ]
+    await _send_events(events, body, send)
+
+
+async def _send_events(events: list[bytes], body: dict, send) -> None:
+    """``fake_delay``: seconds before each delta event (a slow stream to hang up on)."""
+    delay = float(body.get("fake_delay") or 0)
     for event in events:
+        if delay and b"delta" in event.split(b"\n", 1)[0]:
+            await asyncio.sleep(delay)
         await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

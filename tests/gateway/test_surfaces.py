@@ -7,6 +7,8 @@ the usage the engine reported, under the surface's own endpoint name.
 
 from __future__ import annotations
 
+import time
+
 import anthropic
 import httpx
 import openai
@@ -376,3 +378,52 @@ def test_unbilled_calls_still_count_against_requests_per_minute(gateway, engines
     assert limited.value.body["error"]["type"] == "rate_limit_error"
     assert [r.endpoint for r in records(tenant, "responses")] == ["responses"]
     assert UsageRecord.objects.filter(tenant_id=tenant.pk).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "delta", "prompt"),
+    [
+        # No usage before response.completed: the prompt is counted with the engine's tokenizer.
+        (
+            "/v1/responses",
+            {"input": "two words", "max_output_tokens": 400},
+            "response.output_text.delta",
+            3,
+        ),
+        # message_start told the prompt.
+        (
+            "/v1/messages",
+            {"messages": [{"role": "user", "content": "a b c"}], "max_tokens": 400},
+            "content_block_delta",
+            4,
+        ),
+    ],
+)
+def test_a_hang_up_mid_stream_bills_the_prompt_and_what_was_streamed(
+    setup, gateway, path, body, delta, prompt
+):
+    tenant, key, model = setup
+    seen = 0
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            gateway.url + path,
+            json={"model": model, "stream": True, "fake_delay": 0.02, **body},
+            headers={"x-api-key": key},
+        ) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            seen += line == f"event: {delta}"
+            if seen == 10:
+                break
+    deadline = time.monotonic() + 10
+    while not UsageRecord.objects.filter(request_id=request_id).exists() and time.monotonic() < deadline:
+        drain()
+        time.sleep(0.1)
+    record = UsageRecord.objects.get(request_id=request_id)
+    assert record.status == "client_disconnected" and record.http_status == 499
+    # The output is counted by the deltas that reached the gateway (one token each).
+    assert record.prompt_tokens == prompt and record.usage_source == "chunks"
+    assert 10 <= record.completion_tokens < 400
