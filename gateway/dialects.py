@@ -17,6 +17,11 @@ metering — and differ only in what this module knows about them:
   message, so the event is recorded before those bytes leave, as for chat;
 * **their prompt size** (``estimate_tokens``), for the token reservation before the engine counts.
 
+Prefix-cache isolation: vLLM reads ``cache_salt`` on chat, completions and responses, so the
+proxy salts those per tenant. vLLM's Messages request model has no such field (the converted chat
+request is built from Anthropic's fields only), so ``/v1/messages`` on a shared vLLM worker shares
+the prefix cache across tenants, as vLLM does for every request without a salt.
+
 What never reaches an engine from a tenant: ``background: true`` on ``/v1/responses`` (the answer
 would be generated after the request ended, so nothing could meter it; refused with a 400).
 """

@@ -2,7 +2,7 @@
 
 The request body is checked first (``validation.py``: every field the gateway reads, before any
 quota or engine work), then passes through unchanged except what Berth must set: the engine's
-served model name; ``cache_salt`` on chat and completions, an HMAC of the tenant replacing any
+served model name; ``cache_salt`` on chat, completions and responses, an HMAC of the tenant replacing any
 client value, so that tenants sharing an engine never share its prefix cache (a tenant could
 otherwise time whether another sent a prefix; vLLM's security guide, CVE-2025-46570); and for
 streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats`` (so tokens are
@@ -11,6 +11,10 @@ usage chunk, per-chunk usage — is stripped again on the way back (``sse.py``, 
 
 One admitted request travels through the steps below as a ``Forward``: its context, the engine's
 body, the lease, the usage event and where it went.
+
+Responses, Messages, rerank and score take the same path; what differs (their usage fields, their
+typed event streams, their prompt estimate) is in ``dialects.py``, and stored responses,
+retrieval and ``count_tokens`` in ``responses.py``.
 """
 
 from __future__ import annotations

@@ -174,6 +174,8 @@ def test_responses_tool_calls_pass_through(setup, gateway, engines):
     sent = [httpx.get(e.url + "/_last", params={"path": "/v1/responses"}).json() for e in engines]
     assert any(body.get("tools") == [TOOL] for body in sent)
     assert all("stream_options" not in body for body in sent)
+    # Prefix-cache isolation: vLLM reads cache_salt on /v1/responses too.
+    assert all(len(body["cache_salt"]) == 32 for body in sent if body)
 
 
 def test_responses_bad_bodies_are_openai_400s(setup, gateway):
