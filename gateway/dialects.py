@@ -17,10 +17,11 @@ metering — and differ only in what this module knows about them:
   message, so the event is recorded before those bytes leave, as for chat;
 * **their prompt size** (``estimate_tokens``), for the token reservation before the engine counts.
 
-Prefix-cache isolation: vLLM reads ``cache_salt`` on chat, completions and responses, so the
-proxy salts those per tenant. vLLM's Messages request model has no such field (the converted chat
-request is built from Anthropic's fields only), so ``/v1/messages`` on a shared vLLM worker shares
-the prefix cache across tenants, as vLLM does for every request without a salt.
+Prefix-cache isolation: the proxy salts chat, completions, responses and messages per tenant.
+vLLM reads ``cache_salt`` on the first three; its Messages request model has no such field and
+ignores it (the converted chat request is built from Anthropic's fields only), so on a shared vLLM
+worker ``/v1/messages`` shares the prefix cache across tenants, as vLLM does for any request
+without a salt. Berth's CPU engine reads it on Messages too.
 
 What never reaches an engine from a tenant: ``background: true`` on ``/v1/responses`` (the answer
 would be generated after the request ended, so nothing could meter it; refused with a 400).
@@ -51,7 +52,7 @@ ANTHROPIC_PATHS = ("/v1/messages", COUNT_TOKENS_PATH)
 # Endpoints that generate no output tokens: the reservation is the prompt alone.
 POOLING = frozenset({"embeddings", "rerank", "score"})
 # Endpoints whose body carries ``cache_salt`` (vLLM reads it on chat, completions and responses).
-SALTED = frozenset({"chat", "completions", "responses"})
+SALTED = frozenset({"chat", "completions", "responses", "messages"})
 # Endpoints whose streams are chat-style chunks (``stream_options`` and ``[DONE]``).
 CHUNKED = frozenset({"chat", "completions"})
 TYPED_STREAMS = frozenset({"responses", "messages"})

@@ -2,9 +2,10 @@
 
 The request body is checked first (``validation.py``: every field the gateway reads, before any
 quota or engine work), then passes through unchanged except what Berth must set: the engine's
-served model name; ``cache_salt`` on chat, completions and responses, an HMAC of the tenant replacing any
-client value, so that tenants sharing an engine never share its prefix cache (a tenant could
-otherwise time whether another sent a prefix; vLLM's security guide, CVE-2025-46570); and for
+served model name; ``cache_salt`` on chat, completions, responses and messages (``dialects``), an
+HMAC of the tenant replacing any client value, so that tenants sharing an engine never share its
+prefix cache (a tenant could otherwise time whether another sent a prefix; vLLM's security guide,
+CVE-2025-46570); and for
 streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats`` (so tokens are
 known even when the client goes away mid-stream). What the client did not ask for — the extra
 usage chunk, per-chunk usage — is stripped again on the way back (``sse.py``, a pure function).

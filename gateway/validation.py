@@ -344,7 +344,7 @@ def _count_tokens(body: dict, model: str, max_tokens_limit: int) -> Checked:
 
 
 def _texts(body: dict, param: str, *, single: bool) -> None:
-    """A string, a non-empty list of strings, or (multimodal) an object with ``content``."""
+    """A string, a non-empty list of strings (or objects), or (multimodal) an object with ``content``."""
     if param not in body or body[param] is None:
         raise _missing(param)
     value = body[param]
@@ -367,8 +367,9 @@ def _texts(body: dict, param: str, *, single: bool) -> None:
             code="empty_array",
         )
     for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _invalid_type(f"{param}[{i}]", "a string", item)
+        # Cohere-style documents may be objects ({"text": ...}); the engine reads their fields.
+        if not isinstance(item, str | dict):
+            raise _invalid_type(f"{param}[{i}]", "a string or an object", item)
 
 
 def _rerank(body: dict, model: str, max_tokens_limit: int) -> Checked:

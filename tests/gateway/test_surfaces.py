@@ -238,7 +238,7 @@ def test_messages_accept_bearer_and_the_anthropic_version_header(setup, gateway)
     assert answer.status_code == 200 and answer.json()["type"] == "message"
 
 
-def test_messages_tool_use_passes_through(setup, gateway):
+def test_messages_tool_use_passes_through(setup, gateway, engines):
     _, key, model = setup
     message = _anthropic(gateway, key).messages.create(
         model=model,
@@ -248,6 +248,9 @@ def test_messages_tool_use_passes_through(setup, gateway):
         extra_body={"fake_tool_call": "get_weather"},
     )
     assert message.stop_reason == "tool_use" and message.content[0].name == "get_weather"
+    sent = [httpx.get(e.url + "/_last", params={"path": "/v1/messages"}).json() for e in engines]
+    assert any(body.get("tools") for body in sent)
+    assert all(len(body["cache_salt"]) == 32 for body in sent if body)
 
 
 def test_count_tokens_is_answered_and_not_billed(setup, gateway):
@@ -333,6 +336,12 @@ def test_rerank_and_score_are_metered_by_tokens(setup, gateway, redis_client, en
         )
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["results"]) == 1 and answer.json()["usage"]["total_tokens"] == 15
+    objects = httpx.post(
+        gateway.url + "/v1/rerank",
+        headers=auth,
+        json={"model": scorer, "query": "q", "documents": [{"text": "a b"}]},
+    )
+    assert objects.status_code == 200, objects.text
     score = httpx.post(
         gateway.url + "/v1/score",
         headers=auth,
@@ -340,7 +349,7 @@ def test_rerank_and_score_are_metered_by_tokens(setup, gateway, redis_client, en
     )
     assert score.status_code == 200 and score.json()["usage"]["prompt_tokens"] == 11
     reranks = records(tenant, "rerank")
-    assert [(r.prompt_tokens, r.completion_tokens) for r in reranks] == [(15, 0)] * 3
+    assert [(r.prompt_tokens, r.completion_tokens) for r in reranks] == [(15, 0)] * 3 + [(5, 0)]
     [scored] = records(tenant, "score")
     assert (scored.prompt_tokens, scored.completion_tokens) == (11, 0)
 
