@@ -33,6 +33,9 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   empty), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
   tokens). A model without this hash does not exist for the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
+  Also ``tool_call_parser``: the vLLM tool-call parser its workers run (empty: none, so
+  ``tool_choice: "auto"`` is refused by the engine); informational, the gateway passes ``tools``
+  through either way.
 * ``models`` — set of every mirrored model name (``GET /v1/models``).
 * ``route:<public name>`` — hash, one field per READY worker: worker id → JSON ``{"worker_id",
   "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and
