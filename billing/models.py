@@ -48,6 +48,18 @@ class UsageSource(models.TextChoices):
     CHECKPOINT = "checkpoint", "Last checkpoint of a stream whose gateway died"
 
 
+class UsageEndpoint(models.TextChoices):
+    """The API surface a record metered (the gateway's endpoint label; ``gateway.dialects``)."""
+
+    CHAT = "chat", "Chat completions"
+    COMPLETIONS = "completions", "Completions"
+    EMBEDDINGS = "embeddings", "Embeddings"
+    RESPONSES = "responses", "Responses"
+    MESSAGES = "messages", "Messages (Anthropic)"
+    RERANK = "rerank", "Rerank"
+    SCORE = "score", "Score"
+
+
 class UsageRecord(models.Model):
     """One metered request. ``request_id`` is unique, so re-delivered events are ignored."""
 
@@ -58,7 +70,7 @@ class UsageRecord(models.Model):
     )
     api_key_id = models.UUIDField(null=True, blank=True)
     model = models.CharField(max_length=200)
-    endpoint = models.CharField(max_length=32)
+    endpoint = models.CharField(max_length=32, choices=UsageEndpoint.choices)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=24, choices=UsageStatus.choices)

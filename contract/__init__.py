@@ -38,6 +38,9 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   ``parent`` (the base model's name), ``adapter_id`` (uuid), ``adapter_source`` (what an engine
   loads: an absolute folder or a Hub repo id), ``adapter_revision`` (may be empty) and
   ``adapter_rank``. A plain model's hash has no ``parent``.
+  Also ``tool_call_parser``: the vLLM tool-call parser its workers run (empty: none, so
+  ``tool_choice: "auto"`` is refused by the engine); informational, the gateway passes ``tools``
+  through either way.
 * ``models`` — set of every mirrored model name (``GET /v1/models``).
 * ``route:<public name>`` — hash, one field per READY worker: worker id → JSON ``{"worker_id",
   "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and
@@ -80,6 +83,10 @@ Written by the gateway:
   capped at 64 KiB); ``guardrails.content`` stores it in ``ContentLog`` and deletes the entries.
 * ``key_last_used`` — hash key id → epoch s, flushed every few seconds; a Celery task claims it
   (renamed to ``key_last_used:flushing:<token>``) and writes ``ApiKey.last_used_at``.
+* ``response:<response id>`` — hash ``tenant_id``, ``key_id``, ``model`` (public name),
+  ``worker_id`` for each ``/v1/responses`` answer (``gateway.responses``), expiring after
+  ``BERTH_GATEWAY_RESPONSE_TTL_SECONDS``: retrieve, cancel and ``previous_response_id`` go to the
+  worker that stored the response, and only for the tenant that created it.
 * Quotas, taken and settled in one Lua script each (``gateway.quotas``):
   ``q:{t}:t:rpm:<epoch minute>``, ``q:{t}:t:tpm:<epoch minute>`` (counters, expire after 2 min),
   ``q:{t}:t:conc`` (sorted set request id → lease expiry ms), ``q:{t}:t:tokens:<YYYYMM>``.

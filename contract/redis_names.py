@@ -122,6 +122,10 @@ class RedisNames:
     def key_last_used(self) -> str:
         return self._name("key_last_used")
 
+    def response(self, response_id: str) -> str:
+        """Which worker holds a stored Responses API response, and whose it is."""
+        return self._name("response", response_id)
+
     def key_last_used_flushing(self, token: str) -> str:
         """Where a flush moves ``key_last_used`` (RENAME) before writing it to PostgreSQL."""
         return self._name("key_last_used", "flushing", token)

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway import metrics
+from gateway import dialects, metrics, responses
 from gateway.auth import Authenticator, Principal
 from gateway.config import GatewaySettings, get_settings
 from gateway.cors import Cors, CorsSend
@@ -92,6 +92,7 @@ class Gateway:
         state.guardrails = Guardrails(state.redis, settings, state.router, state.upstream)
         state.auth.on_other = _invalidations(state.router, state.guardrails)
         state.metering = Metering(state.redis, settings, state.quotas)
+        state.responses = responses.Responses(state)
         state.proxy = Proxy(state)
         state.tasks = [
             asyncio.create_task(state.auth.listen_invalidations(), name="invalidations"),
@@ -179,7 +180,8 @@ class Gateway:
             return
         ctx = RequestContext(request_id, method, path, scope)
         ctx.receive = receive
-        sender = _TrackingSend(send)
+        # The Messages paths answer errors in Anthropic's shape, whoever raised them.
+        sender = _TrackingSend(dialects.AnthropicErrorSend(send) if dialects.is_anthropic(path) else send)
         endpoint = ENDPOINTS.get(path)
         ctx.endpoint = endpoint or ("models" if path == "/v1/models" else "other")
         try:
@@ -191,6 +193,12 @@ class Gateway:
                 if method != "POST":
                     raise _method_not_allowed(method, path)
                 await self.state.proxy.handle(ctx, endpoint, sender)
+            elif path == dialects.COUNT_TOKENS_PATH:
+                if method != "POST":
+                    raise _method_not_allowed(method, path)
+                await self.state.responses.count_tokens(ctx, sender)
+            elif (stored := responses.parse_path(path)) is not None:
+                await self.state.responses.stored(ctx, sender, *stored)
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except GatewayError as exc:

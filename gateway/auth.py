@@ -60,6 +60,8 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
             return value.strip()
         return None
     raw = headers.get(b"api-key")
+    if raw is None:
+        raw = headers.get(b"x-api-key")  # Anthropic's header (the anthropic SDK sends only this)
     return raw.decode("latin-1").strip() if raw is not None else None
 
 

@@ -95,6 +95,10 @@ class GatewaySettings(BaseSettings):
     # The engine's /tokenize, asked for the prompt of a request dropped before the engine reported
     # usage, and to count an answer that came without usage.
     tokenize_timeout: float = Field(2.0, validation_alias="BERTH_GATEWAY_TOKENIZE_TIMEOUT", gt=0)
+    # How long a /v1/responses answer stays retrievable through this gateway (response id → worker
+    # and tenant in Redis). The engine keeps stored responses in its memory, so this is an upper
+    # bound: a restarted worker has forgotten them.
+    response_ttl_seconds: int = Field(7 * 86400, validation_alias="BERTH_GATEWAY_RESPONSE_TTL_SECONDS", ge=60)
 
     # Usage checkpoints of long streams (gateway/metering.py): a SIGKILLed gateway loses at most
     # the tokens delivered since the last one (the consumer bills that checkpoint).

@@ -72,7 +72,8 @@ def invalid_api_key() -> GatewayError:
 def missing_api_key() -> GatewayError:
     return GatewayError(
         401,
-        "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or in an 'api-key' header.",
+        "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or in an 'api-key' "
+        "(or Anthropic's 'x-api-key') header.",
         code="invalid_api_key",
     )
 

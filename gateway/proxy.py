@@ -2,15 +2,20 @@
 
 The request body is checked first (``validation.py``: every field the gateway reads, before any
 quota or engine work), then passes through unchanged except what Berth must set: the engine's
-served model name; ``cache_salt`` on chat and completions, an HMAC of the tenant replacing any
-client value, so that tenants sharing an engine never share its prefix cache (a tenant could
-otherwise time whether another sent a prefix; vLLM's security guide, CVE-2025-46570); and for
+served model name; ``cache_salt`` on chat, completions, responses and messages (``dialects``), an
+HMAC of the tenant replacing any client value, so that tenants sharing an engine never share its
+prefix cache (a tenant could otherwise time whether another sent a prefix; vLLM's security guide,
+CVE-2025-46570); and for
 streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats`` (so tokens are
 known even when the client goes away mid-stream). What the client did not ask for — the extra
 usage chunk, per-chunk usage — is stripped again on the way back (``sse.py``, a pure function).
 
 One admitted request travels through the steps below as a ``Forward``: its context, the engine's
 body, the lease, the usage event and where it went.
+
+Responses, Messages, rerank and score take the same path; what differs (their usage fields, their
+typed event streams, their prompt estimate) is in ``dialects.py``, and stored responses,
+retrieval and ``count_tokens`` in ``responses.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from contract.usage import UsageEvent
-from gateway import metrics, sse
+from gateway import dialects, metrics, sse
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.guardrails import RequestGuard
 from gateway.quotas import Lease
@@ -48,6 +53,7 @@ ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    **dialects.ENDPOINTS,
 }
 
 HOP_BY_HOP = frozenset(
@@ -74,6 +80,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-
 
 def _estimate_tokens(body: dict, endpoint: str) -> int:
     """A cheap prompt-size estimate (≈4 characters per token) for the token reservation."""
+    if endpoint in dialects.ESTIMATED:
+        return dialects.estimate_tokens(body, endpoint)
     chars = 0
     if endpoint == "chat":
         for message in body.get("messages") or ():
@@ -98,6 +106,8 @@ def _estimate_tokens(body: dict, endpoint: str) -> int:
 
 
 def _prefix(body: dict, endpoint: str, limit: int) -> str | None:
+    if endpoint in dialects.TYPED_STREAMS:
+        return dialects.prefix(body, endpoint, limit)
     if endpoint == "chat":
         parts = []
         for message in body.get("messages") or ():
@@ -174,7 +184,7 @@ class Proxy:
         ``max_tokens`` or, without one, what the model's context leaves after the prompt.
         """
         estimate = _estimate_tokens(body, endpoint)
-        if endpoint == "embeddings":
+        if endpoint in dialects.POOLING:
             return estimate
         per_choice = checked.max_tokens
         if per_choice is None:
@@ -226,6 +236,10 @@ class Proxy:
         if self.settings.log_content and guard is not None and guard.log_content:
             # Only for tenants that allow content logging, and as redacted as the engine sees it.
             ctx.content = (orjson.dumps(body) if guard.modified else raw)[:2000].decode("utf-8", "replace")
+        # A follow-up turn of a stored response must go to the worker that holds it.
+        pinned = (
+            await state.responses.pinned_worker(body, principal, model) if endpoint == "responses" else None
+        )
 
         lease = await state.quotas.admit(
             principal,
@@ -239,12 +253,12 @@ class Proxy:
         if info.served_name != model:
             body["model"] = info.served_name
             modified = True
-        if endpoint != "embeddings":
+        if endpoint in dialects.SALTED:
             # Prefix-cache isolation: the engine shares cached prefixes only within one salt.
             body["cache_salt"] = self._cache_salt(principal.tenant.tenant_id)
             modified = True
         client_usage = client_continuous = False
-        if stream:
+        if stream and endpoint in dialects.CHUNKED:
             options = body.get("stream_options")
             options = dict(options) if isinstance(options, dict) else {}
             client_usage = options.get("include_usage") is True
@@ -280,6 +294,8 @@ class Proxy:
                 event=event,
                 send=send,
                 guard=guard if guard is not None and guard.screens_answers else None,
+                pinned=pinned,
+                typed=dialects.TypedStream(endpoint) if endpoint in dialects.TYPED_STREAMS else None,
             )
             await self._forward(forward)
         except GatewayError as exc:
@@ -333,7 +349,7 @@ class Proxy:
         tried: set[str] = set()
         last_error = "no worker"
         for attempt in range(2):
-            workers = await self._workers(info.name)
+            workers = [fwd.pinned] if fwd.pinned else await self._workers(info.name)
             worker = router.choose(workers, fwd.prefix, tried)
             if worker.worker_id in tried:
                 break
@@ -454,10 +470,12 @@ class Proxy:
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 answer = None
-            usage = answer.get("usage") if isinstance(answer, dict) else None
+            usage = dialects.answer_usage(answer)  # every endpoint's usage in OpenAI's terms
             if fwd.guard is not None:
                 raw = fwd.guard.answer(raw)
             event.status = "ok"
+            if fwd.typed is not None:
+                await self.state.responses.remember_answer(fwd, answer)
             if isinstance(usage, dict) and _has_tokens(usage, "prompt_tokens"):
                 event.prompt_tokens = usage["prompt_tokens"]
                 completion = usage.get("completion_tokens")
@@ -536,9 +554,14 @@ class Proxy:
                 rest += chunk
                 if sse.EVENT_END not in rest:
                     continue
-                part = sse.rewrite(
-                    rest, client_usage=fwd.client_usage, client_continuous=fwd.client_continuous
-                )
+                if fwd.typed is not None:
+                    part = fwd.typed.rewrite(rest)
+                    if fwd.typed.response_id:
+                        await self.state.responses.remember(fwd, fwd.typed.take_response_id())
+                else:
+                    part = sse.rewrite(
+                        rest, client_usage=fwd.client_usage, client_continuous=fwd.client_continuous
+                    )
                 rest = part.rest
                 if part.final_usage is not None:
                     final_usage = part.final_usage
@@ -780,6 +803,8 @@ class Forward:
     event: UsageEvent  # the usage event, filled in as the request goes
     send: Send
     worker: Worker | None = None  # set while the request may be with the engine
+    pinned: Worker | None = None  # the one worker that may take it (a stored response's)
+    typed: dialects.TypedStream | None = None  # Responses and Messages: their typed events
     base_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     guard: RequestGuard | None = None  # the completion-side guardrails, when a policy has any
     _body: dict[str, Any] | None = None

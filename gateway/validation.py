@@ -193,12 +193,16 @@ def _stream_options(body: dict) -> None:
 
 
 def validate(body: dict, endpoint: str, *, max_tokens_limit: int) -> Checked:
-    """Check the fields the gateway reads for ``endpoint`` (chat, completions, embeddings)."""
+    """Check the fields the gateway reads for ``endpoint`` (chat, completions, embeddings, and
+    the surfaces of ``gateway.dialects``: responses, messages, count_tokens, rerank, score)."""
     model = body.get("model")
     if model is None or model == "":
         raise bad_request("You must provide a model parameter.", param="model", code="missing_model")
     if not isinstance(model, str):
         raise _invalid_type("model", "a string", model)
+    more = _MORE.get(endpoint)
+    if more is not None:
+        return more(body, model, max_tokens_limit)
 
     max_tokens = None
     if endpoint != "embeddings":
@@ -236,3 +240,165 @@ def validate(body: dict, endpoint: str, *, max_tokens_limit: int) -> Checked:
     return Checked(
         model=model, stream=bool(stream) and endpoint != "embeddings", max_tokens=max_tokens, choices=choices
     )
+
+
+# ---------------------------------------------------------------------------------- more surfaces
+# Each checks what the gateway reads (and what would otherwise be a confusing engine error), in
+# the caller's terms: the Anthropic paths' errors are reshaped by ``dialects.AnthropicErrorSend``.
+
+
+def _stream_flag(body: dict) -> bool:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _invalid_type("stream", "a boolean", stream)
+    return bool(stream)
+
+
+def _tools(body: dict) -> None:
+    """``tools`` pass through to the engine (its tool-call parser decides); only the shape here."""
+    tools = body.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _invalid_type("tools", "an array", tools)
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _invalid_type(f"tools[{i}]", "an object", tool)
+    choice = body.get("tool_choice")
+    if choice is not None and not isinstance(choice, str | dict):
+        raise _invalid_type("tool_choice", "a string or an object", choice)
+
+
+def _responses(body: dict, model: str, max_tokens_limit: int) -> Checked:
+    if "input" not in body or body["input"] is None:
+        raise _missing("input")
+    value = body["input"]
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise _invalid_type(f"input[{i}]", "an object", item)
+    elif not isinstance(value, str):
+        raise _invalid_type("input", "a string or an array of input items", value)
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _invalid_type("instructions", "a string", instructions)
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise _invalid_type("previous_response_id", "a string", previous)
+    if body.get("background") is True:
+        raise bad_request(
+            "Background responses are not supported here: send the request without 'background' "
+            "(stream it if it is long).",
+            param="background",
+            code="unsupported_parameter",
+        )
+    _tools(body)
+    max_tokens = _integer(body, "max_output_tokens", 1, max_tokens_limit)
+    return Checked(model=model, stream=_stream_flag(body), max_tokens=max_tokens, choices=1)
+
+
+def _anthropic_messages(body: dict) -> None:
+    if "messages" not in body:
+        raise _missing("messages")
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise _invalid_type("messages", "an array", messages)
+    if not messages:
+        raise bad_request("messages: at least one message is required", param="messages", code="empty_array")
+    for i, message in enumerate(messages):
+        where = f"messages.{i}"
+        if not isinstance(message, dict):
+            raise _invalid_type(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise _missing(f"{where}.role")
+        if not isinstance(role, str):
+            # Other strings go to the engine: vLLM also takes "system", and maps the "ctx"/"msg"
+            # roles recent coding agents send.
+            raise _invalid_type(f"{where}.role", "a string ('user' or 'assistant')", role)
+        content = message.get("content")
+        if isinstance(content, list):
+            for j, block in enumerate(content):
+                if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                    raise _invalid_type(f"{where}.content.{j}", "a content block object with a 'type'", block)
+        elif not isinstance(content, str):
+            raise _invalid_type(f"{where}.content", "a string or an array of content blocks", content)
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise _invalid_type("system", "a string or an array of text blocks", system)
+
+
+def _messages_api(body: dict, model: str, max_tokens_limit: int) -> Checked:
+    _anthropic_messages(body)
+    if body.get("max_tokens") is None:
+        raise bad_request("max_tokens: Field required", param="max_tokens", code="missing_required_parameter")
+    max_tokens = _integer(body, "max_tokens", 1, max_tokens_limit)
+    _tools(body)
+    return Checked(model=model, stream=_stream_flag(body), max_tokens=max_tokens, choices=1)
+
+
+def _count_tokens(body: dict, model: str, max_tokens_limit: int) -> Checked:
+    _anthropic_messages(body)
+    _tools(body)
+    return Checked(model=model, stream=False, max_tokens=None, choices=1)
+
+
+def _texts(body: dict, param: str, *, single: bool) -> None:
+    """A string, a non-empty list of strings (or objects), or (multimodal) an object with ``content``."""
+    if param not in body or body[param] is None:
+        raise _missing(param)
+    value = body[param]
+    expected = "a string" if single else "an array of strings"
+    if isinstance(value, dict):
+        if not isinstance(value.get("content"), list):
+            raise _invalid_type(f"{param}.content", "an array of content parts", value.get("content"))
+        return
+    if isinstance(value, str):
+        if single:
+            return
+        raise _invalid_type(param, expected, value)
+    if single or not isinstance(value, list):
+        raise _invalid_type(param, expected, value)
+    if not value:
+        raise bad_request(
+            f"Invalid '{param}': empty array. Expected an array with minimum length 1, but got an empty "
+            "array instead.",
+            param=param,
+            code="empty_array",
+        )
+    for i, item in enumerate(value):
+        # Cohere-style documents may be objects ({"text": ...}); the engine reads their fields.
+        if not isinstance(item, str | dict):
+            raise _invalid_type(f"{param}[{i}]", "a string or an object", item)
+
+
+def _rerank(body: dict, model: str, max_tokens_limit: int) -> Checked:
+    _texts(body, "query", single=True)
+    _texts(body, "documents", single=False)
+    _integer(body, "top_n", 0, 1_000_000)
+    return Checked(model=model, stream=False, max_tokens=None, choices=1)
+
+
+def _score(body: dict, model: str, max_tokens_limit: int) -> Checked:
+    if "text_1" in body or "text_2" in body:
+        pair = ("text_1", "text_2")
+    else:
+        pair = ("queries", "items" if "items" in body else "documents")
+    for param in pair:
+        if param not in body or body[param] is None:
+            raise _missing(param)
+        value = body[param]
+        if isinstance(value, str | dict):
+            _texts(body, param, single=True)
+        else:
+            _texts(body, param, single=False)
+    return Checked(model=model, stream=False, max_tokens=None, choices=1)
+
+
+_MORE = {
+    "responses": _responses,
+    "messages": _messages_api,
+    "count_tokens": _count_tokens,
+    "rerank": _rerank,
+    "score": _score,
+}

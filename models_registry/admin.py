@@ -34,8 +34,9 @@ class ModelAdmin(admin.ModelAdmin):
         "visibility",
         "tensor_parallel_size",
         "gpu_memory_gb",
+        "tool_call_parser",
     ]
-    list_filter = ["task", "visibility", "source_kind"]
+    list_filter = ["task", "visibility", "source_kind", "tool_call_parser"]
     search_fields = ["name", "source"]
     filter_horizontal = ["allowed_tenants"]
     readonly_fields = ["id", "created_at", "updated_at"]

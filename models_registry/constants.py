@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from models_registry.parsers import REASONING_PARSERS, TOOL_CALL_PARSERS
+
 
 class Task(models.TextChoices):
     CHAT = "chat", "Chat completions"
@@ -42,3 +44,6 @@ class AdapterStatus(models.TextChoices):
 
 # The tasks an adapter's base may have: LoRA adapters here change generation, not embeddings.
 ADAPTER_BASE_TASKS = ("chat", "completion")
+# vLLM's tool-call and reasoning parsers, as (value, label) choices; blank means none.
+TOOL_CALL_PARSER_CHOICES = [(name, name) for name in TOOL_CALL_PARSERS]
+REASONING_PARSER_CHOICES = [(name, name) for name in REASONING_PARSERS]

@@ -48,6 +48,7 @@ def entry(model) -> dict[str, str]:
         "created": str(int(model.created_at.timestamp())) if model.created_at else "0",
         "owned_by": "berth",
         "context_length": str(model.context_length) if model.context_length else "",
+        "tool_call_parser": model.tool_call_parser or "",
         **price_fields(model),
     }
 

@@ -20,6 +20,8 @@ from django.utils import timezone
 
 from models_registry.constants import (
     DEFAULT_CURRENCY,
+    REASONING_PARSER_CHOICES,
+    TOOL_CALL_PARSER_CHOICES,
     AdapterSourceKind,
     AdapterStatus,
     Engine,
@@ -79,6 +81,19 @@ class Model(models.Model):
     tensor_parallel_size = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
     engine_args = models.JSONField(
         default=list, blank=True, help_text='Extra engine arguments, e.g. ["--max-num-seqs", "64"].'
+    )
+    tool_call_parser = models.CharField(
+        max_length=32,
+        blank=True,
+        choices=TOOL_CALL_PARSER_CHOICES,
+        help_text="vLLM's tool-call parser for this model's chat template (e.g. hermes for Qwen, "
+        "llama3_json for Llama 3.1); empty: no automatic tool choice on vLLM workers.",
+    )
+    reasoning_parser = models.CharField(
+        max_length=32,
+        blank=True,
+        choices=REASONING_PARSER_CHOICES,
+        help_text="vLLM's reasoning parser (e.g. qwen3, deepseek_r1); empty: none.",
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PUBLIC)
     adapter_surcharge_percent = models.DecimalField(

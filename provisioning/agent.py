@@ -110,6 +110,8 @@ def engine_spec(worker: Worker, *, host: str, port: int, listen_fd: int | None =
         download_dir=settings.HF_CACHE_DIR,
         extra_args=tuple(model.engine_args or ()),
         lora_modules=adapters if deployment.engine == "vllm" else (),
+        tool_call_parser=(model.tool_call_parser or None) if deployment.engine == "vllm" else None,
+        reasoning_parser=(model.reasoning_parser or None) if deployment.engine == "vllm" else None,
     )
 
 

@@ -17,10 +17,25 @@ class PriceSerializer(serializers.Serializer):
 
 class ModelSerializer(serializers.ModelSerializer):
     price = serializers.SerializerMethodField()
+    supports_tools = serializers.SerializerMethodField()
 
     class Meta:
         model = Model
-        fields = ["id", "name", "task", "context_length", "visibility", "price", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "task",
+            "context_length",
+            "visibility",
+            "price",
+            "supports_tools",
+            "tool_call_parser",
+            "created_at",
+        ]
+
+    def get_supports_tools(self, model) -> bool:
+        """Automatic tool calls (``tool_choice: "auto"``) on vLLM need the model's parser."""
+        return bool(model.tool_call_parser)
 
     def get_price(self, model) -> dict | None:
         # Filled by the view's annotations: one query for the whole page, not one per model.

@@ -52,6 +52,8 @@ class EngineSpec:
     max_lora_rank: int | None = None
     max_loras: int | None = None
     download_dir: str | None = None
+    tool_call_parser: str | None = None  # vLLM: --enable-auto-tool-choice --tool-call-parser X
+    reasoning_parser: str | None = None  # vLLM: --reasoning-parser X
     extra_args: tuple[str, ...] = ()
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 
+from models_registry.parsers import REASONING_PARSERS, TOOL_CALL_PARSERS
 from provisioning.engines.base import EngineLaunch, EngineSpec
 
 VLLM_VERSION = "0.33.0"
@@ -96,6 +97,14 @@ MANAGED_OPTIONS: dict[str, tuple[str, ...]] = {
     "max_loras": ("--max-loras",),
     "max_lora_rank": ("--max-lora-rank",),
     "lora_modules": ("--lora-modules",),
+    # tool calling and reasoning: the registry's Model.tool_call_parser / reasoning_parser
+    "enable_auto_tool_choice": (
+        "--enable-auto-tool-choice",
+        "--disable-auto-tool-choice",
+        "--no-enable-auto-tool-choice",
+    ),
+    "tool_call_parser": ("--tool-call-parser",),
+    "reasoning_parser": ("--reasoning-parser",),
     # serving behaviour the gateway relies on
     "enable_force_include_usage": (
         "--enable-force-include-usage",
@@ -172,6 +181,12 @@ def serve_args(spec: EngineSpec) -> list[str]:
             args += ["--max-lora-rank", str(spec.max_lora_rank)]
         # One flag with all modules: vLLM's LoRAParserAction replaces the list on each use.
         args += ["--lora-modules", *(_lora_module_arg(m.name, m.path) for m in spec.lora_modules)]
+    if spec.tool_call_parser:
+        # `tool_choice: "auto"` (the default with `tools`) needs both; without them vLLM answers
+        # a clear 400 and still serves named or "required" tool choice through structured output.
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", spec.tool_call_parser]
+    if spec.reasoning_parser:
+        args += ["--reasoning-parser", spec.reasoning_parser]
     if spec.download_dir:
         args += ["--download-dir", spec.download_dir]
     args += ["--enable-server-load-tracking", "--disable-uvicorn-access-log"]
@@ -224,6 +239,10 @@ def _validate(spec: EngineSpec) -> None:
         raise EngineArgsError("max_model_len must be positive")
     if spec.dtype and spec.dtype not in DTYPES:
         raise EngineArgsError(f"dtype {spec.dtype!r} is not one of {', '.join(DTYPES)}")
+    if spec.tool_call_parser and spec.tool_call_parser not in TOOL_CALL_PARSERS:
+        raise EngineArgsError(f"tool_call_parser {spec.tool_call_parser!r} is not one of vLLM's parsers")
+    if spec.reasoning_parser and spec.reasoning_parser not in REASONING_PARSERS:
+        raise EngineArgsError(f"reasoning_parser {spec.reasoning_parser!r} is not one of vLLM's parsers")
     _validate_lora(spec)
     _validate_extra_args(spec.extra_args)
 

@@ -56,6 +56,8 @@ def group_for(deployment) -> GroupSpec:
         dtype=model.dtype or None,
         quantization=model.quantization or None,
         extra_args=tuple(model.engine_args or ()),
+        tool_call_parser=model.tool_call_parser or None,
+        reasoning_parser=model.reasoning_parser or None,
     )
     return GroupSpec(
         name=group_name(deployment),

@@ -55,6 +55,8 @@ def full_spec(**overrides) -> EngineSpec:
         "max_loras": 2,
         "max_lora_rank": 64,
         "download_dir": "/models",
+        "tool_call_parser": "hermes",
+        "reasoning_parser": "qwen3",
         "extra_args": ("--max-num-seqs", "64", "--seed=7"),
     }
     fields.update(overrides)
@@ -145,6 +147,9 @@ def test_every_flag_it_can_emit_is_a_vllm_0_33_0_flag():
         "max_lora_rank": "64",
         "lora_modules": ["sql=/loras/sql", "chat=/loras/chat"],
         "download_dir": "/models",
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "hermes",
+        "reasoning_parser": "qwen3",
         "enable_server_load_tracking": True,
         "disable_uvicorn_access_log": True,
         "max_num_seqs": "64",

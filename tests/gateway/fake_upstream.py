@@ -34,6 +34,8 @@ import time
 
 import orjson
 
+from tests.gateway import fake_surfaces
+
 API_KEY = os.environ.get("FAKE_API_KEY", "")
 NAME = os.environ.get("FAKE_NAME", "fake")
 WAITING = float(os.environ.get("FAKE_WAITING", "0"))
@@ -138,6 +140,10 @@ async def app(scope, receive, send) -> None:
     if path == "/_stats":
         await _json(send, 200, {**STATS, "name": NAME})
         return
+    if path == "/_last":
+        wanted = scope.get("query_string", b"").decode().partition("=")[2]
+        await _json(send, 200, fake_surfaces.LAST.get(wanted.replace("%2F", "/"), {}))
+        return
     if path == "/tokenize" and method == "POST":  # open, as on vLLM's port
         await _tokenize(orjson.loads(await _read(receive)), send)
         return
@@ -150,7 +156,14 @@ async def app(scope, receive, send) -> None:
             send, 200, {"object": "list", "data": [{"id": NAME, "object": "model", "owned_by": "vllm"}]}
         )
         return
-    if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    if path.startswith("/v1/responses/"):  # retrieve and cancel: no body
+        STATS["retrievals"] = STATS.get("retrievals", 0) + 1
+        await fake_surfaces.handle(path, method, None, scope, send)
+        return
+    if method != "POST" or (
+        path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+        and not fake_surfaces.handles(path)
+    ):
         await _json(send, 404, {"detail": "Not Found"})
         return
     body = orjson.loads(await _read(receive))
@@ -170,7 +183,9 @@ async def app(scope, receive, send) -> None:
     STATS["running"] += 1
     STATS["max_running"] = max(STATS["max_running"], STATS["running"])
     try:
-        if path == "/v1/embeddings":
+        if fake_surfaces.handles(path):
+            await fake_surfaces.handle(path, method, body, scope, send)
+        elif path == "/v1/embeddings":
             await _embeddings(body, send)
         else:
             await _generate(path, body, receive, send)
