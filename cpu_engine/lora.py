@@ -80,7 +80,9 @@ class _Sequence:
 class LoraManager:
     """The loaded adapters of one engine, their LRU, and the decode thread that serves them."""
 
-    def __init__(self, backend: Any, *, served_name: str, max_loras: int, max_cpu_loras: int | None, max_lora_rank: int):
+    def __init__(
+        self, backend: Any, *, served_name: str, max_loras: int, max_cpu_loras: int | None, max_lora_rank: int
+    ):
         if max_loras < 1:
             raise ValueError("max_loras must be at least 1")
         if max_cpu_loras is not None and max_cpu_loras < max_loras:
@@ -193,7 +195,9 @@ class LoraManager:
                 else:
                     self._peft.load_adapter(adapter.path, adapter_name=adapter.internal, is_trainable=False)
             except Exception as exc:  # weights that do not fit the base model
-                raise InputError(f"Could not load the LoRA adapter at '{adapter.path}': {exc}", "lora_path") from exc
+                raise InputError(
+                    f"Could not load the LoRA adapter at '{adapter.path}': {exc}", "lora_path"
+                ) from exc
             self._peft.eval()
 
     def _delete_weights(self, adapter: Adapter) -> None:
@@ -220,7 +224,9 @@ class LoraManager:
 
         adapter = self.adapters.get(name)
         if adapter is None:
-            raise InputError(f"The model `{name}` does not exist.", "model", status=404, code="model_not_found")
+            raise InputError(
+                f"The model `{name}` does not exist.", "model", status=404, code="model_not_found"
+            )
         self.adapters.move_to_end(name)  # most recently used
         adapter.active += 1
         loop = asyncio.get_running_loop()
@@ -258,9 +264,13 @@ class LoraManager:
                 searched_to = len(text)
                 text += decoder.step(rust_tokenizer, token) or ""
                 if params.stop:
-                    hits = [i for i in (text.find(s, max(0, searched_to - hold)) for s in params.stop) if i >= 0]
+                    hits = [
+                        i for i in (text.find(s, max(0, searched_to - hold)) for s in params.stop) if i >= 0
+                    ]
                     if hits:
-                        yield Step(text=text[sent : min(hits)], completion_tokens=produced, finish_reason="stop")
+                        yield Step(
+                            text=text[sent : min(hits)], completion_tokens=produced, finish_reason="stop"
+                        )
                         return
                 if done:
                     reason = "stop" if token in sequence.eos else "length"

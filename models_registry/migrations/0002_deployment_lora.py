@@ -4,25 +4,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('models_registry', '0001_initial'),
+        ("models_registry", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='deployment',
-            name='max_cpu_loras',
-            field=models.PositiveSmallIntegerField(blank=True, help_text='LoRA adapters kept loaded per replica (least recently used evicted); empty: max LoRAs.', null=True),
+            model_name="deployment",
+            name="max_cpu_loras",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                help_text="LoRA adapters kept loaded per replica (least recently used evicted); empty: max LoRAs.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='max_lora_rank',
-            field=models.PositiveSmallIntegerField(choices=[(1, '1'), (8, '8'), (16, '16'), (32, '32'), (64, '64'), (128, '128'), (256, '256'), (320, '320'), (512, '512')], default=16, help_text='The largest adapter rank a replica accepts.'),
+            model_name="deployment",
+            name="max_lora_rank",
+            field=models.PositiveSmallIntegerField(
+                choices=[
+                    (1, "1"),
+                    (8, "8"),
+                    (16, "16"),
+                    (32, "32"),
+                    (64, "64"),
+                    (128, "128"),
+                    (256, "256"),
+                    (320, "320"),
+                    (512, "512"),
+                ],
+                default=16,
+                help_text="The largest adapter rank a replica accepts.",
+            ),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='max_loras',
-            field=models.PositiveSmallIntegerField(default=0, help_text='LoRA adapters served in one batch; 0 turns LoRA serving off.'),
+            model_name="deployment",
+            name="max_loras",
+            field=models.PositiveSmallIntegerField(
+                default=0, help_text="LoRA adapters served in one batch; 0 turns LoRA serving off."
+            ),
         ),
     ]

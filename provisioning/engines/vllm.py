@@ -51,7 +51,6 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import json
 import os
 
 from provisioning.engines.base import EngineLaunch, EngineSpec
@@ -248,7 +247,9 @@ def _validate_lora(spec: EngineSpec) -> None:
         return
     if spec.max_cpu_loras is not None and spec.max_cpu_loras < spec.max_loras:
         # vLLM refuses this at start ("max_cpu_loras must be >= max_loras").
-        raise EngineArgsError(f"max_cpu_loras ({spec.max_cpu_loras}) must be at least max_loras ({spec.max_loras})")
+        raise EngineArgsError(
+            f"max_cpu_loras ({spec.max_cpu_loras}) must be at least max_loras ({spec.max_loras})"
+        )
     if spec.max_lora_rank is not None and spec.max_lora_rank not in MAX_LORA_RANKS:
         raise EngineArgsError(
             f"max_lora_rank {spec.max_lora_rank} is not one of {', '.join(map(str, MAX_LORA_RANKS))}"

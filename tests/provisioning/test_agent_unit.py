@@ -62,7 +62,6 @@ def test_the_engine_spec_comes_from_the_worker_and_its_model():
     from models_registry.constants import Engine
     from provisioning.agent import engine_spec
     from provisioning.models import Worker
-    from tests.factories import TenantFactory
     from tests.registry.factories import DeploymentFactory, ModelFactory
 
     model = ModelFactory(
@@ -76,7 +75,9 @@ def test_the_engine_spec_comes_from_the_worker_and_its_model():
         engine_args=["--max-num-seqs", "64"],
     )
     worker = Worker.objects.create(
-        deployment=DeploymentFactory(model=model, engine=Engine.VLLM, max_loras=4, max_cpu_loras=32, max_lora_rank=64),
+        deployment=DeploymentFactory(
+            model=model, engine=Engine.VLLM, max_loras=4, max_cpu_loras=32, max_lora_rank=64
+        ),
         api_key="k",
         gpu_indices=[2, 3],
     )
