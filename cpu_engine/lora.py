@@ -67,7 +67,7 @@ class _Sequence:
     adapter: Adapter
     prompt_ids: list[int]
     params: SamplingParams
-    push: Callable[[Any], None]  # hands a token id, or an exception, to the request's event loop
+    push: Callable[[Any], object]  # hands a token id, or an exception, to the request's event loop
     eos: frozenset[int]
     cache: Any = None
     last: int | None = None

@@ -37,7 +37,7 @@ def make_tiny_adapter(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staging = Path(tmp) / "adapter"
-        peft_model.save_pretrained(staging)
+        peft_model.save_pretrained(str(staging))
         (staging / "README.md").unlink(missing_ok=True)
         if path.exists():
             shutil.rmtree(path)
