@@ -236,3 +236,17 @@ def test_an_adapter_that_cannot_load_gets_a_clear_error(gateway, lora_engines, r
     assert caught.value.code == "adapter_load_failed"
     assert "could not be loaded" in caught.value.message
     assert "/nowhere" not in caught.value.message  # operator paths stay in the gateway log
+
+
+@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])
+def test_tenants_cannot_reach_the_engines_adapter_routes(setup, gateway, lora_engines, lora_files, path):
+    tenant, client, _, _ = setup
+    response = httpx.post(
+        gateway.url + path,
+        json={"lora_name": f"{tenant.slug}/sneaky", "lora_path": str(lora_files[1])},
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        timeout=10,
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert not any(f"{tenant.slug}/sneaky" in held_by(e) for e in lora_engines)
