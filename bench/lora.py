@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import re
@@ -269,6 +270,7 @@ def summary(phase: dict, counters: dict[str, float] | None = None) -> dict[str, 
 
 
 def main() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
