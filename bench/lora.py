@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -326,7 +327,11 @@ def main() -> None:
             after = gateway_counters(port)
             delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
             phases[label] = summary(phase, None if label == "base" else delta)
-            print(f"{label}: {len(phase['results'])} requests in {phase['elapsed']:.1f}s", file=sys.stderr)
+            statuses = collections.Counter(r[3] for r in phase["results"])
+            print(
+                f"{label}: {len(phase['results'])} requests in {phase['elapsed']:.1f}s, HTTP {dict(statuses)}",
+                file=sys.stderr,
+            )
             gateway.terminate()
             gateway.wait(30)
             gateway = None

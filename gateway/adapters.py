@@ -191,10 +191,16 @@ class Adapters:
             logger.info("loaded adapter %s on %s", info.name, worker.worker_id)
         await self._record(worker, info)
 
-    async def evicted(self, info: ModelInfo, worker: Worker) -> None:
-        """The worker answered 404 for the adapter: it evicted it (its LRU) or restarted."""
-        await self._forget(worker.worker_id, info.served_name)
-        self._evicted[(worker.worker_id, info.served_name)] = time.monotonic()
+    async def evicted(self, info: ModelInfo, worker: Worker, workers: list[Worker]) -> None:
+        """The worker answered 404 for the adapter: it evicted it (its LRU) or restarted.
+
+        The record of the base's other workers is dropped too: engines evict on their own, so a
+        record that was wrong here is likely stale there, and trusting it would send the retry
+        to another 404. The retry then loads the adapter where it goes (at worst once too often)."""
+        now = time.monotonic()
+        for each in {w.worker_id for w in workers} | {worker.worker_id}:
+            await self._forget(each, info.served_name)
+            self._evicted[(each, info.served_name)] = now
         if len(self._evicted) > 10_000:
             self._evicted.clear()
         metrics.LORA_EVICTIONS.labels(info.name).inc()

@@ -360,7 +360,7 @@ class Proxy:
                 router.release(worker)
                 fwd.worker = None
                 tried.discard(worker.worker_id)
-                await router.adapters.evicted(info, worker)
+                await router.adapters.evicted(info, worker, workers)
                 continue
             if response.status in RETRYABLE_STATUS and attempt == 0 and len(workers) > 1:
                 await response.close()
