@@ -116,13 +116,12 @@ class Adapters:
         held: dict[str, set[str]] = {}
         if self.settings.lora_routing == "affinity":
             held = await self.held(candidates)
-            bound = (1 + self.settings.bounded_load_eps) * (sum(loads.values()) / len(loads)) + 1
-            holders = [
-                w for w in candidates if info.served_name in held[w.worker_id] and loads[w.worker_id] <= bound
-            ]
-            if holders:
+            holder = affinity_choice(
+                info.served_name, candidates, loads, held, self.settings.bounded_load_eps
+            )
+            if holder is not None:
                 metrics.LORA_AFFINITY.labels(info.name, "hit").inc()
-                return min(holders, key=lambda w: loads[w.worker_id])
+                return holder
             metrics.LORA_AFFINITY.labels(info.name, "miss").inc()
         chosen = router.choose(candidates, None)
         if chosen.worker_id not in held:
@@ -262,6 +261,16 @@ class Adapters:
         if status in (200, 404):  # 404: the engine had evicted it already
             metrics.LORA_UNLOADS.labels(served_name).inc()
             logger.info("unloaded deleted adapter %s from %s", served_name, worker_id)
+
+
+def affinity_choice(
+    adapter: str, candidates: list[Worker], loads: dict[str, float], held: dict[str, set[str]], eps: float
+) -> Worker | None:
+    """The least loaded worker holding ``adapter`` whose load is within ``(1 + eps) × mean + 1``
+    of all candidates; None when no holder is (the request then goes where the load is least)."""
+    bound = (1 + eps) * (sum(loads.values()) / len(loads)) + 1
+    holders = [w for w in candidates if adapter in held.get(w.worker_id, ()) and loads[w.worker_id] <= bound]
+    return min(holders, key=lambda w: loads[w.worker_id]) if holders else None
 
 
 def _load_failed(info: ModelInfo) -> GatewayError:
