@@ -31,7 +31,11 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   ``embedding``), ``visibility`` (``public`` | ``private``), ``tenants`` (JSON list of tenant ids
   allowed a private model), ``created`` (epoch s), ``owned_by``, ``context_length`` (tokens, or
   empty), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
-  tokens). A model without this hash does not exist for the gateway. Written by
+  tokens). A LoRA adapter's hash has the same fields (its base's ``task`` and ``context_length``,
+  its own prices) plus ``parent`` (the base model's name), ``adapter_id``, ``adapter_source``
+  (``lora_path`` for the engine: a local folder or a Hub repo id), ``adapter_revision`` and
+  ``adapter_rank``; a plain model has no ``parent``. A model without this hash does not exist for
+  the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
   A ready LoRA adapter is mirrored the same way under its served name ``<tenant slug>/<name>``
   (``owned_by`` its tenant's slug, ``task``/``context_length`` its base's, its own price) plus
@@ -63,6 +67,13 @@ Written by the gateway:
 * ``engine_load`` — hash worker id → JSON ``{"waiting", "running", "kv", "at"}`` (engine gauges,
   ``at`` in epoch s), scraped about once a second by the one gateway holding
   ``lock:engine_scraper`` (``SET NX PX``); read by every gateway and by ``provisioning.autoscaler``.
+* ``lora:<worker id>`` — hash: adapter served name → JSON ``{"parent": <base model>, "at": epoch
+  ms}``, one field per LoRA adapter a gateway loaded on that worker (``POST
+  /v1/load_lora_adapter``); removed when the engine answers 404 for it (it evicted it) or when the
+  adapter is deleted (the gateway whose ``HDEL`` removed it sends the unload). ``PEXPIRE`` one day
+  after the last load. Written and read by ``gateway.adapters`` (LoRA affinity), read by the staff
+  dashboard. The ``engine_load`` entry of a worker adds ``loras`` (list) when its engine reports
+  adapters running or waiting in ``vllm:lora_requests_info``.
 * ``demand:<public name>`` — epoch s of the last request that found no ready worker (``EX 60``);
   read by ``provisioning.autoscaler`` to scale a model up from zero.
 * ``usage`` — stream, one entry per admitted request, field ``e`` = the usage event

@@ -7,11 +7,14 @@ with several label sets (one per served model) is summed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_CACHE = "vllm:kv_cache_usage_perc"
+LORA_INFO = "vllm:lora_requests_info"
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,22 @@ def parse(text: str) -> EngineLoad:
         if sample is not None and sample[0] in totals:
             totals[sample[0]] += sample[1]
     return EngineLoad(waiting=totals[WAITING], running=totals[RUNNING], kv=totals[KV_CACHE])
+
+
+def lora_adapters(text: str) -> list[str]:
+    """The adapters ``vllm:lora_requests_info`` reports running or waiting, from its newest sample.
+
+    vLLM sets the gauge to the current time under labels naming the adapters, and a label set it
+    used before stays exported with its older time: the sample with the largest value is now."""
+    newest, adapters = -1.0, []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith(LORA_INFO + "{"):
+            continue
+        sample = _sample(line)
+        if sample is None or sample[0] != LORA_INFO or sample[1] <= newest:
+            continue
+        labels = dict(_LABEL.findall(line[len(LORA_INFO) + 1 : line.rfind("}")]))
+        names = ",".join(labels.get(k, "") for k in ("running_lora_adapters", "waiting_lora_adapters"))
+        newest, adapters = sample[1], sorted({n for n in names.split(",") if n})
+    return adapters

@@ -101,6 +101,17 @@ class RedisNames:
     def demand(self, model: str) -> str:
         return self._name("demand", model)
 
+    def lora_held(self, worker_id: str) -> str:
+        """Adapters the gateways loaded on one worker (``gateway.adapters``)."""
+        return self._name("lora", worker_id)
+
+    def lora_held_pattern(self) -> str:
+        return self._name("lora", "*")
+
+    def lora_worker_of(self, name: str) -> str:
+        """The worker id in a ``lora:<worker id>`` name (from a SCAN)."""
+        return name[len(self._name("lora", "")) :]
+
     def usage_stream(self) -> str:
         return self._name("usage")
 

@@ -45,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="seconds that open requests get to finish after SIGTERM before they are cancelled",
     )
+    parser.add_argument(
+        "--max-loras", type=int, default=0, help="LoRA adapters run at once; 0: no adapters (vLLM's flag)"
+    )
+    parser.add_argument(
+        "--max-cpu-loras", type=int, default=None, help="LoRA adapters kept loaded (default: --max-loras)"
+    )
+    parser.add_argument("--max-lora-rank", type=int, default=16, help="the largest adapter rank taken")
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -83,6 +90,19 @@ def main(argv: list[str] | None = None) -> None:
         served_name=args.served_model_name,
         api_key=os.environ.get(API_KEY_ENV),
     )
+    if args.max_loras > 0:
+        if args.task == "embedding":
+            sys.exit("cpu_engine: LoRA adapters are served for chat and completion models only")
+        from cpu_engine import lora
+
+        manager = lora.LoraManager(
+            backend,
+            served_name=args.served_model_name,
+            max_loras=args.max_loras,
+            max_cpu_loras=args.max_cpu_loras,
+            max_lora_rank=args.max_lora_rank,
+        )
+        lora.install(app, manager)
     try:
         # Requests are accepted only now, after the model has loaded: /health is 200 from its first
         # answer.
@@ -101,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         sockets = [socket.socket(fileno=args.fd)] if args.fd is not None else None
         uvicorn.Server(config).run(sockets=sockets)
     finally:
-        backend.stop()
+        app.state.engine.stop()
 
 
 if __name__ == "__main__":

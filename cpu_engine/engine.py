@@ -29,10 +29,12 @@ class Engine:
         self.served_name = served_name
         self.metrics = Metrics(served_name, backend)
         self.created = int(time.time())
+        self.lora: Any = None  # a cpu_engine.lora.LoraManager when the engine serves adapters
 
     def check_model(self, model: Any) -> None:
-        """A request may leave ``model`` out; if it names one, it must be the served one."""
-        if model is not None and model != self.served_name:
+        """A request may leave ``model`` out; if it names one, it must be the served one or a
+        loaded LoRA adapter."""
+        if model is not None and model != self.served_name and not (self.lora and self.lora.has(model)):
             raise InputError(
                 f"The model `{model}` does not exist.", "model", status=404, code="model_not_found"
             )
@@ -58,5 +60,13 @@ class Engine:
             ignore_eos=body.ignore_eos,
         )
 
+    def steps(self, model: str | None, prompt_ids: list[int], params: SamplingParams, cache_salt: str | None):
+        """The generation steps of a request, through the adapter it names if it names one."""
+        if self.lora is not None and model not in (None, self.served_name):
+            return self.lora.generate(model, prompt_ids, params)
+        return self.backend.generate(prompt_ids, params, cache_salt=cache_salt)
+
     def stop(self) -> None:
+        if self.lora is not None:
+            self.lora.stop()
         self.backend.stop()

@@ -103,7 +103,8 @@ async def models(request: Request) -> dict[str, Any]:
             }
         ],
     }
-    return {"object": "list", "data": [card]}
+    adapters = engine.lora.cards(engine.created) if engine.lora is not None else []
+    return {"object": "list", "data": [card, *adapters]}
 
 
 async def tokenize(request: Request) -> dict[str, Any]:
@@ -199,6 +200,7 @@ async def chat_completions(request: Request) -> Response:
         request,
         engine,
         kind="chat",
+        model=body.model,
         prompt_ids=prompt_ids,
         params=params,
         stream=body.stream,
@@ -280,6 +282,7 @@ async def completions(request: Request) -> Response:
         request,
         engine,
         kind="completion",
+        model=body.model,
         prompt_ids=prompt_ids,
         params=params,
         stream=body.stream,
@@ -357,14 +360,15 @@ async def generate(
     engine: Engine,
     *,
     kind: str,
+    model: str | None = None,
     prompt_ids: list[int],
     params: SamplingParams,
     stream: bool,
     options: StreamOptions | None,
     cache_salt: str | None,
 ) -> Response:
-    reply = Reply(kind=kind, model=engine.served_name, prompt_len=len(prompt_ids))
-    steps = engine.backend.generate(prompt_ids, params, cache_salt=cache_salt)
+    reply = Reply(kind=kind, model=model or engine.served_name, prompt_len=len(prompt_ids))
+    steps = engine.steps(model, prompt_ids, params, cache_salt)
     if stream:
         include_usage = bool(options and options.include_usage)
         continuous = include_usage and bool(options and options.continuous_usage_stats)

@@ -309,7 +309,14 @@ class Gateway:
             {
                 "object": "list",
                 "data": [
-                    {"id": m.name, "object": "model", "created": m.created, "owned_by": m.owned_by}
+                    # "parent": the base model of a LoRA adapter, null for a model (as vLLM lists them)
+                    {
+                        "id": m.name,
+                        "object": "model",
+                        "created": m.created,
+                        "owned_by": m.owned_by,
+                        "parent": m.parent,
+                    }
                     for m in models
                 ],
             }

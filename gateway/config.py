@@ -85,6 +85,11 @@ class GatewaySettings(BaseSettings):
     # Bounded load: the preferred worker is skipped when its load exceeds (1 + eps) × mean + 1.
     bounded_load_eps: float = Field(0.25, validation_alias="BERTH_GATEWAY_BOUNDED_LOAD_EPS", ge=0)
     scrape_interval: float = Field(1.0, validation_alias="BERTH_GATEWAY_SCRAPE_INTERVAL", gt=0)
+    # LoRA adapters (gateway.adapters): prefer workers holding the adapter, or plain least load.
+    lora_routing: Literal["affinity", "least_load"] = Field(
+        "affinity", validation_alias="BERTH_GATEWAY_LORA_ROUTING"
+    )
+    lora_load_timeout: float = Field(120.0, validation_alias="BERTH_GATEWAY_LORA_LOAD_TIMEOUT", gt=0)
     route_cache_seconds: float = Field(1.0, validation_alias="BERTH_GATEWAY_ROUTE_CACHE_SECONDS", ge=0)
     cold_start_timeout: float = Field(300.0, validation_alias="BERTH_GATEWAY_COLD_START_TIMEOUT", gt=0)
 

@@ -45,3 +45,22 @@ def render() -> tuple[bytes, bytes]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST.encode()
     return generate_latest(), CONTENT_TYPE_LATEST.encode()
+
+
+# LoRA adapters (gateway.adapters)
+LORA_LOADS = Counter("berth_gateway_lora_loads_total", "Adapter loads onto workers, by adapter", ["model"])
+LORA_LOAD_FAILURES = Counter(
+    "berth_gateway_lora_load_failures_total", "Adapter loads that failed or timed out", ["model"]
+)
+LORA_UNLOADS = Counter("berth_gateway_lora_unloads_total", "Adapters unloaded after deletion", ["model"])
+LORA_EVICTIONS = Counter(
+    "berth_gateway_lora_evictions_total", "Adapters found evicted by an engine (404), reloaded", ["model"]
+)
+LORA_AFFINITY = Counter(
+    "berth_gateway_lora_affinity_total",
+    "Adapter requests that found a worker holding the adapter (hit) or not (miss)",
+    ["model", "result"],
+)
+LORA_LOAD_SECONDS = Histogram(
+    "berth_gateway_lora_load_seconds", "Time to load an adapter onto a worker", buckets=_LATENCY_BUCKETS
+)

@@ -349,8 +349,11 @@ class Proxy:
         tried: set[str] = set()
         last_error = "no worker"
         for attempt in range(2):
-            workers = [fwd.pinned] if fwd.pinned else await self._workers(info.name)
-            worker = router.choose(workers, fwd.prefix, tried)
+            workers = [fwd.pinned] if fwd.pinned else await self._workers(info.route_name)
+            if info.parent:  # a LoRA adapter: a worker holding it, or one it is loaded on now
+                worker = await router.adapters.place(info, workers, tried)
+            else:
+                worker = router.choose(workers, fwd.prefix, tried)
             if worker.worker_id in tried:
                 break
             tried.add(worker.worker_id)
@@ -377,6 +380,14 @@ class Proxy:
             except BaseException:
                 router.release(worker)
                 raise
+            if info.parent and response.status == 404 and attempt == 0:
+                # The engine evicted the adapter (its LRU): place the request again, which reloads.
+                await response.close()
+                router.release(worker)
+                fwd.worker = None
+                tried.discard(worker.worker_id)
+                await router.adapters.evicted(info, worker, workers)
+                continue
             if response.status in RETRYABLE_STATUS and attempt == 0 and len(workers) > 1:
                 await response.close()
                 router.release(worker)

@@ -10,7 +10,8 @@ Worker choice (``BERTH_GATEWAY_ROUTING``): ``least_load`` — the lowest load, w
 gateway's outstanding requests to the worker + the engine's waiting requests + 4 × its KV-cache
 use; ``prefix`` — rendezvous hashing of the prompt's first ``prefix_chars`` characters ranks the
 workers, and the first whose load is within ``(1 + eps) × mean + 1`` wins (bounded load, so a hot
-prefix spills over instead of piling up); ``round_robin`` — for comparison.
+prefix spills over instead of piling up); ``round_robin`` — for comparison. A LoRA adapter's
+requests go to its base model's workers, chosen by ``gateway.adapters`` (LoRA affinity).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import orjson
 from contract import engine_metrics
 from contract.invalidation import Kind
 from contract.redis_names import RedisNames
+from gateway.adapters import Adapters
 from gateway.cache import TtlCache
 
 logger = logging.getLogger("berth.gateway.routing")
@@ -55,6 +57,18 @@ class ModelInfo:
     context_length: int | None = None
     price_input_micros: int = 0
     price_output_micros: int = 0
+    # LoRA adapters only (gateway.adapters): the base model whose workers serve it, and what the
+    # engine's load call takes as lora_path.
+    parent: str | None = None
+    adapter_id: str = ""
+    adapter_source: str = ""
+    adapter_revision: str = ""
+    adapter_rank: int | None = None
+
+    @property
+    def route_name(self) -> str:
+        """The model whose workers serve this one: the base for an adapter."""
+        return self.parent or self.name
 
     def visible_to(self, tenant_id: str) -> bool:
         return self.visibility == "public" or tenant_id in self.tenants
@@ -93,6 +107,7 @@ class Router:
         self._model_names: tuple[float, list[str]] = (0.0, [])
         self._demand_sent: dict[str, float] = {}
         self._rr = itertools.count()
+        self.adapters = Adapters(self)
 
     # ------------------------------------------------------------------ registry reads
 
@@ -114,6 +129,11 @@ class Router:
             context_length=_positive_int(raw.get("context_length")),
             price_input_micros=_positive_int(raw.get("price_input_micros")) or 0,
             price_output_micros=_positive_int(raw.get("price_output_micros")) or 0,
+            parent=raw.get("parent") or None,
+            adapter_id=raw.get("adapter_id", ""),
+            adapter_source=raw.get("adapter_source", ""),
+            adapter_revision=raw.get("adapter_revision", ""),
+            adapter_rank=_positive_int(raw.get("adapter_rank")),
         )
 
     async def visible_models(self, tenant_id: str, allowed: frozenset[str]) -> list[ModelInfo]:
@@ -169,6 +189,7 @@ class Router:
         elif kind == Kind.MODEL:
             self._models.pop(name)
             self._model_names = (0.0, [])
+            self.adapters.model_changed(name)  # a deleted adapter is unloaded from its workers
 
     # ------------------------------------------------------------------ choice
 
@@ -246,7 +267,11 @@ class Router:
                 text = await self.upstream.get_text(f"{worker.url}/metrics", worker.api_key, limit_s=2.0)
             except Exception:  # a worker that does not answer simply has no fresh load figure
                 return None
-            return worker.worker_id, {**engine_metrics.parse(text).as_dict(), "at": time.time()}
+            data: dict = {**engine_metrics.parse(text).as_dict(), "at": time.time()}
+            loras = engine_metrics.lora_adapters(text)
+            if loras:
+                data["loras"] = loras
+            return worker.worker_id, data
 
         results = await asyncio.gather(*(one(w) for w in workers.values()))
         mapping = {wid: orjson.dumps(data) for wid, data in filter(None, results)}

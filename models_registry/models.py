@@ -152,6 +152,20 @@ class Deployment(models.Model):
     node_selector = models.JSONField(
         default=dict, blank=True, help_text='Node labels a replica needs, e.g. {"gpu": "h100"}.'
     )
+    # LoRA (engine flags --max-loras, --max-cpu-loras, --max-lora-rank): adapters load at run time.
+    max_loras = models.PositiveSmallIntegerField(
+        default=0, help_text="LoRA adapters served in one batch; 0 turns LoRA serving off."
+    )
+    max_cpu_loras = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="LoRA adapters kept loaded per replica (least recently used evicted); empty: max LoRAs.",
+    )
+    max_lora_rank = models.PositiveSmallIntegerField(
+        default=16,
+        choices=[(r, str(r)) for r in (1, 8, 16, 32, 64, 128, 256, 320, 512)],
+        help_text="The largest adapter rank a replica accepts.",
+    )
     last_active_at = models.DateTimeField(null=True, blank=True, editable=False)
     low_load_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -177,6 +191,8 @@ class Deployment(models.Model):
             raise ValidationError({"desired_replicas": "Must not exceed max replicas."})
         if not isinstance(self.node_selector, dict):
             raise ValidationError({"node_selector": "Must be a JSON object of label: value."})
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValidationError({"max_cpu_loras": "Must be at least max LoRAs."})
 
     @property
     def gpus_per_replica(self) -> int:

@@ -193,6 +193,7 @@ class DeploymentAdmin(admin.ModelAdmin):
         "min_replicas",
         "max_replicas",
         "target_concurrency",
+        "max_loras",
         "last_active_at",
     ]
     list_filter = ["engine"]

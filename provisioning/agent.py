@@ -46,7 +46,7 @@ from provisioning.constants import (
     NodeStatus,
     WorkerState,
 )
-from provisioning.engines.base import EngineLaunch, EngineSpec, LoraModule
+from provisioning.engines.base import EngineLaunch, EngineSpec
 from provisioning.models import Gpu, Node, Worker
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,11 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
 
 
 def engine_spec(worker: Worker, *, host: str, port: int, listen_fd: int | None = None) -> EngineSpec:
-    """The launch description for a worker. LoRA adapters are read at start: a replica started
-    before an adapter was added serves it only after a restart (admin action "restart")."""
+    """The launch description for a worker. No adapter is named here: with ``max_loras`` > 0 the
+    engine takes them at run time, loaded by the gateway where requests need them."""
     deployment = worker.deployment
     model = deployment.model
-    adapters = tuple(
-        LoraModule(name=adapter.served_name, path=adapter.source)
-        for adapter in model.lora_adapters.select_related("tenant").order_by("created_at")
-    )
+    lora = deployment.max_loras > 0
     return EngineSpec(
         engine=deployment.engine,
         served_name=model.name,
@@ -109,7 +106,9 @@ def engine_spec(worker: Worker, *, host: str, port: int, listen_fd: int | None =
         quantization=model.quantization or None,
         download_dir=settings.HF_CACHE_DIR,
         extra_args=tuple(model.engine_args or ()),
-        lora_modules=adapters if deployment.engine == "vllm" else (),
+        max_loras=deployment.max_loras,
+        max_cpu_loras=deployment.max_cpu_loras if lora else None,
+        max_lora_rank=deployment.max_lora_rank if lora else None,
         tool_call_parser=(model.tool_call_parser or None) if deployment.engine == "vllm" else None,
         reasoning_parser=(model.reasoning_parser or None) if deployment.engine == "vllm" else None,
     )

@@ -5,20 +5,25 @@ Everything here is cross-tenant and meant for staff views only.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import redis as redis_lib
 from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncMonth
 
+from berth.redis import get_redis, names
 from billing.models import ANSWERED_STATUSES, SERVER_ERROR, Invoice, InvoiceStatus, UsageRecord
 from billing.periods import period_containing
 from models_registry.models import Deployment
 from provisioning.constants import HOLDING_STATES, LIVE_STATES, TERMINAL_STATES, WorkerState
 from provisioning.models import Node, Worker
+
+logger = logging.getLogger("berth.staff")
 
 # --------------------------------------------------------------------------- fleet
 
@@ -92,13 +97,33 @@ WORKERS_SHOWN = 200
 
 
 def workers(now: datetime) -> list[Worker]:
-    """Live and draining workers, plus those that stopped or failed in the last hour."""
+    """Live and draining workers, plus those that stopped or failed in the last hour; each with
+    ``adapters``, the LoRA adapters the gateways loaded on it."""
     recent = Q(state__in=TERMINAL_STATES, state_changed_at__gte=now - RECENT_FINISHED)
-    return list(
+    rows = list(
         Worker.objects.filter(~Q(state__in=TERMINAL_STATES) | recent)
         .select_related("deployment__model", "node")
         .order_by("-created_at")[:WORKERS_SHOWN]
     )
+    for worker, adapters in zip(rows, lora_adapters([str(w.pk) for w in rows]), strict=True):
+        worker.adapters = adapters
+    return rows
+
+
+def lora_adapters(worker_ids: list[str]) -> list[list[str]]:
+    """The adapters on each worker, from the gateways' record (``lora:<worker id>`` in Redis);
+    empty lists when Redis does not answer, so the page still shows."""
+    if not worker_ids:
+        return []
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for worker_id in worker_ids:
+            pipe.hkeys(names().lora_held(worker_id))
+        found = pipe.execute()
+    except redis_lib.RedisError:
+        logger.warning("could not read the workers' LoRA adapters from Redis", exc_info=True)
+        return [[] for _ in worker_ids]
+    return [sorted(k.decode() if isinstance(k, bytes) else k for k in keys) for keys in found]
 
 
 def deployments():

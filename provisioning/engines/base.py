@@ -13,18 +13,17 @@ EngineLaunch. Every engine, whatever its kind, must then behave like ``vllm serv
 * answer ``GET /health`` with 200 once ready, and Prometheus ``GET /metrics`` with vLLM's metric
   names (``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
   ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, and for generation
-  ``vllm:prefix_cache_queries_total``/``vllm:prefix_cache_hits_total``, labelled ``model_name``).
+  ``vllm:prefix_cache_queries_total``/``vllm:prefix_cache_hits_total``, labelled ``model_name``);
+* with ``max_loras`` > 0: take ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` and
+  ``POST /v1/unload_lora_adapter`` ``{"lora_name"}`` behind the same key, serve a loaded adapter
+  as ``model=<lora_name>``, list it in ``/v1/models`` with ``parent`` = the base, keep at most
+  ``max_cpu_loras`` loaded (evicting the least recently used), and export
+  ``vllm:lora_requests_info``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-
-@dataclass(frozen=True)
-class LoraModule:
-    name: str
-    path: str
 
 
 @dataclass(frozen=True)
@@ -48,9 +47,12 @@ class EngineSpec:
     quantization: str | None = None
     gpu_memory_utilization: float | None = None
     enable_prefix_caching: bool | None = None  # None: the engine's default
-    lora_modules: tuple[LoraModule, ...] = ()
+    # LoRA: adapters are loaded at run time (POST /v1/load_lora_adapter, by the gateway), never
+    # named at start. max_loras > 0 turns it on: adapters in one batch; max_cpu_loras: adapters
+    # kept loaded (None: the engine's default, max_loras); max_lora_rank: the largest rank taken.
+    max_loras: int = 0
+    max_cpu_loras: int | None = None
     max_lora_rank: int | None = None
-    max_loras: int | None = None
     download_dir: str | None = None
     tool_call_parser: str | None = None  # vLLM: --enable-auto-tool-choice --tool-call-parser X
     reasoning_parser: str | None = None  # vLLM: --reasoning-parser X

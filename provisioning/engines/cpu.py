@@ -30,8 +30,8 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
         raise ValueError(f"unknown task {spec.task!r}; expected one of {', '.join(TASKS)}")
     if spec.gpu_indices:
         raise ValueError("the CPU engine takes no GPUs")
-    if spec.lora_modules:
-        raise ValueError("the CPU engine does not serve LoRA adapters")
+    if spec.max_loras < 0 or (spec.max_cpu_loras is not None and spec.max_cpu_loras < spec.max_loras):
+        raise ValueError("max_loras must be >= 0 and max_cpu_loras >= max_loras")
     if spec.quantization:
         raise ValueError(f"the CPU engine does not support quantization {spec.quantization!r}")
     if spec.dtype not in (None, "auto", "float", "float32"):
@@ -56,6 +56,11 @@ def build_launch(spec: EngineSpec) -> EngineLaunch:
     ]
     if spec.max_model_len:
         argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.max_loras > 0:
+        # The same flags as vLLM; adapters arrive at run time through /v1/load_lora_adapter.
+        argv += ["--max-loras", str(spec.max_loras), "--max-lora-rank", str(spec.max_lora_rank or 16)]
+        if spec.max_cpu_loras is not None:
+            argv += ["--max-cpu-loras", str(spec.max_cpu_loras)]
     pass_fds: tuple[int, ...] = ()
     if spec.listen_fd is not None:
         # Serve on the agent's socket: the port is never free between choosing it and serving.

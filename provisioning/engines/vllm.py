@@ -31,6 +31,19 @@ Choices worth knowing:
   blocks; the gateway sets the salt per tenant. Prefix caching itself stays on by default.
 * **The port is bound by vLLM itself** (``--host``/``--port``); the node agent publishes the
   worker's URL only once the listener on that port is this process tree's (``provisioning.probe``).
+* **LoRA adapters load at run time through vLLM's own routes**, ``POST /v1/load_lora_adapter``
+  and ``/v1/unload_lora_adapter`` (registered by ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``), never
+  ``--lora-modules`` at start and not the filesystem resolver. The gateway decides where an
+  adapter goes (LoRA affinity, ``gateway.adapters``), so it must be able to place one on a chosen
+  worker, see the load succeed or fail before the tenant's request goes there, and unload it when
+  the adapter is deleted; the resolver loads whatever name a request carries from one cache
+  folder per host, which would need every adapter copied to every node first, hides failures
+  inside the request, and never unloads. The routes live under ``/v1``, so ``--api-key`` guards
+  them: only holders of the worker key (the gateway, the control plane) can call them, and the
+  gateway forwards tenants' requests to the inference paths only. vLLM's warning that runtime
+  updating is "for local development" is about exactly that exposure, which the private key
+  closes. ``--max-loras`` (adapters in one batch), ``--max-cpu-loras`` (adapters kept loaded; the
+  engine evicts the least recently used) and ``--max-lora-rank`` come from the Deployment.
 * **The executable** is ``BERTH_VLLM_BIN`` from the environment (default ``vllm``): the GPU
   worker's vLLM lives in its own environment (it pins torch 2.14 and CUDA), so the node agent
   points this at e.g. ``/opt/vllm/bin/vllm``. Pass ``vllm_bin=`` to override per call.
@@ -38,7 +51,6 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import json
 import os
 
 from models_registry.parsers import REASONING_PARSERS, TOOL_CALL_PARSERS
@@ -50,6 +62,9 @@ DEFAULT_VLLM_BIN = "vllm"
 
 # vLLM 0.33.0 `--max-lora-rank` choices.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_MAX_LORA_RANK = 16  # vLLM's own default, and the Deployment field's
+# vLLM registers its runtime load/unload routes only when this is set (serve/lora/api_router.py).
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 
 # Every spelling (aliases and hidden negations included) of the vLLM options Berth decides, by the
@@ -96,6 +111,8 @@ MANAGED_OPTIONS: dict[str, tuple[str, ...]] = {
     "enable_lora": ("--enable-lora", "--disable-lora", "--no-enable-lora"),
     "max_loras": ("--max-loras",),
     "max_lora_rank": ("--max-lora-rank",),
+    "max_cpu_loras": ("--max-cpu-loras",),
+    # adapters are loaded at run time by the gateway, never named at start
     "lora_modules": ("--lora-modules",),
     # tool calling and reasoning: the registry's Model.tool_call_parser / reasoning_parser
     "enable_auto_tool_choice": (
@@ -152,8 +169,8 @@ def serve_args(spec: EngineSpec) -> list[str]:
     The API key is never part of these (see ``serve_env``), so a spec without one is fine here.
     """
     _validate(spec)
-    # The model goes first: --served-model-name and --lora-modules take one or more values and
-    # would swallow a positional that followed them.
+    # The model goes first: --served-model-name takes one or more values and would swallow a
+    # positional that followed it.
     args = [spec.source, "--served-model-name", spec.served_name]
     args += ["--host", spec.host, "--port", str(spec.port)]
     args += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
@@ -173,14 +190,11 @@ def serve_args(spec: EngineSpec) -> list[str]:
         args += ["--quantization", spec.quantization]
     if spec.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching")
-    if spec.lora_modules:
-        args.append("--enable-lora")
-        if spec.max_loras is not None:
-            args += ["--max-loras", str(spec.max_loras)]
-        if spec.max_lora_rank is not None:
-            args += ["--max-lora-rank", str(spec.max_lora_rank)]
-        # One flag with all modules: vLLM's LoRAParserAction replaces the list on each use.
-        args += ["--lora-modules", *(_lora_module_arg(m.name, m.path) for m in spec.lora_modules)]
+    if spec.max_loras > 0:
+        args += ["--enable-lora", "--max-loras", str(spec.max_loras)]
+        args += ["--max-lora-rank", str(spec.max_lora_rank or DEFAULT_MAX_LORA_RANK)]
+        if spec.max_cpu_loras is not None:
+            args += ["--max-cpu-loras", str(spec.max_cpu_loras)]
     if spec.tool_call_parser:
         # `tool_choice: "auto"` (the default with `tools`) needs both; without them vLLM answers
         # a clear 400 and still serves named or "required" tool choice through structured output.
@@ -201,18 +215,14 @@ def serve_env(spec: EngineSpec, *, include_api_key: bool = True) -> dict[str, st
         env["VLLM_API_KEY"] = spec.api_key
     if spec.gpu_indices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
+    if spec.max_loras > 0:
+        # Registers POST /v1/load_lora_adapter and /v1/unload_lora_adapter (see the module docstring).
+        env[RUNTIME_LORA_ENV] = "True"
     if is_local_source(spec.source):
         # Everything is in the folder: any Hub lookup should fail at once rather than reach out
         # (or wait on a network the GPU host may not have).
         env["HF_HUB_OFFLINE"] = "1"
     return env
-
-
-def _lora_module_arg(name: str, path: str) -> str:
-    # vLLM reads `name=path` unless the item has a comma; then it must be JSON.
-    if "," in name or "," in path or "=" in name:
-        return json.dumps({"name": name, "path": path})
-    return f"{name}={path}"
 
 
 def _validate(spec: EngineSpec) -> None:
@@ -248,19 +258,17 @@ def _validate(spec: EngineSpec) -> None:
 
 
 def _validate_lora(spec: EngineSpec) -> None:
-    if not spec.lora_modules:
-        if spec.max_loras is not None or spec.max_lora_rank is not None:
-            raise EngineArgsError("max_loras/max_lora_rank apply only with lora_modules")
+    if spec.max_loras < 0:
+        raise EngineArgsError("max_loras must not be negative (0 turns LoRA off)")
+    if spec.max_loras == 0:
+        if spec.max_cpu_loras is not None or spec.max_lora_rank is not None:
+            raise EngineArgsError("max_cpu_loras/max_lora_rank apply only with max_loras > 0")
         return
-    names = [m.name for m in spec.lora_modules]
-    if len(set(names)) != len(names):
-        raise EngineArgsError(f"LoRA module names repeat: {names}")
-    if spec.served_name in names:
-        raise EngineArgsError(f"a LoRA module may not be named like the base model ({spec.served_name!r})")
-    if any(not m.name or not m.path for m in spec.lora_modules):
-        raise EngineArgsError("every LoRA module needs a name and a path")
-    if spec.max_loras is not None and spec.max_loras < 1:
-        raise EngineArgsError("max_loras must be at least 1")
+    if spec.max_cpu_loras is not None and spec.max_cpu_loras < spec.max_loras:
+        # vLLM refuses this at start ("max_cpu_loras must be >= max_loras").
+        raise EngineArgsError(
+            f"max_cpu_loras ({spec.max_cpu_loras}) must be at least max_loras ({spec.max_loras})"
+        )
     if spec.max_lora_rank is not None and spec.max_lora_rank not in MAX_LORA_RANKS:
         raise EngineArgsError(
             f"max_lora_rank {spec.max_lora_rank} is not one of {', '.join(map(str, MAX_LORA_RANKS))}"

@@ -58,6 +58,10 @@ def group_for(deployment) -> GroupSpec:
         extra_args=tuple(model.engine_args or ()),
         tool_call_parser=model.tool_call_parser or None,
         reasoning_parser=model.reasoning_parser or None,
+        # LoRA as on a node agent (provisioning.agent.engine_spec): limits only, adapters at run time.
+        max_loras=deployment.max_loras,
+        max_cpu_loras=deployment.max_cpu_loras if deployment.max_loras else None,
+        max_lora_rank=deployment.max_lora_rank if deployment.max_loras else None,
     )
     return GroupSpec(
         name=group_name(deployment),

@@ -37,6 +37,7 @@ def test_every_name_is_under_the_prefix_and_distinct():
         NAMES.quota_monthly_tokens("T", "202611"),
         NAMES.spend_counter("T", "m202611"),
         NAMES.spend_blocked("T"),
+        NAMES.lora_held("w"),
     ]
     assert all(name.startswith("p:") for name in built)
     assert len(set(built)) == len(built)
@@ -73,6 +74,8 @@ def test_names_found_by_a_scan_give_back_their_ids():
     assert NAMES.route_model_of(NAMES.route("org/model:7b")) == "org/model:7b"
     assert NAMES.tenant_id_of(NAMES.tenant("abc")) == "abc"
     assert NAMES.lookup_id_of(NAMES.api_key("AbC123")) == "AbC123"
+    assert NAMES.lora_worker_of(NAMES.lora_held("w-1:abc")) == "w-1:abc"
+    assert NAMES.lora_held("w1") == "p:lora:w1"
 
 
 @pytest.mark.parametrize("value", [None, ""])
@@ -156,3 +159,19 @@ def test_engine_metrics_skip_malformed_and_non_finite_samples():
         'other_metric{a="b"} 9\n'
     )
     assert engine_metrics.parse(text).waiting == 2.0
+
+
+def test_lora_requests_info_gives_the_newest_samples_adapters():
+    """vLLM keeps a label set it used before, at its older time: the newest sample is now."""
+    text = (
+        "# TYPE vllm:lora_requests_info gauge\n"
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old/a",waiting_lora_adapters=""} 1.7e9\n'
+        'vllm:lora_requests_info{max_lora="2",running_lora_adapters="acme/x,acme/y",'
+        'waiting_lora_adapters="beta/z"} 1.8e9\n'
+        'vllm:num_requests_running{model_name="m"} 1\n'
+    )
+    assert engine_metrics.lora_adapters(text) == ["acme/x", "acme/y", "beta/z"]
+    idle = 'vllm:lora_requests_info{max_lora="1",running_lora_adapters="",waiting_lora_adapters=""} 1.9e9\n'
+    assert engine_metrics.lora_adapters(text + idle) == []
+    assert engine_metrics.lora_adapters("vllm:num_requests_running 3\n") == []
+    assert engine_metrics.parse(text).running == 1.0  # the load gauges are unaffected

@@ -8,7 +8,6 @@ import pytest
 
 from cpu_engine.__main__ import parse_args
 from provisioning.engines import EngineSpec, build_launch
-from provisioning.engines.base import LoraModule
 from provisioning.engines.cpu import build_launch as build_cpu_launch
 
 
@@ -66,7 +65,7 @@ def test_it_forwards_context_length_and_extra_args():
     [
         {"task": "rerank"},
         {"gpu_indices": (0,)},
-        {"lora_modules": (LoraModule(name="a", path="/a"),)},
+        {"max_loras": 4, "max_cpu_loras": 2},
         {"quantization": "awq"},
         {"dtype": "float16"},
         {"engine": "vllm"},
@@ -75,6 +74,13 @@ def test_it_forwards_context_length_and_extra_args():
 def test_it_refuses_specs_it_cannot_serve(bad):
     with pytest.raises(ValueError):
         build_cpu_launch(spec(**bad))
+
+
+def test_it_passes_the_lora_limits_as_vllm_flags():
+    launch = build_cpu_launch(spec(max_loras=2, max_cpu_loras=8, max_lora_rank=32))
+    args = parse_args(launch.argv[3:])
+    assert (args.max_loras, args.max_cpu_loras, args.max_lora_rank) == (2, 8, 32)
+    assert "--max-loras" not in build_cpu_launch(spec()).argv
 
 
 def test_it_serves_on_the_agents_socket_when_given_one():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import provisioning.engines
-from provisioning.engines.base import EngineSpec, LoraModule
+from provisioning.engines.base import EngineSpec
 from provisioning.engines.vllm import (
     MANAGED_FLAGS,
     MANAGED_OPTIONS,
@@ -51,8 +51,8 @@ def full_spec(**overrides) -> EngineSpec:
         "quantization": "fp8",
         "gpu_memory_utilization": 0.85,
         "enable_prefix_caching": False,
-        "lora_modules": (LoraModule("sql", "/loras/sql"), LoraModule("chat", "/loras/chat")),
         "max_loras": 2,
+        "max_cpu_loras": 8,
         "max_lora_rank": 64,
         "download_dir": "/models",
         "tool_call_parser": "hermes",
@@ -145,7 +145,7 @@ def test_every_flag_it_can_emit_is_a_vllm_0_33_0_flag():
         "enable_lora": True,
         "max_loras": "2",
         "max_lora_rank": "64",
-        "lora_modules": ["sql=/loras/sql", "chat=/loras/chat"],
+        "max_cpu_loras": "8",
         "download_dir": "/models",
         "enable_auto_tool_choice": True,
         "tool_call_parser": "hermes",
@@ -252,42 +252,50 @@ def test_it_serves_embedding_models_with_the_pooling_runner():
     assert "--runner" not in serve_args(make_spec(task="chat"))
 
 
-def test_it_passes_all_lora_modules_to_one_flag():
-    args = serve_args(
-        make_spec(lora_modules=(LoraModule("a", "/l/a"), LoraModule("b", "/l/b")), max_lora_rank=16)
-    )
+def test_lora_turns_on_with_max_loras_and_runtime_loading():
+    launch = build_launch(make_spec(max_loras=4, max_cpu_loras=32, max_lora_rank=64))
+    args = launch.argv
 
-    assert args.count("--lora-modules") == 1
-    at = args.index("--lora-modules")
-    assert args[at + 1 : at + 3] == ["a=/l/a", "b=/l/b"]
     assert "--enable-lora" in args
+    assert args[args.index("--max-loras") + 1] == "4"
+    assert args[args.index("--max-cpu-loras") + 1] == "32"
+    assert args[args.index("--max-lora-rank") + 1] == "64"
+    assert "--lora-modules" not in args  # adapters arrive at run time
+    assert launch.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
+def test_lora_defaults_to_vllms_rank_and_cpu_cache():
+    args = serve_args(make_spec(max_loras=1))
+
     assert args[args.index("--max-lora-rank") + 1] == "16"
+    assert "--max-cpu-loras" not in args
 
 
-def test_it_sends_a_lora_path_with_a_comma_as_json():
-    args = serve_args(make_spec(lora_modules=(LoraModule("a", "/l/a,b"),)))
-
-    assert json.loads(args[args.index("--lora-modules") + 1]) == {"name": "a", "path": "/l/a,b"}
-
-
-def test_it_does_not_enable_lora_without_modules():
-    assert not [a for a in serve_args(make_spec()) if "lora" in a]
+def test_it_does_not_enable_lora_by_default():
+    launch = build_launch(make_spec())
+    assert not [a for a in launch.argv if "lora" in a]
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in launch.env
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"max_lora_rank": 64}, "only with lora_modules"),
-        ({"max_loras": 2}, "only with lora_modules"),
-        ({"lora_modules": (LoraModule("a", "/x"),), "max_lora_rank": 48}, "max_lora_rank 48"),
-        ({"lora_modules": (LoraModule("a", "/x"), LoraModule("a", "/y"))}, "repeat"),
-        ({"lora_modules": (LoraModule("llama-3-8b", "/x"),)}, "base model"),
-        ({"lora_modules": (LoraModule("a", "/x"),), "max_loras": 0}, "max_loras"),
+        ({"max_lora_rank": 64}, "only with max_loras"),
+        ({"max_cpu_loras": 2}, "only with max_loras"),
+        ({"max_loras": -1}, "negative"),
+        ({"max_loras": 2, "max_lora_rank": 48}, "max_lora_rank 48"),
+        ({"max_loras": 4, "max_cpu_loras": 2}, "at least max_loras"),
     ],
 )
 def test_it_rejects_inconsistent_lora_settings(overrides, message):
     with pytest.raises(EngineArgsError, match=message):
         build_launch(make_spec(**overrides))
+
+
+@pytest.mark.parametrize("flag", ["--lora-modules", "--max-cpu-loras", "--enable-lora"])
+def test_extra_args_may_not_set_lora(flag):
+    with pytest.raises(EngineArgsError):
+        build_launch(make_spec(extra_args=(flag, "x=/y")))
 
 
 def test_lora_rank_choices_match_vllm():
@@ -390,7 +398,8 @@ def test_the_live_vllm_parser_accepts_the_command_line():
     assert ns.tensor_parallel_size == 2
     assert ns.enable_prefix_caching is False
     assert ns.enable_lora is True
-    assert [m.name for m in ns.lora_modules] == ["sql", "chat"]
+    assert ns.max_loras == 2
+    assert ns.max_cpu_loras == 8
     assert ns.enable_server_load_tracking is True
     assert ns.disable_uvicorn_access_log is True
     assert not ns.enable_force_include_usage

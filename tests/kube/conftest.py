@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from provisioning.engines.base import EngineSpec, LoraModule
+from provisioning.engines.base import EngineSpec
 from provisioning.k8s import GroupSpec, KubernetesBackend
 from tests.kube.fake_apiserver import FakeApiServer, serve
 
@@ -22,7 +22,8 @@ def make_group(**overrides) -> GroupSpec:
         tensor_parallel_size=2,
         max_model_len=16384,
         enable_prefix_caching=True,
-        lora_modules=(LoraModule("sql", "/models/loras/sql"),),
+        max_loras=4,
+        max_cpu_loras=16,
         max_lora_rank=32,
     )
     fields = {

@@ -33,7 +33,7 @@ def variants():
         "default": base,
         "minimal": make_group(
             engine=dataclasses.replace(
-                base.engine, lora_modules=(), max_lora_rank=None, tensor_parallel_size=1
+                base.engine, max_loras=0, max_cpu_loras=None, max_lora_rank=None, tensor_parallel_size=1
             ),
             node_selector={},
             tolerations=(),
@@ -115,7 +115,12 @@ def test_the_container_runs_the_vllm_launchers_command_line(group):
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[args.index("--download-dir") + 1] == "/models"
     assert "--enable-prefix-caching" in args
-    assert args[args.index("--lora-modules") + 1] == "sql=/models/loras/sql"
+    # LoRA as the vLLM launcher sets it: limits from the deployment, adapters loaded at run time.
+    assert args[args.index("--max-loras") + 1] == "4"
+    assert args[args.index("--max-cpu-loras") + 1] == "16"
+    assert args[args.index("--max-lora-rank") + 1] == "32"
+    assert "--lora-modules" not in args
+    assert env_of(render_manifests(group)[0])["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
 
 
 def test_the_image_is_configurable():

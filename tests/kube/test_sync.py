@@ -45,6 +45,28 @@ def test_a_vllm_deployment_becomes_a_group_with_its_desired_replicas(api, backen
     assert table == {}  # no pod is ready yet
 
 
+def test_a_lora_deployment_gets_the_lora_flags_and_runtime_loading(api, backend, settings):
+    settings.K8S_NAMESPACE = "inference"
+    deployment = DeploymentFactory(
+        model=ModelFactory(name="llama-lora"),
+        engine=Engine.VLLM,
+        max_loras=4,
+        max_cpu_loras=24,
+        max_lora_rank=32,
+    )
+    kube.sync([deployment], Counter(), backend)
+    container = api.get("deployments", "inference", kube.group_name(deployment))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    args = container["args"]
+    assert args[args.index("--max-loras") + 1] == "4"
+    assert args[args.index("--max-cpu-loras") + 1] == "24"
+    assert args[args.index("--max-lora-rank") + 1] == "32"
+    assert "--enable-lora" in args
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+
+
 def test_ready_pods_are_published_as_routes_and_orphans_deleted(api, on_kubernetes, redis_client):
     deployment = DeploymentFactory(model=ModelFactory(name="llama"), engine=Engine.VLLM, desired_replicas=1)
     name = kube.group_name(deployment)

@@ -60,10 +60,8 @@ def test_log_tail_reads_only_the_end(tmp_path):
 @pytest.mark.django_db
 def test_the_engine_spec_comes_from_the_worker_and_its_model():
     from models_registry.constants import Engine
-    from models_registry.models import LoraAdapter
     from provisioning.agent import engine_spec
     from provisioning.models import Worker
-    from tests.factories import TenantFactory
     from tests.registry.factories import DeploymentFactory, ModelFactory
 
     model = ModelFactory(
@@ -76,10 +74,12 @@ def test_the_engine_spec_comes_from_the_worker_and_its_model():
         dtype="bfloat16",
         engine_args=["--max-num-seqs", "64"],
     )
-    tenant = TenantFactory(slug="acme")
-    LoraAdapter.objects.create(tenant=tenant, base_model=model, name="support", source="/loras/support")
     worker = Worker.objects.create(
-        deployment=DeploymentFactory(model=model, engine=Engine.VLLM), api_key="k", gpu_indices=[2, 3]
+        deployment=DeploymentFactory(
+            model=model, engine=Engine.VLLM, max_loras=4, max_cpu_loras=32, max_lora_rank=64
+        ),
+        api_key="k",
+        gpu_indices=[2, 3],
     )
     spec = engine_spec(worker, host="10.0.0.5", port=8123)
     assert (spec.engine, spec.served_name, spec.source, spec.revision) == (
@@ -91,4 +91,16 @@ def test_the_engine_spec_comes_from_the_worker_and_its_model():
     assert (spec.host, spec.port, spec.api_key, spec.gpu_indices) == ("10.0.0.5", 8123, "k", (2, 3))
     assert (spec.tensor_parallel_size, spec.max_model_len, spec.dtype) == (2, 8192, "bfloat16")
     assert spec.extra_args == ("--max-num-seqs", "64")
-    assert [(m.name, m.path) for m in spec.lora_modules] == [("acme/support", "/loras/support")]
+    # LoRA: the deployment's limits; adapters themselves are loaded at run time, never at start.
+    assert (spec.max_loras, spec.max_cpu_loras, spec.max_lora_rank) == (4, 32, 64)
+
+
+@pytest.mark.django_db
+def test_a_deployment_without_lora_sets_no_lora_limits():
+    from provisioning.agent import engine_spec
+    from provisioning.models import Worker
+    from tests.registry.factories import DeploymentFactory
+
+    worker = Worker.objects.create(deployment=DeploymentFactory(max_cpu_loras=8), api_key="k")
+    spec = engine_spec(worker, host="127.0.0.1", port=8000)
+    assert (spec.max_loras, spec.max_cpu_loras, spec.max_lora_rank) == (0, None, None)

@@ -119,3 +119,24 @@ def test_every_input_on_the_fleet_page_has_a_label_and_every_button_has_text(sta
         assert f'<label for="{input_id}">' in html
     for label in re.findall(r"<button[^>]*>(.*?)</button>", html, flags=re.S):
         assert re.sub(r"<[^>]+>", "", label).strip()
+
+
+def test_the_workers_table_shows_the_lora_adapters_each_worker_holds(staff_client, redis_client):
+    from berth.redis import names
+
+    deployment = DeploymentFactory(model__name="tiny-base", engine="cpu", max_loras=2)
+    holder, other = (
+        Worker.objects.create(deployment=deployment, state=WorkerState.READY, api_key=k) for k in ("a", "b")
+    )
+    # What gateway.adapters records after loading adapters on a worker.
+    redis_client.hset(
+        names().lora_held(str(holder.pk)), "acme/support-v2", '{"parent": "tiny-base", "at": 1}'
+    )
+    redis_client.hset(names().lora_held(str(holder.pk)), "beta/sql", '{"parent": "tiny-base", "at": 2}')
+
+    rows = staff_client.get(reverse("staff:fleet-workers")).content.decode()
+
+    holder_row = rows[rows.index(f'id="worker-{holder.pk}"') :].split("</tr>")[0]
+    other_row = rows[rows.index(f'id="worker-{other.pk}"') :].split("</tr>")[0]
+    assert "LoRA (2): acme/support-v2, beta/sql" in holder_row
+    assert "LoRA" not in other_row
