@@ -30,7 +30,8 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
 * ``model:<public name>`` — hash: ``served_name``, ``task`` (``chat`` | ``completion`` |
   ``embedding``), ``visibility`` (``public`` | ``private``), ``tenants`` (JSON list of tenant ids
   allowed a private model), ``created`` (epoch s), ``owned_by``, ``context_length`` (tokens, or
-  empty), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
+  empty), ``manifest_digest`` (``sha256:<hex>`` of the weights' manifest, or empty: see
+  ``integrity``), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
   tokens). A model without this hash does not exist for the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
 * ``models`` — set of every mirrored model name (``GET /v1/models``).

@@ -285,7 +285,14 @@ class Gateway:
             {
                 "object": "list",
                 "data": [
-                    {"id": m.name, "object": "model", "created": m.created, "owned_by": m.owned_by}
+                    {
+                        "id": m.name,
+                        "object": "model",
+                        "created": m.created,
+                        "owned_by": m.owned_by,
+                        # The weights' manifest (sha256 of its canonical JSON); null when unrecorded.
+                        "manifest_digest": m.manifest_digest or None,
+                    }
                     for m in models
                 ],
             }

@@ -55,6 +55,7 @@ class ModelInfo:
     context_length: int | None = None
     price_input_micros: int = 0
     price_output_micros: int = 0
+    manifest_digest: str = ""
 
     def visible_to(self, tenant_id: str) -> bool:
         return self.visibility == "public" or tenant_id in self.tenants
@@ -114,6 +115,7 @@ class Router:
             context_length=_positive_int(raw.get("context_length")),
             price_input_micros=_positive_int(raw.get("price_input_micros")) or 0,
             price_output_micros=_positive_int(raw.get("price_output_micros")) or 0,
+            manifest_digest=raw.get("manifest_digest") or "",
         )
 
     async def visible_models(self, tenant_id: str, allowed: frozenset[str]) -> list[ModelInfo]:

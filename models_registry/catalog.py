@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from models_registry import mirror
+from models_registry import manifests, mirror
 from models_registry.models import Model, Price
 
 
@@ -30,6 +30,7 @@ def save_model(*, model: Model) -> Model:
         if not model._state.adding:
             previous = Model.objects.filter(pk=model.pk).values_list("name", flat=True).first()
         model.save()
+        manifests.ensure_local(model=model)
 
         def write() -> None:
             if previous and previous != model.name:

@@ -218,3 +218,48 @@ class LoraAdapter(models.Model):
     def served_name(self) -> str:
         """The name engines serve it under (unique across tenants): ``<tenant slug>/<name>``."""
         return f"{self.tenant.slug}/{self.name}"
+
+
+class ModelManifestQuerySet(models.QuerySet):
+    def current_for(self, model) -> ModelManifest | None:
+        """The manifest the model's files are verified against: the latest one recorded."""
+        return self.filter(model=model).order_by("-created_at").first()
+
+
+class ModelManifest(models.Model):
+    """What a model's folder held when it was pulled or registered (``integrity.manifest``).
+
+    Append-only: pulling again, or ``manage.py record_manifest`` after a deliberate change of the
+    files, adds a newer row, and the latest is the one node agents verify against before starting
+    an engine. ``files`` is the manifest's list as ``integrity.Manifest.as_dict`` writes it.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="manifests")
+    digest = models.CharField(max_length=71, help_text="sha256:<hex> of the manifest's canonical JSON.")
+    source = models.CharField(max_length=500)
+    revision = models.CharField(max_length=100, blank=True, help_text="Resolved Hub commit; empty for folders.")
+    files = models.JSONField(default=list)
+    file_count = models.PositiveIntegerField(default=0)
+    total_bytes = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = ModelManifestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model__name", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.digest[:19]}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValidationError("Manifests are append-only; record a new one.")
+        super().save(*args, **kwargs)
+
+    def as_manifest(self):
+        from integrity import Manifest
+
+        return Manifest.from_dict(
+            {"source": self.source, "revision": self.revision, "files": self.files}
+        )
