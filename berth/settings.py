@@ -448,6 +448,13 @@ RESTART_BACKOFF_SECONDS = env_int("BERTH_RESTART_BACKOFF_SECONDS", 5, minimum=0)
 RESTART_BACKOFF_MAX = env_int("BERTH_RESTART_BACKOFF_MAX", 300, minimum=0)
 SCALE_DOWN_DELAY = env_int("BERTH_SCALE_DOWN_DELAY", 120, minimum=0)
 WORKER_LOG_DIR = DATA_DIR / "logs" / "workers"
+# Model files are verified against their manifest before an engine starts (integrity.manifest):
+# "cached" trusts a node's digest of a file whose size, mtime and ctime are unchanged; "full"
+# rehashes every byte at every start (defeats an attacker who can also reset timestamps).
+MODEL_VERIFICATION = env_str("BERTH_MODEL_VERIFICATION", "cached")
+if MODEL_VERIFICATION not in ("cached", "full"):
+    raise ImproperlyConfigured("BERTH_MODEL_VERIFICATION must be 'cached' or 'full'")
+MODEL_DIGEST_CACHE = DATA_DIR / "integrity" / "digests.json"
 # Test-only: dotted path of a launcher used instead of provisioning.engines.build_launch.
 ENGINE_LAUNCHER_OVERRIDE = env_str("BERTH_ENGINE_LAUNCHER_OVERRIDE")
 

@@ -86,7 +86,9 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed manifest: {exc}") from exc
-        return cls(files=files, source=str(data.get("source") or ""), revision=str(data.get("revision") or ""))
+        return cls(
+            files=files, source=str(data.get("source") or ""), revision=str(data.get("revision") or "")
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
@@ -266,7 +268,10 @@ def verify_folder(
         if found != entry.sha256:
             mismatches.append(
                 Mismatch(
-                    path=rel, problem="changed", expected=f"sha256 {entry.sha256[:16]}…", found=f"{found[:16]}…"
+                    path=rel,
+                    problem="changed",
+                    expected=f"sha256 {entry.sha256[:16]}…",
+                    found=f"{found[:16]}…",
                 )
             )
     mismatches += [Mismatch(path=rel, problem="extra") for rel in sorted(set(present) - set(expected))]
@@ -275,7 +280,9 @@ def verify_folder(
     return mismatches
 
 
-def check_folder(path: str | os.PathLike[str], manifest: Manifest, *, cache: DigestCache | None = None) -> None:
+def check_folder(
+    path: str | os.PathLike[str], manifest: Manifest, *, cache: DigestCache | None = None
+) -> None:
     """``verify_folder`` that raises ``VerificationFailed`` naming the files that differ."""
     mismatches = verify_folder(path, manifest, cache=cache)
     if mismatches:

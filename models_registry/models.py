@@ -238,7 +238,9 @@ class ModelManifest(models.Model):
     model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="manifests")
     digest = models.CharField(max_length=71, help_text="sha256:<hex> of the manifest's canonical JSON.")
     source = models.CharField(max_length=500)
-    revision = models.CharField(max_length=100, blank=True, help_text="Resolved Hub commit; empty for folders.")
+    revision = models.CharField(
+        max_length=100, blank=True, help_text="Resolved Hub commit; empty for folders."
+    )
     files = models.JSONField(default=list)
     file_count = models.PositiveIntegerField(default=0)
     total_bytes = models.PositiveBigIntegerField(default=0)
@@ -260,6 +262,4 @@ class ModelManifest(models.Model):
     def as_manifest(self):
         from integrity import Manifest
 
-        return Manifest.from_dict(
-            {"source": self.source, "revision": self.revision, "files": self.files}
-        )
+        return Manifest.from_dict({"source": self.source, "revision": self.revision, "files": self.files})

@@ -37,7 +37,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from berth.process import die_with_parent_kill
-from provisioning import gpus, lifecycle, probe, routing
+from provisioning import gpus, lifecycle, probe, routing, verification
 from provisioning.constants import (
     HOLDING_STATES,
     TERMINAL_STATES,
@@ -321,12 +321,16 @@ class Agent:
 
     def _launch(self, worker: Worker) -> str:
         worker_id = str(worker.pk)
+        # Never serve weights that differ from their manifest; fails the worker with the files' names.
+        check = verification.before_start(worker)
+        if not check.ok:
+            return "model files failed verification"
         listener: socket.socket | None = None
         try:
             listener = bind_engine_socket(self.address)
             port = listener.getsockname()[1]
             launch = build_launch(
-                engine_spec(worker, host=self.address, port=port, listen_fd=listener.fileno())
+                check.pin(engine_spec(worker, host=self.address, port=port, listen_fd=listener.fileno()))
             )
             if listener.fileno() in launch.pass_fds:
                 listener.listen(LISTEN_BACKLOG)  # connections queue until the engine accepts them

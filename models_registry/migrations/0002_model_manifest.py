@@ -7,27 +7,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('models_registry', '0001_initial'),
+        ("models_registry", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ModelManifest',
+            name="ModelManifest",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('digest', models.CharField(help_text="sha256:<hex> of the manifest's canonical JSON.", max_length=71)),
-                ('source', models.CharField(max_length=500)),
-                ('revision', models.CharField(blank=True, help_text='Resolved Hub commit; empty for folders.', max_length=100)),
-                ('files', models.JSONField(default=list)),
-                ('file_count', models.PositiveIntegerField(default=0)),
-                ('total_bytes', models.PositiveBigIntegerField(default=0)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='manifests', to='models_registry.model')),
+                (
+                    "id",
+                    models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False),
+                ),
+                (
+                    "digest",
+                    models.CharField(
+                        help_text="sha256:<hex> of the manifest's canonical JSON.", max_length=71
+                    ),
+                ),
+                ("source", models.CharField(max_length=500)),
+                (
+                    "revision",
+                    models.CharField(
+                        blank=True, help_text="Resolved Hub commit; empty for folders.", max_length=100
+                    ),
+                ),
+                ("files", models.JSONField(default=list)),
+                ("file_count", models.PositiveIntegerField(default=0)),
+                ("total_bytes", models.PositiveBigIntegerField(default=0)),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="manifests",
+                        to="models_registry.model",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model__name', '-created_at'],
+                "ordering": ["model__name", "-created_at"],
             },
         ),
     ]
