@@ -427,6 +427,7 @@ HF_CACHE_DIR = None if env_str("HF_HOME") else str(DATA_DIR / "hf-cache")
 HF_ENDPOINT = env_str("HF_ENDPOINT")
 HF_ETAG_TIMEOUT = env_int("BERTH_HF_ETAG_TIMEOUT", 10, minimum=1)
 NODE_NAME = env_str("BERTH_NODE_NAME")  # node_agent --name default (else the host name)
+NODE_RESIDENCY = env_str("BERTH_NODE_RESIDENCY")  # node_agent --residency default (data residency)
 NODE_ADDRESS = env_str("BERTH_NODE_ADDRESS", "127.0.0.1")  # engines bind to and are reached at it
 CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a node agent offers
 HEARTBEAT_SECONDS = env_int("BERTH_HEARTBEAT_SECONDS", 5, minimum=1)

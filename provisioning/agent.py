@@ -172,8 +172,17 @@ class Engine:
 class Agent:
     """Everything one node agent process owns."""
 
-    def __init__(self, *, name: str, address: str, cpu_slots: int, labels: dict | None = None):
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: str,
+        cpu_slots: int,
+        labels: dict | None = None,
+        residency: str | None = None,
+    ):
         self.name = name
+        self.residency = residency  # None: keep the node's label as set in the admin
         self.address = address
         self.cpu_slots = cpu_slots
         self.labels = labels or {}
@@ -202,6 +211,8 @@ class Agent:
             node.backend = NodeBackend.LOCAL
             node.cpu_slots = inventory.cpu_slots
             node.labels = {**node.labels, **self.labels, "accelerator": inventory.source}
+            if self.residency is not None:
+                node.residency = self.residency
             node.last_heartbeat = now
             if node.status == NodeStatus.LOST:
                 node.status = NodeStatus.READY

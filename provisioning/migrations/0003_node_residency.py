@@ -5,20 +5,45 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('workers', '0002_workerevent_actor'),
+        ("workers", "0002_workerevent_actor"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='node',
-            name='residency',
-            field=models.CharField(blank=True, help_text='Data-residency label (e.g. eu, us): tenants that require one get their private models only on nodes with the same label. Empty: none.', max_length=32, validators=[django.core.validators.RegexValidator('^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$', "Lower-case letters, digits and '-' only (e.g. eu, us-east), at most 32 characters.")]),
+            model_name="node",
+            name="residency",
+            field=models.CharField(
+                blank=True,
+                help_text="Data-residency label (e.g. eu, us): tenants that require one get their private models only on nodes with the same label. Empty: none.",
+                max_length=32,
+                validators=[
+                    django.core.validators.RegexValidator(
+                        "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$",
+                        "Lower-case letters, digits and '-' only (e.g. eu, us-east), at most 32 characters.",
+                    )
+                ],
+            ),
         ),
         migrations.AlterField(
-            model_name='workerevent',
-            name='kind',
-            field=models.CharField(choices=[('created', 'Created'), ('pending', 'Waiting for capacity'), ('placed', 'Placed'), ('spawned', 'Engine process started'), ('ready', 'Ready'), ('draining', 'Draining'), ('stopped', 'Stopped'), ('failed', 'Failed'), ('replaced', 'Replacement created'), ('node_lost', 'Node lost'), ('scaled', 'Scaled'), ('integrity', 'Model files failed verification')], max_length=16),
+            model_name="workerevent",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("created", "Created"),
+                    ("pending", "Waiting for capacity"),
+                    ("placed", "Placed"),
+                    ("spawned", "Engine process started"),
+                    ("ready", "Ready"),
+                    ("draining", "Draining"),
+                    ("stopped", "Stopped"),
+                    ("failed", "Failed"),
+                    ("replaced", "Replacement created"),
+                    ("node_lost", "Node lost"),
+                    ("scaled", "Scaled"),
+                    ("integrity", "Model files failed verification"),
+                ],
+                max_length=16,
+            ),
         ),
     ]
