@@ -45,7 +45,7 @@ def record(*, model: Model, manifest: Manifest) -> ModelManifest:
     return row
 
 
-def record_folder(*, model: Model, folder: Path, source: str = "", revision: str = "") -> ModelManifest:
+def record_folder(*, model: Model, folder: Path | str, source: str = "", revision: str = "") -> ModelManifest:
     return record(
         model=model, manifest=manifest_for_folder(folder, source=source or str(folder), revision=revision)
     )
