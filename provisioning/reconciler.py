@@ -93,6 +93,7 @@ def _pass(now: datetime) -> dict[str, int]:
     # On Kubernetes, vLLM deployments are groups in the cluster (provisioning/k8s/sync.py); CPU
     # deployments still run on node agents.
     local = [d for d in deployments if not (on_kubernetes and d.engine == Engine.VLLM)]
+    residency.retire_misplaced(local, workers, nodes, stats)
     _replace_failed(local, workers, now, stats)
     _converge(local, workers, now, stats)
     _progress_draining(workers, nodes, now, stats)

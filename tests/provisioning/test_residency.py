@@ -84,3 +84,22 @@ class TestReconciler:
         DeploymentFactory(model=private, desired_replicas=1)
         reconcile()
         assert set(Worker.objects.values_list("state", flat=True)) == {WorkerState.STARTING}
+
+    def test_a_new_requirement_moves_running_replicas_to_a_matching_node(self, reconcile, seams):
+        us = NodeFactory(name="us-run", residency="us", cpu_slots=1, last_heartbeat=timezone.now())
+        eu = NodeFactory(name="eu-run", residency="eu", cpu_slots=1, last_heartbeat=timezone.now())
+        tenant = TenantFactory()
+        model = ModelFactory(name="res-moving", visibility=Visibility.PRIVATE)
+        model.allowed_tenants.add(tenant)
+        deployment = DeploymentFactory(model=model, desired_replicas=1)
+        Worker.objects.create(
+            deployment=deployment, node=us, cpu_slot=0, state=WorkerState.READY, api_key="k", url="http://w"
+        )
+        tenant.data_residency = "eu"
+        tenant.save()
+        reconcile()
+        old = Worker.objects.get(node=us)
+        assert old.state == WorkerState.DRAINING
+        assert "lacks the data residency its tenants require (eu)" in old.events.first().message
+        new = Worker.objects.exclude(pk=old.pk).get(deployment=deployment)
+        assert (new.node_id, new.state) == (eu.pk, WorkerState.STARTING)
