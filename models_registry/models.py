@@ -46,6 +46,11 @@ class ModelQuerySet(models.QuerySet):
             price_from=Subquery(current.values("effective_from")[:1]),
         )
 
+    def with_manifest_digest(self) -> ModelQuerySet:
+        """Annotate ``manifest_digest``: the digest of the current manifest (None without one)."""
+        latest = ModelManifest.objects.filter(model=OuterRef("pk")).order_by("-created_at")
+        return self.annotate(manifest_digest=Subquery(latest.values("digest")[:1]))
+
 
 class Model(models.Model):
     """A servable model: where its weights come from and how an engine must run it."""

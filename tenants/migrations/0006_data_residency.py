@@ -5,15 +5,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tenants', '0005_user_email_verified'),
+        ("tenants", "0005_user_email_verified"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='tenant',
-            name='data_residency',
-            field=models.CharField(blank=True, help_text="Nodes with this residency label are the only ones that run the tenant's private models; empty: any node.", max_length=32, validators=[django.core.validators.RegexValidator('^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$', "Lower-case letters, digits and '-' only (e.g. eu, us-east), at most 32 characters.")]),
+            model_name="tenant",
+            name="data_residency",
+            field=models.CharField(
+                blank=True,
+                help_text="Nodes with this residency label are the only ones that run the tenant's private models; empty: any node.",
+                max_length=32,
+                validators=[
+                    django.core.validators.RegexValidator(
+                        "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$",
+                        "Lower-case letters, digits and '-' only (e.g. eu, us-east), at most 32 characters.",
+                    )
+                ],
+            ),
         ),
     ]
