@@ -437,6 +437,7 @@ if PROVISIONER not in ("local", "kubernetes"):
     raise ImproperlyConfigured("BERTH_PROVISIONER must be 'local' or 'kubernetes'")
 K8S_NAMESPACE = env_str("BERTH_K8S_NAMESPACE", "berth-engines")
 K8S_VLLM_IMAGE = env_str("BERTH_K8S_VLLM_IMAGE", "vllm/vllm-openai:v0.33.0")
+K8S_BERTH_IMAGE = env_str("BERTH_K8S_BERTH_IMAGE", "berth")  # runs the weights check before vLLM
 K8S_CACHE_PVC = env_str("BERTH_K8S_CACHE_PVC", "berth-model-cache")
 K8S_ENGINE_SECRET = env_str("BERTH_K8S_ENGINE_SECRET", "berth-engine-key")
 K8S_ENGINE_API_KEY = env_secret("BERTH_K8S_ENGINE_API_KEY")
