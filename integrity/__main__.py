@@ -43,6 +43,18 @@ def _fetch(manifest: Manifest, folder: Path, args: argparse.Namespace) -> None:
     )
 
 
+def _signature_policy(args: argparse.Namespace):
+    from integrity.signing import KEY, SIGSTORE, SignaturePolicy
+
+    if args.public_key:
+        return SignaturePolicy(kind=KEY, public_key_pem=Path(args.public_key).read_text())
+    if args.sigstore_identity:
+        return SignaturePolicy(
+            kind=SIGSTORE, identity=args.sigstore_identity, issuer=args.sigstore_issuer or ""
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integrity", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--manifest-env", help="environment variable holding the manifest JSON")
     check.add_argument("--digest", help="refuse a manifest whose digest is not this (sha256:...)")
     check.add_argument("--cache", help="digest cache file (default: rehash every file)")
+    check.add_argument(
+        "--public-key", help="also require FOLDER/model.sig signed by this EC public key (PEM)"
+    )
+    check.add_argument(
+        "--sigstore-identity", help="also require FOLDER/model.sig signed by this Sigstore identity"
+    )
+    check.add_argument("--sigstore-issuer", help="the Sigstore identity's OIDC issuer")
     check.add_argument(
         "--fetch",
         nargs="?",
@@ -88,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"integrity: {mismatch}\n")
         sys.stderr.write(f"integrity: {folder} FAILED verification against {manifest.digest}\n")
         return 1
+    policy = _signature_policy(args)
+    if policy is not None:
+        from integrity.signing import SignatureError, verify_signature
+
+        try:
+            verify_signature(folder, policy)
+        except SignatureError as exc:
+            sys.stderr.write(f"integrity: {exc}\n")
+            return 1
     sys.stdout.write(f"integrity: {folder} matches {manifest.digest} ({len(manifest.files)} files)\n")
     return 0
 

@@ -25,3 +25,10 @@ class Engine(models.TextChoices):
 
 
 DEFAULT_CURRENCY = "USD"
+
+
+class SignatureKind(models.TextChoices):
+    """How a model's OpenSSF model-signing signature is trusted (``integrity.signing``)."""
+
+    KEY = "key", "Elliptic-curve public key (offline)"
+    SIGSTORE = "sigstore", "Sigstore identity (needs Fulcio/Rekor reachable)"

@@ -17,7 +17,7 @@ from django.db import models
 from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from models_registry.constants import DEFAULT_CURRENCY, Engine, SourceKind, Task, Visibility
+from models_registry.constants import DEFAULT_CURRENCY, Engine, SignatureKind, SourceKind, Task, Visibility
 
 model_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9._-]{0,99}$",
@@ -77,6 +77,24 @@ class Model(models.Model):
         default=list, blank=True, help_text='Extra engine arguments, e.g. ["--max-num-seqs", "64"].'
     )
     visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PUBLIC)
+    # OpenSSF model signing (integrity.signing): engines start only if model.sig in the folder verifies.
+    signature = models.CharField(
+        max_length=8,
+        choices=SignatureKind.choices,
+        blank=True,
+        help_text="Require a model-signing signature (model.sig in the model's folder); empty: none.",
+    )
+    signature_public_key = models.TextField(
+        blank=True, help_text="Key signatures: the signer's elliptic-curve public key (PEM)."
+    )
+    signature_identity = models.CharField(
+        max_length=255, blank=True, help_text="Sigstore signatures: the signer's identity (e.g. an e-mail)."
+    )
+    signature_issuer = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Sigstore signatures: the identity's OIDC issuer, e.g. https://accounts.google.com.",
+    )
     allowed_tenants = models.ManyToManyField(
         "tenants.Tenant",
         blank=True,
@@ -99,6 +117,27 @@ class Model(models.Model):
             raise ValidationError({"engine_args": "Must be a JSON list of strings."})
         if self.source_kind == SourceKind.LOCAL and not self.source.startswith("/"):
             raise ValidationError({"source": "A local source must be an absolute path."})
+        if self.signature == SignatureKind.KEY and "BEGIN PUBLIC KEY" not in self.signature_public_key:
+            raise ValidationError({"signature_public_key": "Paste the signer's public key in PEM form."})
+        if self.signature == SignatureKind.SIGSTORE and not (
+            self.signature_identity and self.signature_issuer
+        ):
+            raise ValidationError(
+                {"signature_identity": "Sigstore signatures need the identity and its issuer."}
+            )
+
+    def signature_policy(self):
+        """What ``integrity.signing.verify_signature`` checks; None when no signature is required."""
+        if not self.signature:
+            return None
+        from integrity.signing import SignaturePolicy
+
+        return SignaturePolicy(
+            kind=self.signature,
+            public_key_pem=self.signature_public_key,
+            identity=self.signature_identity,
+            issuer=self.signature_issuer,
+        )
 
     @property
     def gpu_memory_mb_per_gpu(self) -> int:

@@ -4,7 +4,8 @@ The agent calls ``verified_source`` in its start path. A model with a recorded m
 (``models_registry.ModelManifest``) is checked file by file (``integrity.verify_folder``): a Hub
 model's pinned snapshot is fetched into the shared cache first if the node lacks it, and the engine
 is then pointed at that verified folder, not at the repo id, so it cannot load another revision.
-On a mismatch the worker fails with the names of the files, an ``integrity`` WorkerEvent (counted
+A model whose registry entry requires a signature (``Model.signature``) must also carry a
+``model.sig`` that verifies (``integrity.signing``). On a mismatch the worker fails with the names of the files, an ``integrity`` WorkerEvent (counted
 as ``berth_model_verification_failures_total`` by ``provisioning.observability``) and no engine.
 
 Digests are cached per node (``settings.MODEL_DIGEST_CACHE``) so restarts do not rehash
@@ -24,6 +25,7 @@ from pathlib import Path
 from django.conf import settings
 
 from integrity import DigestCache, Mismatch, VerificationFailed, verify_folder
+from integrity.signing import SignatureError, verify_signature
 from models_registry.constants import SourceKind
 from models_registry.models import Model, ModelManifest
 from provisioning import lifecycle
@@ -33,7 +35,7 @@ from provisioning.models import Worker
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Check", "Verified", "VerificationFailed", "before_start", "verified_source"]
+__all__ = ["Check", "SignatureError", "Verified", "VerificationFailed", "before_start", "verified_source"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def before_start(worker: Worker) -> Check:
     model = worker.deployment.model
     try:
         return Check(ok=True, verified=verified_source(model))
-    except VerificationFailed as exc:
+    except (VerificationFailed, SignatureError) as exc:
         reason = str(exc)
         lifecycle.record(kind=EventKind.INTEGRITY, message=reason, worker=worker)
         logger.error("worker %s not started: %s", worker.pk, reason)
@@ -71,14 +73,14 @@ def before_start(worker: Worker) -> Check:
     return Check(ok=False)
 
 
-def _snapshot(manifest: ModelManifest) -> Path:
+def _snapshot(source: str, revision: str) -> Path:
     """The pinned Hub snapshot in the shared cache, downloaded first where this node lacks it."""
     from huggingface_hub import snapshot_download
 
     return Path(
         snapshot_download(
-            manifest.source,
-            revision=manifest.revision or None,
+            source,
+            revision=revision or None,
             cache_dir=settings.HF_CACHE_DIR,
             endpoint=settings.HF_ENDPOINT,
             etag_timeout=settings.HF_ETAG_TIMEOUT,
@@ -87,16 +89,18 @@ def _snapshot(manifest: ModelManifest) -> Path:
 
 
 def verified_source(model: Model) -> Verified | None:
-    """Check ``model``'s folder against its current manifest; None when it has no manifest.
+    """Check ``model``'s folder against its current manifest and, when the registry requires one,
+    its signature; None when there is nothing to check.
 
-    Raises ``VerificationFailed`` (its message names every differing file) on a mismatch, and
-    ``OSError`` or the Hub's errors when the files cannot be read or fetched.
+    Raises ``VerificationFailed`` (its message names every differing file) or ``SignatureError``,
+    and ``OSError`` or the Hub's errors when the files cannot be read or fetched.
     """
     manifest = ModelManifest.objects.current_for(model)
-    if manifest is None:
+    policy = model.signature_policy()
+    if manifest is None and policy is None:
         logger.warning("model %s has no manifest: starting it unverified", model.name)
         return None
-    if manifest.source != model.source:
+    if manifest is not None and manifest.source != model.source:
         raise VerificationFailed(
             folder=model.source,
             mismatches=[
@@ -104,10 +108,23 @@ def verified_source(model: Model) -> Verified | None:
             ],
         )
     hub = model.source_kind == SourceKind.HUGGINGFACE
-    folder = _snapshot(manifest) if hub else Path(model.source)
-    cache = DigestCache(settings.MODEL_DIGEST_CACHE) if settings.MODEL_VERIFICATION == "cached" else None
-    mismatches = verify_folder(folder, manifest.as_manifest(), cache=cache)
-    if mismatches:
-        raise VerificationFailed(folder=str(folder), mismatches=mismatches)
-    logger.info("model %s: %s matches manifest %s", model.name, folder, manifest.digest)
-    return Verified(folder=str(folder), digest=manifest.digest, pinned=hub)
+    if hub:
+        folder = _snapshot(model.source, manifest.revision if manifest is not None else model.revision)
+    else:
+        folder = Path(model.source)
+    if manifest is not None:
+        cache = DigestCache(settings.MODEL_DIGEST_CACHE) if settings.MODEL_VERIFICATION == "cached" else None
+        mismatches = verify_folder(folder, manifest.as_manifest(), cache=cache)
+        if mismatches:
+            raise VerificationFailed(folder=str(folder), mismatches=mismatches)
+    if policy is not None:
+        verify_signature(folder, policy)
+    digest = manifest.digest if manifest is not None else ""
+    logger.info(
+        "model %s: %s verified (manifest %s, signature %s)",
+        model.name,
+        folder,
+        digest or "none",
+        policy.kind if policy else "none",
+    )
+    return Verified(folder=str(folder), digest=digest, pinned=hub)

@@ -97,7 +97,9 @@ class TestBeforeStart:
 
         manifests.record_folder(model=model, folder=folder, source="org/tiny", revision="abc123")
         asked = []
-        monkeypatch.setattr(verification, "_snapshot", lambda row: asked.append(row.revision) or folder)
+        monkeypatch.setattr(
+            verification, "_snapshot", lambda source, revision: asked.append(revision) or folder
+        )
         check = verification.before_start(starting_worker(model))
         assert asked == ["abc123"] and check.ok
         spec = EngineSpec(
@@ -163,6 +165,8 @@ def test_a_byte_changed_in_the_tiny_models_weights_stops_the_next_worker(
         what="the first engine stopped",
     )
 
+    # The engine wrote nothing into the folder: an unchanged model would start again.
+    assert verification.verify_folder(folder, ModelManifest.objects.current_for(model).as_manifest()) == []
     flip_byte(folder / "model.safetensors", offset=4096)
     operations.scale(deployment=deployment, replicas=1, actor=None)
     failed = wait_for(
@@ -175,3 +179,61 @@ def test_a_byte_changed_in_the_tiny_models_weights_stops_the_next_worker(
     assert failed.pid is None
     assert not WorkerEvent.objects.filter(worker=failed, kind=EventKind.SPAWNED).exists()
     assert WorkerEvent.objects.filter(worker=failed, kind=EventKind.INTEGRITY).exists()
+
+
+@pytest.mark.django_db
+class TestSignatureRequired:
+    """A registry entry that requires a model-signing signature starts only on a folder it verifies."""
+
+    @pytest.fixture
+    def keys(self):
+        pytest.importorskip("model_signing")
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return private, public.decode()
+
+    def test_a_signed_model_starts(self, folder, keys):
+        from integrity.signing import sign_with_key
+
+        sign_with_key(folder, keys[0])
+        model = ModelFactory(name="sig-ok", source=str(folder), signature="key", signature_public_key=keys[1])
+        assert verification.before_start(starting_worker(model)).ok
+
+    def test_an_unsigned_model_fails_with_an_integrity_event(self, folder, keys):
+        model = ModelFactory(
+            name="sig-missing", source=str(folder), signature="key", signature_public_key=keys[1]
+        )
+        worker = starting_worker(model)
+        assert not verification.before_start(worker).ok
+        worker.refresh_from_db()
+        assert "model.sig is missing" in worker.failure_reason
+        assert WorkerEvent.objects.filter(worker=worker, kind=EventKind.INTEGRITY).exists()
+
+    def test_a_model_signed_by_another_key_fails(self, folder, keys, settings):
+        from integrity.signing import sign_with_key
+
+        sign_with_key(folder, keys[0])
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        stranger = (
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        model = ModelFactory(
+            name="sig-other", source=str(folder), signature="key", signature_public_key=stranger
+        )
+        worker = starting_worker(model)
+        assert not verification.before_start(worker).ok
+        worker.refresh_from_db()
+        assert "does not verify against the registered public key" in worker.failure_reason
