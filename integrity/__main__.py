@@ -48,6 +48,8 @@ def _signature_policy(args: argparse.Namespace):
 
     if args.public_key:
         return SignaturePolicy(kind=KEY, public_key_pem=Path(args.public_key).read_text())
+    if args.public_key_env:
+        return SignaturePolicy(kind=KEY, public_key_pem=os.environ.get(args.public_key_env, ""))
     if args.sigstore_identity:
         return SignaturePolicy(
             kind=SIGSTORE, identity=args.sigstore_identity, issuer=args.sigstore_issuer or ""
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument(
         "--public-key", help="also require FOLDER/model.sig signed by this EC public key (PEM)"
     )
+    check.add_argument("--public-key-env", help="the same, the PEM read from this environment variable")
     check.add_argument(
         "--sigstore-identity", help="also require FOLDER/model.sig signed by this Sigstore identity"
     )

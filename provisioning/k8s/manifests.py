@@ -80,6 +80,11 @@ class GroupSpec:
     manifest_json: str | None = None  # the weights' manifest (canonical JSON); None: unverified
     manifest_digest: str = ""  # its sha256:<hex>, which the init container insists on
     verify_image: str = "berth"  # the Berth image: it carries ``python -m integrity``
+    # A required model-signing signature (integrity.signing): "key" with the PEM, or "sigstore".
+    signature: str = ""
+    signature_public_key: str = ""
+    signature_identity: str = ""
+    signature_issuer: str = ""
 
     @property
     def gpu_count(self) -> int:
@@ -149,6 +154,16 @@ def render_verify_container(group: GroupSpec) -> dict[str, Any] | None:
         {"name": "BERTH_MANIFEST", "value": group.manifest_json},
         {"name": "HF_HOME", "value": f"{group.cache_mount_path}/.hf-home"},
     ]
+    if group.signature == "key":
+        command += ["--public-key-env", "BERTH_SIGNATURE_KEY"]
+        env.append({"name": "BERTH_SIGNATURE_KEY", "value": group.signature_public_key})
+    elif group.signature == "sigstore":  # needs Fulcio, Rekor and the TUF root reachable from the pod
+        command += [
+            "--sigstore-identity",
+            group.signature_identity,
+            "--sigstore-issuer",
+            group.signature_issuer,
+        ]
     if group.hf_token_secret:
         env.append(
             {

@@ -81,6 +81,10 @@ def _manifest_fields(model) -> dict[str, str]:
         "manifest_json": current.as_manifest().canonical_json().decode(),
         "manifest_digest": current.digest,
         "verify_image": settings.K8S_BERTH_IMAGE,
+        "signature": model.signature,
+        "signature_public_key": model.signature_public_key,
+        "signature_identity": model.signature_identity,
+        "signature_issuer": model.signature_issuer,
     }
 
 

@@ -125,3 +125,44 @@ def test_the_sync_passes_the_models_current_manifest(tmp_path, settings):
     assert Manifest.from_json(group.manifest_json).digest == row.digest
     unverified = group_for(DeploymentFactory(model=ModelFactory(name="kube-plain"), engine=Engine.VLLM))
     assert unverified.manifest_json is None
+
+
+def test_a_required_signature_is_checked_by_the_init_container(tmp_path):
+    pytest.importorskip("model_signing")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from integrity.signing import sign_with_key
+
+    folder = weights(tmp_path / "signed-model")
+    key = ec.generate_private_key(ec.SECP256R1())
+    sign_with_key(
+        folder,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    manifest = manifest_for_folder(folder)
+    group = make_group(
+        engine=dataclasses.replace(make_group().engine, source=str(folder)),
+        manifest_json=manifest.canonical_json().decode(),
+        manifest_digest=manifest.digest,
+        signature="key",
+        signature_public_key=public.decode(),
+    )
+    deployment, _ = render_manifests(group)
+    kubernetes_validate.validate(deployment, "1.37.0", strict=True)
+    [init] = pod_of(deployment)["initContainers"]
+    assert init["command"][-2:] == ["--public-key-env", "BERTH_SIGNATURE_KEY"]
+    assert run_init_container(init).returncode == 0
+    stranger = ec.generate_private_key(ec.SECP256R1()).public_key()
+    for entry in init["env"]:
+        if entry["name"] == "BERTH_SIGNATURE_KEY":
+            entry["value"] = stranger.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode()
+    refused = run_init_container(init)
+    assert refused.returncode == 1 and "does not verify" in refused.stderr
