@@ -96,3 +96,12 @@ def test_record_manifest_accepts_the_files_as_they_are(tmp_path, capsys):
     assert row.digest in capsys.readouterr().out
     with pytest.raises(CommandError, match="no model named"):
         call_command("record_manifest", "nope")
+
+
+def test_the_admin_shows_the_manifests_read_only(tmp_path, admin_client):
+    folder = model_folder(tmp_path / "tiny")
+    call_command("pull_model", str(folder), "--name", "man-admin-page")
+    model = Model.objects.get(name="man-admin-page")
+    html = admin_client.get(f"/admin/models_registry/model/{model.pk}/change/").content.decode()
+    assert ModelManifest.objects.current_for(model).digest in html
+    assert "record_manifest" in html
