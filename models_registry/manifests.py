@@ -41,7 +41,7 @@ def record(*, model: Model, manifest: Manifest) -> ModelManifest:
             total_bytes=manifest.total_bytes,
         )
         catalog.publish(model=model)  # the digest is part of the mirror entry
-    logger.info("model %s: manifest %s (%d files)", model.name, manifest.digest, len(manifest.files))
+    logger.debug("model %s: manifest %s (%d files)", model.name, manifest.digest, len(manifest.files))
     return row
 
 
