@@ -490,6 +490,7 @@ HF_ETAG_TIMEOUT = env_int("BERTH_HF_ETAG_TIMEOUT", 10, minimum=1)
 ADAPTER_ALLOWED_SOURCES = env_list("BERTH_ADAPTER_ALLOWED_SOURCES", ["hub:"])
 ADAPTER_DIR = DATA_DIR / "adapters"  # fetched adapters, one folder each
 NODE_NAME = env_str("BERTH_NODE_NAME")  # node_agent --name default (else the host name)
+NODE_RESIDENCY = env_str("BERTH_NODE_RESIDENCY")  # node_agent --residency default (data residency)
 NODE_ADDRESS = env_str("BERTH_NODE_ADDRESS", "127.0.0.1")  # engines bind to and are reached at it
 CPU_SLOTS = env_int("BERTH_CPU_SLOTS", 2, minimum=0)  # CPU-engine replicas a node agent offers
 HEARTBEAT_SECONDS = env_int("BERTH_HEARTBEAT_SECONDS", 5, minimum=1)
@@ -499,6 +500,7 @@ if PROVISIONER not in ("local", "kubernetes"):
     raise ImproperlyConfigured("BERTH_PROVISIONER must be 'local' or 'kubernetes'")
 K8S_NAMESPACE = env_str("BERTH_K8S_NAMESPACE", "berth-engines")
 K8S_VLLM_IMAGE = env_str("BERTH_K8S_VLLM_IMAGE", "vllm/vllm-openai:v0.33.0")
+K8S_BERTH_IMAGE = env_str("BERTH_K8S_BERTH_IMAGE", "berth")  # runs the weights check before vLLM
 K8S_CACHE_PVC = env_str("BERTH_K8S_CACHE_PVC", "berth-model-cache")
 K8S_ENGINE_SECRET = env_str("BERTH_K8S_ENGINE_SECRET", "berth-engine-key")
 K8S_ENGINE_API_KEY = env_secret("BERTH_K8S_ENGINE_API_KEY")
@@ -511,6 +513,13 @@ RESTART_BACKOFF_SECONDS = env_int("BERTH_RESTART_BACKOFF_SECONDS", 5, minimum=0)
 RESTART_BACKOFF_MAX = env_int("BERTH_RESTART_BACKOFF_MAX", 300, minimum=0)
 SCALE_DOWN_DELAY = env_int("BERTH_SCALE_DOWN_DELAY", 120, minimum=0)
 WORKER_LOG_DIR = DATA_DIR / "logs" / "workers"
+# Model files are verified against their manifest before an engine starts (integrity.manifest):
+# "cached" trusts a node's digest of a file whose size, mtime and ctime are unchanged; "full"
+# rehashes every byte at every start (defeats an attacker who can also reset timestamps).
+MODEL_VERIFICATION = env_str("BERTH_MODEL_VERIFICATION", "cached")
+if MODEL_VERIFICATION not in ("cached", "full"):
+    raise ImproperlyConfigured("BERTH_MODEL_VERIFICATION must be 'cached' or 'full'")
+MODEL_DIGEST_CACHE = DATA_DIR / "integrity" / "digests.json"
 # Test-only: dotted path of a launcher used instead of provisioning.engines.build_launch.
 ENGINE_LAUNCHER_OVERRIDE = env_str("BERTH_ENGINE_LAUNCHER_OVERRIDE")
 

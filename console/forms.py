@@ -146,3 +146,22 @@ class BillingSettingsForm(forms.ModelForm):
         self.fields["spend_limit"].widget.attrs.update({"min": "0", "step": "0.01", "inputmode": "decimal"})
         self.fields["billing_email"].help_text = "Also receives invoices and alerts (optional)."
         self.initial.setdefault("alert_thresholds", list(self.instance.alert_thresholds or []))
+
+
+class ResidencyForm(forms.Form):
+    """An owner's data-residency requirement, among the labels the operator gave nodes."""
+
+    data_residency = forms.ChoiceField(
+        label="Run our private models only on nodes in",
+        required=False,
+        help_text="New replicas start only on nodes with this label; running ones on other nodes are "
+        "moved. Public models are shared and run anywhere.",
+    )
+
+    def __init__(self, *args, labels: list[str], current: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = sorted({*labels, *([current] if current else [])})
+        self.fields["data_residency"].choices = [("", "Any node (no requirement)")] + [
+            (c, c) for c in choices
+        ]
+        self.initial.setdefault("data_residency", current)

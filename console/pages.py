@@ -7,6 +7,7 @@ from datetime import UTC, date, timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.handlers.asgi import ASGIRequest
 from django.db import transaction
 from django.db.models import Count, Q
@@ -19,10 +20,11 @@ from billing import reports, spend
 from billing.models import BillingAccount, UsageRecord
 from billing.periods import period_containing
 from console.access import NoTenant, forbidden, tenant_required
-from console.forms import BillingSettingsForm, OrganizationForm, UsageRangeForm
+from console.forms import BillingSettingsForm, OrganizationForm, ResidencyForm, UsageRangeForm
 from models_registry.constants import Task
 from models_registry.models import Model
 from provisioning.constants import WorkerState
+from tenants import residency
 from tenants.constants import PERM_MANAGE_BILLING, PERM_MANAGE_SETTINGS, PERM_USE_KEYS, PERM_VIEW_BILLING
 from tenants.models import ApiKey, Tenant
 from tenants.permissions import allows
@@ -42,6 +44,7 @@ def models_for(tenant):
     return (
         Model.objects.visible_to(tenant)
         .with_current_price()
+        .with_manifest_digest()
         .annotate(
             ready_replicas=Count(
                 "deployments__workers", filter=Q(deployments__workers__state=WorkerState.READY)
@@ -234,8 +237,27 @@ def settings_page(request, tenant: Tenant):
     billing_form = BillingSettingsForm(
         request.POST if which == "billing" else None, instance=account, prefix="billing", plan=tenant.plan
     )
+    can_residency = residency.may_change(request.membership)
+    residency_form = ResidencyForm(
+        request.POST if which == "residency" else None,
+        prefix="residency",
+        labels=residency.available_labels(),
+        current=tenant.data_residency,
+    )
     status = 200
-    if which == "organization":
+    if which == "residency":
+        if not can_residency:
+            return forbidden(request, "Only owners can change the data-residency requirement.")
+        if residency_form.is_valid():
+            try:
+                residency.set_requirement(tenant=tenant, label=residency_form.cleaned_data["data_residency"])
+            except ValidationError as exc:
+                residency_form.add_error("data_residency", exc)
+            else:
+                messages.success(request, "Data residency saved.")
+                return redirect("console:settings")
+        status = 400
+    elif which == "organization":
         if not can_settings:
             return forbidden(request, "Only owners and admins can rename the organization.")
         if org_form.is_valid():
@@ -281,6 +303,8 @@ def settings_page(request, tenant: Tenant):
         "billing_form": billing_form,
         "can_settings": can_settings,
         "can_billing": can_billing,
+        "residency_form": residency_form,
+        "can_residency": can_residency,
         "plan": tenant.plan,
         "spend": reports.period_spend(tenant, timezone.now()) if can_billing else None,
     }

@@ -30,12 +30,9 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
 * ``model:<public name>`` — hash: ``served_name``, ``task`` (``chat`` | ``completion`` |
   ``embedding``), ``visibility`` (``public`` | ``private``), ``tenants`` (JSON list of tenant ids
   allowed a private model), ``created`` (epoch s), ``owned_by``, ``context_length`` (tokens, or
-  empty), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
-  tokens). A LoRA adapter's hash has the same fields (its base's ``task`` and ``context_length``,
-  its own prices) plus ``parent`` (the base model's name), ``adapter_id``, ``adapter_source``
-  (``lora_path`` for the engine: a local folder or a Hub repo id), ``adapter_revision`` and
-  ``adapter_rank``; a plain model has no ``parent``. A model without this hash does not exist for
-  the gateway. Written by
+  empty), ``manifest_digest`` (``sha256:<hex>`` of the weights' manifest, or empty: see
+  ``integrity``), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
+  tokens). A model without this hash does not exist for the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
   A ready LoRA adapter is mirrored the same way under its served name ``<tenant slug>/<name>``
   (``owned_by`` its tenant's slug, ``task``/``context_length`` its base's, its own price) plus

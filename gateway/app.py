@@ -316,6 +316,8 @@ class Gateway:
                         "created": m.created,
                         "owned_by": m.owned_by,
                         "parent": m.parent,
+                        # The weights' manifest (sha256 of its canonical JSON); null when unrecorded.
+                        "manifest_digest": m.manifest_digest or None,
                     }
                     for m in models
                 ],

@@ -64,6 +64,7 @@ class ModelInfo:
     adapter_source: str = ""
     adapter_revision: str = ""
     adapter_rank: int | None = None
+    manifest_digest: str = ""
 
     @property
     def route_name(self) -> str:
@@ -134,6 +135,7 @@ class Router:
             adapter_source=raw.get("adapter_source", ""),
             adapter_revision=raw.get("adapter_revision", ""),
             adapter_rank=_positive_int(raw.get("adapter_rank")),
+            manifest_digest=raw.get("manifest_digest") or "",
         )
 
     async def visible_models(self, tenant_id: str, allowed: frozenset[str]) -> list[ModelInfo]:

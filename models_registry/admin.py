@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.db import transaction
 
 from models_registry import adapters, catalog
-from models_registry.models import LoraAdapter, Model, Price
+from models_registry.models import LoraAdapter, Model, ModelManifest, Price
 
 
 class PriceInline(admin.TabularInline):
@@ -39,8 +39,20 @@ class ModelAdmin(admin.ModelAdmin):
     list_filter = ["task", "visibility", "source_kind", "tool_call_parser"]
     search_fields = ["name", "source"]
     filter_horizontal = ["allowed_tenants"]
-    readonly_fields = ["id", "created_at", "updated_at"]
+    readonly_fields = ["id", "manifest", "created_at", "updated_at"]
     inlines = [PriceInline]
+
+    @admin.display(description="Manifest")
+    def manifest(self, obj) -> str:
+        """The manifest engines verify the files against (a read-only summary, not a form)."""
+        current = ModelManifest.objects.current_for(obj) if obj.pk else None
+        if current is None:
+            return "none: engines start unverified (record one with manage.py record_manifest)"
+        revision = f", revision {current.revision}" if current.revision else ""
+        return (
+            f"{current.digest} ({current.file_count} files, {current.total_bytes} bytes{revision}; "
+            f"recorded {current.created_at:%Y-%m-%d %H:%M} UTC; a new one: manage.py record_manifest)"
+        )
 
     # Saves and deletes go through the catalog, which republishes the gateway's copy after commit.
     def save_model(self, request, obj, form, change):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from audit import trail
-from models_registry import adapters, mirror
+from models_registry import adapters, manifests, mirror
 from models_registry.models import Model, Price
 
 
@@ -42,6 +42,7 @@ def save_model(*, model: Model) -> Model:
                 before=None if created else before,
                 after=after,
             )
+        manifests.ensure_local(model=model)
 
         def write() -> None:
             if previous and previous != model.name:

@@ -47,3 +47,10 @@ ADAPTER_BASE_TASKS = ("chat", "completion")
 # vLLM's tool-call and reasoning parsers, as (value, label) choices; blank means none.
 TOOL_CALL_PARSER_CHOICES = [(name, name) for name in TOOL_CALL_PARSERS]
 REASONING_PARSER_CHOICES = [(name, name) for name in REASONING_PARSERS]
+
+
+class SignatureKind(models.TextChoices):
+    """How a model's OpenSSF model-signing signature is trusted (``integrity.signing``)."""
+
+    KEY = "key", "Elliptic-curve public key (offline)"
+    SIGSTORE = "sigstore", "Sigstore identity (needs Fulcio/Rekor reachable)"

@@ -38,6 +38,14 @@ def price_fields(model, now=None) -> dict[str, str]:
     }
 
 
+def manifest_digest(model) -> str:
+    """The digest of the manifest the model's files are verified against; empty without one."""
+    from models_registry.models import ModelManifest
+
+    current = ModelManifest.objects.current_for(model)
+    return current.digest if current is not None else ""
+
+
 def entry(model) -> dict[str, str]:
     tenants = sorted(str(pk) for pk in model.allowed_tenants.values_list("pk", flat=True))
     return {
@@ -49,6 +57,7 @@ def entry(model) -> dict[str, str]:
         "owned_by": "berth",
         "context_length": str(model.context_length) if model.context_length else "",
         "tool_call_parser": model.tool_call_parser or "",
+        "manifest_digest": manifest_digest(model),
         **price_fields(model),
     }
 

@@ -25,6 +25,7 @@ from models_registry.constants import (
     AdapterSourceKind,
     AdapterStatus,
     Engine,
+    SignatureKind,
     SourceKind,
     Task,
     Visibility,
@@ -56,6 +57,11 @@ class ModelQuerySet(models.QuerySet):
             price_currency=Subquery(current.values("currency")[:1]),
             price_from=Subquery(current.values("effective_from")[:1]),
         )
+
+    def with_manifest_digest(self) -> ModelQuerySet:
+        """Annotate ``manifest_digest``: the digest of the current manifest (None without one)."""
+        latest = ModelManifest.objects.filter(model=OuterRef("pk")).order_by("-created_at")
+        return self.annotate(manifest_digest=Subquery(latest.values("digest")[:1]))
 
 
 class Model(models.Model):
@@ -103,6 +109,24 @@ class Model(models.Model):
         validators=[MinValueValidator(Decimal("0"))],
         help_text="A new LoRA adapter on this model is priced at this model's price plus this percentage.",
     )
+    # OpenSSF model signing (integrity.signing): engines start only if model.sig in the folder verifies.
+    signature = models.CharField(
+        max_length=8,
+        choices=SignatureKind.choices,
+        blank=True,
+        help_text="Require a model-signing signature (model.sig in the model's folder); empty: none.",
+    )
+    signature_public_key = models.TextField(
+        blank=True, help_text="Key signatures: the signer's elliptic-curve public key (PEM)."
+    )
+    signature_identity = models.CharField(
+        max_length=255, blank=True, help_text="Sigstore signatures: the signer's identity (e.g. an e-mail)."
+    )
+    signature_issuer = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Sigstore signatures: the identity's OIDC issuer, e.g. https://accounts.google.com.",
+    )
     allowed_tenants = models.ManyToManyField(
         "tenants.Tenant",
         blank=True,
@@ -125,6 +149,27 @@ class Model(models.Model):
             raise ValidationError({"engine_args": "Must be a JSON list of strings."})
         if self.source_kind == SourceKind.LOCAL and not self.source.startswith("/"):
             raise ValidationError({"source": "A local source must be an absolute path."})
+        if self.signature == SignatureKind.KEY and "BEGIN PUBLIC KEY" not in self.signature_public_key:
+            raise ValidationError({"signature_public_key": "Paste the signer's public key in PEM form."})
+        if self.signature == SignatureKind.SIGSTORE and not (
+            self.signature_identity and self.signature_issuer
+        ):
+            raise ValidationError(
+                {"signature_identity": "Sigstore signatures need the identity and its issuer."}
+            )
+
+    def signature_policy(self):
+        """What ``integrity.signing.verify_signature`` checks; None when no signature is required."""
+        if not self.signature:
+            return None
+        from integrity.signing import SignaturePolicy
+
+        return SignaturePolicy(
+            kind=self.signature,
+            public_key_pem=self.signature_public_key,
+            identity=self.signature_identity,
+            issuer=self.signature_issuer,
+        )
 
     @property
     def gpu_memory_mb_per_gpu(self) -> int:
@@ -372,3 +417,48 @@ class LoraAdapter(models.Model):
 
     def current_price(self, at: datetime | None = None) -> Price | None:
         return Price.objects.in_effect(self, at)
+
+
+class ModelManifestQuerySet(models.QuerySet):
+    def current_for(self, model) -> ModelManifest | None:
+        """The manifest the model's files are verified against: the latest one recorded."""
+        return self.filter(model=model).order_by("-created_at").first()
+
+
+class ModelManifest(models.Model):
+    """What a model's folder held when it was pulled or registered (``integrity.manifest``).
+
+    Append-only: pulling again, or ``manage.py record_manifest`` after a deliberate change of the
+    files, adds a newer row, and the latest is the one node agents verify against before starting
+    an engine. ``files`` is the manifest's list as ``integrity.Manifest.as_dict`` writes it.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="manifests")
+    digest = models.CharField(max_length=71, help_text="sha256:<hex> of the manifest's canonical JSON.")
+    source = models.CharField(max_length=500)
+    revision = models.CharField(
+        max_length=100, blank=True, help_text="Resolved Hub commit; empty for folders."
+    )
+    files = models.JSONField(default=list)
+    file_count = models.PositiveIntegerField(default=0)
+    total_bytes = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = ModelManifestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model__name", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.digest[:19]}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValidationError("Manifests are append-only; record a new one.")
+        super().save(*args, **kwargs)
+
+    def as_manifest(self):
+        from integrity import Manifest
+
+        return Manifest.from_dict({"source": self.source, "revision": self.revision, "files": self.files})

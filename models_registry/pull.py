@@ -1,5 +1,9 @@
 """Registering models: from a local folder as is, or from the Hugging Face Hub into the cache.
 
+Every pull records a manifest of the files (``models_registry.manifests``): node agents verify
+the folder against it before an engine starts. For a Hub model the manifest pins the snapshot's
+commit, whatever branch or tag was asked for.
+
 Downloads go to the shared cache (``settings.HF_CACHE_DIR``: ``BERTH_DATA_DIR/hf-cache`` unless
 ``HF_HOME`` is set, in which case the Hub's own default applies) so that every node agent on the
 machine and the engines (``download_dir``) reuse one copy.
@@ -14,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from models_registry import catalog
+from models_registry import catalog, manifests
 from models_registry.constants import SourceKind, Task
 from models_registry.models import Model
 
@@ -68,7 +72,8 @@ def register(
     task: str | None = None,
     folder: Path | None = None,
 ) -> Model:
-    """Create or update the registry entry for a model (idempotent by name)."""
+    """Create or update the registry entry for a model (idempotent by name), with the manifest of
+    ``folder`` as it is now."""
     config = _read_config(folder) if folder else {}
     context = config.get("max_position_embeddings")
     fields = {
@@ -86,6 +91,10 @@ def register(
             setattr(model, field, value)
         model.full_clean()
         catalog.save_model(model=model)
+        if folder is not None:
+            # A Hub snapshot folder is named after its commit: pin it, not the branch asked for.
+            pinned = folder.name if source_kind == SourceKind.HUGGINGFACE else ""
+            manifests.record_folder(model=model, folder=folder, source=source, revision=pinned)
     return model
 
 

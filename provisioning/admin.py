@@ -43,12 +43,13 @@ class NodeAdmin(admin.ModelAdmin):
         "address",
         "backend",
         "status",
+        "residency",
         "gpu_count",
         "cpu_slots",
         "busy_workers",
         "last_heartbeat",
     ]
-    list_filter = ["status", "backend"]
+    list_filter = ["status", "backend", "residency"]
     search_fields = ["name", "address"]
     readonly_fields = ["id", "queue", "last_heartbeat", "created_at"]
     inlines = [GpuInline]

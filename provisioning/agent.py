@@ -37,7 +37,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from berth.process import die_with_parent_kill
-from provisioning import gpus, lifecycle, probe, routing
+from provisioning import gpus, lifecycle, probe, routing, verification
 from provisioning.constants import (
     HOLDING_STATES,
     TERMINAL_STATES,
@@ -173,8 +173,17 @@ class Engine:
 class Agent:
     """Everything one node agent process owns."""
 
-    def __init__(self, *, name: str, address: str, cpu_slots: int, labels: dict | None = None):
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: str,
+        cpu_slots: int,
+        labels: dict | None = None,
+        residency: str | None = None,
+    ):
         self.name = name
+        self.residency = residency  # None: keep the node's label as set in the admin
         self.address = address
         self.cpu_slots = cpu_slots
         self.labels = labels or {}
@@ -203,6 +212,8 @@ class Agent:
             node.backend = NodeBackend.LOCAL
             node.cpu_slots = inventory.cpu_slots
             node.labels = {**node.labels, **self.labels, "accelerator": inventory.source}
+            if self.residency is not None:
+                node.residency = self.residency
             node.last_heartbeat = now
             if node.status == NodeStatus.LOST:
                 node.status = NodeStatus.READY
@@ -322,12 +333,16 @@ class Agent:
 
     def _launch(self, worker: Worker) -> str:
         worker_id = str(worker.pk)
+        # Never serve weights that differ from their manifest; fails the worker with the files' names.
+        check = verification.before_start(worker)
+        if not check.ok:
+            return "model files failed verification"
         listener: socket.socket | None = None
         try:
             listener = bind_engine_socket(self.address)
             port = listener.getsockname()[1]
             launch = build_launch(
-                engine_spec(worker, host=self.address, port=port, listen_fd=listener.fileno())
+                check.pin(engine_spec(worker, host=self.address, port=port, listen_fd=listener.fileno()))
             )
             if listener.fileno() in launch.pass_fds:
                 listener.listen(LISTEN_BACKLOG)  # connections queue until the engine accepts them

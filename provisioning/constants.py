@@ -35,6 +35,7 @@ class EventKind(models.TextChoices):
     REPLACED = "replaced", "Replacement created"
     NODE_LOST = "node_lost", "Node lost"
     SCALED = "scaled", "Scaled"
+    INTEGRITY = "integrity", "Model files failed verification"
 
 
 # The one table of allowed state changes (``provisioning.lifecycle.transition`` enforces it).

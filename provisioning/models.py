@@ -15,6 +15,7 @@ from django.db import models
 from django.utils import timezone
 
 from provisioning.constants import EventKind, NodeBackend, NodeStatus, WorkerState
+from tenants.models import residency_validator
 
 
 class Node(models.Model):
@@ -25,6 +26,13 @@ class Node(models.Model):
     address = models.CharField(max_length=255, help_text="Host/IP the engines listen on and are reached at.")
     backend = models.CharField(max_length=16, choices=NodeBackend.choices, default=NodeBackend.LOCAL)
     labels = models.JSONField(default=dict, blank=True)
+    residency = models.CharField(
+        max_length=32,
+        blank=True,
+        validators=[residency_validator],
+        help_text="Data-residency label (e.g. eu, us): tenants that require one get their private "
+        "models only on nodes with the same label. Empty: none.",
+    )
     queue = models.CharField(max_length=120, help_text="Celery queue the node agent consumes.")
     status = models.CharField(max_length=16, choices=NodeStatus.choices, default=NodeStatus.READY)
     cpu_slots = models.PositiveSmallIntegerField(default=0, help_text="CPU-engine replicas it may run.")

@@ -4,8 +4,10 @@
   engine, labelled with model, deployment, node and worker, so its vLLM ``/metrics`` (queue depth,
   KV-cache use, tokens) are scraped without anyone listing addresses by hand.
 * ``GET /internal/metrics`` — the GPU pool as gauges: ``berth_pool_gpus`` and
-  ``berth_pool_gpus_in_use`` per node, ``berth_pool_cpu_slots`` / ``_in_use``, and
-  ``berth_workers`` per deployment and state.
+  ``berth_pool_gpus_in_use`` per node, ``berth_pool_cpu_slots`` / ``_in_use``,
+  ``berth_workers`` per deployment and state, and ``berth_model_verification_failures_total`` per
+  model (engine starts refused because the files did not match the manifest, counted from the
+  append-only ``integrity`` worker events).
 
 Both are for the private network and require ``Authorization: Bearer <BERTH_INTERNAL_TOKEN>``
 (Prometheus: ``authorization: {credentials_file: …}``). Settings refuse to start without the token
@@ -24,8 +26,8 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from provisioning.constants import TERMINAL_STATES, WorkerState
-from provisioning.models import Gpu, Node, Worker
+from provisioning.constants import TERMINAL_STATES, EventKind, WorkerState
+from provisioning.models import Gpu, Node, Worker, WorkerEvent
 
 
 def _authorized(request) -> bool:
@@ -113,4 +115,13 @@ def pool_metrics(request):
     states = Counter((w.deployment.model.name, w.state) for w in live)
     for (model, state), count in sorted(states.items()):
         lines.append(f'berth_workers{{model="{_escape(model)}",state="{state}"}} {count}')
+    lines += [
+        "# HELP berth_model_verification_failures_total Engine starts refused: files did not match the manifest.",
+        "# TYPE berth_model_verification_failures_total counter",
+    ]
+    failures = Counter(
+        WorkerEvent.objects.filter(kind=EventKind.INTEGRITY).values_list("deployment__model__name", flat=True)
+    )
+    for model, count in sorted(failures.items()):
+        lines.append(f'berth_model_verification_failures_total{{model="{_escape(model or "")}"}} {count}')
     return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

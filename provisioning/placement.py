@@ -4,6 +4,10 @@ Best fit: a replica needing N GPUs takes N GPUs on ONE node, choosing the node t
 the fewest free GPUs afterwards (so big holes stay open for big tensor-parallel replicas), then
 the smallest GPUs that are large enough. A CPU-engine replica takes one CPU slot, again on the
 fullest node that still has one. When nothing fits, ``place`` says why, for the admin.
+
+Data residency: a private model's replicas go only to nodes whose ``residency`` label is the one
+its tenants require (``Request.residencies``, from ``provisioning.residency``); a node without a
+label never qualifies, and tenants that require different labels leave it unplaceable.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class NodeCapacity:
     total_gpus: int = 0
     free_cpu_slots: list[int] = field(default_factory=list)
     cpu_slots: int = 0
+    residency: str = ""
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Request:
     gpus: int  # 0 for a CPU-engine replica
     memory_mb_per_gpu: int = 0
     node_selector: dict = field(default_factory=dict)
+    residencies: tuple[str, ...] = ()  # labels the model's tenants require; empty: any node
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,24 @@ def _matches(node: NodeCapacity, selector: dict) -> bool:
 
 
 def place(request: Request, nodes: list[NodeCapacity]) -> Placement | Unplaceable:
+    required = sorted(set(request.residencies))
+    if len(required) > 1:
+        return Unplaceable(
+            f"its tenants require different data residencies ({', '.join(required)}); no node can hold it"
+        )
+    if required:
+        resident = [n for n in nodes if n.residency == required[0]]
+        if not resident:
+            return Unplaceable(
+                f"data residency {required[0]!r} is required and no ready node has that residency label"
+            )
+        nodes = resident
     candidates = [n for n in nodes if _matches(n, request.node_selector)]
     if not candidates:
         if not nodes:
             return Unplaceable("no ready nodes")
-        return Unplaceable(f"no ready node has labels {request.node_selector}")
+        where = f" with residency {required[0]!r}" if required else ""
+        return Unplaceable(f"no ready node{where} has labels {request.node_selector}")
     if request.gpus == 0:
         with_slot = [n for n in candidates if n.free_cpu_slots]
         if not with_slot:

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from models_registry.constants import Engine
 from models_registry.models import Deployment
-from provisioning import dispatch, lifecycle, operations, placement, probe, routing
+from provisioning import dispatch, lifecycle, operations, placement, probe, residency, routing
 from provisioning.constants import HOLDING_STATES, LIVE_STATES, EventKind, NodeStatus, WorkerState
 from provisioning.models import Gpu, Node, Worker, WorkerEvent
 
@@ -93,6 +93,7 @@ def _pass(now: datetime) -> dict[str, int]:
     # On Kubernetes, vLLM deployments are groups in the cluster (provisioning/k8s/sync.py); CPU
     # deployments still run on node agents.
     local = [d for d in deployments if not (on_kubernetes and d.engine == Engine.VLLM)]
+    residency.retire_misplaced(local, workers, nodes, stats)
     _replace_failed(local, workers, now, stats)
     _converge(local, workers, now, stats)
     _progress_draining(workers, nodes, now, stats)
@@ -351,18 +352,23 @@ def capacity(nodes: dict, workers: list[Worker]) -> list[placement.NodeCapacity]
                 total_gpus=len(all_gpus),
                 free_cpu_slots=[s for s in range(node.cpu_slots) if s not in used_slots[node.pk]],
                 cpu_slots=node.cpu_slots,
+                residency=node.residency,
             )
         )
     return snapshot
 
 
 def request_for(deployment: Deployment) -> placement.Request:
+    residencies = residency.required_residencies(deployment)
     if deployment.engine == Engine.CPU:
-        return placement.Request(gpus=0, node_selector=deployment.node_selector or {})
+        return placement.Request(
+            gpus=0, node_selector=deployment.node_selector or {}, residencies=residencies
+        )
     return placement.Request(
         gpus=deployment.gpus_per_replica,
         memory_mb_per_gpu=deployment.model.gpu_memory_mb_per_gpu,
         node_selector=deployment.node_selector or {},
+        residencies=residencies,
     )
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -118,6 +118,13 @@ class TenantQuerySet(models.QuerySet):
         return self.filter(memberships__user=user).distinct()
 
 
+# A data-residency label as nodes carry it and tenants require it (``eu``, ``us-east``, ``ch``).
+residency_validator = RegexValidator(
+    r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$",
+    "Lower-case letters, digits and '-' only (e.g. eu, us-east), at most 32 characters.",
+)
+
+
 class Tenant(models.Model):
     """An organization: owns keys, usage, invoices and private models."""
 
@@ -126,6 +133,13 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=63, unique=True)
     status = models.CharField(max_length=16, choices=TenantStatus.choices, default=TenantStatus.ACTIVE)
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
+    data_residency = models.CharField(
+        max_length=32,
+        blank=True,
+        validators=[residency_validator],
+        help_text="Nodes with this residency label are the only ones that run the tenant's private "
+        "models; empty: any node.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = TenantQuerySet.as_manager()

@@ -31,10 +31,12 @@ APP_PACKAGES = [
     "guardrails",
     "contract",
     "cpu_engine",
+    "integrity",
 ]
 # Extras a package may import from besides the core dependencies.
 EXTRAS_FOR = {
     "cpu_engine": {"cpu"},
+    "integrity": {"signing"},
     # The node agent: Kubernetes backend, NVML for GPUs, the launchers and the tiny/embedding models.
     "provisioning": {"kubernetes", "agent", "gpu", "cpu"},
 }

@@ -8,7 +8,11 @@ flags a node agent would run, with three differences that belong to Kubernetes:
 * the engine key comes from a Secret (``env.valueFrom.secretKeyRef``), never the manifest, and
   the container's environment is only what the launcher sets (no Berth setting reaches the pod);
 * the weights land on a PersistentVolumeClaim mounted at ``--download-dir``, so a rescheduled
-  pod does not download them again.
+  pod does not download them again;
+* with a manifest (``GroupSpec.manifest_json``), an init container of the Berth image runs
+  ``python -m integrity verify`` before the engine container starts: for a Hub model it downloads
+  the pinned snapshot into ``<cache>/verified/<digest>`` and the engine serves that folder; a
+  file that does not match fails the init container (the pod never serves, its log names the file).
 
 The Service is headless: the gateway balances over individual workers itself (least outstanding
 work, prefix affinity), so it needs the pod addresses, not a virtual IP that would balance blindly.
@@ -73,6 +77,14 @@ class GroupSpec:
     service_account_name: str | None = None
     startup_timeout_s: int = 1800  # loading and compiling a big model takes minutes
     extra_labels: dict[str, str] = field(default_factory=dict)
+    manifest_json: str | None = None  # the weights' manifest (canonical JSON); None: unverified
+    manifest_digest: str = ""  # its sha256:<hex>, which the init container insists on
+    verify_image: str = "berth"  # the Berth image: it carries ``python -m integrity``
+    # A required model-signing signature (integrity.signing): "key" with the PEM, or "sigstore".
+    signature: str = ""
+    signature_public_key: str = ""
+    signature_identity: str = ""
+    signature_issuer: str = ""
 
     @property
     def gpu_count(self) -> int:
@@ -100,8 +112,20 @@ def label_selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_for(name).items())
 
 
+VERIFY_CONTAINER_NAME = "verify-weights"
+
+
+def verified_folder(group: GroupSpec) -> str | None:
+    """Where the init container puts (a Hub model) or finds (a local folder) the verified weights."""
+    if not group.manifest_json:
+        return None
+    if group.engine.source.startswith("/"):
+        return group.engine.source
+    return f"{group.cache_mount_path}/verified/{group.manifest_digest.removeprefix('sha256:')[:32]}"
+
+
 def pod_engine_spec(group: GroupSpec) -> EngineSpec:
-    return dataclasses.replace(
+    spec = dataclasses.replace(
         group.engine,
         host="0.0.0.0",  # noqa: S104 - the pod's own network namespace
         port=group.port,
@@ -109,6 +133,53 @@ def pod_engine_spec(group: GroupSpec) -> EngineSpec:
         gpu_indices=(),
         download_dir=group.cache_mount_path,
     )
+    folder = verified_folder(group)
+    if folder is not None:
+        # Exactly the files the init container verified, not whatever the Hub serves by then.
+        spec = dataclasses.replace(spec, source=folder, revision=None)
+    return spec
+
+
+def render_verify_container(group: GroupSpec) -> dict[str, Any] | None:
+    """The init container that fetches (Hub) and verifies the weights against the manifest."""
+    folder = verified_folder(group)
+    if folder is None:
+        return None
+    command = ["python", "-m", "integrity", "verify", folder, "--manifest-env", "BERTH_MANIFEST"]
+    if group.manifest_digest:
+        command += ["--digest", group.manifest_digest]
+    if not group.engine.source.startswith("/"):
+        command.append("--fetch")
+    env: list[dict[str, Any]] = [
+        {"name": "BERTH_MANIFEST", "value": group.manifest_json},
+        {"name": "HF_HOME", "value": f"{group.cache_mount_path}/.hf-home"},
+    ]
+    if group.signature == "key":
+        command += ["--public-key-env", "BERTH_SIGNATURE_KEY"]
+        env.append({"name": "BERTH_SIGNATURE_KEY", "value": group.signature_public_key})
+    elif group.signature == "sigstore":  # needs Fulcio, Rekor and the TUF root reachable from the pod
+        command += [
+            "--sigstore-identity",
+            group.signature_identity,
+            "--sigstore-issuer",
+            group.signature_issuer,
+        ]
+    if group.hf_token_secret:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": group.hf_token_secret, "key": "token"}},
+            }
+        )
+    return {
+        "name": VERIFY_CONTAINER_NAME,
+        "image": group.verify_image,
+        "imagePullPolicy": group.image_pull_policy,
+        "command": command,
+        "env": env,
+        "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "volumeMounts": [{"name": "model-cache", "mountPath": group.cache_mount_path}],
+    }
 
 
 def render_manifests(group: GroupSpec, *, vllm_bin: str = "vllm") -> list[dict[str, Any]]:
@@ -189,6 +260,9 @@ def render_deployment(group: GroupSpec, *, vllm_bin: str = "vllm") -> dict[str, 
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 60,
     }
+    verify = render_verify_container(group)
+    if verify is not None:
+        pod_spec["initContainers"] = [verify]
     if group.node_selector:
         pod_spec["nodeSelector"] = dict(group.node_selector)
     if group.tolerations:

@@ -72,7 +72,26 @@ def group_for(deployment) -> GroupSpec:
         replicas=deployment.desired_replicas,
         image=settings.K8S_VLLM_IMAGE,
         cache_pvc=settings.K8S_CACHE_PVC or None,
+        **_manifest_fields(model),
     )
+
+
+def _manifest_fields(model) -> dict[str, str]:
+    """The model's current manifest for the pod's verifying init container (none: unverified)."""
+    from models_registry.models import ModelManifest
+
+    current = ModelManifest.objects.current_for(model)
+    if current is None:
+        return {}
+    return {
+        "manifest_json": current.as_manifest().canonical_json().decode(),
+        "manifest_digest": current.digest,
+        "verify_image": settings.K8S_BERTH_IMAGE,
+        "signature": model.signature,
+        "signature_public_key": model.signature_public_key,
+        "signature_identity": model.signature_identity,
+        "signature_issuer": model.signature_issuer,
+    }
 
 
 def connect() -> KubernetesBackend:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.utils import timezone
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 
+from tenants import residency
 from tenants.constants import KeyKind, Role
 from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant
 
@@ -30,12 +31,26 @@ class TenantSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Tenant
-        fields = ["id", "name", "slug", "status", "plan", "created_at", "role"]
+        fields = ["id", "name", "slug", "status", "plan", "data_residency", "created_at", "role"]
         read_only_fields = ["id", "slug", "status", "plan", "created_at", "role"]
 
     def get_role(self, tenant) -> str | None:
         membership = self.context.get("membership")
         return membership.role if membership else None
+
+    def validate_data_residency(self, value: str) -> str:
+        value = (value or "").strip().lower()
+        if self.instance is not None and value != self.instance.data_residency:
+            if not residency.may_change(self.context.get("membership")):
+                raise exceptions.PermissionDenied("Only owners can change the data-residency requirement.")
+            if value and value not in residency.available_labels():
+                raise serializers.ValidationError(f"No node has the residency label {value!r}.")
+        return value
+
+    def update(self, instance, validated_data):
+        if "data_residency" in validated_data:
+            residency.set_requirement(tenant=instance, label=validated_data.pop("data_residency"))
+        return super().update(instance, validated_data)
 
 
 class MemberSerializer(serializers.ModelSerializer):

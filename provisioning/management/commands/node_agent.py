@@ -12,9 +12,11 @@ import json
 import socket
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from provisioning import agent as agent_module
+from tenants.models import residency_validator
 
 
 class Command(BaseCommand):
@@ -25,6 +27,11 @@ class Command(BaseCommand):
         parser.add_argument("--address", default=settings.NODE_ADDRESS, help="Host/IP engines bind to.")
         parser.add_argument("--cpu-slots", type=int, default=settings.CPU_SLOTS)
         parser.add_argument("--labels", default="{}", help='JSON object, e.g. {"zone": "a"}.')
+        parser.add_argument(
+            "--residency",
+            default=settings.NODE_RESIDENCY or None,
+            help="Data-residency label of this node (e.g. eu); default: keep the one set in the admin.",
+        )
         parser.add_argument("--concurrency", type=int, default=4, help="Tasks run at once (threads).")
         parser.add_argument("--loglevel", default="INFO")
 
@@ -35,8 +42,17 @@ class Command(BaseCommand):
             raise CommandError(f"--labels must be a JSON object: {exc}") from exc
         if not isinstance(labels, dict) or options["cpu_slots"] < 0:
             raise CommandError("--labels must be a JSON object and --cpu-slots >= 0")
+        if options["residency"] is not None:
+            try:
+                residency_validator(options["residency"])
+            except ValidationError as exc:
+                raise CommandError(f"--residency: {exc.messages[0]}") from exc
         agent = agent_module.Agent(
-            name=options["name"], address=options["address"], cpu_slots=options["cpu_slots"], labels=labels
+            name=options["name"],
+            address=options["address"],
+            cpu_slots=options["cpu_slots"],
+            labels=labels,
+            residency=options["residency"],
         )
         agent.register()
         agent_module.current = agent

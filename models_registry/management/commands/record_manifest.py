@@ -1,0 +1,49 @@
+"""``manage.py record_manifest <model>``: accept a model's files as they are now.
+
+For a model registered before manifests existed, or after an operator changed its files on
+purpose: node agents refuse to start an engine on files that differ from the latest manifest, and
+this records a new one from the local folder (or the Hub snapshot already in the shared cache at
+the model's revision). Prints the digest.
+"""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from models_registry import manifests
+from models_registry.constants import SourceKind
+from models_registry.models import Model
+
+
+class Command(BaseCommand):
+    help = "Record the manifest of a model's files as they are now (sha256 of every file)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name", help="The model's public name.")
+
+    def handle(self, *args, **options):
+        model = Model.objects.filter(name=options["name"]).first()
+        if model is None:
+            raise CommandError(f"no model named {options['name']!r}")
+        if model.source_kind == SourceKind.LOCAL:
+            folder, revision = model.source, ""
+        else:
+            from huggingface_hub import snapshot_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            try:
+                folder = snapshot_download(
+                    model.source,
+                    revision=model.revision or None,
+                    cache_dir=settings.HF_CACHE_DIR,
+                    local_files_only=True,
+                )
+            except LocalEntryNotFoundError as exc:
+                raise CommandError(
+                    f"{model.source} is not in the cache {settings.HF_CACHE_DIR}: run manage.py pull_model"
+                ) from exc
+            revision = folder.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            row = manifests.record_folder(model=model, folder=folder, source=model.source, revision=revision)
+        except OSError as exc:
+            raise CommandError(f"cannot read {folder}: {exc}") from exc
+        self.stdout.write(f"{model.name}: {row.digest} ({row.file_count} files, {row.total_bytes} bytes)")
