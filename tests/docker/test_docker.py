@@ -64,6 +64,20 @@ def test_the_agent_image_builds_on_the_official_vllm_image():
     assert "agent" in extras
 
 
+def test_the_agent_image_copies_every_package_the_project_installs():
+    # ``pip install -e .`` in the image finds only what was copied: a package left out (or one
+    # renamed since) fails the build, or the agent at its first import.
+    import tomllib
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    text = (DOCKER / "Dockerfile.agent").read_text()
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
+    packages = {pattern.rstrip("*") for pattern in found["include"]}
+    assert packages <= copied, sorted(packages - copied)
+    assert copied <= packages | {"templates"}, sorted(copied - packages)  # nothing stale
+    assert all((ROOT / name).is_dir() for name in copied)
+
+
 def _pyproject_extras() -> dict:
     import tomllib
 
