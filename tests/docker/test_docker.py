@@ -192,6 +192,28 @@ def test_compose_validates_and_has_every_service():
     }
 
 
+def test_adapter_files_are_shared_by_the_control_plane_and_the_nodes():
+    # The control plane fetches and checks adapters into BERTH_DATA_DIR/adapters; engines on the
+    # node load them from the path the registry publishes, so both must see one volume there.
+    services = compose_config()["services"]
+
+    images = {"web": "Dockerfile", "worker": "Dockerfile", "agent": "Dockerfile.agent"}
+
+    def adapter_volume(name: str) -> str | None:
+        data_dir = re.search(r"BERTH_DATA_DIR=(\S+)", (DOCKER / images[name]).read_text()).group(1)
+        for mount in services[name].get("volumes", []):
+            source, target = (
+                (mount["source"], mount["target"]) if isinstance(mount, dict) else mount.split(":")[:2]
+            )
+            if target == f"{data_dir}/adapters":
+                return source
+        return None
+
+    sources = {name: adapter_volume(name) for name in ("web", "worker", "agent")}
+    assert None not in sources.values(), sources
+    assert len(set(sources.values())) == 1, sources
+
+
 def test_compose_runs_one_service_per_role_and_no_other_berth_service():
     from berth import roles as platform
 
