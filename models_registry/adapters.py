@@ -47,6 +47,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import trail
+from audit.constants import ActorKind
 from integrity import Manifest, manifest_for_folder
 from models_registry import mirror
 from models_registry.constants import ADAPTER_BASE_TASKS, AdapterSourceKind, AdapterStatus, Visibility
@@ -536,7 +537,7 @@ def pull(*, adapter_id: str) -> LoraAdapter | None:
             trail.record(
                 action="adapter.manifest_recorded",
                 tenant=adapter.tenant,
-                actor_kind="system",
+                actor_kind=ActorKind.SYSTEM,
                 target=adapter,
                 summary=f"adapter {adapter.served_name}: {len(manifest.files)} files, {manifest.digest}",
                 after={

@@ -43,7 +43,13 @@ class Command(BaseCommand):
                 ) from exc
             revision = folder.rstrip("/").rsplit("/", 1)[-1]
         try:
-            row = manifests.record_folder(model=model, folder=folder, source=model.source, revision=revision)
+            row = manifests.record_folder(
+                model=model,
+                folder=folder,
+                source=model.source,
+                revision=revision,
+                via="manage.py record_manifest",
+            )
         except OSError as exc:
             raise CommandError(f"cannot read {folder}: {exc}") from exc
         self.stdout.write(f"{model.name}: {row.digest} ({row.file_count} files, {row.total_bytes} bytes)")
