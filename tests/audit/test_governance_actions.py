@@ -59,6 +59,19 @@ def test_a_residency_requirement_change_is_recorded_with_the_owner_as_actor():
     assert "tenant.data_residency_changed" not in other.get("/audit/").content.decode()
 
 
+def test_the_console_records_the_owner_who_changed_the_residency():
+    NodeFactory(name="eu-b", residency="eu")
+    tenant = TenantFactory()
+    owner = member(tenant, Role.OWNER, email_verified=True)
+    client = Client()
+    client.force_login(owner)
+    response = client.post("/settings/", {"form": "residency", "residency-data_residency": "eu"})
+    assert response.status_code == 302
+    (entry,) = entries("tenant.data_residency_changed")
+    assert (entry.actor_kind, entry.actor_id, entry.tenant_id) == ("user", owner.pk, tenant.pk)
+    assert entry.after == {"data_residency": "eu"}
+
+
 def test_recording_a_manifest_is_recorded_once_per_new_digest(folder):
     model = ModelFactory(name="gov-local", source=str(folder))  # save_model records the first one
     first = manifest_for_folder(folder, source=str(folder))
