@@ -366,6 +366,40 @@ def save_adapter(*, adapter: LoraAdapter) -> LoraAdapter:
     return adapter
 
 
+def record_manifest(*, adapter: LoraAdapter, via: str = "") -> LoraAdapter:
+    """Accept a ready adapter's files as they are now: a new manifest, audited and republished.
+
+    For an adapter made ready before manifests existed, or whose files the operator changed on
+    purpose; the revision stays the one recorded (a Hub adapter's files are that commit's).
+    """
+    folder = Path(adapter.engine_source)
+    if not folder.is_dir():
+        raise AdapterError({"source": f"{folder} is not a folder on this server."})
+    manifest = folder_manifest(folder, source=adapter.source, revision=adapter.manifest_revision)
+    with transaction.atomic():
+        locked = LoraAdapter.objects.select_for_update().get(pk=adapter.pk)
+        before = locked.manifest_digest
+        if before == manifest.digest:
+            return locked
+        set_manifest(locked, manifest)
+        locked.save(update_fields=["manifest_digest", "manifest_revision", "manifest_files", "updated_at"])
+        trail.record(
+            action="adapter.manifest_recorded",
+            tenant=locked.tenant,
+            target=locked,
+            actor_label=via,
+            summary=f"adapter {locked.served_name}: {len(manifest.files)} files, {manifest.digest}",
+            before={"manifest_digest": before},
+            after={
+                "manifest_digest": manifest.digest,
+                "source": manifest.source,
+                "revision": manifest.revision,
+            },
+        )
+        transaction.on_commit(lambda: publish(locked))
+    return locked
+
+
 def publish(adapter: LoraAdapter) -> None:
     """The mirror as the adapter's state says: published when ready, absent otherwise."""
     if adapter.status == AdapterStatus.READY:

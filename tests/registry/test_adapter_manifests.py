@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -135,3 +136,28 @@ def test_a_read_only_manifest_field_is_not_taken_from_the_client(world):
     )
     assert response.status_code == 201, response.content
     assert response.json()["manifest_digest"] == manifest_for_folder(folder, source=str(folder)).digest
+
+
+def test_record_manifest_accepts_an_adapters_files_as_they_are_now(
+    world, redis_client, django_capture_on_commit_callbacks, capsys
+):
+    folder = write_adapter(world["root"] / "support")
+    adapter = adapters.create_adapter(
+        tenant=world["acme"], name="support-v2", base_model="tiny-chat", source=str(folder)
+    )
+    first = adapter.manifest_digest
+    (folder / "adapter_model.safetensors").write_bytes(b"\3" * 4096)  # the operator retrained it
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("record_manifest", "acme/support-v2", "--adapter")
+    adapter.refresh_from_db()
+    assert adapter.manifest_digest == manifest_for_folder(folder, source=str(folder)).digest != first
+    assert adapter.manifest_digest in capsys.readouterr().out
+    assert redis_client.hget(names().model("acme/support-v2"), "manifest_digest") == adapter.manifest_digest
+    entry = AuditEntry.objects.filter(action="adapter.manifest_recorded").get()
+    assert (entry.before, entry.after["manifest_digest"]) == (
+        {"manifest_digest": first},
+        adapter.manifest_digest,
+    )
+    assert (entry.tenant_id, entry.actor_label) == (world["acme"].pk, "manage.py record_manifest")
+    with pytest.raises(CommandError, match="no ready adapter named 'globex/support-v2'"):
+        call_command("record_manifest", "globex/support-v2", "--adapter")
