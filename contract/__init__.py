@@ -37,15 +37,19 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   A ready LoRA adapter is mirrored the same way under its served name ``<tenant slug>/<name>``
   (``owned_by`` its tenant's slug, ``task``/``context_length`` its base's, its own price) plus
   ``parent`` (the base model's name), ``adapter_id`` (uuid), ``adapter_source`` (what an engine
-  loads: an absolute folder or a Hub repo id), ``adapter_revision`` (may be empty) and
-  ``adapter_rank``. A plain model's hash has no ``parent``.
+  loads: an absolute folder or a Hub repo id), ``adapter_revision`` (may be empty),
+  ``adapter_rank`` and ``adapter_manifest`` (the canonical JSON of the manifest recorded when it
+  became ready, whose digest is its ``manifest_digest``; empty without one: the gateway hands it to
+  a CPU engine's load call, which verifies the folder against it). A plain model's hash has no
+  ``parent``.
   Also ``tool_call_parser``: the vLLM tool-call parser its workers run (empty: none, so
   ``tool_choice: "auto"`` is refused by the engine); informational, the gateway passes ``tools``
   through either way.
 * ``models`` — set of every mirrored model name (``GET /v1/models``).
 * ``route:<public name>`` — hash, one field per READY worker: worker id → JSON ``{"worker_id",
-  "url", "api_key", "node", "deployment_id", "model"}`` (the gateway reads ``url`` and
-  ``api_key``). A model with no ready worker has no hash. Written by ``provisioning.routing``.
+  "url", "api_key", "node", "deployment_id", "model", "engine"}`` (the gateway reads ``url``,
+  ``api_key`` and ``engine``: ``vllm`` | ``cpu``, which says whether a load call may carry the
+  adapter's manifest). A model with no ready worker has no hash. Written by ``provisioning.routing``.
 * ``routes`` — set of model names that have a ``route:`` hash.
 * ``guardrails:<tenant id>`` — hash: ``policies`` (JSON list of the guardrail policies in force
   for the tenant: its own, or the platform defaults when it has no tenant-wide one; each with

@@ -8,6 +8,12 @@ loaded adapters in ``/v1/models`` with ``parent`` = the base, and exports vLLM's
 ``vllm:lora_requests_info`` gauge (labels ``running_lora_adapters``, ``waiting_lora_adapters``,
 ``max_lora``), which the gateway's LoRA-affinity routing reads.
 
+Beyond vLLM's body, the load route takes an optional ``expected_manifest`` (an ``integrity``
+manifest: what the registry recorded when the adapter became ready; the gateway sends it to CPU
+engines only). The folder is then verified against it before anything is loaded, and a folder whose
+files changed, went missing or were added is refused with a 400 naming them
+(``adapter_verification_failed``): the gateway cannot read a node's files, the engine can.
+
 The limits mean what they mean in vLLM: at most ``max_loras`` distinct adapters run at once
 (requests for another adapter wait, and show under ``waiting_lora_adapters``); at most
 ``max_cpu_loras`` adapters are kept loaded, and loading one more evicts the least recently used
@@ -44,6 +50,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from cpu_engine.backends import SamplingParams, Step
 from cpu_engine.errors import InputError
+from integrity import Manifest, VerificationFailed, verify_folder
 
 logger = logging.getLogger("berth.cpu_engine.lora")
 
@@ -125,12 +132,14 @@ class LoraManager:
             for a in self.adapters.values()
         ]
 
-    async def load(self, name: str, path: str) -> None:
+    async def load(self, name: str, path: str, *, manifest: Manifest | None = None) -> None:
         if name == self.served_name:
             raise InputError(f"The lora adapter name '{name}' is the base model's name.", "lora_name")
         async with self._load_lock:
             if name in self.adapters:
                 raise InputError(f"The lora adapter '{name}' has already been loaded.", "lora_name")
+            if manifest is not None:
+                await asyncio.to_thread(verify_adapter, path, manifest)
             rank = await asyncio.to_thread(self._check, path)
             self._make_room()
             adapter = Adapter(name=name, path=path, rank=rank, internal=f"lora{next(self._ids)}")
@@ -394,6 +403,20 @@ def _sample(logits: Any, params: SamplingParams, generator: Any) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def verify_adapter(path: str, manifest: Manifest) -> None:
+    """Refuse ``path`` unless its files are exactly ``manifest``'s (every byte rehashed)."""
+    mismatches = verify_folder(path, manifest, cache=None)
+    if mismatches:
+        failure = VerificationFailed(folder=path, mismatches=mismatches)
+        logger.error("refused LoRA adapter at %s: %s", path, failure)
+        raise InputError(
+            f"The LoRA adapter at '{path}' does not match its manifest: "
+            + "; ".join(str(m) for m in mismatches[:5]),
+            "lora_path",
+            code="adapter_verification_failed",
+        )
+
+
 # -- the HTTP side ---------------------------------------------------------------------------------
 
 
@@ -401,13 +424,18 @@ def manager_of(request: Request) -> LoraManager:
     return request.app.state.engine.lora
 
 
-async def _fields(request: Request, *names: str) -> list[str]:
+async def _body(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.body())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InputError("request body must be a JSON object")
+    return data
+
+
+async def _fields(request: Request, *names: str) -> list[str]:
+    data = await _body(request)
     values = []
     for name in names:
         value = data.get(name)
@@ -417,9 +445,20 @@ async def _fields(request: Request, *names: str) -> list[str]:
     return values
 
 
+def _expected_manifest(data: dict[str, Any]) -> Manifest | None:
+    raw = data.get("expected_manifest")
+    if raw is None:
+        return None
+    try:
+        return Manifest.from_dict(raw)
+    except ValueError as exc:
+        raise InputError(f"'expected_manifest' is not a manifest: {exc}", "expected_manifest") from exc
+
+
 async def load_lora_adapter(request: Request) -> PlainTextResponse:
     name, path = await _fields(request, "lora_name", "lora_path")
-    await manager_of(request).load(name, path)
+    manifest = _expected_manifest(await _body(request))
+    await manager_of(request).load(name, path, manifest=manifest)
     return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
 

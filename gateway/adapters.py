@@ -15,7 +15,10 @@ parent's workers; which one is decided here:
 
 Loading is ``POST /v1/load_lora_adapter`` ``{"lora_name": <served name>, "lora_path": <source>}``
 on the chosen worker with its key, once per worker and adapter at a time (concurrent requests for
-the same pair wait on the one load), within ``BERTH_GATEWAY_LORA_LOAD_TIMEOUT``; "already loaded"
+the same pair wait on the one load), within ``BERTH_GATEWAY_LORA_LOAD_TIMEOUT``. To a CPU engine
+(the route entry's ``engine``) the body also carries ``expected_manifest``, the adapter's manifest
+from the mirror, and the engine refuses files that do not match it; vLLM gets vLLM's body only.
+"Already loaded"
 (another gateway got there first) counts as loaded. A failed load is the client's clear OpenAI
 error, never a 500. Engines evict adapters themselves (LRU over ``--max-cpu-loras``): a 404 for the
 adapter from a worker the record says holds it means it was evicted; the record is corrected and
@@ -141,7 +144,10 @@ class Adapters:
         await asyncio.shield(flight)
 
     async def _load(self, info: ModelInfo, worker: Worker) -> None:
-        body = orjson.dumps({"lora_name": info.served_name, "lora_path": info.adapter_source})
+        payload: dict[str, Any] = {"lora_name": info.served_name, "lora_path": info.adapter_source}
+        if worker.engine == "cpu" and info.adapter_manifest:
+            payload["expected_manifest"] = orjson.Fragment(info.adapter_manifest)
+        body = orjson.dumps(payload)
         headers = {"Content-Type": "application/json"}
         if worker.api_key:
             headers["Authorization"] = f"Bearer {worker.api_key}"

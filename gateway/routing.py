@@ -43,6 +43,7 @@ class Worker:
     worker_id: str
     url: str
     api_key: str
+    engine: str = ""  # the deployment's engine ("vllm" | "cpu"); empty from an older route entry
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ModelInfo:
     adapter_revision: str = ""
     adapter_rank: int | None = None
     manifest_digest: str = ""
+    adapter_manifest: str = ""  # canonical JSON of an adapter's manifest, for the CPU engine's check
 
     @property
     def route_name(self) -> str:
@@ -136,6 +138,7 @@ class Router:
             adapter_revision=raw.get("adapter_revision", ""),
             adapter_rank=_positive_int(raw.get("adapter_rank")),
             manifest_digest=raw.get("manifest_digest") or "",
+            adapter_manifest=raw.get("adapter_manifest") or "",
         )
 
     async def visible_models(self, tenant_id: str, allowed: frozenset[str]) -> list[ModelInfo]:
@@ -162,7 +165,14 @@ class Router:
         for worker_id, value in sorted(raw.items()):
             try:
                 data = orjson.loads(value)
-                workers.append(Worker(worker_id, data["url"].rstrip("/"), data.get("api_key") or ""))
+                workers.append(
+                    Worker(
+                        worker_id,
+                        data["url"].rstrip("/"),
+                        data.get("api_key") or "",
+                        str(data.get("engine") or ""),
+                    )
+                )
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.warning("ignoring malformed route entry %s for %s", worker_id, model)
         return workers

@@ -20,6 +20,13 @@ Prices: on creation an adapter gets its own ``Price`` row, the base's price in e
 the base's ``adapter_surcharge_percent``; staff add later prices in the admin like a model's.
 Deleting marks the adapter ``deleted`` (its prices stay for the usage not yet invoiced),
 unpublishes it and removes the files fetched for it.
+
+Integrity: when an adapter becomes ready its folder's manifest (``integrity.manifest_for_folder``:
+every file's sha256, the source and, for the Hub, the resolved commit) is stored on it
+(``manifest_digest``, ``manifest_revision``, ``manifest_files``) and its digest is published in the
+mirror, so ``/v1/models``, ``/api/v1/adapters`` and the console show what was checked. A CPU engine
+asked to load it recomputes the manifest and refuses a folder that no longer matches
+(``cpu_engine.lora``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit import trail
+from audit.constants import ActorKind
+from integrity import Manifest, manifest_for_folder
 from models_registry import mirror
 from models_registry.constants import ADAPTER_BASE_TASKS, AdapterSourceKind, AdapterStatus, Visibility
 from models_registry.models import LoraAdapter, Model, Price, model_name_validator
@@ -66,6 +75,21 @@ class AdapterFiles:
     rank: int
     size_bytes: int
     base_name: str
+
+
+def folder_manifest(folder: Path, *, source: str, revision: str = "") -> Manifest:
+    """The manifest of a ready adapter's folder; ``source`` is where it came from (the folder, the
+    Hub repo id or the URL) and ``revision`` the resolved Hub commit."""
+    try:
+        return manifest_for_folder(folder, source=source, revision=revision)
+    except OSError as exc:
+        raise AdapterError({"source": f"Cannot read the adapter's files: {exc}"}) from None
+
+
+def set_manifest(adapter: LoraAdapter, manifest: Manifest) -> None:
+    adapter.manifest_digest = manifest.digest
+    adapter.manifest_revision = manifest.revision
+    adapter.manifest_files = manifest.as_dict()["files"]
 
 
 # --------------------------------------------------------------------------- sources
@@ -263,6 +287,7 @@ def create_adapter(
             raise AdapterError({"source": f"{source} is not a folder on the server."})
         files = inspect_folder(Path(source))
         check_files(tenant=tenant, base=base, files=files)
+        manifest = folder_manifest(Path(source), source=source)
     with transaction.atomic():
         Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # one creation at a time
         live = LoraAdapter.objects.of_tenant(tenant)
@@ -286,6 +311,7 @@ def create_adapter(
             adapter.local_path = source
             adapter.rank, adapter.size_bytes = files.rank, files.size_bytes
             adapter.status = AdapterStatus.READY
+            set_manifest(adapter, manifest)
         adapter.save()
         add_initial_price(adapter=adapter)
         trail.record(
@@ -294,7 +320,8 @@ def create_adapter(
             target=adapter,
             summary=f"adapter {adapter.served_name} on {adapter.base_model.name}",
             after=trail.fields(
-                adapter, ("served_name", "source_kind", "source", "revision", "rank", "status")
+                adapter,
+                ("served_name", "source_kind", "source", "revision", "rank", "status", "manifest_digest"),
             ),
         )
         if adapter.status == AdapterStatus.READY:
@@ -337,6 +364,40 @@ def save_adapter(*, adapter: LoraAdapter) -> LoraAdapter:
         )
         transaction.on_commit(lambda: publish(adapter))
     return adapter
+
+
+def record_manifest(*, adapter: LoraAdapter, via: str = "") -> LoraAdapter:
+    """Accept a ready adapter's files as they are now: a new manifest, audited and republished.
+
+    For an adapter made ready before manifests existed, or whose files the operator changed on
+    purpose; the revision stays the one recorded (a Hub adapter's files are that commit's).
+    """
+    folder = Path(adapter.engine_source)
+    if not folder.is_dir():
+        raise AdapterError({"source": f"{folder} is not a folder on this server."})
+    manifest = folder_manifest(folder, source=adapter.source, revision=adapter.manifest_revision)
+    with transaction.atomic():
+        locked = LoraAdapter.objects.select_for_update().get(pk=adapter.pk)
+        before = locked.manifest_digest
+        if before == manifest.digest:
+            return locked
+        set_manifest(locked, manifest)
+        locked.save(update_fields=["manifest_digest", "manifest_revision", "manifest_files", "updated_at"])
+        trail.record(
+            action="adapter.manifest_recorded",
+            tenant=locked.tenant,
+            target=locked,
+            actor_label=via,
+            summary=f"adapter {locked.served_name}: {len(manifest.files)} files, {manifest.digest}",
+            before={"manifest_digest": before},
+            after={
+                "manifest_digest": manifest.digest,
+                "source": manifest.source,
+                "revision": manifest.revision,
+            },
+        )
+        transaction.on_commit(lambda: publish(locked))
+    return locked
 
 
 def publish(adapter: LoraAdapter) -> None:
@@ -391,9 +452,10 @@ def _too_large(size: int, limit: int) -> str:
     return f"The adapter is {size / MB:.1f} MB, above your plan's maximum of {limit // MB} MB."
 
 
-def fetch_hub(adapter: LoraAdapter, folder: Path) -> None:
+def fetch_hub(adapter: LoraAdapter, folder: Path) -> str:
     """Download the adapter's files (config and weights only) from the Hub at one commit; the
-    plan's size limit is checked on the Hub's file sizes before anything is downloaded."""
+    plan's size limit is checked on the Hub's file sizes before anything is downloaded. Returns
+    the commit fetched (empty when the Hub did not say)."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -426,6 +488,7 @@ def fetch_hub(adapter: LoraAdapter, folder: Path) -> None:
         for filename in wanted:
             if filename != CONFIG_FILE:
                 download(filename)
+        return info.sha or ""
     except LocalEntryNotFoundError:
         where = settings.HF_ENDPOINT or "huggingface.co"
         raise AdapterError({"source": f"Could not reach {where} to fetch {adapter.source}."}) from None
@@ -474,16 +537,18 @@ def pull(*, adapter_id: str) -> LoraAdapter | None:
     if adapter is None or adapter.status != AdapterStatus.PENDING:
         return adapter
     folder = fetched_folder(adapter)
+    revision = ""
     try:
         shutil.rmtree(folder, ignore_errors=True)
         if adapter.source_kind == AdapterSourceKind.HUB:
-            fetch_hub(adapter, folder)
+            revision = fetch_hub(adapter, folder)
         elif adapter.source_kind == AdapterSourceKind.URL:
             fetch_url(adapter, folder)
         else:
             folder = Path(adapter.source)
         files = inspect_folder(folder)
         check_files(tenant=adapter.tenant, base=adapter.base_model, files=files)
+        manifest = folder_manifest(folder, source=adapter.source, revision=revision)
     except ValidationError as exc:
         return _fail(adapter, " ".join(exc.messages))
     except Exception as exc:  # noqa: BLE001 - a network or disk failure: failed, with the reason
@@ -496,10 +561,25 @@ def pull(*, adapter_id: str) -> LoraAdapter | None:
             rank=files.rank,
             size_bytes=files.size_bytes,
             local_path=str(folder),
+            manifest_digest=manifest.digest,
+            manifest_revision=manifest.revision,
+            manifest_files=manifest.as_dict()["files"],
             updated_at=timezone.now(),
         )
         adapter.refresh_from_db()
         if updated:
+            trail.record(
+                action="adapter.manifest_recorded",
+                tenant=adapter.tenant,
+                actor_kind=ActorKind.SYSTEM,
+                target=adapter,
+                summary=f"adapter {adapter.served_name}: {len(manifest.files)} files, {manifest.digest}",
+                after={
+                    "manifest_digest": manifest.digest,
+                    "source": manifest.source,
+                    "revision": manifest.revision,
+                },
+            )
             transaction.on_commit(lambda: mirror.publish_adapter(adapter))
     if not updated:  # deleted while it was being fetched
         shutil.rmtree(fetched_folder(adapter), ignore_errors=True)

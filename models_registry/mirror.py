@@ -9,8 +9,9 @@ effect by billing's periodic spend check (``billing.spend.republish_prices``). `
 A tenant's LoRA adapter (``LoraAdapter``, once ``ready``) is published like a model under its
 served name ``<tenant slug>/<name>``, with the adapter's own price and ``parent`` (the base model's
 name) plus what an engine needs to load it: ``adapter_id``, ``adapter_source`` (an absolute
-folder, or a Hub repo id), ``adapter_revision`` and ``adapter_rank``. A plain model's entry has no
-``parent``.
+folder, or a Hub repo id), ``adapter_revision`` and ``adapter_rank``, and the manifest recorded when
+it became ready: ``manifest_digest`` and ``adapter_manifest`` (its canonical JSON). A plain model's
+entry has no ``parent``.
 """
 
 from __future__ import annotations
@@ -82,7 +83,22 @@ def adapter_entry(adapter) -> dict[str, str]:
         "adapter_source": adapter.engine_source,
         "adapter_revision": adapter.revision if not adapter.local_path else "",
         "adapter_rank": str(adapter.rank or ""),
+        "manifest_digest": adapter.manifest_digest or "",
+        "adapter_manifest": adapter_manifest(adapter),
     }
+
+
+def adapter_manifest(adapter) -> str:
+    """The adapter's manifest as canonical JSON (``integrity.Manifest``), which a CPU engine
+    verifies the folder against before loading it; empty without one."""
+    if not adapter.manifest_digest:
+        return ""
+    from integrity import Manifest
+
+    manifest = Manifest.from_dict(
+        {"source": adapter.source, "revision": adapter.manifest_revision, "files": adapter.manifest_files}
+    )
+    return manifest.canonical_json().decode()
 
 
 def publish_adapter(adapter) -> bool:

@@ -380,6 +380,17 @@ class LoraAdapter(models.Model):
     )
     status = models.CharField(max_length=8, choices=AdapterStatus.choices, default=AdapterStatus.PENDING)
     status_reason = models.TextField(blank=True, help_text="Why it failed, for the tenant.")
+    # Its files when it became ready (integrity.manifest_for_folder): shown, published, checked.
+    manifest_digest = models.CharField(
+        max_length=71, blank=True, editable=False, help_text="sha256:<hex> of the manifest's canonical JSON."
+    )
+    manifest_revision = models.CharField(
+        max_length=100,
+        blank=True,
+        editable=False,
+        help_text="The manifest's revision: the resolved Hub commit.",
+    )
+    manifest_files = models.JSONField(default=list, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -36,6 +36,8 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from audit import trail
+from audit.constants import ActorKind
 from berth.process import die_with_parent_kill
 from provisioning import gpus, lifecycle, probe, routing, verification
 from provisioning.constants import (
@@ -212,12 +214,25 @@ class Agent:
             node.backend = NodeBackend.LOCAL
             node.cpu_slots = inventory.cpu_slots
             node.labels = {**node.labels, **self.labels, "accelerator": inventory.source}
+            residency_before = node.residency
             if self.residency is not None:
                 node.residency = self.residency
             node.last_heartbeat = now
             if node.status == NodeStatus.LOST:
                 node.status = NodeStatus.READY
             node.save()
+            if node.residency != residency_before:
+                # Where tenants' data may be processed changed: an audit entry.
+                trail.record(
+                    action="node.residency_changed",
+                    actor_kind=ActorKind.SYSTEM,
+                    actor_label=f"node_agent --residency ({self.name})",
+                    target=node,
+                    summary=f"node {node.name}: residency {node.residency or 'none'} "
+                    f"(was {residency_before or 'none'})",
+                    before={"residency": residency_before},
+                    after={"residency": node.residency},
+                )
             self._sync_gpus(node, inventory.gpus)
             # Engines a previous run of this agent started died with it (PDEATHSIG).
             for worker in Worker.objects.filter(node=node, state__in=HOLDING_STATES, pid__isnull=False):

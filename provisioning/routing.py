@@ -30,6 +30,7 @@ def entry(worker, model_name: str, node_name: str) -> str:
             "node": node_name,
             "deployment_id": str(worker.deployment_id),
             "model": model_name,
+            "engine": worker.deployment.engine,
         }
     )
 

@@ -6,7 +6,9 @@ model's pinned snapshot is fetched into the shared cache first if the node lacks
 is then pointed at that verified folder, not at the repo id, so it cannot load another revision.
 A model whose registry entry requires a signature (``Model.signature``) must also carry a
 ``model.sig`` that verifies (``integrity.signing``). On a mismatch the worker fails with the names of the files, an ``integrity`` WorkerEvent (counted
-as ``berth_model_verification_failures_total`` by ``provisioning.observability``) and no engine.
+as ``berth_model_verification_failures_total`` by ``provisioning.observability``), an audit entry
+(``model.verification_failed``, by the system, naming the node, the worker and the files) and no
+engine.
 
 Digests are cached per node (``settings.MODEL_DIGEST_CACHE``) so restarts do not rehash
 gigabytes; ``integrity.manifest`` states what that cache does and does not defend against, and
@@ -23,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
+from audit import trail
+from audit.constants import ActorKind
 from integrity import DigestCache, Mismatch, VerificationFailed, verify_folder
 from integrity.signing import SignatureError, verify_signature
 from models_registry.constants import SourceKind
@@ -64,8 +69,25 @@ def before_start(worker: Worker) -> Check:
         return Check(ok=True, verified=verified_source(model))
     except (VerificationFailed, SignatureError) as exc:
         reason = str(exc)
-        lifecycle.record(kind=EventKind.INTEGRITY, message=reason, worker=worker)
         logger.error("worker %s not started: %s", worker.pk, reason)
+        with transaction.atomic():
+            lifecycle.record(kind=EventKind.INTEGRITY, message=reason, worker=worker)
+            lifecycle.transition(
+                worker, WorkerState.FAILED, message=reason, failure_reason=reason, crashed=True
+            )
+            trail.record(
+                action="model.verification_failed",
+                actor_kind=ActorKind.SYSTEM,
+                target=model,
+                summary=f"model {model.name}: {reason}"[:1000],
+                after={
+                    "worker": str(worker.pk),
+                    "node": getattr(worker.node, "name", "") if worker.node_id else "",
+                    "files": [m.path for m in getattr(exc, "mismatches", [])][:50],
+                    "reason": reason[:1000],
+                },
+            )
+        return Check(ok=False)
     except Exception as exc:  # noqa: BLE001 - a download or read error, reported on the worker
         reason = f"cannot verify the model files of {model.name}: {exc}"
         logger.warning("worker %s not started: %s", worker.pk, reason)

@@ -4,6 +4,7 @@ Owners choose among the residency labels the operator put on nodes (``Node.resid
 Placement honours it for the tenant's private models (``provisioning.residency``): new replicas
 start only on matching nodes, and running ones on other nodes are drained and replaced at the
 next reconcile pass, which this asks for at once. Public models are shared and not affected.
+Each change is an audit entry (``tenant.data_residency_changed``, before and after).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from audit import trail
 from tenants.constants import Role
 from tenants.models import Tenant, residency_validator
 
@@ -41,8 +43,21 @@ def set_requirement(*, tenant: Tenant, label: str) -> Tenant:
     if label == tenant.data_residency:
         return tenant
     with transaction.atomic():
+        locked = Tenant.objects.select_for_update().only("data_residency").get(pk=tenant.pk)
+        before = locked.data_residency
+        if before == label:
+            tenant.data_residency = label
+            return tenant
         tenant.data_residency = label
         tenant.save(update_fields=["data_residency"])
+        trail.record(
+            action="tenant.data_residency_changed",
+            tenant=tenant,
+            target=tenant,
+            summary=f"data residency {label or 'none'} (was {before or 'none'})",
+            before={"data_residency": before},
+            after={"data_residency": label},
+        )
         transaction.on_commit(_reconcile_soon)
     logger.info("tenant %s requires data residency %r", tenant.slug, label)
     return tenant

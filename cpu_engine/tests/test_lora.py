@@ -168,6 +168,12 @@ def test_the_least_recently_used_adapter_is_evicted_past_max_cpu_loras(engine, a
         ({"lora_name": "x", "lora_path": "/nowhere/at/all"}, 400, "Could not load"),
         ({"lora_name": "x"}, 400, "lora_path"),
         ({"lora_name": BASE, "lora_path": "/x"}, 400, "base model"),
+        ({"lora_name": "x", "lora_path": "/x", "expected_manifest": {"files": 3}}, 400, "not a manifest"),
+        (
+            {"lora_name": "x", "lora_path": "/nowhere", "expected_manifest": {"files": []}},
+            400,
+            "does not match its manifest: /nowhere is missing",
+        ),
     ],
 )
 def test_bad_loads_get_clear_errors(engine, clean, body, status, words):

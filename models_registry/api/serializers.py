@@ -75,10 +75,20 @@ class AdapterSerializer(serializers.ModelSerializer):
             "visibility",
             "status",
             "status_reason",
+            "manifest_digest",
             "price",
             "created_at",
         ]
-        read_only_fields = ["id", "rank", "size_bytes", "visibility", "status", "status_reason", "created_at"]
+        read_only_fields = [
+            "id",
+            "rank",
+            "size_bytes",
+            "visibility",
+            "status",
+            "status_reason",
+            "manifest_digest",
+            "created_at",
+        ]
         # The registration's own checks answer for the name (per tenant, among live adapters).
         extra_kwargs = {"name": {"validators": []}}
 

@@ -80,8 +80,11 @@ def held_by(engine) -> set[str]:
     return {card["id"] for card in data if card["parent"]}
 
 
-def publish(redis, engines, tenant, *, source: str, base: str = "tiny-base") -> tuple[str, str]:
-    """A base model routed to ``engines`` and a private adapter of ``tenant`` on it."""
+def publish(
+    redis, engines, tenant, *, source: str, base: str = "tiny-base", engine_kind: str = "", manifest: str = ""
+) -> tuple[str, str]:
+    """A base model routed to ``engines`` (route entries naming ``engine`` when given) and a private
+    adapter of ``tenant`` on it (with ``manifest`` as its ``adapter_manifest`` when given)."""
     suffix = f"{next(_ids)}-{os.getpid()}"
     base_name, adapter = f"tiny-base-{suffix}", f"{tenant.slug}/support-v{suffix}"
     redis.hset(
@@ -90,7 +93,8 @@ def publish(redis, engines, tenant, *, source: str, base: str = "tiny-base") -> 
                  "created": "1700000000", "owned_by": "berth"},
     )  # fmt: skip
     for engine in engines:
-        redis.hset(names().route(base_name), engine.name, json.dumps({"url": engine.url, "api_key": API_KEY}))
+        route = {"url": engine.url, "api_key": API_KEY, **({"engine": engine_kind} if engine_kind else {})}
+        redis.hset(names().route(base_name), engine.name, json.dumps(route))
     redis.hset(
         names().model(adapter),
         mapping={
@@ -108,6 +112,7 @@ def publish(redis, engines, tenant, *, source: str, base: str = "tiny-base") -> 
             "adapter_source": source,
             "adapter_revision": "",
             "adapter_rank": "8",
+            **({"adapter_manifest": manifest} if manifest else {}),
         },
     )
     redis.sadd(names().models(), base_name, adapter)
@@ -250,3 +255,57 @@ def test_tenants_cannot_reach_the_engines_adapter_routes(setup, gateway, lora_en
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert not any(f"{tenant.slug}/sneaky" in held_by(e) for e in lora_engines)
+
+
+def test_a_cpu_engine_refuses_adapter_files_that_do_not_match_the_manifest(
+    gateway, lora_engines, lora_files, redis_client, tmp_path
+):
+    """The gateway hands a CPU engine the adapter's manifest; a changed byte is refused, by name."""
+    import shutil
+
+    from integrity import manifest_for_folder
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(lora_files[1], folder)
+    manifest = manifest_for_folder(folder, source="acme-ml/support", revision="abc123")
+    tenant = make_tenant()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=make_key(tenant), max_retries=0)
+    _, good = publish(
+        redis_client, lora_engines, tenant, source=str(folder), engine_kind="cpu",
+        manifest=manifest.canonical_json().decode(),
+    )  # fmt: skip
+    assert client.chat.completions.create(model=good, messages=MESSAGES, max_tokens=2).choices
+
+    weights = next(p for p in folder.iterdir() if p.name.startswith("adapter_model"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    _, tampered = publish(
+        redis_client, lora_engines, tenant, source=str(folder), engine_kind="cpu",
+        manifest=manifest.canonical_json().decode(),
+    )  # fmt: skip
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=tampered, messages=MESSAGES, max_tokens=2)
+    assert (caught.value.status_code, caught.value.code) == (502, "adapter_load_failed")
+    assert not any(tampered in held_by(e) for e in lora_engines)
+
+    # The engine's own answer names the file that changed.
+    engine = lora_engines[0]
+    response = httpx.post(
+        f"{engine.base_url}/load_lora_adapter",
+        json={"lora_name": "direct", "lora_path": str(folder), "expected_manifest": manifest.as_dict()},
+        headers=engine.auth,
+        timeout=30,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "adapter_verification_failed"
+    assert f"{weights.name} does not match the manifest" in error["message"]
+
+    # A vLLM worker (or a route entry without an engine) is sent vLLM's body only: no manifest,
+    # so nothing is checked and the same files load.
+    _, unchecked = publish(
+        redis_client, lora_engines, tenant, source=str(folder), engine_kind="vllm",
+        manifest=manifest.canonical_json().decode(),
+    )  # fmt: skip
+    assert client.chat.completions.create(model=unchecked, messages=MESSAGES, max_tokens=2).choices

@@ -227,7 +227,10 @@ def test_the_mirror_entry_is_the_contracts(
         "adapter_source": str(allowed / "a"),
         "adapter_revision": "",
         "adapter_rank": "8",
+        "manifest_digest": adapter.manifest_digest,
+        "adapter_manifest": entry["adapter_manifest"],
     }
+    assert adapter.manifest_digest.startswith("sha256:")
     assert "acme/support-v2" in redis_client.smembers(names().models())
     assert "parent" not in redis_client.hgetall(names().model("tiny-chat"))
 
