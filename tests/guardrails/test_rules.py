@@ -57,6 +57,7 @@ def test_each_detector_redacts_with_its_label(text, expected):
         "on 2024-01-15 at 10:30 we sold 12345 units for 99.50",
         "no address here @ all, user@localhost",
         "task-sk-short and AKIA123",
+        "٤١١١ ١١١١ ١١١١ ١١١١ and ٠١٢٣٤٥٦٧٨٩٠",  # digits of other scripts are not card numbers
     ],
 )
 def test_lookalikes_are_left_alone(text):
