@@ -1,12 +1,19 @@
 """Gateway benchmark: the fake engine measured direct and through the gateway, in one run.
 
     python bench/gateway.py [--duration 10] [--streams 1000] [--events 200000] [--servers]
+    python bench/gateway.py --only-guardrails [--rounds 5]   # just the guardrails phase
 
 Auth, quotas (a plan with limits set, so every Lua check runs) and metering (usage events to the
 Redis stream, access log) are on. Non-streaming load comes from ``wrk`` (``apt install wrk``);
 streams from an asyncio/aiohttp client on uvloop. On a 2-core machine the gateway is pinned to
 CPU 0 and everything else (fake engine, wrk, Redis, PostgreSQL) to CPU 1, so "req/s on one
 gateway core" is what CPU 0 sustains while the other core feeds it. Prints a table.
+
+The guardrails phase sends the same requests and streams with the keys of two tenants, one with
+no policy and one with a policy of every regex detector (redact) and a blocked-terms list (flag)
+on prompts and completions, alternating them against one gateway process, and reports the CPU
+the gateway spends per request and per streamed token for each and the difference (medians over
+``--rounds`` pairs): the policy's added cost.
 
 It uses the dev data stores (embedded or from the environment) with Redis DB 14 and the key
 prefix ``berthbench:``, and deletes the usage rows it wrote.
@@ -280,6 +287,91 @@ def setup() -> tuple[str, str]:
     return str(tenant.pk), created.plaintext
 
 
+GUARD_POLICY = {
+    "detectors": {name: "redact" for name in ("email", "phone", "card", "iban", "secret")},
+    "blocked_terms": ["project nightingale", "internal only", "confidential"],
+    "blocked_terms_action": "flag",
+}
+
+
+def setup_guarded() -> str:
+    """A second tenant on the same plan whose policy runs every regex rule both ways; its key."""
+    from guardrails import mirror as guard_mirror
+    from guardrails.models import GuardrailPolicy
+    from tenants import mirror
+    from tenants.keys import create_api_key
+    from tenants.models import Plan, Tenant
+
+    plan = Plan.objects.get(slug="bench")
+    tenant, _ = Tenant.objects.get_or_create(
+        slug="bench-guard", defaults={"name": "Bench guard", "plan": plan}
+    )
+    GuardrailPolicy.objects.update_or_create(
+        tenant=tenant,
+        name="bench",
+        defaults={**GUARD_POLICY, "applies_to_prompts": True, "applies_to_completions": True},
+    )
+    created = create_api_key(tenant=tenant, name="bench")
+    mirror.publish_tenant(tenant)
+    mirror.publish_key(created.api_key)
+    guard_mirror.publish_tenant(tenant.pk)
+    return created.plaintext
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def guardrails_phase(
+    gw: subprocess.Popen, url: str, plain: str, guarded: str, args
+) -> list[tuple[str, str, str]]:
+    """Gateway CPU per request and per streamed token without and with a regex policy (see above)."""
+    import uvloop
+
+    duration = max(2, args.duration // 2)
+    per_request: dict[str, list[float]] = {"plain": [], "guarded": []}
+    per_token: dict[str, list[float]] = {"plain": [], "guarded": []}
+    rates: dict[str, list[float]] = {"plain": [], "guarded": []}
+    errors = 0
+    wrk(url, guarded, duration=2, connections=args.connections)  # warm-up (and the policy cached)
+    for _ in range(args.rounds):
+        for name, key in (("plain", plain), ("guarded", guarded)):
+            cpu0 = cpu_seconds(gw.pid)
+            result = wrk(url, key, duration=duration, connections=args.connections)
+            per_request[name].append((cpu_seconds(gw.pid) - cpu0) / (result["rps"] * duration))
+            errors += result["errors"]
+        for name, key in (("plain", plain), ("guarded", guarded)):
+            cpu0 = cpu_seconds(gw.pid)
+            rates[name].append(
+                uvloop.run(streams(url, key, args.guard_streams, args.stream_tokens, args.token_delay))
+            )
+            per_token[name].append((cpu_seconds(gw.pid) - cpu0) / (args.guard_streams * args.stream_tokens))
+    added = _median([g - p for p, g in zip(per_request["plain"], per_request["guarded"], strict=True)])
+    added_token = _median([g - p for p, g in zip(per_token["plain"], per_token["guarded"], strict=True)])
+    return [
+        (
+            "guardrails: gateway CPU per request, no policy / regex policy (µs)",
+            f"{_median(per_request['plain']) * 1e6:,.0f} / {_median(per_request['guarded']) * 1e6:,.0f}",
+            "",
+        ),
+        ("  added by the regex policy per request (µs)", f"{added * 1e6:,.1f}", "< 100"),
+        (
+            f"guardrails: {args.guard_streams} streams tokens/s, no policy / completion policy",
+            f"{_median(rates['plain']):,.0f} / {_median(rates['guarded']):,.0f}",
+            "",
+        ),
+        (
+            "  gateway CPU per streamed token, no policy / policy (µs)",
+            f"{_median(per_token['plain']) * 1e6:,.1f} / {_median(per_token['guarded']) * 1e6:,.1f}",
+            "",
+        ),
+        ("  added by the completion policy per streamed token (µs)", f"{added_token * 1e6:,.1f}", ""),
+        ("guardrails phase: HTTP/socket errors reported by wrk", str(errors), "0"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -294,6 +386,9 @@ def main() -> None:
         "--servers", action="store_true", help="also compare httptools/h11 and raw ASGI/Starlette"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--only-guardrails", action="store_true", help="run only the guardrails phase")
+    parser.add_argument("--rounds", type=int, default=5, help="guardrails phase: no policy/policy pairs")
+    parser.add_argument("--guard-streams", type=int, default=200, help="guardrails phase: concurrent streams")
     args = parser.parse_args()
     global CPUS
     if args.no_pin:
@@ -305,6 +400,7 @@ def main() -> None:
     redis = get_redis()
     redis.flushdb()
     tenant_id, key = setup()
+    guard_key = setup_guarded()
 
     engine_port, gateway_port = free_port(), free_port()
     engine = uvicorn(
@@ -340,6 +436,18 @@ def main() -> None:
     direct_url = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
     rows = []
+    if args.only_guardrails:
+        try:
+            gw = gateway()
+            rows += guardrails_phase(gw, gateway_url, key, guard_key, args)
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+        finally:
+            engine.send_signal(signal.SIGTERM)
+            engine.wait(30)
+        redis.flushdb()
+        report(rows, args)
+        return
     try:
         gw = gateway()
         wrk(gateway_url, key, duration=2, connections=args.connections)  # warm-up
@@ -413,6 +521,7 @@ def main() -> None:
                 "",
             )
         )
+        rows += guardrails_phase(gw, gateway_url, key, guard_key, args)
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
         if args.servers:
@@ -429,7 +538,10 @@ def main() -> None:
         )
     )
     redis.flushdb()
+    report(rows, args)
 
+
+def report(rows: list[tuple[str, str, str]], args) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':<{width}}  {'result':>24}  target")
     print("-" * (width + 36))

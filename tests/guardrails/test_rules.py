@@ -57,6 +57,7 @@ def test_each_detector_redacts_with_its_label(text, expected):
         "on 2024-01-15 at 10:30 we sold 12345 units for 99.50",
         "no address here @ all, user@localhost",
         "task-sk-short and AKIA123",
+        "٤١١١ ١١١١ ١١١١ ١١١١ and ٠١٢٣٤٥٦٧٨٩٠",  # digits of other scripts are not card numbers
     ],
 )
 def test_lookalikes_are_left_alone(text):
@@ -198,3 +199,94 @@ def test_a_bearer_token_split_from_its_scheme_is_still_redacted():
     stream = _guard({**ALL_REDACT, "completions": True}).stream()
     events = _sse("use Authorization: Bearer ", "abcdefghijklmnopqrstuvwxyz0123 to call")
     assert _texts(b"".join(stream.feed(e) for e in events)) == "use Authorization: [SECRET] to call"
+
+
+# ---------------------------------------------------------------------- the cheap pre-filters
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail\tjane+news@example.org\tnow", "mail\t[EMAIL]\tnow"),  # a plus sign, tabs around
+        ("<jane.roe+a.b@example.org>", "<[EMAIL]>"),
+        ("line one\njane@example.org", "line one\n[EMAIL]"),
+        ("a@b.co and c@d.org", "[EMAIL] and [EMAIL]"),  # two in a row, one pass
+        ("x" * 70 + " " + "k" * 60 + "@example.org", "x" * 70 + " [EMAIL]"),  # a long local part
+        ("card 4111-1111-1111-1111.", "card [CARD]."),  # dashes, then a full stop
+        ("card 4111 1111 1111 1111, thanks", "card [CARD], thanks"),
+        ("card 4111 - 1111 - 1111 - 1111 ok", "card [CARD] ok"),
+        ("aws key AKIAIOSFODNN7EXAMPLE", "aws key [SECRET]"),  # found behind the capital-K gate
+        ("OK: sk-abcdefghijklmnop1234", "OK: [SECRET]"),  # behind the hyphen gate
+        ("bearer abcdefghijklmnopqrstuvwxyz", "[SECRET]"),
+    ],
+)
+def test_pre_filter_edges(text, expected):
+    assert redacted(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Kubernetes and OK, no key",  # a capital K but no AKIA
+        "a well-known follow-up, no sk key",  # hyphens but no sk-
+        "the hearer heard it",  # "earer" in prose, no token after
+    ],
+)
+def test_pre_filter_hints_alone_find_nothing(text):
+    assert redacted(text) == text
+
+
+def _old_tail_start(rules, text: str) -> int:
+    """The per-character loops tail_start replaced, kept here as the reference."""
+    end = cut = len(text)
+    detectors = rules.detectors
+    if "email" in detectors or "secret" in detectors:
+        word = end
+        while word > 0 and not text[word - 1].isspace():
+            word -= 1
+        cut = word
+        if "secret" in detectors:
+            before = text[:word].rstrip()
+            if before[-6:].lower() == "bearer":
+                cut = len(before) - 6
+    if "card" in detectors or "phone" in detectors or "iban" in detectors:
+        allowed = set("0123456789 ().+-") | (
+            set("ABCDEFGHIJKLMNOPQRSTUVWXYZ") if "iban" in detectors else set()
+        )
+        run = end
+        while run > 0 and text[run - 1] in allowed:
+            run -= 1
+        cut = min(cut, run)
+    if rules.terms:
+        cut = min(cut, end - max(len(term) for term, *_ in rules.terms))
+    return max(cut, end - rules.hold, 0)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        ALL_REDACT,
+        {"id": "n", "name": "n", "detectors": {"phone": "redact", "card": "flag"}},
+        {"id": "e", "name": "e", "detectors": {"email": "redact"}, "blocked_terms": ["internal only"]},
+        {"id": "t", "name": "t", "blocked_terms": ["x", "project nightingale"]},
+    ],
+)
+def test_tail_start_keeps_what_the_character_loops_kept(policy):
+    import random
+
+    prompt, _ = rules(policy)
+    alphabet = "ab Z9 0.-()+@_\n\tBearer "
+    generator = random.Random(7)
+    samples = ["", " ", "tok ", "write to jane", "Authorization: Bearer ", "call +1 415 555", "GB82 WEST 12"]
+    samples += [
+        "".join(generator.choice(alphabet) for _ in range(generator.randint(0, 40))) for _ in range(400)
+    ]
+    for text in samples:
+        assert prompt.tail_start(text) == _old_tail_start(prompt, text), repr(text)
+
+
+def test_a_clean_stream_goes_out_unchanged_and_holds_only_the_last_word():
+    stream = _guard({**ALL_REDACT, "completions": True, "blocked_terms": ["internal only"]}).stream()
+    pieces = ["tok "] * 50 + ["done."]
+    text = "".join(_texts(stream.feed(event)) for event in _sse(*pieces))
+    assert text == "tok " * 50 + "done."
