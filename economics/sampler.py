@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 
 from django.db import transaction
@@ -74,8 +75,6 @@ def sample(*, now: float | None = None) -> int:
 
 
 def _uuids(ids) -> list[str]:
-    import uuid
-
     out = []
     for value in ids:
         try:
