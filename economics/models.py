@@ -18,6 +18,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+RATE_QUANTUM = Decimal("0.000001")
+
 
 class CostRate(models.Model):
     """What one GPU-hour (and one CPU-slot-hour) costs the operator, for a node or a GPU type."""
@@ -78,8 +80,8 @@ class CostRate(models.Model):
         return {
             "node": str(self.node) if self.node_id else None,
             "gpu_type": self.gpu_type,
-            "gpu_hour": str(self.gpu_hour),
-            "cpu_slot_hour": str(self.cpu_slot_hour),
+            "gpu_hour": str(Decimal(self.gpu_hour).quantize(RATE_QUANTUM)),
+            "cpu_slot_hour": str(Decimal(self.cpu_slot_hour).quantize(RATE_QUANTUM)),
         }
 
 
