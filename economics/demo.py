@@ -26,9 +26,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from django.db import transaction
 from django.db.models import Model as DjangoModel
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing.models import Invoice, UsageRecord
@@ -42,7 +44,7 @@ from tenants import keys
 from tenants.constants import KeyKind, Role
 from tenants.models import ApiKey, Membership, Plan, Tenant, User
 
-PREFIX = "demo-"
+M = TypeVar("M", bound=DjangoModel)
 LABEL = {"berth-demo": "true"}
 TENANTS = (
     ("demo-acme", "Demo Acme Corp", 1.0),
@@ -82,14 +84,14 @@ def present() -> bool:
     return DemoObject.objects.exists()
 
 
-def _mark(obj: DjangoModel) -> DjangoModel:
+def _mark(obj: M) -> M:
     DemoObject.objects.create(model_label=obj._meta.label, object_pk=str(obj.pk))
     return obj
 
 
-def _marked(model: type[DjangoModel]):
+def _marked(model: type[M]) -> QuerySet[M]:
     pks = DemoObject.objects.filter(model_label=model._meta.label).values_list("object_pk", flat=True)
-    return model.objects.filter(pk__in=list(pks))
+    return model._default_manager.filter(pk__in=list(pks))
 
 
 def _load(hour: int, weekday: int) -> float:

@@ -143,7 +143,8 @@ def build(month: str, *, now: datetime | None = None) -> Report:
 
 
 def _money(value: Decimal, currency: str) -> str:
-    return str(money.round_money(value, currency))
+    rounded = money.round_money(value, currency)
+    return str(rounded if rounded else abs(rounded))  # never "-0.00"
 
 
 def _usage_dict(usage: gpu_hours.Usage, currency: str) -> dict:
