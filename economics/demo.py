@@ -74,7 +74,7 @@ MODELS = (
 )
 NODES = (
     ("demo-gpu-h100", "NVIDIA H100 80GB HBM3", 4, 0, "2.49"),
-    ("demo-gpu-l40s", "NVIDIA L40S", 2, 0, "0.99"),
+    ("demo-gpu-l40s", "NVIDIA L40S", 4, 0, "0.99"),
     ("demo-cpu", "", 0, 4, ""),
 )
 CPU_SLOT_HOUR = Decimal("0.04")

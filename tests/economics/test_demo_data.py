@@ -57,6 +57,8 @@ def test_demo_data_then_remove_leaves_the_database_as_before(db, monkeypatch):
     data = report.as_dict(report.build("2026-03", now=NOW))
     llama = next(m for m in data["models"] if m["model"] == "demo-llama-3.1-8b")
     assert llama["gpu_hours"] > 0 and llama["revenue"] != "0.00" and 0 < llama["busy_fraction"] < 1
+    # every demo GPU a worker holds exists on its node, so each has a known type
+    assert "" not in {row["gpu_type"] for row in data["by_gpu_type"]}
 
     assert "already present" in _run()  # idempotent
     assert DemoObject.objects.filter(model_label="tenants.Tenant").count() == 3
