@@ -7,7 +7,10 @@ from decimal import Decimal
 import pytest
 
 from economics import gpu_hours, report
-from tests.economics.conftest import NOW
+from models_registry.constants import AdapterSourceKind, AdapterStatus
+from models_registry.models import LoraAdapter, Model, Price
+from tests.billing.usage import record
+from tests.economics.conftest import NOW, at
 
 
 def test_gpu_seconds_per_worker_phase(fleet_month):
@@ -70,3 +73,27 @@ def test_month_not_yet_happened_is_empty(fleet_month):
 def test_bad_month_is_a_value_error(month):
     with pytest.raises(ValueError):
         gpu_hours.month_bounds(month)
+
+
+def test_an_adapters_revenue_counts_for_its_base_model(fleet_month):
+    tenant = fleet_month["tenant"]
+    adapter = LoraAdapter.objects.create(
+        tenant=tenant,
+        base_model=Model.objects.get(name="beta"),
+        name="support",
+        source_kind=AdapterSourceKind.PATH,
+        source="/srv/adapters/support",
+        local_path="/srv/adapters/support",
+        rank=8,
+        status=AdapterStatus.READY,
+    )
+    Price.objects.create(
+        adapter=adapter,
+        input_per_million=Decimal("10"),
+        output_per_million=Decimal("10"),
+        effective_from=at(1, 1, 0),
+    )
+    record(tenant, adapter.served_name, at(3, 10, 3), 1_000_000, 0)
+    rows = {row["model"]: row for row in report.as_dict(report.build("2026-03", now=NOW))["models"]}
+    assert adapter.served_name not in rows
+    assert (rows["beta"]["revenue"], rows["beta"]["margin"], rows["beta"]["requests"]) == ("22.00", "2.50", 2)
