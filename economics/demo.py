@@ -241,6 +241,7 @@ def _demo_key(tenant: Tenant, name: str, creator: User) -> ApiKey:
 
 
 def _worker(deployment, node, spec, placed, ready, drained, stopped, *, failed=False, slot=0) -> Worker:
+    """One stopped (or failed) replica; slot 0 is the last one, so its drain is a scale to zero."""
     worker = Worker.objects.create(
         deployment=deployment,
         node=node,

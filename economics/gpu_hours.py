@@ -37,6 +37,8 @@ _PHASE_AFTER: dict[str, str | None] = {
     EventKind.FAILED: None,
 }
 HOUR = Decimal(3600)
+# How the reconciler words the drain of a replica its deployment no longer wants (desired 0 here).
+SCALED_TO_ZERO = "scaled down to 0"
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -74,7 +76,7 @@ class WorkerTime:
     serving_s: float = 0.0
     draining_s: float = 0.0
     busy_fraction: float | None = None  # None: no samples
-    drained: bool = False  # it was drained (scaled down) within the window
+    scaled_to_zero: bool = False  # drained within the window because its deployment scaled to zero
 
     @property
     def held_s(self) -> float:
@@ -106,7 +108,7 @@ class WorkerTime:
     @property
     def scale_to_zero_idle_s(self) -> float:
         """Idle serving time spent waiting out the scale-to-zero timeout before it was drained."""
-        if self.min_replicas or not self.drained:
+        if self.min_replicas or not self.scaled_to_zero:
             return 0.0
         return min(float(self.idle_timeout_s), self.idle_s)
 
@@ -143,12 +145,12 @@ def worker_times(start: datetime, end: datetime, *, now: datetime | None = None)
     if not ids:
         return []
     events: dict = defaultdict(list)
-    for worker_id, kind, at in (
+    for worker_id, kind, at, message in (
         WorkerEvent.objects.filter(worker_id__in=ids, kind__in=tuple(_PHASE_AFTER), at__lt=stop)
         .order_by("at", "id")
-        .values_list("worker_id", "kind", "at")
+        .values_list("worker_id", "kind", "at", "message")
     ):
-        events[worker_id].append((kind, at))
+        events[worker_id].append((kind, at, message))
     samples = {
         row["worker_id"]: row
         for row in UtilizationHour.objects.filter(worker_id__in=ids, hour__gte=start, hour__lt=stop)
@@ -178,12 +180,12 @@ def worker_times(start: datetime, end: datetime, *, now: datetime | None = None)
         )
         phase: str | None = None
         since = start
-        for kind, at in events[worker.pk]:
+        for kind, at, message in events[worker.pk]:
             moment = max(at, start)
             if phase is not None and moment > since:
                 setattr(time, f"{phase}_s", getattr(time, f"{phase}_s") + (moment - since).total_seconds())
-            if kind == EventKind.DRAINING and at >= start:
-                time.drained = True
+            if kind == EventKind.DRAINING and at >= start and message.startswith(SCALED_TO_ZERO):
+                time.scaled_to_zero = True
             phase, since = _PHASE_AFTER[kind], moment
         if phase is not None and stop > since:
             setattr(time, f"{phase}_s", getattr(time, f"{phase}_s") + (stop - since).total_seconds())

@@ -7,7 +7,8 @@ for its base model, whose deployments carry the GPU cost.
 
 Idle cost is split out twice: what ``min_replicas`` keeps idle (the floor's share of the
 deployment's idle time: floor replica-seconds ÷ serving replica-seconds, at most all of it) and
-what scale-to-zero timeouts cost (a drained replica's idle time up to ``idle_seconds``).
+what scale-to-zero timeouts cost (the idle time, up to ``idle_seconds``, of a replica the
+reconciler drained because its deployment scaled to zero).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ fleet default is 1.00/GPU-hour and 0.05/CPU-slot-hour.
   held by min_replicas (the floor is 1 replica all month).
 * beta (vLLM, min_replicas 0, idle timeout 1800 s) on node b (override 3.00): W2 placed Mar 10
   00:00, ready 00:30, draining and stopped 04:30 (8 samples, 2 busy): starting 0.5 h, busy 1 h,
-  idle 3 h → cost 13.50, scale-to-zero idle 0.5 h → 1.50; W3 placed Mar 31 22:00, ready 23:00,
+  idle 3 h → cost 13.50; the reconciler drained it ("scaled down to 0"), so its scale-to-zero idle
+  is the 1800 s timeout: 0.5 h → 1.50; W3 placed Mar 31 22:00, ready 23:00,
   still ready (no samples): starting 1 h, serving 1 h unmeasured → cost 6.00. beta: 6.5 GPU-h,
   cost 19.50.
 * gamma (CPU engine) — W4 on node a, CPU slot 0: placed and ready Mar 5 00:00, failed 10:00 →
@@ -46,8 +47,10 @@ def worker(deployment, node, events, *, gpus=(), cpu_slot=None, samples=None, st
     w = Worker.objects.create(
         deployment=deployment, node=node, gpu_indices=list(gpus), cpu_slot=cpu_slot, state=state, api_key="k"
     )
-    for kind, when in events:
-        WorkerEvent.objects.create(worker=w, deployment=deployment, kind=kind, at=when)
+    for kind, when, *message in events:
+        WorkerEvent.objects.create(
+            worker=w, deployment=deployment, kind=kind, at=when, message="".join(message)
+        )
     if samples:
         hour, n, busy = samples
         UtilizationHour.objects.create(worker=w, hour=hour, samples=n, busy_samples=busy)
@@ -88,7 +91,12 @@ def fleet_month(db):
     worker(
         d2,
         node_b,
-        [(P, at(3, 10, 0)), (R, at(3, 10, 0, 30)), (D, at(3, 10, 4, 30)), (S, at(3, 10, 4, 30))],
+        [
+            (P, at(3, 10, 0)),
+            (R, at(3, 10, 0, 30)),
+            (D, at(3, 10, 4, 30), "scaled down to 0"),
+            (S, at(3, 10, 4, 30)),
+        ],
         gpus=[0],
         samples=(at(3, 10, 1), 8, 2),
     )

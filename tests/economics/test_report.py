@@ -16,7 +16,7 @@ from tests.economics.conftest import NOW, at
 def test_gpu_seconds_per_worker_phase(fleet_month):
     start, end = gpu_hours.month_bounds("2026-03")
     times = {
-        t.model + (":ready" if t.drained is False and t.model == "beta" else ""): t
+        t.model + (":ready" if t.model == "beta" and not t.scaled_to_zero else ""): t
         for t in gpu_hours.worker_times(start, end, now=NOW)
     }
     assert len(times) == 4  # W0 (February) and W5 (April) are out
