@@ -45,7 +45,8 @@ def test_demo_data_then_remove_leaves_the_database_as_before(db, monkeypatch):
     assert demo_tenants.count() == 3 and not demo_tenants.filter(pk=real.pk).exists()
     assert {t.slug for t in demo_tenants} >= {"demo-acme-2", "demo-globex", "demo-initech"}
     usage = UsageRecord.objects.filter(tenant__in=demo_tenants)
-    assert usage.count() > 50
+    usage_count = usage.count()
+    assert usage_count > 50
     # diurnal: the afternoon is busier than the night
     afternoon = usage.filter(occurred_at__hour__in=[13, 14, 15]).count()
     night = usage.filter(occurred_at__hour__in=[6, 7, 8]).count()
@@ -63,7 +64,10 @@ def test_demo_data_then_remove_leaves_the_database_as_before(db, monkeypatch):
     assert "already present" in _run()  # idempotent
     assert DemoObject.objects.filter(model_label="tenants.Tenant").count() == 3
 
-    assert "Removed demo data: 3 tenants" in _run("--remove")
+    workers = Worker.objects.count()
+    assert f"Removed demo data: 3 tenants, {usage_count} usage records, {workers} workers." in _run(
+        "--remove"
+    )
     assert _counts() == before
     assert Tenant.objects.filter(pk=real.pk).exists()
     assert not DemoObject.objects.exists()
