@@ -1,4 +1,4 @@
-"""Staff dashboard: the fleet, deployments, tenants, revenue and gateway traffic.
+"""Staff dashboard: the fleet, deployments, tenants, revenue, economics and gateway traffic.
 
 Every view needs ``is_staff``: anonymous users are sent to log in, signed-in non-staff get 403.
 Actions are POSTs (CSRF) that work both from htmx (the changed row is swapped in) and without
