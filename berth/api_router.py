@@ -10,6 +10,7 @@ from django.urls import include, path
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 from audit.api import AuditEntryList
+from economics.api import EconomicsView
 
 urlpatterns = [
     path("", include("tenants.api.urls")),
@@ -18,6 +19,8 @@ urlpatterns = [
     path("audit", AuditEntryList.as_view(), name="audit"),
     path("audit/", AuditEntryList.as_view()),
     path("", include("guardrails.api.urls")),
+    path("staff/economics", EconomicsView.as_view(), name="staff-economics"),
+    path("staff/economics/", EconomicsView.as_view()),
 ]
 
 

@@ -122,6 +122,7 @@ INSTALLED_APPS = [
     "staff",
     "audit",
     "guardrails",
+    "economics",
 ]
 
 MIDDLEWARE = [
@@ -399,6 +400,11 @@ CELERY_BEAT_SCHEDULE = {
     "audit-record-expired-keys": {
         "task": "audit.tasks.record_expired_keys",
         "schedule": 60,
+    },
+    # Economics (economics/sampler.py): one busy/idle sample per ready worker.
+    "economics-sample-utilization": {
+        "task": "economics.tasks.sample_utilization",
+        "schedule": env_int("BERTH_UTILIZATION_SAMPLE_SECONDS", 60, minimum=5),
     },
     "audit-consume-gateway-events": {
         "task": "audit.tasks.consume_gateway_events",

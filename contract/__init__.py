@@ -67,7 +67,8 @@ Written by the gateway:
 
 * ``engine_load`` — hash worker id → JSON ``{"waiting", "running", "kv", "at"}`` (engine gauges,
   ``at`` in epoch s), scraped about once a second by the one gateway holding
-  ``lock:engine_scraper`` (``SET NX PX``); read by every gateway and by ``provisioning.autoscaler``.
+  ``lock:engine_scraper`` (``SET NX PX``); read by every gateway, by ``provisioning.autoscaler`` and
+  by ``economics.sampler`` (busy/idle serving time, once a minute).
 * ``lora:<worker id>`` — hash: adapter served name → JSON ``{"parent": <base model>, "at": epoch
   ms}``, one field per LoRA adapter a gateway loaded on that worker (``POST
   /v1/load_lora_adapter``); removed when the engine answers 404 for it (it evicted it) or when the

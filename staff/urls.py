@@ -17,5 +17,6 @@ urlpatterns = [
     path("tenants/<uuid:tenant_id>/status/", views.tenant_status, name="tenant-status"),
     path("revenue/", views.revenue, name="revenue"),
     path("traffic/", views.traffic, name="traffic"),
+    path("economics/", views.economics, name="economics"),
     path("traffic/data/", views.traffic_data, name="traffic-data"),
 ]

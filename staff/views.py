@@ -1,4 +1,4 @@
-"""Staff dashboard: the fleet, deployments, tenants, revenue and gateway traffic.
+"""Staff dashboard: the fleet, deployments, tenants, revenue, economics and gateway traffic.
 
 Every view needs ``is_staff``: anonymous users are sent to log in, signed-in non-staff get 403.
 Actions are POSTs (CSRF) that work both from htmx (the changed row is swapped in) and without
@@ -8,6 +8,7 @@ user, who is recorded on the event.
 
 from __future__ import annotations
 
+import csv
 import functools
 
 from django import forms
@@ -17,6 +18,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -26,6 +28,9 @@ from billing import payments, reports
 from billing.models import BillingAccount
 from billing.money import format_money
 from billing.periods import period_containing
+from billing.pricing import CurrencyMismatch
+from economics import api as economics_api
+from economics import report as economics_report
 from models_registry.models import Deployment
 from provisioning import operations
 from provisioning.models import Worker
@@ -299,3 +304,52 @@ def traffic(request):
 @require_GET
 def traffic_data(request):
     return render(request, "staff/partials/traffic_data.html", _traffic_context())
+
+
+# --------------------------------------------------------------------------- economics
+
+
+def _economics_csv(data: dict) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="berth-economics-{data["month"]}.csv"'
+    writer = csv.writer(response)
+    writer.writerow([*economics_report.CSV_COLUMNS, "currency"])
+    for row in [*data["models"], data["total"]]:
+        writer.writerow(
+            [*("" if row[c] is None else row[c] for c in economics_report.CSV_COLUMNS), data["currency"]]
+        )
+    return response
+
+
+@staff_required
+@require_GET
+def economics(request):
+    query = economics_api.MonthQuerySerializer(data=request.GET)
+    month = economics_api.current_month()
+    error = ""
+    if request.GET.get("month"):
+        if query.is_valid():
+            month = query.validated_data["month"]
+        else:
+            error = "Choose a month as YYYY-MM."
+    try:
+        data = economics_report.as_dict(economics_report.build(month))
+    except CurrencyMismatch as exc:
+        data, error = None, str(exc)
+    if data is not None and request.GET.get("format") == "csv":
+        return _economics_csv(data)
+    chart = None
+    if data is not None and data["models"]:
+        models = data["models"]
+        chart = {
+            "labels": [m["model"] for m in models],
+            "revenue": [m["revenue"] for m in models],
+            "cost": [m["cost"] for m in models],
+            "starting": [m["starting_gpu_hours"] for m in models],
+            "busy": [m["busy_gpu_hours"] for m in models],
+            "idle": [m["idle_gpu_hours"] for m in models],
+            "draining": [m["draining_gpu_hours"] for m in models],
+            "currency": data["currency"],
+        }
+    context = {"section": "economics", "month": month, "data": data, "chart": chart, "error": error}
+    return render(request, "staff/economics.html", context, status=400 if error and data is None else 200)

@@ -27,6 +27,7 @@ APP_PACKAGES = [
     "billing",
     "console",
     "staff",
+    "economics",
     "audit",
     "guardrails",
     "contract",

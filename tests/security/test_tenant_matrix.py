@@ -160,6 +160,7 @@ PROBES: list[Probe] = [
     console("staff/tenants/<uuid:tenant_id>/status/", "POST", "/staff/tenants/{foreign_tenant}/status/", STAFF_ONLY, data={"status": "suspended"}),
     console("staff/revenue/", "GET", "/staff/revenue/", STAFF_ONLY),
     console("staff/traffic/", "GET", "/staff/traffic/", STAFF_ONLY),
+    console("staff/economics/", "GET", "/staff/economics/?month=2026-03", STAFF_ONLY),
     console("staff/traffic/data/", "GET", "/staff/traffic/data/", STAFF_ONLY, headers=HTMX, note="htmx"),
     # ---------------------------------------------------------------- management API
     api("api/schema/", "GET", "/api/schema/", everyone(200)),
@@ -194,6 +195,8 @@ PROBES: list[Probe] = [
     api("api/v1/models/(?P<name>[^/]+?)/?$", "GET", "/api/v1/models/{foreign_model}", by_role(404, 404, 404, 404, 404, 401, 403)),
     api("api/v1/audit", "GET", "/api/v1/audit", by_role(200, 200, 403, 403, 200, 401, 403)),
     api("api/v1/audit/", "GET", "/api/v1/audit/?action=api_key", by_role(200, 200, 403, 403, 200, 401, 403)),
+    api("api/v1/staff/economics", "GET", "/api/v1/staff/economics", by_role(403, 403, 403, 403, 403, 401, 200)),
+    api("api/v1/staff/economics/", "GET", "/api/v1/staff/economics/?month=2026-03", by_role(403, 403, 403, 403, 403, 401, 200)),
     api("api/v1/adapters/?$", "GET", "/api/v1/adapters/", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/adapters/?$", "POST", "/api/v1/adapters", by_role(400, 400, 403, 403, 400, 401, 403), data={"name": "matrix"}),
     api("api/v1/adapters/(?P<name>[^/]+?)/?$", "GET", "/api/v1/adapters/{home_adapter}", by_role(200, 200, 200, 200, 404, 401, 403)),

@@ -68,7 +68,43 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", () => { renderRevenue(); renderTraffic(); });
+  function renderEconomics() {
+    const d = readJson("economics-chart");
+    if (!d) return;
+    const base = { maintainAspectRatio: false, animation: false };
+    const money = document.querySelector('canvas[data-chart="economics-money"]');
+    if (money) {
+      new Chart(money, {
+        type: "bar",
+        data: {
+          labels: d.labels,
+          datasets: [
+            { label: "Revenue (" + d.currency + ")", data: d.revenue.map(Number), backgroundColor: "#1a7f37" },
+            { label: "Cost (" + d.currency + ")", data: d.cost.map(Number), backgroundColor: "#b42318" },
+          ],
+        },
+        options: Object.assign({ scales: { y: { beginAtZero: true, title: { display: true, text: d.currency } } } }, base),
+      });
+    }
+    const hours = document.querySelector('canvas[data-chart="economics-hours"]');
+    if (hours) {
+      new Chart(hours, {
+        type: "bar",
+        data: {
+          labels: d.labels,
+          datasets: [
+            { label: "Starting", data: d.starting, backgroundColor: "#d4a72c" },
+            { label: "Busy", data: d.busy, backgroundColor: "#0b5cad" },
+            { label: "Idle", data: d.idle, backgroundColor: "#9cc3e8" },
+            { label: "Draining", data: d.draining, backgroundColor: "#8250df" },
+          ],
+        },
+        options: Object.assign({ scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: "GPU-hours" } } } }, base),
+      });
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { renderRevenue(); renderTraffic(); renderEconomics(); });
   document.addEventListener("htmx:afterSwap", (event) => {
     if (event.detail.target && event.detail.target.id === "traffic-data") renderTraffic();
   });
