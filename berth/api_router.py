@@ -18,6 +18,7 @@ urlpatterns = [
     path("audit", AuditEntryList.as_view(), name="audit"),
     path("audit/", AuditEntryList.as_view()),
     path("", include("guardrails.api.urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 
