@@ -111,13 +111,15 @@ def by_member(tenant, start: datetime, end: datetime, *, api_key_id=None) -> lis
     return sorted(members.values(), key=lambda g: (-g.total_tokens, g.label))
 
 
-def series_by_key(tenant, start: datetime, end: datetime, days: list[date], rows: list[GroupUsage]) -> dict:
+def series_by_key(
+    tenant, start: datetime, end: datetime, days: list[date], rows: list[GroupUsage], *, api_key_id=None
+) -> dict:
     """``{"labels": days, "series": {key name: [tokens per day]}}`` for the console's chart."""
     shown = {row.id: row.label for row in rows[:CHART_KEYS]}
     index = {d: i for i, d in enumerate(days)}
     series: dict[str, list[int]] = {}
     qs = (
-        reports.records(tenant, start, end)
+        reports.records(tenant, start, end, api_key_id)
         .annotate(day=TruncDate("occurred_at", tzinfo=UTC))
         .values("day", "api_key_id")
         .annotate(tokens=Sum("prompt_tokens") + Sum("completion_tokens"))

@@ -88,3 +88,33 @@ def test_another_tenant_sees_none_of_it_and_cannot_name_a_foreign_key(team):
 def test_bad_parameters_are_400(team, query):
     response = get(team["owner"], query)
     assert response.status_code == 400 and query.split("=")[0] in response.json()
+
+
+def console_get(client, user, query=""):
+    client.force_login(user)
+    return client.get(f"/usage/?{RANGE}&{query}")
+
+
+def test_the_console_shows_usage_per_key_and_per_member(team, client):
+    page = console_get(client, team["owner"]).content.decode()
+    assert "By API key" in page and "dev@alpha.test" in page and "usage-key-chart" in page
+    assert "theirs" not in page
+    page = console_get(client, team["owner"], "group_by=member").content.decode()
+    assert "By member" in page and "owner@alpha.test" in page
+
+
+def test_the_console_key_filter_narrows_the_breakdown(team, client):
+    response = console_get(client, team["owner"], f"key={team['bot'].pk}")
+    breakdown = response.content.decode().split("usage-breakdown-title", 1)[1]
+    assert "<td>bot" in breakdown and "<td>app" not in breakdown and "<td>ci" not in breakdown
+    # Another tenant's key id is refused with a message, never a 500 and never its figures.
+    response = console_get(client, team["owner"], f"key={team['foreign'].pk}")
+    assert response.status_code == 200 and "not one of this organization" in response.content.decode()
+    assert console_get(client, team["owner"], "key=nonsense&group_by=bogus").status_code == 200
+
+
+def test_the_console_shows_cost_only_to_billing_roles(team, client):
+    breakdown = console_get(client, team["dev"]).content.decode().split("usage-breakdown-title", 1)[1]
+    assert "Est. cost" not in breakdown
+    breakdown = console_get(client, team["books"]).content.decode().split("usage-breakdown-title", 1)[1]
+    assert "Est. cost" in breakdown
