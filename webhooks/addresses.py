@@ -53,7 +53,7 @@ def resolve(url: str) -> Target:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise UnsafeURL(f"{host} does not resolve.") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     if not addresses:
         raise UnsafeURL(f"{host} does not resolve.")
     if not settings.WEBHOOKS_ALLOW_PRIVATE:

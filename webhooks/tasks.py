@@ -21,7 +21,7 @@ def deliver(delivery_id: str) -> str:
     if result is None:
         return "nothing due"
     if result.retry_in is not None:
-        deliver.apply_async(args=[delivery_id], countdown=result.retry_in)
+        deliver.apply_async(args=(delivery_id,), countdown=result.retry_in)
     return result.state
 
 

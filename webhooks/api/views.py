@@ -103,5 +103,5 @@ class WebhookEndpointViewSet(viewsets.ModelViewSet):
             .order_by("-created_at")
         )
         paginator = DeliveryPagination()
-        page = paginator.paginate_queryset(qs, request, view=self)
+        page: list | None = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
