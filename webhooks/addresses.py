@@ -35,6 +35,10 @@ def check_syntax(url: str) -> None:
         raise UnsafeURL("The URL has no host.")
     if parts.username or parts.password:
         raise UnsafeURL("Put no credentials in the URL; check the Berth-Signature header instead.")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        raise UnsafeURL("The port must be between 1 and 65535.") from None
 
 
 def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -7,7 +7,7 @@ from datetime import UTC, timedelta
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -87,11 +87,18 @@ class UsageGroupSerializer(serializers.Serializer):
 
 
 class UsageReportSerializer(serializers.Serializer):
-    """The answer's shape, for the schema: the range, one row per day and model, and totals."""
+    """The answer's shape, for the schema: the range, one row per day and model (or, with
+    ``group_by``, one per key or member), and totals."""
 
     start = serializers.DateField()
     end = serializers.DateField()
-    data = UsageRowSerializer(many=True)  # type: ignore[assignment]  # a field, not Serializer.data
+    group_by = serializers.ChoiceField(choices=usage_breakdown.GROUPS, required=False)
+    data = PolymorphicProxySerializer(  # type: ignore[assignment]  # a field, not Serializer.data
+        component_name="UsageRowOrGroup",
+        serializers=[UsageRowSerializer, UsageGroupSerializer],
+        resource_type_field_name=None,
+        many=True,
+    )
     totals = UsageTotalsSerializer()
 
 

@@ -52,3 +52,12 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
             "completed_at",
             "attempt_log",
         ]
+
+
+class WebhookDeliveryPageSerializer(serializers.Serializer):
+    """One page of an endpoint's deliveries (``?limit=&offset=``)."""
+
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = WebhookDeliverySerializer(many=True)

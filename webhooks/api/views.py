@@ -8,7 +8,8 @@ where the organization's billing data goes. The secret is in the answer to creat
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -20,6 +21,7 @@ from tenants.constants import PERM_MANAGE_SETTINGS
 from webhooks import endpoints, events
 from webhooks.api.serializers import (
     CreatedWebhookEndpointSerializer,
+    WebhookDeliveryPageSerializer,
     WebhookDeliverySerializer,
     WebhookEndpointSerializer,
 )
@@ -92,7 +94,13 @@ class WebhookEndpointViewSet(viewsets.ModelViewSet):
         event = events.send_test(endpoint=endpoint)
         return Response(WebhookDeliverySerializer(event.deliveries.get(endpoint=endpoint)).data, status=202)
 
-    @extend_schema(responses={200: WebhookDeliverySerializer(many=True)})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT),
+            OpenApiParameter("offset", OpenApiTypes.INT),
+        ],
+        responses={200: WebhookDeliveryPageSerializer},
+    )
     @action(detail=True, methods=["get"])
     def deliveries(self, request, pk=None):
         """The endpoint's deliveries, newest first, each with its attempts."""
