@@ -480,6 +480,8 @@ WEBHOOKS_TIMEOUT_SECONDS = env_int("BERTH_WEBHOOKS_TIMEOUT_SECONDS", 10, minimum
 WEBHOOKS_MAX_ATTEMPTS = env_int("BERTH_WEBHOOKS_MAX_ATTEMPTS", 8, minimum=1)
 # Endpoints per organization.
 WEBHOOKS_MAX_ENDPOINTS = env_int("BERTH_WEBHOOKS_MAX_ENDPOINTS", 10, minimum=1)
+# Days events and their delivery log are kept (the sweep deletes older ones).
+WEBHOOKS_LOG_DAYS = env_int("BERTH_WEBHOOKS_LOG_DAYS", 30, minimum=1)
 
 # Days an audit entry is kept; 0 keeps everything (audit/retention.py).
 AUDIT_RETENTION_DAYS = env_int("BERTH_AUDIT_RETENTION_DAYS", 0, minimum=0)

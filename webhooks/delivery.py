@@ -24,7 +24,7 @@ from django.utils import timezone
 from webhooks import addresses, signing
 from webhooks.constants import BACKOFF_SECONDS, SIGNATURE_HEADER, SNIPPET_CHARS, DeliveryState
 from webhooks.events import envelope
-from webhooks.models import DeliveryAttempt, WebhookDelivery
+from webhooks.models import DeliveryAttempt, WebhookDelivery, WebhookEvent
 
 log = logging.getLogger("berth.webhooks")
 USER_AGENT = "Berth-Webhooks/1"
@@ -153,3 +153,14 @@ def due(*, now: datetime | None = None, limit: int = 500) -> list[str]:
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )
     return [str(pk) for pk in qs.order_by("next_attempt_at").values_list("pk", flat=True)[:limit]]
+
+
+def prune(*, now: datetime | None = None) -> int:
+    """Delete events older than ``WEBHOOKS_LOG_DAYS`` with their deliveries and attempts, unless
+    a delivery is still pending; returns how many events went."""
+    now = now or timezone.now()
+    old = WebhookEvent.objects.filter(
+        created_at__lt=now - timedelta(days=settings.WEBHOOKS_LOG_DAYS)
+    ).exclude(deliveries__state=DeliveryState.PENDING)
+    deleted, by_model = old.delete()
+    return by_model.get(WebhookEvent._meta.label, 0)

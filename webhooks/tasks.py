@@ -27,10 +27,12 @@ def deliver(delivery_id: str) -> str:
 
 @shared_task(name="webhooks.tasks.sweep")
 def sweep() -> int:
-    """Queue every due delivery (a retry whose task was lost, a worker that died mid-attempt)."""
+    """Queue every due delivery (a retry whose task was lost, a worker that died mid-attempt), and
+    drop the log older than ``WEBHOOKS_LOG_DAYS``."""
     ids = delivery.due()
     for delivery_id in ids:
         deliver.delay(delivery_id)
+    delivery.prune()
     return len(ids)
 
 

@@ -187,3 +187,22 @@ def test_usage_daily_sums_yesterday_per_model(receiver, allow_private, queued):
     assert event.data["date"] == "2026-11-20" and event.data["totals"]["cost"] == "3.000000"
     assert events.usage_daily(tenant=tenant, day=day.date()).id == event.id
     assert events.usage_daily(tenant=other, day=day.date()) is None  # no endpoint
+
+
+def test_the_log_is_pruned_after_its_days_but_not_while_pending(receiver, allow_private, queued, settings):
+    settings.WEBHOOKS_LOG_DAYS = 30
+    tenant = TenantFactory()
+    endpoint_for(tenant, receiver.url)
+    done, pending = emit(tenant, key="done"), emit(tenant, key="pending")
+    delivery.attempt(delivery_id=done.deliveries.get().pk)
+    later = timezone.now() + timedelta(days=31)
+    assert delivery.prune(now=later) == 1
+    assert list(WebhookEvent.objects.values_list("id", flat=True)) == [pending.id]
+
+
+def test_beat_runs_the_daily_usage_event_and_the_sweep():
+    from django.conf import settings
+
+    tasks_ = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"webhooks.tasks.usage_daily", "webhooks.tasks.sweep"} <= tasks_
+    assert {tasks.usage_daily.name, tasks.sweep.name} <= tasks_
