@@ -21,6 +21,7 @@ urlpatterns = [
     path("", include("guardrails.api.urls")),
     path("staff/economics", EconomicsView.as_view(), name="staff-economics"),
     path("staff/economics/", EconomicsView.as_view()),
+    path("", include("webhooks.api.urls")),
 ]
 
 

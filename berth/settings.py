@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from berth import embedded
@@ -123,6 +124,7 @@ INSTALLED_APPS = [
     "audit",
     "guardrails",
     "economics",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -410,6 +412,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.tasks.consume_gateway_events",
         "schedule": env_int("BERTH_AUDIT_EVENTS_SECONDS", 5, minimum=1),
     },
+    # Outbound webhooks (webhooks/tasks.py): yesterday's usage after midnight UTC (idempotent per
+    # day), and a sweep that redelivers what is due (a claimed delivery is not sent twice).
+    "webhooks-usage-daily": {
+        "task": "webhooks.tasks.usage_daily",
+        "schedule": crontab(minute=15, hour="0,6"),
+    },
+    "webhooks-sweep": {
+        "task": "webhooks.tasks.sweep",
+        "schedule": 60,
+    },
 }
 
 # --------------------------------------------------------------------------- Berth
@@ -464,6 +476,19 @@ if AUDIT_EXPORT == "webhook" and not (AUDIT_EXPORT_WEBHOOK_URL and AUDIT_EXPORT_
     raise ImproperlyConfigured(
         "BERTH_AUDIT_EXPORT=webhook needs BERTH_AUDIT_EXPORT_WEBHOOK_URL and BERTH_AUDIT_EXPORT_WEBHOOK_SECRET"
     )
+# --------------------------------------------------------------------------- outbound webhooks (webhooks/)
+
+# Deliver to private, loopback and link-local addresses too (tests, an intranet receiver); off,
+# a tenant's endpoint could make Berth probe its own network (SSRF).
+WEBHOOKS_ALLOW_PRIVATE = env_bool("BERTH_WEBHOOKS_ALLOW_PRIVATE", default=False)
+WEBHOOKS_TIMEOUT_SECONDS = env_int("BERTH_WEBHOOKS_TIMEOUT_SECONDS", 10, minimum=1)
+# Attempts per delivery before it is given up (1 min, 5 min, 30 min, 2 h, then every 6 h).
+WEBHOOKS_MAX_ATTEMPTS = env_int("BERTH_WEBHOOKS_MAX_ATTEMPTS", 8, minimum=1)
+# Endpoints per organization.
+WEBHOOKS_MAX_ENDPOINTS = env_int("BERTH_WEBHOOKS_MAX_ENDPOINTS", 10, minimum=1)
+# Days events and their delivery log are kept (the sweep deletes older ones).
+WEBHOOKS_LOG_DAYS = env_int("BERTH_WEBHOOKS_LOG_DAYS", 30, minimum=1)
+
 # Days an audit entry is kept; 0 keeps everything (audit/retention.py).
 AUDIT_RETENTION_DAYS = env_int("BERTH_AUDIT_RETENTION_DAYS", 0, minimum=0)
 

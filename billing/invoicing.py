@@ -28,6 +28,8 @@ from billing import money, pricing
 from billing.models import BillingAccount, Invoice, InvoiceLine, InvoiceStatus, UsageRecord
 from billing.periods import Period, period_containing
 from tenants.models import Tenant
+from webhooks import events as webhook_events
+from webhooks.constants import EventType
 
 log = logging.getLogger("berth.billing")
 
@@ -126,6 +128,9 @@ def close_period(*, tenant: Tenant, period: Period, now: datetime | None = None)
                 summary=f"{invoice.number} for {period.label}: {invoice.currency} {invoice.total}",
                 after={"number": invoice.number, "total": invoice.total, "status": invoice.status},
             )
+            webhook_events.invoice_on_commit(invoice=invoice, type=EventType.INVOICE_CREATED)
+            if invoice.status == InvoiceStatus.PAID:
+                webhook_events.invoice_on_commit(invoice=invoice, type=EventType.INVOICE_PAID)
     except IntegrityError:
         # Another closer won the race for this (tenant, period): its invoice stands.
         existing = Invoice.objects.filter(tenant=tenant, period_start=period.start).first()

@@ -24,6 +24,8 @@ from billing.models import Invoice, InvoiceStatus
 from tenants import accounts
 from tenants.constants import TenantStatus
 from tenants.models import Tenant
+from webhooks import events as webhook_events
+from webhooks.constants import EventType
 
 log = logging.getLogger("berth.billing")
 
@@ -92,6 +94,7 @@ def mark_paid(*, invoice: Invoice, user, now: datetime | None = None) -> Outcome
                 before={"status": previous},
                 after={"status": locked.status, "paid_at": now},
             )
+            webhook_events.invoice_on_commit(invoice=locked, type=EventType.INVOICE_PAID)
     log.info("%s marked paid by %s (Stripe: %s)", locked.number, _who(user), remote)
     return Outcome(locked, remote, resumed)
 

@@ -46,14 +46,15 @@ class DayModelUsage:
         return self.prompt_tokens + self.completion_tokens
 
 
-def records(tenant, start: datetime, end: datetime):
-    """The tenant's usage records with ``start <= occurred_at < end``."""
-    return UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=end)
+def records(tenant, start: datetime, end: datetime, api_key_id=None):
+    """The tenant's usage records with ``start <= occurred_at < end`` (of one API key if given)."""
+    qs = UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=end)
+    return qs if api_key_id is None else qs.filter(api_key_id=api_key_id)
 
 
-def usage_by_day(tenant, start: datetime, end: datetime) -> list[DayModelUsage]:
+def usage_by_day(tenant, start: datetime, end: datetime, *, api_key_id=None) -> list[DayModelUsage]:
     """Per UTC day and model: requests, errors, tokens and estimated cost, oldest day first."""
-    qs = records(tenant, start, end).annotate(day=TruncDate("occurred_at", tzinfo=UTC))
+    qs = records(tenant, start, end, api_key_id).annotate(day=TruncDate("occurred_at", tzinfo=UTC))
     rows: dict[tuple, DayModelUsage] = {}
     counts = qs.values("day", "model").annotate(
         n=Count("pk"),

@@ -38,6 +38,7 @@ from billing.models import BillingAccount, SpendAlert
 from billing.periods import Period, period_containing
 from contract.spend import COUNTER_TTL_SECONDS, period_id, to_micros
 from tenants.models import Tenant
+from webhooks import events as webhook_events
 
 # Raise the counter to ARGV[1] (never lower it); atomic against the gateway's concurrent INCRBYs.
 RAISE_COUNTER = """
@@ -109,6 +110,14 @@ def check_tenant(*, tenant: Tenant, now: datetime | None = None) -> SpendStatus:
             if percent >= threshold and _record_alert(tenant, period, threshold, spend, limit):
                 status.alerts_sent.append(threshold)
                 _send_alert(tenant, status, threshold, limit)
+                webhook_events.spend_threshold_on_commit(
+                    tenant=tenant,
+                    period=period,
+                    threshold=threshold,
+                    spend=spend,
+                    limit=limit,
+                    currency=settings.BILLING_CURRENCY,
+                )
     _publish_block(tenant, status, now)
     status.counter_raised = _raise_counter(tenant, status.spend_micros, now)
     _check_limit_mirror(tenant, limit)

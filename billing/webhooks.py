@@ -24,6 +24,8 @@ from django.views.decorators.http import require_POST
 from audit import trail
 from billing import dunning
 from billing.models import Invoice, InvoiceStatus, StripeEvent
+from webhooks import events as webhook_events
+from webhooks.constants import EventType
 
 log = logging.getLogger("berth.billing")
 
@@ -129,6 +131,7 @@ def invoice_paid(invoice: Invoice, obj: dict) -> str:
         before={"status": previous},
         after={"status": invoice.status, "paid_at": invoice.paid_at},
     )
+    webhook_events.invoice_on_commit(invoice=invoice, type=EventType.INVOICE_PAID)
     return "paid, tenant resumed" if resumed else "paid"
 
 

@@ -19,6 +19,7 @@ from audit import trail
 from billing import reports, spend
 from billing.models import BillingAccount, UsageRecord
 from billing.periods import period_containing
+from console import usage_breakdown
 from console.access import NoTenant, forbidden, tenant_required
 from console.forms import BillingSettingsForm, OrganizationForm, ResidencyForm, UsageRangeForm
 from models_registry.constants import Task
@@ -124,6 +125,7 @@ def usage(request, tenant: Tenant):
         "chart": _chart(rows, days),
         "can_bill": allows(request.user, tenant, PERM_VIEW_BILLING),
         "valid": valid,
+        "breakdown": usage_breakdown.context(request, tenant, start, end) if valid else None,
     }
     template = "console/_usage_results.html" if request.headers.get("HX-Request") else "console/usage.html"
     return render(request, template, context, status=200 if valid else 400)

@@ -2,6 +2,7 @@ from django.urls import path
 
 from audit import console as audit_pages
 from console import adapters, guardrails, invoices, pages, playground, team, views
+from webhooks import console as webhooks_console
 
 app_name = "console"
 
@@ -33,6 +34,11 @@ urlpatterns = [
         guardrails.delete_guardrail_policy,
         name="delete-guardrail-policy",
     ),
+    path("webhooks/", webhooks_console.webhooks_page, name="webhooks"),
+    path("webhooks/<uuid:endpoint_id>/", webhooks_console.webhook_page, name="webhook"),
+    path("webhooks/<uuid:endpoint_id>/test/", webhooks_console.send_test, name="webhook-test"),
+    path("webhooks/<uuid:endpoint_id>/rotate/", webhooks_console.rotate_secret, name="webhook-rotate"),
+    path("webhooks/<uuid:endpoint_id>/delete/", webhooks_console.delete_webhook, name="webhook-delete"),
     path("billing/", invoices.invoices, name="invoices"),
     path("billing/invoices/<uuid:invoice_id>/", invoices.invoice_detail, name="invoice"),
     path("billing/invoices/<uuid:invoice_id>/pdf/", invoices.invoice_pdf, name="invoice-pdf"),

@@ -7,23 +7,30 @@ from datetime import UTC, timedelta
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import money, pdf, reports
+from billing import money, pdf, reports, usage_breakdown
 from billing.models import Invoice, InvoiceLine
 from tenants.api.permissions import TenantPermission, request_tenant
 from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
+from tenants.models import ApiKey
 from tenants.permissions import allows
 
 
 class UsageQuerySerializer(serializers.Serializer):
     start = serializers.DateField(required=False, help_text="First UTC day (default: 30 days ago).")
     end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
+    group_by = serializers.ChoiceField(
+        choices=usage_breakdown.GROUPS,
+        required=False,
+        help_text="key: one row per API key; member: per member who created the keys (over the whole range).",
+    )
+    key = serializers.UUIDField(required=False, help_text="Only this API key's usage (its id).")
 
     def validate(self, attrs):
         # DRF reads "?start=" as an absent parameter; the schema says a date, so refuse it.
@@ -41,7 +48,7 @@ class UsageQuerySerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"start": f"Ask for at most {reports.MAX_RANGE_DAYS} days at a time."}
             )
-        return {"start": start, "end": end}
+        return {**attrs, "start": start, "end": end}
 
 
 class UsageRowSerializer(serializers.Serializer):
@@ -66,12 +73,32 @@ class UsageTotalsSerializer(serializers.Serializer):
     cost = serializers.DecimalField(max_digits=20, decimal_places=6, required=False)
 
 
+class UsageGroupSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The key's id (group_by=key) or the member's user id; empty: none.")
+    name = serializers.CharField(source="label")
+    member = serializers.CharField(required=False, help_text="group_by=key: the member who created the key.")
+    revoked = serializers.BooleanField(required=False)
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=6, required=False)
+
+
 class UsageReportSerializer(serializers.Serializer):
-    """The answer's shape, for the schema: the range, one row per day and model, and totals."""
+    """The answer's shape, for the schema: the range, one row per day and model (or, with
+    ``group_by``, one per key or member), and totals."""
 
     start = serializers.DateField()
     end = serializers.DateField()
-    data = UsageRowSerializer(many=True)  # type: ignore[assignment]  # a field, not Serializer.data
+    group_by = serializers.ChoiceField(choices=usage_breakdown.GROUPS, required=False)
+    data = PolymorphicProxySerializer(  # type: ignore[assignment]  # a field, not Serializer.data
+        component_name="UsageRowOrGroup",
+        serializers=[UsageRowSerializer, UsageGroupSerializer],
+        resource_type_field_name=None,
+        many=True,
+    )
     totals = UsageTotalsSerializer()
 
 
@@ -85,6 +112,8 @@ class UsageView(APIView):
         parameters=[
             OpenApiParameter("start", OpenApiTypes.DATE),
             OpenApiParameter("end", OpenApiTypes.DATE),
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=usage_breakdown.GROUPS),
+            OpenApiParameter("key", OpenApiTypes.UUID),
         ],
         responses={200: UsageReportSerializer},
     )
@@ -93,7 +122,12 @@ class UsageView(APIView):
         query.is_valid(raise_exception=True)
         start, end = query.validated_data["start"], query.validated_data["end"]
         tenant = request_tenant(request)
-        rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end))
+        key_id = query.validated_data.get("key")
+        if key_id is not None and not ApiKey.objects.filter(tenant=tenant, pk=key_id).exists():
+            raise serializers.ValidationError({"key": "No API key with this id in this organization."})
+        if query.validated_data.get("group_by"):
+            return self._grouped(request, tenant, query.validated_data["group_by"], start, end, key_id)
+        rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end), api_key_id=key_id)
         data = UsageRowSerializer(rows, many=True).data
         totals = reports.totals(rows)
         if not allows(request.user, tenant, PERM_VIEW_BILLING):
@@ -103,6 +137,25 @@ class UsageView(APIView):
         else:
             totals["cost"] = f"{totals['cost']:.6f}"
         return Response({"start": start, "end": end, "data": data, "totals": totals})
+
+    def _grouped(self, request, tenant, group_by: str, start, end, key_id):
+        """Usage per API key or per member over the range (one row each, most tokens first)."""
+        bounds = reports.day_bounds(start, end)
+        if group_by == "key":
+            groups = usage_breakdown.by_key(tenant, *bounds, api_key_id=key_id)
+        else:
+            groups = usage_breakdown.by_member(tenant, *bounds, api_key_id=key_id)
+        data = UsageGroupSerializer(groups, many=True).data
+        totals = UsageGroupSerializer(usage_breakdown.totals(groups)).data
+        for row in [*data, totals]:
+            if group_by == "member":
+                row.pop("member", None)
+                row.pop("revoked", None)
+            if not allows(request.user, tenant, PERM_VIEW_BILLING):
+                row.pop("cost", None)
+        for name in ("id", "name", "member", "revoked"):
+            totals.pop(name, None)
+        return Response({"start": start, "end": end, "group_by": group_by, "data": data, "totals": totals})
 
 
 class InvoiceLineSerializer(serializers.ModelSerializer):

@@ -80,6 +80,7 @@ def test_the_schema_states_the_management_key_errors_and_the_usage_answer():
     assert set(schema["components"]["schemas"]["UsageReport"]["properties"]) == {
         "start",
         "end",
+        "group_by",  # present when the rows are per key or per member
         "data",
         "totals",
     }

@@ -70,6 +70,7 @@ def api(route, method, path, expect, **kw) -> Probe:
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 GUARDRAIL_FORM = {"policy-name": "matrix", "policy-applies_to_prompts": "on", "policy-detector_email": "redact", "policy-blocked_terms_action": "block", "policy-max_prompt_action": "block", "policy-screen_threshold": "0.8", "policy-screen_action": "block", "policy-screen_timeout_ms": "500"}  # fmt: skip
+WEBHOOK_FORM = {"url": "https://93.184.216.34/hook", "events": ["invoice.paid"], "enabled": "on"}
 NOT_FOUND_FOR_TENANTS = by_role(404, 404, 404, 404, 404, LOGIN, 404)
 STAFF_ONLY = by_role(403, 403, 403, 403, 403, LOGIN, 200)
 STAFF_ACTION = by_role(403, 403, 403, 403, 403, LOGIN, 302)
@@ -127,6 +128,18 @@ PROBES: list[Probe] = [
     console("guardrails/<uuid:policy_id>/", "POST", "/guardrails/{foreign_guardrail}/", NOT_FOUND_FOR_TENANTS, data=GUARDRAIL_FORM),
     console("guardrails/<uuid:policy_id>/delete/", "POST", "/guardrails/{new_home_guardrail}/delete/", by_role(302, 302, 403, 403, 404, LOGIN, 404)),
     console("guardrails/<uuid:policy_id>/delete/", "POST", "/guardrails/{foreign_guardrail}/delete/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/", "GET", "/webhooks/", by_role(200, 200, 403, 403, 200, LOGIN, 200)),
+    console("webhooks/", "POST", "/webhooks/", by_role(200, 200, 403, 403, 200, LOGIN, 200), data=WEBHOOK_FORM),
+    console("webhooks/<uuid:endpoint_id>/", "GET", "/webhooks/{home_webhook}/", by_role(200, 200, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/", "GET", "/webhooks/{foreign_webhook}/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/", "POST", "/webhooks/{new_home_webhook}/", by_role(302, 302, 403, 403, 404, LOGIN, 404), data=WEBHOOK_FORM),
+    console("webhooks/<uuid:endpoint_id>/", "POST", "/webhooks/{foreign_webhook}/", by_role(404, 404, 403, 403, 404, LOGIN, 404), data=WEBHOOK_FORM),
+    console("webhooks/<uuid:endpoint_id>/test/", "POST", "/webhooks/{new_home_webhook}/test/", by_role(302, 302, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/test/", "POST", "/webhooks/{foreign_webhook}/test/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/rotate/", "POST", "/webhooks/{new_home_webhook}/rotate/", by_role(200, 200, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/rotate/", "POST", "/webhooks/{foreign_webhook}/rotate/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/delete/", "POST", "/webhooks/{new_home_webhook}/delete/", by_role(302, 302, 403, 403, 404, LOGIN, 404)),
+    console("webhooks/<uuid:endpoint_id>/delete/", "POST", "/webhooks/{foreign_webhook}/delete/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
     console("billing/", "GET", "/billing/", by_role(200, 200, 403, 200, 200, LOGIN, 404)),
     console("billing/invoices/<uuid:invoice_id>/", "GET", "/billing/invoices/{home_invoice}/", by_role(200, 200, 403, 200, 404, LOGIN, 404)),
     console("billing/invoices/<uuid:invoice_id>/", "GET", "/billing/invoices/{foreign_invoice}/", by_role(404, 404, 403, 404, 404, LOGIN, 404)),
@@ -213,6 +226,21 @@ PROBES: list[Probe] = [
     api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "PATCH", "/api/v1/guardrails/{foreign_guardrail}/", by_role(404, 404, 403, 403, 404, 401, 403), data={"name": "renamed"}),
     api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "DELETE", "/api/v1/guardrails/{new_home_guardrail}/", by_role(204, 204, 403, 403, 404, 401, 403)),
     api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "DELETE", "/api/v1/guardrails/{foreign_guardrail}/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/?$", "GET", "/api/v1/webhooks/", by_role(200, 200, 403, 403, 200, 401, 403)),
+    api("api/v1/webhooks/?$", "POST", "/api/v1/webhooks/", by_role(201, 201, 403, 403, 201, 401, 403), data={"url": "https://93.184.216.34/m", "events": ["invoice.paid"]}),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/webhooks/{home_webhook}/", by_role(200, 200, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/webhooks/{foreign_webhook}/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/?$", "PATCH", "/api/v1/webhooks/{new_home_webhook}/", by_role(200, 200, 403, 403, 404, 401, 403), data={"enabled": False}),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/?$", "PATCH", "/api/v1/webhooks/{foreign_webhook}/", by_role(404, 404, 403, 403, 404, 401, 403), data={"enabled": False}),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/?$", "DELETE", "/api/v1/webhooks/{new_home_webhook}/", by_role(204, 204, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/?$", "DELETE", "/api/v1/webhooks/{foreign_webhook}/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/deliveries/?$", "GET", "/api/v1/webhooks/{home_webhook}/deliveries/", by_role(200, 200, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/deliveries/?$", "GET", "/api/v1/webhooks/{foreign_webhook}/deliveries/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/rotate-secret/?$", "POST", "/api/v1/webhooks/{new_home_webhook}/rotate-secret/", by_role(200, 200, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/rotate-secret/?$", "POST", "/api/v1/webhooks/{foreign_webhook}/rotate-secret/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/test/?$", "POST", "/api/v1/webhooks/{new_home_webhook}/test/", by_role(202, 202, 403, 403, 404, 401, 403)),
+    api("api/v1/webhooks/(?P<pk>[^/.]+)/test/?$", "POST", "/api/v1/webhooks/{foreign_webhook}/test/", by_role(404, 404, 403, 403, 404, 401, 403)),
+    api("api/v1/usage", "GET", "/api/v1/usage?group_by=key&key={home_key}", by_role(200, 200, 200, 200, 400, 401, 403), note="per key"),
     api("api/v1/content-governance", "GET", "/api/v1/content-governance", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/content-governance/", "PATCH", "/api/v1/content-governance/", by_role(200, 200, 403, 403, 200, 401, 403), data={"content_retention_days": 9}),
     api("api/v1/invoices/?$", "GET", "/api/v1/invoices", by_role(200, 200, 403, 200, 200, 401, 403)),

@@ -31,6 +31,7 @@ from tenants.constants import KeyKind, Role
 from tests.billing.usage import record
 from tests.factories import TenantFactory, UserFactory, member
 from tests.registry.factories import DeploymentFactory, NodeFactory, add_gpus, priced_model
+from webhooks.models import WebhookEndpoint
 
 PERIOD = parse_period("2026-10", "month")
 CLOSED_AT = datetime(2026, 11, 2, tzinfo=UTC)
@@ -140,6 +141,13 @@ class World:
                 tenant=side.tenant, name=name, detectors={"email": "flag"}
             )
             side.markers.append(name)
+        self.webhooks = {}
+        for label, side in (("home", self.home), ("foreign", self.foreign)):
+            url = f"https://93.184.216.34/{label}-webhook-marker"
+            self.webhooks[label] = WebhookEndpoint.objects.create(
+                tenant=side.tenant, url=url, events=["invoice.paid"]
+            )
+            side.markers.append(f"{label}-webhook-marker")
 
     def markers_hidden_from(self, role: str) -> list[str]:
         """What ``role`` must never see: the other tenants' markers (staff sees everything)."""
@@ -169,6 +177,13 @@ class World:
             policies.create_policy(tenant=self.home.tenant, name="spare", detectors={"email": "flag"}).pk
         )
 
+    def new_home_webhook(self) -> str:
+        return str(
+            WebhookEndpoint.objects.create(
+                tenant=self.home.tenant, url="https://93.184.216.34/spare", events=["invoice.paid"]
+            ).pk
+        )
+
     def new_home_invitation(self) -> str:
         return str(self._invite(self.home).pk)
 
@@ -195,6 +210,9 @@ class World:
             "home_guardrail": self.guardrails["home"].pk,
             "foreign_guardrail": self.guardrails["foreign"].pk,
             "new_home_guardrail": self.new_home_guardrail,
+            "home_webhook": self.webhooks["home"].pk,
+            "foreign_webhook": self.webhooks["foreign"].pk,
+            "new_home_webhook": self.new_home_webhook,
             "home_invoice": home.invoice.pk,
             "foreign_invoice": foreign.invoice.pk,
             "home_model": home.private_model.name,
