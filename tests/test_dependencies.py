@@ -30,6 +30,7 @@ APP_PACKAGES = [
     "economics",
     "audit",
     "guardrails",
+    "webhooks",
     "contract",
     "cpu_engine",
     "integrity",
