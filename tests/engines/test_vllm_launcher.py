@@ -114,6 +114,7 @@ def test_it_builds_the_exact_command_line():
         "--tensor-parallel-size",
         "2",
         "--enable-server-load-tracking",
+        "--enable-prompt-tokens-details",
         "--disable-uvicorn-access-log",
     ]
     assert launch.env == {"VLLM_API_KEY": "wk-secret-123", "CUDA_VISIBLE_DEVICES": "2,3"}
