@@ -65,5 +65,7 @@ def cost_micros(
     """
     cached = min(max(cached_tokens, 0), prompt_tokens)
     cached_price = input_micros if cached_micros is None else cached_micros
-    total = (prompt_tokens - cached) * input_micros + cached * cached_price + completion_tokens * output_micros
+    total = (
+        (prompt_tokens - cached) * input_micros + cached * cached_price + completion_tokens * output_micros
+    )
     return -(-total // MICROS)

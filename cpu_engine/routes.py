@@ -295,7 +295,11 @@ def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, 
     """OpenAI's usage object; with ``cached`` (the final usage) also ``prompt_tokens_details``
     with the prompt tokens the prefix cache served, as vLLM's ``--enable-prompt-tokens-details``
     reports them (0, the field present, when nothing was cached)."""
-    out: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+    }
     if cached is not None:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
     return out

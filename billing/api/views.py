@@ -50,6 +50,10 @@ class UsageRowSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField(
+        help_text="Of prompt_tokens, those served from the prefix cache."
+    )
+    cache_hit_rate = serializers.FloatField(allow_null=True, help_text="cached_tokens / prompt_tokens.")
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(
@@ -61,9 +65,17 @@ class UsageTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    cache_hit_rate = serializers.FloatField(allow_null=True)
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=20, decimal_places=6, required=False)
+
+
+class ModelUsageSerializer(UsageTotalsSerializer):
+    """One model's usage over the whole range (its cache hit rate among it)."""
+
+    model = serializers.CharField()
 
 
 class UsageReportSerializer(serializers.Serializer):
@@ -72,6 +84,7 @@ class UsageReportSerializer(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
     data = UsageRowSerializer(many=True)  # type: ignore[assignment]  # a field, not Serializer.data
+    models = ModelUsageSerializer(many=True)
     totals = UsageTotalsSerializer()
 
 
@@ -95,14 +108,15 @@ class UsageView(APIView):
         tenant = request_tenant(request)
         rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end))
         data = UsageRowSerializer(rows, many=True).data
+        per_model = ModelUsageSerializer(reports.by_model(rows), many=True).data
         totals = reports.totals(rows)
         if not allows(request.user, tenant, PERM_VIEW_BILLING):
-            for row in data:
+            for row in [*data, *per_model]:
                 row.pop("cost", None)
             totals.pop("cost")
         else:
             totals["cost"] = f"{totals['cost']:.6f}"
-        return Response({"start": start, "end": end, "data": data, "totals": totals})
+        return Response({"start": start, "end": end, "data": data, "models": per_model, "totals": totals})
 
 
 class InvoiceLineSerializer(serializers.ModelSerializer):

@@ -211,7 +211,11 @@ def serve_args(spec: EngineSpec) -> list[str]:
         args += ["--reasoning-parser", spec.reasoning_parser]
     if spec.download_dir:
         args += ["--download-dir", spec.download_dir]
-    args += ["--enable-server-load-tracking", "--enable-prompt-tokens-details", "--disable-uvicorn-access-log"]
+    args += [
+        "--enable-server-load-tracking",
+        "--enable-prompt-tokens-details",
+        "--disable-uvicorn-access-log",
+    ]
     args += list(spec.extra_args)
     return args
 
