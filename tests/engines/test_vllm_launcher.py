@@ -152,6 +152,7 @@ def test_every_flag_it_can_emit_is_a_vllm_0_33_0_flag():
         "tool_call_parser": "hermes",
         "reasoning_parser": "qwen3",
         "enable_server_load_tracking": True,
+        "enable_prompt_tokens_details": True,
         "disable_uvicorn_access_log": True,
         "max_num_seqs": "64",
         "seed": "7",
