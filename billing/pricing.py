@@ -115,4 +115,4 @@ def _sort_key(line: PricedLine):
     return (line.model, started, _KIND_ORDER.get(line.kind, 3))
 
 
-_KIND_ORDER = {TokenKind.INPUT: 0, TokenKind.CACHED: 1, TokenKind.OUTPUT: 2}
+_KIND_ORDER: dict[str, int] = {TokenKind.INPUT: 0, TokenKind.CACHED: 1, TokenKind.OUTPUT: 2}
