@@ -74,7 +74,7 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     # Of prompt_tokens, those the engine served from its prefix cache (priced as cached input).
-    cached_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0, db_default=0)
     status = models.CharField(max_length=24, choices=UsageStatus.choices)
     http_status = models.PositiveSmallIntegerField()
     latency_ms = models.PositiveIntegerField(default=0)
