@@ -680,6 +680,7 @@ class Proxy:
         if not _has_tokens(usage, "prompt_tokens"):
             if engine_usage is not None and _has_tokens(engine_usage, "prompt_tokens"):
                 event.prompt_tokens = engine_usage["prompt_tokens"]  # reported, though never delivered
+                event.cached_tokens = dialects.cached_tokens(engine_usage, event.prompt_tokens)
                 event.usage_source = _worse(event.usage_source, "engine")
             else:
                 await self._bill_prompt(fwd)
