@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import warnings
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -496,6 +497,17 @@ AUDIT_RETENTION_DAYS = env_int("BERTH_AUDIT_RETENTION_DAYS", 0, minimum=0)
 
 BILLING_PERIOD = env_str("BERTH_BILLING_PERIOD", "month")  # month | week | day (billing/periods.py)
 BILLING_CURRENCY = env_str("BERTH_BILLING_CURRENCY", "USD").upper()
+# A price without its own cached-input price charges prompt tokens served from the engine's prefix
+# cache at this fraction of its input price (models_registry.models.Price.cached_input_price).
+_cached_fraction = env_str("BERTH_CACHED_INPUT_FRACTION", "0.5")
+try:
+    CACHED_INPUT_FRACTION = Decimal(_cached_fraction)
+except ArithmeticError:
+    raise ImproperlyConfigured(
+        f"BERTH_CACHED_INPUT_FRACTION must be a number, not {_cached_fraction!r}"
+    ) from None
+if not CACHED_INPUT_FRACTION.is_finite() or not 0 <= CACHED_INPUT_FRACTION <= 1:
+    raise ImproperlyConfigured("BERTH_CACHED_INPUT_FRACTION must be between 0 and 1")
 # Who issues invoices: printed under the title of every invoice PDF (name, address, tax id).
 BILLING_ISSUER = env_str("BERTH_BILLING_ISSUER", "Berth inference platform")
 # Percent-of-limit budget alerts a new tenant gets; each tenant can change theirs in settings.

@@ -146,6 +146,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "tenant",
         "model",
         "prompt_tokens",
+        "cached_tokens",
         "completion_tokens",
         "status",
         "occurred_at",

@@ -73,6 +73,8 @@ class UsageRecord(models.Model):
     endpoint = models.CharField(max_length=32, choices=UsageEndpoint.choices)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # Of prompt_tokens, those the engine served from its prefix cache (priced as cached input).
+    cached_tokens = models.PositiveIntegerField(default=0, db_default=0)
     status = models.CharField(max_length=24, choices=UsageStatus.choices)
     http_status = models.PositiveSmallIntegerField()
     latency_ms = models.PositiveIntegerField(default=0)
@@ -193,6 +195,7 @@ class Invoice(models.Model):
 class TokenKind(models.TextChoices):
     INPUT = "input", "Input tokens"
     OUTPUT = "output", "Output tokens"
+    CACHED = "cached", "Cached input tokens"
 
 
 class InvoiceLine(models.Model):

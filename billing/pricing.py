@@ -5,6 +5,10 @@ One query groups a set of usage records by model and by the price row in effect 
 the middle of a period splits that model's usage exactly at the change. A LoRA adapter's usage is
 recorded under its served name (``<tenant slug>/<name>``) and priced by the adapter's own rows. Rollups could not do this
 (a price may change mid-hour), so invoices and spend are computed from the records.
+
+Prompt tokens the engine served from its prefix cache (``UsageRecord.cached_tokens``) are a line
+of their own (``TokenKind.CACHED``) at the price's cached-input price (``Price.cached_input_price``:
+its own, or a fraction of the input price); the input line holds the rest of the prompt.
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ class PricedLine:
     def unit_price(self) -> Decimal:
         if self.price is None:
             return Decimal("0")
-        return self.price.input_per_million if self.kind == TokenKind.INPUT else self.price.output_per_million
+        if self.kind == TokenKind.INPUT:
+            return self.price.input_per_million
+        if self.kind == TokenKind.CACHED:
+            return self.price.cached_input_price
+        return self.price.output_per_million
 
     def amount(self, currency: str) -> Decimal:
         return money.line_amount(self.tokens, self.unit_price, currency)
@@ -57,7 +65,7 @@ def _price_in_effect():
 
 
 def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_group: tuple = ()) -> list:
-    """Group ``records`` (UsageRecord queryset) into priced lines, input before output.
+    """Group ``records`` (UsageRecord queryset) into priced lines: input, cached input, output.
 
     ``late_before``: records that occurred before it are counted as late. ``extra_group``: more
     fields to group by (e.g. a day); each result then is ``(group_values, PricedLine)``.
@@ -71,6 +79,7 @@ def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_gr
             n_late=Count("pk", filter=late),
             prompt=Sum("prompt_tokens"),
             completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
         )
         .order_by(*extra_group, "model")
     )
@@ -83,7 +92,13 @@ def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_gr
                 f"{row['model']} is priced in {price.currency} but the bill is in {currency}; "
                 "add a price in the billing currency (BERTH_BILLING_CURRENCY)."
             )
-        for kind, tokens in ((TokenKind.INPUT, row["prompt"]), (TokenKind.OUTPUT, row["completion"])):
+        cached = row["cached"] or 0
+        kinds = (
+            (TokenKind.INPUT, (row["prompt"] or 0) - cached),
+            (TokenKind.CACHED, cached),
+            (TokenKind.OUTPUT, row["completion"]),
+        )
+        for kind, tokens in kinds:
             if not tokens:
                 continue
             line = PricedLine(row["model"], kind, int(tokens), price, row["n"], row["n_late"])
@@ -97,4 +112,7 @@ def priced_lines(records: QuerySet, *, currency: str, late_before=None, extra_gr
 
 def _sort_key(line: PricedLine):
     started = line.price.effective_from.timestamp() if line.price else 0.0
-    return (line.model, started, 0 if line.kind == TokenKind.INPUT else 1)
+    return (line.model, started, _KIND_ORDER.get(line.kind, 3))
+
+
+_KIND_ORDER: dict[str, int] = {TokenKind.INPUT: 0, TokenKind.CACHED: 1, TokenKind.OUTPUT: 2}

@@ -2,6 +2,8 @@
 
 Costs here are *estimates* per group (exact cost, rounded for display); the invoice is the bill.
 Month-to-date ``spend`` rounds per (model, price, kind) group exactly as an invoice line would.
+``cached_tokens`` are the part of ``prompt_tokens`` served from the engine's prefix cache (billed
+at the cached-input price); the cache hit rate is cached / prompt tokens.
 """
 
 from __future__ import annotations
@@ -40,10 +42,41 @@ class DayModelUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: Decimal = field(default_factory=lambda: Decimal("0"))  # exact, unrounded
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return hit_rate(self.cached_tokens, self.prompt_tokens)
+
+
+@dataclass
+class ModelUsage:
+    """One model's usage over a whole range (the per-model summary under the daily rows)."""
+
+    model: str
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = field(default_factory=lambda: Decimal("0"))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return hit_rate(self.cached_tokens, self.prompt_tokens)
+
+
+def hit_rate(cached: int, prompt: int) -> float | None:
+    """Cached prompt tokens as a fraction of all prompt tokens (0..1); None without a prompt."""
+    return cached / prompt if prompt else None
 
 
 def records(tenant, start: datetime, end: datetime, api_key_id=None):
@@ -61,25 +94,55 @@ def usage_by_day(tenant, start: datetime, end: datetime, *, api_key_id=None) -> 
         errors=Count("pk", filter=ERRORS),
         prompt=Sum("prompt_tokens"),
         completion=Sum("completion_tokens"),
+        cached=Sum("cached_tokens"),
     )
     for row in counts:
         rows[(row["day"], row["model"])] = DayModelUsage(
-            row["day"], row["model"], row["n"], row["errors"], row["prompt"] or 0, row["completion"] or 0
+            row["day"],
+            row["model"],
+            row["n"],
+            row["errors"],
+            row["prompt"] or 0,
+            row["completion"] or 0,
+            cached_tokens=row["cached"] or 0,
         )
     for (day,), line in pricing.priced_lines(qs, currency=settings.BILLING_CURRENCY, extra_group=("day",)):
         rows[(day, line.model)].cost += line.exact_cost()
     return sorted(rows.values(), key=lambda r: (r.day, r.model))
 
 
+def by_model(rows: list[DayModelUsage]) -> list[ModelUsage]:
+    """The daily rows summed per model over the range, by model name."""
+    out: dict[str, ModelUsage] = {}
+    for row in rows:
+        line = out.setdefault(row.model, ModelUsage(row.model))
+        line.requests += row.requests
+        line.errors += row.errors
+        line.prompt_tokens += row.prompt_tokens
+        line.cached_tokens += row.cached_tokens
+        line.completion_tokens += row.completion_tokens
+        line.cost += row.cost
+    return sorted(out.values(), key=lambda m: m.model)
+
+
 def totals(rows: list[DayModelUsage]) -> dict:
-    out: dict = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal("0")}
+    out: dict = {
+        "requests": 0,
+        "errors": 0,
+        "prompt_tokens": 0,
+        "cached_tokens": 0,
+        "completion_tokens": 0,
+        "cost": Decimal("0"),
+    }
     for row in rows:
         out["requests"] += row.requests
         out["errors"] += row.errors
         out["prompt_tokens"] += row.prompt_tokens
+        out["cached_tokens"] += row.cached_tokens
         out["completion_tokens"] += row.completion_tokens
         out["cost"] += row.cost
     out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    out["cache_hit_rate"] = hit_rate(out["cached_tokens"], out["prompt_tokens"])
     return out
 
 

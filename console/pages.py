@@ -122,6 +122,7 @@ def usage(request, tenant: Tenant):
         "end": end,
         "rows": rows,
         "totals": reports.totals(rows),
+        "per_model": reports.by_model(rows),
         "chart": _chart(rows, days),
         "can_bill": allows(request.user, tenant, PERM_VIEW_BILLING),
         "valid": valid,
@@ -189,15 +190,15 @@ def _csv_text(batches):
 
 
 _REQUEST_COLUMNS = (
-    "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
-    "status", "http_status", "latency_ms", "ttft_ms", "pk",
+    "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "cached_tokens",
+    "completion_tokens", "status", "http_status", "latency_ms", "ttft_ms", "pk",
 )  # fmt: skip
 
 
 def _csv_requests(tenant_id, lo, hi):
     yield [[
-        "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "completion_tokens",
-        "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
+        "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "cached_tokens",
+        "completion_tokens", "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
     ]]  # fmt: skip
     records = UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__gte=lo, occurred_at__lt=hi)
     page = records
@@ -206,9 +207,10 @@ def _csv_requests(tenant_id, lo, hi):
         if not batch:
             return
         yield [
-            [at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, completion,
+            [at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, cached, completion,
              prompt + completion, status, http, latency, "" if ttft is None else ttft]
-            for at, rid, model, endpoint, key, prompt, completion, status, http, latency, ttft, _ in batch
+            for at, rid, model, endpoint, key, prompt, cached, completion, status, http, latency, ttft, _
+            in batch
         ]  # fmt: skip
         if len(batch) < CSV_BATCH_ROWS:
             return
@@ -218,11 +220,13 @@ def _csv_requests(tenant_id, lo, hi):
 
 def _csv_days(tenant, lo, hi, can_bill: bool):
     # One row per day and model over at most MAX_RANGE_DAYS: small, so one query and one batch.
-    header = ["date", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
+    header = ["date", "model", "requests", "errors", "prompt_tokens", "cached_tokens", "cache_hit_rate",
+              "completion_tokens", "total_tokens"]  # fmt: skip
     rows = [[*header, "estimated_cost"] if can_bill else header]
     for row in reports.usage_by_day(tenant, lo, hi):
+        rate = "" if row.cache_hit_rate is None else f"{row.cache_hit_rate:.4f}"
         line = [row.day.isoformat(), row.model, row.requests, row.errors, row.prompt_tokens,
-                row.completion_tokens, row.total_tokens]  # fmt: skip
+                row.cached_tokens, rate, row.completion_tokens, row.total_tokens]  # fmt: skip
         rows.append([*line, f"{row.cost:.6f}"] if can_bill else line)
     yield rows
 

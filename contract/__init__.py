@@ -31,8 +31,9 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   ``embedding``), ``visibility`` (``public`` | ``private``), ``tenants`` (JSON list of tenant ids
   allowed a private model), ``created`` (epoch s), ``owned_by``, ``context_length`` (tokens, or
   empty), ``manifest_digest`` (``sha256:<hex>`` of the weights' manifest, or empty: see
-  ``integrity``), and with a price in effect ``price_input_micros`` / ``price_output_micros`` (per million
-  tokens). A model without this hash does not exist for the gateway. Written by
+  ``integrity``), and with a price in effect ``price_input_micros`` / ``price_output_micros`` /
+  ``price_cached_input_micros`` (per million tokens; cached input is the part of a prompt the
+  engine served from its prefix cache, see ``contract.spend``). A model without this hash does not exist for the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
   A ready LoRA adapter is mirrored the same way under its served name ``<tenant slug>/<name>``
   (``owned_by`` its tenant's slug, ``task``/``context_length`` its base's, its own price) plus
@@ -79,7 +80,7 @@ Written by the gateway:
 * ``demand:<public name>`` — epoch s of the last request that found no ready worker (``EX 60``);
   read by ``provisioning.autoscaler`` to scale a model up from zero.
 * ``usage`` — stream, one entry per admitted request, field ``e`` = the usage event
-  (``contract.usage``); consumer group ``billing`` (``billing.usage``) moves it to PostgreSQL.
+  (``contract.usage``; ``ct``, absent when 0, is the prompt's cached tokens); consumer group ``billing`` (``billing.usage``) moves it to PostgreSQL.
   ``usage:dead`` — stream of events PostgreSQL refused (kept, never dropped).
 * ``usage_ckpt`` — hash request id → the usage event of a long stream as delivered so far;
   ``usage_ckpt_due`` — sorted set request id → epoch ms after which that checkpoint counts as

@@ -10,8 +10,11 @@ The units, shared by the gateway and billing:
 
 * money on this path is an integer number of **micro-units** of the billing currency
   (1 USD = 1,000,000); a request's cost is rounded up to the next micro-unit;
-* the model mirror (``model:<name>`` hash) carries ``price_input_micros`` and
-  ``price_output_micros``: the current price per **million** tokens in micro-units (absent: free);
+* the model mirror (``model:<name>`` hash) carries ``price_input_micros``,
+  ``price_output_micros`` and ``price_cached_input_micros``: the current price per **million**
+  tokens in micro-units (absent: free; a cached price absent beside an input price: the input
+  price). Cached input tokens are the part of the prompt the engine served from its prefix cache;
+  they are priced at the cached price and the rest of the prompt at the input price;
 * the tenant mirror (``tenant:<id>`` hash) carries ``spend_limit_micros`` (absent or empty: no
   limit);
 * the counter is ``RedisNames.spend_counter(tenant id, period id)``, expiring
@@ -46,7 +49,23 @@ def to_micros(amount: Decimal | str | int) -> int:
     return int((Decimal(amount) * MICROS).to_integral_value(rounding=ROUND_CEILING))
 
 
-def cost_micros(prompt_tokens: int, completion_tokens: int, input_micros: int, output_micros: int) -> int:
-    """A request's cost in micro-units, from per-million-token prices in micro-units (rounded up)."""
-    total = prompt_tokens * input_micros + completion_tokens * output_micros
+def cost_micros(
+    prompt_tokens: int,
+    completion_tokens: int,
+    input_micros: int,
+    output_micros: int,
+    *,
+    cached_tokens: int = 0,
+    cached_micros: int | None = None,
+) -> int:
+    """A request's cost in micro-units, from per-million-token prices in micro-units (rounded up).
+
+    ``cached_tokens`` of the ``prompt_tokens`` are priced at ``cached_micros`` (None: the input
+    price), the rest of the prompt at ``input_micros``.
+    """
+    cached = min(max(cached_tokens, 0), prompt_tokens)
+    cached_price = input_micros if cached_micros is None else cached_micros
+    total = (
+        (prompt_tokens - cached) * input_micros + cached * cached_price + completion_tokens * output_micros
+    )
     return -(-total // MICROS)

@@ -38,6 +38,7 @@ WIRE_NAMES = {
     "worker": "w",
     "occurred_at_ms": "ts",
     "usage_source": "u",
+    "cached_tokens": "ct",
 }
 
 
@@ -61,6 +62,7 @@ class UsageEvent:
     ttft_ms: int | None = None
     worker: str | None = None
     usage_source: str | None = None  # None reads as "engine"
+    cached_tokens: int = 0  # of prompt_tokens, how many the engine served from its prefix cache
 
     def to_wire(self) -> dict[str, Any]:
         # Spelled out rather than looped over WIRE_NAMES: this runs once per request.
@@ -81,6 +83,8 @@ class UsageEvent:
         }
         if self.usage_source is not None:  # absent, as earlier gateways wrote it
             out["u"] = self.usage_source
+        if self.cached_tokens:  # absent when 0, so events without a cache hit stay byte-identical
+            out["ct"] = self.cached_tokens
         return out
 
     @classmethod
@@ -102,6 +106,7 @@ class UsageEvent:
                 ttft_ms=data.get("f"),
                 worker=data.get("w"),
                 usage_source=data.get("u"),
+                cached_tokens=data.get("ct", 0),
             )
         except KeyError as exc:
             raise MalformedUsageEvent(f"missing field {exc}") from None
@@ -173,10 +178,14 @@ def _problem(event: UsageEvent) -> str | None:
         and _int_ok(event.http_status)
         and _int_ok(event.latency_ms)
         and _int_ok(event.ttft_ms)
+        and _int_ok(event.cached_tokens)
+        and event.cached_tokens is not None
     ):
         return "token counts, HTTP status and times must be integers in [0, 2**31)"
     if not (_str_ok(event.endpoint) and _str_ok(event.status) and _str_ok(event.worker)):
         return "endpoint, status and worker must be strings"
     if event.usage_source is not None and event.usage_source not in USAGE_SOURCES:
         return f"unknown usage_source {event.usage_source!r}"
+    if event.cached_tokens > (event.prompt_tokens or 0):
+        return "cached_tokens cannot exceed prompt_tokens"
     return None

@@ -220,7 +220,7 @@ def tool_reply(engine: Engine, body: ChatRequest, tool: Tool, prompt_len: int) -
     )
     called = {"id": made.id, "type": "function", "function": {"name": made.name, "arguments": made.arguments}}
     if not body.stream:
-        whole = reply.whole("", "tool_calls", produced)
+        whole = reply.whole("", "tool_calls", produced, 0)
         whole["choices"][0]["message"].update(content=None, tool_calls=[called])
         return JSONResponse(whole)
     options = body.stream_options
@@ -244,7 +244,7 @@ def tool_reply(engine: Engine, body: ChatRequest, tool: Tool, prompt_len: int) -
         reply.chunk(choice({}, "tool_calls"), running(produced)),
     ]
     if include_usage:
-        events.append(reply.chunk(None, usage(prompt_len, produced)))
+        events.append(reply.chunk(None, usage(prompt_len, produced, 0)))
     events.append(b"data: [DONE]\n\n")
 
     async def send() -> AsyncIterator[bytes]:
@@ -291,8 +291,18 @@ async def completions(request: Request) -> Response:
     )
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; with ``cached`` (the final usage) also ``prompt_tokens_details``
+    with the prompt tokens the prefix cache served, as vLLM's ``--enable-prompt-tokens-details``
+    reports them (0, the field present, when nothing was cached)."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+    }
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -313,7 +323,7 @@ class Reply:
     def __post_init__(self) -> None:
         self.id = ("chatcmpl-" if self.kind == "chat" else "cmpl-") + uuid.uuid4().hex
 
-    def chunk(self, choice: dict[str, Any] | None, usage: dict[str, int] | None = None) -> bytes:
+    def chunk(self, choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
         payload: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk" if self.kind == "chat" else "text_completion",
@@ -334,7 +344,7 @@ class Reply:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-    def whole(self, text: str, finish: str, produced: int) -> dict[str, Any]:
+    def whole(self, text: str, finish: str, produced: int, cached: int) -> dict[str, Any]:
         """The non-streamed response."""
         if self.kind == "chat":
             choice: dict[str, Any] = {
@@ -351,7 +361,7 @@ class Reply:
             "created": self.created,
             "model": self.model,
             "choices": [choice],
-            "usage": usage(self.prompt_len, produced),
+            "usage": usage(self.prompt_len, produced, cached),
         }
 
 
@@ -389,7 +399,7 @@ async def stream_events(
     continuous: bool,
 ) -> AsyncIterator[bytes]:
     metrics, prompt_len = engine.metrics, reply.prompt_len
-    produced, reason, first = 0, "abort", True
+    produced, cached, reason, first = 0, 0, "abort", True
     try:
         if reply.kind == "chat":
             yield reply.chunk(
@@ -399,14 +409,14 @@ async def stream_events(
             if first:
                 metrics.ttft.observe(time.monotonic() - reply.started)
                 first = False
-            produced = step.completion_tokens
+            produced, cached = step.completion_tokens, step.cached_tokens
             if step.finish_reason is not None:
                 reason = step.finish_reason
             # As vLLM: the last piece of text rides on the chunk that carries finish_reason.
             running = usage(prompt_len, produced) if continuous else None
             yield reply.chunk(reply.delta(step.text, step.finish_reason), running)
         if include_usage:
-            yield reply.chunk(None, usage(prompt_len, produced))
+            yield reply.chunk(None, usage(prompt_len, produced, cached))
         yield b"data: [DONE]\n\n"
     except Exception:  # mid-stream failure: the status line is gone, say it in-band
         reason = "error"
@@ -491,4 +501,4 @@ async def collect(request: Request, engine: Engine, reply: Reply, steps: Any) ->
     got = await run(request, engine, reply.prompt_len, reply.started, steps)
     if got is None:
         return Response(status_code=499)
-    return JSONResponse(reply.whole(got.text, got.reason, got.produced))
+    return JSONResponse(reply.whole(got.text, got.reason, got.produced, got.cached_tokens))

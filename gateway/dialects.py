@@ -104,9 +104,35 @@ def normalize_usage(usage: Any) -> dict[str, int] | None:
     result: dict[str, int] = {}
     if prompt is not None:
         result["prompt_tokens"] = prompt
+        cached = cached_tokens(usage, prompt)
+        if cached:
+            result["cached_tokens"] = cached
     if completion is not None:
         result["completion_tokens"] = completion
     return result
+
+
+def cached_tokens(usage: Any, prompt_tokens: int) -> int:
+    """Of ``prompt_tokens``, how many the engine served from its prefix cache (0 when unsaid).
+
+    Read from the dict the usage already is (no parse): a normalized usage's ``cached_tokens``,
+    OpenAI's ``prompt_tokens_details.cached_tokens`` (chat, completions),
+    ``input_tokens_details.cached_tokens`` (Responses) or Anthropic's ``cache_read_input_tokens``
+    (Messages). Never more than the prompt, so a confused engine cannot bill below zero.
+    """
+    if not isinstance(usage, dict):
+        return 0
+    found = _count(usage.get("cached_tokens"))
+    if found is None:
+        for name in ("prompt_tokens_details", "input_tokens_details"):
+            details = usage.get(name)
+            if isinstance(details, dict):
+                found = _count(details.get("cached_tokens"))
+                if found is not None:
+                    break
+    if found is None:
+        found = _count(usage.get("cache_read_input_tokens"))
+    return min(found or 0, max(prompt_tokens, 0))
 
 
 def answer_usage(answer: Any) -> dict[str, int] | None:

@@ -89,6 +89,7 @@ class Metering:
                     lease,
                     prompt_tokens=event.prompt_tokens or 0,
                     completion_tokens=event.completion_tokens or 0,
+                    cached_tokens=event.cached_tokens,
                 )
             )
         try:

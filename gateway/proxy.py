@@ -247,6 +247,7 @@ class Proxy:
             self._reservation(body, endpoint, checked, info),
             price_input_micros=info.price_input_micros,
             price_output_micros=info.price_output_micros,
+            price_cached_input_micros=info.price_cached_input_micros,
         )
 
         modified = guard is not None and guard.modified
@@ -491,6 +492,7 @@ class Proxy:
                 event.prompt_tokens = usage["prompt_tokens"]
                 completion = usage.get("completion_tokens")
                 event.completion_tokens = completion if type(completion) is int and completion >= 0 else 0
+                event.cached_tokens = dialects.cached_tokens(usage, event.prompt_tokens)
                 event.usage_source = "engine"
             else:
                 # An engine that reports no usage is counted, and the record says how.
@@ -678,6 +680,7 @@ class Proxy:
         if not _has_tokens(usage, "prompt_tokens"):
             if engine_usage is not None and _has_tokens(engine_usage, "prompt_tokens"):
                 event.prompt_tokens = engine_usage["prompt_tokens"]  # reported, though never delivered
+                event.cached_tokens = dialects.cached_tokens(engine_usage, event.prompt_tokens)
                 event.usage_source = _worse(event.usage_source, "engine")
             else:
                 await self._bill_prompt(fwd)
@@ -690,6 +693,7 @@ class Proxy:
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
         event.prompt_tokens = prompt if type(prompt) is int and prompt >= 0 else 0
+        event.cached_tokens = dialects.cached_tokens(usage, event.prompt_tokens)
         source = "engine"
         if type(completion) is int and completion >= 0:
             event.completion_tokens = completion

@@ -139,6 +139,7 @@ class Lease:
     spend_key: str = ""
     price_input_micros: int = 0
     price_output_micros: int = 0
+    price_cached_input_micros: int | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     settled: bool = False
 
@@ -176,6 +177,7 @@ class Quotas:
         *,
         price_input_micros: int = 0,
         price_output_micros: int = 0,
+        price_cached_input_micros: int | None = None,
     ) -> Lease:
         """Check and take every quota at once; the prices are the model's (the cost is settled)."""
         now_ms = int(time.time() * 1000)
@@ -248,6 +250,7 @@ class Quotas:
             spend_key=spend_key,
             price_input_micros=price_input_micros,
             price_output_micros=price_output_micros,
+            price_cached_input_micros=price_cached_input_micros,
             headers=headers,
         )
         self.in_flight[request_id] = lease
@@ -294,16 +297,23 @@ class Quotas:
             headers = [h for h in headers if h[0] != b"retry-after"]
         return GatewayError(429, message, type=code, code=code, headers=headers)
 
-    def settle_command(self, lease: Lease, *, prompt_tokens: int, completion_tokens: int) -> tuple:
+    def settle_command(
+        self, lease: Lease, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+    ) -> tuple:
         """The settlement as one command (sent with the usage event); marks the lease settled.
 
         Tokens reserved become the actual count, the concurrency lease is freed, and the request's
-        cost at the model's prices is added to the tenant's spend counter for the period.
+        cost at the model's prices (cached prompt tokens at the cached input price) is added to the tenant's spend counter for the period.
         """
         lease.settled = True
         self.in_flight.pop(lease.request_id, None)
         cost = spend.cost_micros(
-            prompt_tokens, completion_tokens, lease.price_input_micros, lease.price_output_micros
+            prompt_tokens,
+            completion_tokens,
+            lease.price_input_micros,
+            lease.price_output_micros,
+            cached_tokens=cached_tokens,
+            cached_micros=lease.price_cached_input_micros,
         )
         return (
             "EVALSHA",

@@ -58,6 +58,7 @@ class ModelInfo:
     context_length: int | None = None
     price_input_micros: int = 0
     price_output_micros: int = 0
+    price_cached_input_micros: int | None = None  # None: cached input costs the input price
     # LoRA adapters only (gateway.adapters): the base model whose workers serve it, and what the
     # engine's load call takes as lora_path.
     parent: str | None = None
@@ -92,6 +93,13 @@ def _positive_int(value: str | None) -> int | None:
         logger.warning("ignoring malformed number %r in the model mirror", value)
         return None
     return number if number is not None and number > 0 else None
+
+
+def _price_or_none(value: str | None) -> int | None:
+    """A mirrored price that may be 0 (free): None only when absent or malformed."""
+    if value in (None, ""):
+        return None
+    return 0 if value == "0" else _positive_int(value)
 
 
 class Router:
@@ -132,6 +140,7 @@ class Router:
             context_length=_positive_int(raw.get("context_length")),
             price_input_micros=_positive_int(raw.get("price_input_micros")) or 0,
             price_output_micros=_positive_int(raw.get("price_output_micros")) or 0,
+            price_cached_input_micros=_price_or_none(raw.get("price_cached_input_micros")),
             parent=raw.get("parent") or None,
             adapter_id=raw.get("adapter_id", ""),
             adapter_source=raw.get("adapter_source", ""),

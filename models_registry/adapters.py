@@ -249,6 +249,12 @@ def add_initial_price(*, adapter: LoraAdapter) -> Price | None:
         adapter=adapter,
         input_per_million=surcharged(base_price.input_per_million, percent),
         output_per_million=surcharged(base_price.output_per_million, percent),
+        # the base's own cached-input price carries the surcharge too; unset, both use the fraction
+        cached_input_per_million=(
+            surcharged(base_price.cached_input_per_million, percent)
+            if base_price.cached_input_per_million is not None
+            else None
+        ),
         currency=base_price.currency,
         effective_from=adapter.created_at,
     )

@@ -17,7 +17,14 @@ class PriceInline(admin.TabularInline):
     model = Price
     extra = 0
     can_delete = False
-    fields = ["input_per_million", "output_per_million", "currency", "effective_from", "created_at"]
+    fields = [
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "currency",
+        "effective_from",
+        "created_at",
+    ]
     readonly_fields = ["created_at"]
 
     def has_change_permission(self, request, obj=None):
@@ -77,6 +84,7 @@ class PriceAdmin(admin.ModelAdmin):
         "adapter",
         "input_per_million",
         "output_per_million",
+        "cached_input_price",
         "currency",
         "effective_from",
         "created_at",
@@ -93,6 +101,12 @@ class PriceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Cached input / M")
+    def cached_input_price(self, obj):
+        """The row's own cached-input price, or the fraction of its input price it falls back to."""
+        own = obj.cached_input_per_million
+        return own if own is not None else f"{obj.cached_input_price} (default)"
 
 
 class AdapterPriceInline(PriceInline):

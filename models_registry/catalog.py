@@ -80,6 +80,7 @@ def add_price(*, price: Price) -> Price:
                     "adapter_id",
                     "input_per_million",
                     "output_per_million",
+                    "cached_input_per_million",
                     "currency",
                     "effective_from",
                 ),

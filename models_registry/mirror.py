@@ -22,7 +22,7 @@ from berth.redis import get_redis, mirror_write, names
 from contract import invalidation
 from contract.spend import to_micros
 
-PRICE_FIELDS = ("price_input_micros", "price_output_micros")
+PRICE_FIELDS = ("price_input_micros", "price_output_micros", "price_cached_input_micros")
 
 
 def price_fields(model, now=None) -> dict[str, str]:
@@ -36,6 +36,7 @@ def price_fields(model, now=None) -> dict[str, str]:
     return {
         "price_input_micros": str(to_micros(price.input_per_million)),
         "price_output_micros": str(to_micros(price.output_per_million)),
+        "price_cached_input_micros": str(to_micros(price.cached_input_price)),
     }
 
 

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
@@ -46,7 +47,8 @@ class ModelQuerySet(models.QuerySet):
         return self.filter(Q(visibility=Visibility.PUBLIC) | Q(pk__in=granted))
 
     def with_current_price(self, at: datetime | None = None) -> ModelQuerySet:
-        """Annotate ``price_input``/``price_output``/``price_currency``/``price_from``: the price in
+        """Annotate ``price_input``/``price_output``/``price_cached_own`` (the row's own cached-input
+        price, None: a fraction of input)/``price_currency``/``price_from``: the price in
         effect at ``at`` (now), in the same query (the API's model list and the console use it)."""
         current = Price.objects.filter(
             model=OuterRef("pk"), effective_from__lte=at or timezone.now()
@@ -54,6 +56,7 @@ class ModelQuerySet(models.QuerySet):
         return self.annotate(
             price_input=Subquery(current.values("input_per_million")[:1]),
             price_output=Subquery(current.values("output_per_million")[:1]),
+            price_cached_own=Subquery(current.values("cached_input_per_million")[:1]),
             price_currency=Subquery(current.values("currency")[:1]),
             price_from=Subquery(current.values("effective_from")[:1]),
         )
@@ -143,6 +146,16 @@ class Model(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def price_cached_input(self) -> Decimal | None:
+        """With ``with_current_price``: the cached-input price in effect (its own or the default
+        fraction of the input price); None without a price."""
+        price_input = getattr(self, "price_input", None)
+        if price_input is None:
+            return None
+        own = getattr(self, "price_cached_own", None)
+        return Price(input_per_million=price_input, cached_input_per_million=own).cached_input_price
 
     def clean(self) -> None:
         if not isinstance(self.engine_args, list) or not all(isinstance(a, str) for a in self.engine_args):
@@ -276,6 +289,17 @@ class Price(models.Model):
     output_per_million = models.DecimalField(
         max_digits=12, decimal_places=6, validators=[MinValueValidator(0)]
     )
+    # Prompt tokens the engine served from its prefix cache; empty: the input price times
+    # BERTH_CACHED_INPUT_FRACTION (``cached_input_price``).
+    cached_input_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        validators=[MinValueValidator(0)],
+        null=True,
+        blank=True,
+        help_text="Per million cached input tokens (prefix-cache hits). Empty: the input price "
+        "times BERTH_CACHED_INPUT_FRACTION.",
+    )
     currency = models.CharField(max_length=3, default=DEFAULT_CURRENCY)
     effective_from = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -316,6 +340,15 @@ class Price(models.Model):
     @property
     def served_name(self) -> str:
         return self.adapter.served_name if self.adapter_id else str(self.model)
+
+    @property
+    def cached_input_price(self) -> Decimal:
+        """Per million cached input tokens: the row's own, else the input price times
+        ``BERTH_CACHED_INPUT_FRACTION`` (to the field's six places)."""
+        if self.cached_input_per_million is not None:
+            return Decimal(self.cached_input_per_million)
+        fraction = settings.CACHED_INPUT_FRACTION
+        return (Decimal(self.input_per_million) * fraction).quantize(Decimal("0.000001"))
 
 
 class LoraAdapterQuerySet(models.QuerySet):

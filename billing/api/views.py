@@ -57,6 +57,10 @@ class UsageRowSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField(
+        help_text="Of prompt_tokens, those served from the prefix cache."
+    )
+    cache_hit_rate = serializers.FloatField(allow_null=True, help_text="cached_tokens / prompt_tokens.")
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(
@@ -68,6 +72,9 @@ class UsageTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
+    # absent from the totals of usage grouped by key or member
+    cached_tokens = serializers.IntegerField(required=False)
+    cache_hit_rate = serializers.FloatField(allow_null=True, required=False)
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
     cost = serializers.DecimalField(max_digits=20, decimal_places=6, required=False)
@@ -86,6 +93,12 @@ class UsageGroupSerializer(serializers.Serializer):
     cost = serializers.DecimalField(max_digits=20, decimal_places=6, required=False)
 
 
+class ModelUsageSerializer(UsageTotalsSerializer):
+    """One model's usage over the whole range (its cache hit rate among it)."""
+
+    model = serializers.CharField()
+
+
 class UsageReportSerializer(serializers.Serializer):
     """The answer's shape, for the schema: the range, one row per day and model (or, with
     ``group_by``, one per key or member), and totals."""
@@ -99,6 +112,8 @@ class UsageReportSerializer(serializers.Serializer):
         resource_type_field_name=None,
         many=True,
     )
+    # per model over the range, with its cache hit rate (absent with group_by)
+    models = ModelUsageSerializer(many=True, required=False)
     totals = UsageTotalsSerializer()
 
 
@@ -129,14 +144,15 @@ class UsageView(APIView):
             return self._grouped(request, tenant, query.validated_data["group_by"], start, end, key_id)
         rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end), api_key_id=key_id)
         data = UsageRowSerializer(rows, many=True).data
+        per_model = ModelUsageSerializer(reports.by_model(rows), many=True).data
         totals = reports.totals(rows)
         if not allows(request.user, tenant, PERM_VIEW_BILLING):
-            for row in data:
+            for row in [*data, *per_model]:
                 row.pop("cost", None)
             totals.pop("cost")
         else:
             totals["cost"] = f"{totals['cost']:.6f}"
-        return Response({"start": start, "end": end, "data": data, "totals": totals})
+        return Response({"start": start, "end": end, "data": data, "models": per_model, "totals": totals})
 
     def _grouped(self, request, tenant, group_by: str, start, end, key_id):
         """Usage per API key or per member over the range (one row each, most tokens first)."""

@@ -37,3 +37,12 @@ def thousands(value):
 def last_day(end):
     """The last day inside a half-open period ending at ``end``."""
     return end - timedelta(microseconds=1)
+
+
+@register.filter
+def percent(value):
+    """A 0..1 fraction as a whole-ish percentage ("42%", "0.5%"); an em dash when there is none."""
+    if value is None or value == "":
+        return "—"
+    share = float(value) * 100
+    return f"{share:.1f}%" if 0 < share < 10 else f"{share:.0f}%"

@@ -113,3 +113,45 @@ def test_it_rejects_a_salt_that_is_not_a_non_empty_string(chat_engine, salt):
     assert error["type"] == "invalid_request_error"
     assert error["param"] == "cache_salt"
     assert "cache_salt" in error["message"]
+
+
+def test_usage_reports_the_prompt_tokens_the_prefix_cache_served(chat_engine):
+    """``usage.prompt_tokens_details.cached_tokens`` on chat and completions, whole and in the
+    streamed usage chunk, equal to the hits the engine's counter saw (0, present, on a miss)."""
+    prompt = long_prefix()
+    with openai.OpenAI(base_url=chat_engine.base_url, api_key=chat_engine.spec.api_key, max_retries=0) as c:
+        model = chat_engine.spec.served_name
+        extra = {"cache_salt": "tenant-f", "ignore_eos": True}
+
+        def hits_and_usage(call) -> tuple[float, object]:
+            before = counters(chat_engine)[1]
+            usage = call()
+            return counters(chat_engine)[1] - before, usage
+
+        hit, usage = hits_and_usage(
+            lambda: c.completions.create(model=model, prompt=prompt, max_tokens=2, extra_body=extra).usage
+        )
+        assert hit == 0 and usage.prompt_tokens_details.cached_tokens == 0
+
+        hit, usage = hits_and_usage(
+            lambda: c.completions.create(model=model, prompt=prompt, max_tokens=2, extra_body=extra).usage
+        )
+        assert hit >= 3 * PAGE_SIZE and usage.prompt_tokens_details.cached_tokens == hit
+
+        def streamed_chat():
+            chunks = list(
+                c.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "system", "content": prompt}, {"role": "user", "content": "Hi"}],
+                    max_tokens=2,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body=extra,
+                )
+            )
+            assert all(chunk.usage is None for chunk in chunks[:-1])
+            return chunks[-1].usage
+
+        streamed_chat()  # caches the chat prompt's blocks
+        hit, usage = hits_and_usage(streamed_chat)
+        assert hit >= 3 * PAGE_SIZE and usage.prompt_tokens_details.cached_tokens == hit

@@ -5,12 +5,19 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from models_registry.constants import AdapterSourceKind
-from models_registry.models import LoraAdapter, Model
+from models_registry.models import LoraAdapter, Model, Price
 
 
 class PriceSerializer(serializers.Serializer):
     input_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
     output_per_million = serializers.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_million = serializers.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        source="cached_input_price",
+        help_text="Per million input tokens served from the prefix cache (the price's own, or the "
+        "input price times the operator's cached-input fraction).",
+    )
     currency = serializers.CharField()
     effective_from = serializers.DateTimeField()
 
@@ -41,14 +48,14 @@ class ModelSerializer(serializers.ModelSerializer):
         # Filled by the view's annotations: one query for the whole page, not one per model.
         if getattr(model, "price_input", None) is None:
             return None
-        return PriceSerializer(
-            {
-                "input_per_million": model.price_input,
-                "output_per_million": model.price_output,
-                "currency": model.price_currency,
-                "effective_from": model.price_from,
-            }
-        ).data
+        price = Price(
+            input_per_million=model.price_input,
+            output_per_million=model.price_output,
+            cached_input_per_million=getattr(model, "price_cached_own", None),
+            currency=model.price_currency,
+            effective_from=model.price_from,
+        )
+        return PriceSerializer(price).data
 
 
 class AdapterSerializer(serializers.ModelSerializer):

@@ -17,6 +17,9 @@ Choices worth knowing:
 * **Always ``--enable-server-load-tracking``** (feeds ``GET /load`` for routing) and
   **``--disable-uvicorn-access-log``** (one line per request and per health probe is noise; the
   gateway records every request).
+* **Always ``--enable-prompt-tokens-details``**: usage then carries
+  ``prompt_tokens_details.cached_tokens``, the prompt tokens served from the prefix cache, which
+  the gateway meters and billing prices at the cached-input price.
 * **GPUs are chosen with ``CUDA_VISIBLE_DEVICES``** (vLLM uses the first TP devices it sees). A
   Kubernetes pod leaves ``gpu_indices`` empty: the device plugin already exposes only its GPUs.
 * **Booleans are only emitted when set**, as ``--enable-prefix-caching`` or
@@ -133,6 +136,11 @@ MANAGED_OPTIONS: dict[str, tuple[str, ...]] = {
         "--disable-server-load-tracking",
         "--no-enable-server-load-tracking",
     ),
+    "enable_prompt_tokens_details": (
+        "--enable-prompt-tokens-details",
+        "--disable-prompt-tokens-details",
+        "--no-enable-prompt-tokens-details",
+    ),
     "disable_uvicorn_access_log": (
         "--disable-uvicorn-access-log",
         "--enable-uvicorn-access-log",
@@ -203,7 +211,11 @@ def serve_args(spec: EngineSpec) -> list[str]:
         args += ["--reasoning-parser", spec.reasoning_parser]
     if spec.download_dir:
         args += ["--download-dir", spec.download_dir]
-    args += ["--enable-server-load-tracking", "--disable-uvicorn-access-log"]
+    args += [
+        "--enable-server-load-tracking",
+        "--enable-prompt-tokens-details",
+        "--disable-uvicorn-access-log",
+    ]
     args += list(spec.extra_args)
     return args
 

@@ -64,6 +64,7 @@ def event_for(tenant_id: str, **fields: Any) -> UsageEvent:
         "ttft_ms": 9,
         "worker": "w1",
         "usage_source": "tokenizer",
+        "cached_tokens": 5,
     }
     return UsageEvent(**{**values, **fields})
 
@@ -96,7 +97,17 @@ def test_what_the_gateway_records_is_what_billing_writes():
         "w1",
         "tokenizer",
     )
+    assert record.cached_tokens == 5
     assert int(record.occurred_at.timestamp() * 1000) == event.occurred_at_ms
+
+
+def test_cached_tokens_travel_as_ct_and_are_absent_when_there_are_none():
+    cached = event_for(str(uuid.uuid4()), cached_tokens=8)
+    assert cached.to_wire()["ct"] == 8
+    assert UsageEvent.decode(cached.encode()).cached_tokens == 8
+    plain = event_for(str(uuid.uuid4()), cached_tokens=0)
+    assert "ct" not in plain.to_wire()  # byte-identical to what gateways wrote before the field
+    assert UsageEvent.decode(plain.encode()).cached_tokens == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -155,6 +166,9 @@ def test_the_dataclass_is_what_the_wire_mapping_and_the_database_know():
         {"h": True},
         {"w": 5},
         {"u": "guess"},
+        {"ct": -1},
+        {"ct": "3"},
+        {"ct": 12},  # more than the 11 prompt tokens
     ],
 )
 def test_billing_refuses_what_postgresql_could_not_take(change):

@@ -114,6 +114,7 @@ def test_it_builds_the_exact_command_line():
         "--tensor-parallel-size",
         "2",
         "--enable-server-load-tracking",
+        "--enable-prompt-tokens-details",
         "--disable-uvicorn-access-log",
     ]
     assert launch.env == {"VLLM_API_KEY": "wk-secret-123", "CUDA_VISIBLE_DEVICES": "2,3"}
@@ -151,6 +152,7 @@ def test_every_flag_it_can_emit_is_a_vllm_0_33_0_flag():
         "tool_call_parser": "hermes",
         "reasoning_parser": "qwen3",
         "enable_server_load_tracking": True,
+        "enable_prompt_tokens_details": True,
         "disable_uvicorn_access_log": True,
         "max_num_seqs": "64",
         "seed": "7",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.dialects import TypedStream, anthropic_error_body, normalize_usage, prefix
+from gateway.dialects import TypedStream, anthropic_error_body, cached_tokens, normalize_usage, prefix
 
 
 def sse(kind: str, data: dict) -> bytes:
@@ -75,10 +75,29 @@ def test_usage_shapes_map_to_prompt_and_completion():
     assert normalize_usage({"input_tokens": 3, "output_tokens": 2, "cache_read_input_tokens": 5}) == {
         "prompt_tokens": 8,
         "completion_tokens": 2,
+        "cached_tokens": 5,
     }
     assert normalize_usage({"total_tokens": 11}) == {"prompt_tokens": 11, "completion_tokens": 0}
     assert normalize_usage({"prompt_tokens": -1}) is None
     assert normalize_usage("nope") is None
+
+
+def test_cached_prompt_tokens_are_read_from_every_usage_shape():
+    chat = {"prompt_tokens": 130, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 128}}
+    assert normalize_usage(chat) == {"prompt_tokens": 130, "completion_tokens": 2, "cached_tokens": 128}
+    assert cached_tokens(chat, 130) == 128  # a raw streamed usage chunk, read as it is
+    responses = {"input_tokens": 70, "output_tokens": 1, "input_tokens_details": {"cached_tokens": 64}}
+    assert normalize_usage(responses) == {"prompt_tokens": 70, "completion_tokens": 1, "cached_tokens": 64}
+    # vLLM without --enable-prompt-tokens-details, or nothing cached: no discount
+    assert cached_tokens({"prompt_tokens": 9, "prompt_tokens_details": None}, 9) == 0
+    assert "cached_tokens" not in normalize_usage(
+        {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 0}}
+    )
+    # never more than the prompt, never negative, never a non-integer
+    assert cached_tokens({"prompt_tokens_details": {"cached_tokens": 500}}, 130) == 130
+    assert cached_tokens({"prompt_tokens_details": {"cached_tokens": -3}}, 130) == 0
+    assert cached_tokens({"prompt_tokens_details": {"cached_tokens": "64"}}, 130) == 0
+    assert cached_tokens(None, 130) == 0
 
 
 def test_errors_become_anthropic_errors_by_status():

@@ -222,6 +222,7 @@ def test_the_mirror_entry_is_the_contracts(
         "context_length": "2048",
         "price_input_micros": "100000",
         "price_output_micros": "400000",
+        "price_cached_input_micros": "50000",  # half the input price: BERTH_CACHED_INPUT_FRACTION
         "parent": "tiny-chat",
         "adapter_id": str(adapter.pk),
         "adapter_source": str(allowed / "a"),
