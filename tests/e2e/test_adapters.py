@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -93,6 +94,18 @@ def test_an_adapter_added_in_the_console_is_served_metered_priced_and_private(
     assert streamed == reply.choices[0].message.content
     assert reply.choices[0].message.content != base.choices[0].message.content  # the adapter answered
     assert served in {m.id for m in sdk.models.list()}
+    # The Responses API and Anthropic's Messages answer through the adapter too, under its name.
+    answered = sdk.responses.create(
+        model=served, input=MESSAGES[0]["content"], max_output_tokens=12, temperature=0
+    )
+    assert answered.model == served
+    assert answered.output_text == reply.choices[0].message.content
+    claude = anthropic.Anthropic(base_url=e2e_gateway.url, api_key=sdk.api_key, max_retries=0)
+    message = claude.messages.create(
+        model=served, max_tokens=12, messages=MESSAGES, extra_body={"temperature": 0}
+    )
+    assert message.model == served
+    assert message.content[0].text == reply.choices[0].message.content
 
     other = openai.OpenAI(base_url=e2e_gateway.url + "/v1", api_key=make_key(make_tenant()), max_retries=0)
     with pytest.raises(openai.NotFoundError) as caught:
@@ -105,6 +118,8 @@ def test_an_adapter_added_in_the_console_is_served_metered_priced_and_private(
     engine_said = [
         (reply.usage.prompt_tokens, reply.usage.completion_tokens),
         (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens),
+        (answered.usage.input_tokens, answered.usage.output_tokens),
+        (message.usage.input_tokens, message.usage.output_tokens),
     ]
     assert sorted((r.prompt_tokens, r.completion_tokens) for r in records) == sorted(engine_said)
     assert not UsageRecord.objects.exclude(tenant=tenant).filter(model=served).exists()
@@ -124,7 +139,7 @@ def test_an_adapter_added_in_the_console_is_served_metered_priced_and_private(
     api.force_login(world["owner"])
     usage = api.get("/api/v1/usage", {"start": day, "end": day}).json()
     [mine] = [r for r in usage["data"] if r["model"] == served]
-    assert (mine["prompt_tokens"], mine["completion_tokens"], mine["requests"]) == (prompt, completion, 2)
+    assert (mine["prompt_tokens"], mine["completion_tokens"], mine["requests"]) == (prompt, completion, 4)
     assert Decimal(mine["cost"]) == cost.quantize(Decimal(mine["cost"]))
 
     # The invoice.
