@@ -154,13 +154,17 @@ def sse(kind: str, payload: dict[str, Any]) -> bytes:
 
 
 def message(
-    engine: Engine, message_id: str, content: list[dict[str, Any]], usage: dict[str, int]
+    engine: Engine,
+    message_id: str,
+    content: list[dict[str, Any]],
+    usage: dict[str, int],
+    model: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
-        "model": engine.served_name,
+        "model": model or engine.served_name,  # a LoRA adapter's name when the request named one
         "content": content,
         "stop_reason": None,
         "stop_sequence": None,
@@ -187,10 +191,10 @@ async def create(request: Request) -> Response:
     message_id = f"msg_{uuid.uuid4().hex}"
     if tool is not None:
         return tool_use(engine, body, tool, message_id, len(prompt_ids))
-    steps = engine.backend.generate(prompt_ids, params, cache_salt=body.cache_salt)
+    steps = engine.steps(body.model, prompt_ids, params, body.cache_salt)
     started = time.monotonic()
     if body.stream:
-        events = stream(request, engine, message_id, len(prompt_ids), steps, started)
+        events = stream(request, engine, message_id, len(prompt_ids), steps, started, model=body.model)
         return StreamingResponse(events, media_type="text/event-stream")
     got = await routes.run(request, engine, len(prompt_ids), started, steps)
     if got is None:
@@ -200,6 +204,7 @@ async def create(request: Request) -> Response:
         message_id,
         [{"type": "text", "text": got.text}],
         {"input_tokens": len(prompt_ids), "output_tokens": got.produced},
+        body.model,
     )
     whole["stop_reason"] = "stop_sequence" if got.stop_sequence else STOP_REASONS.get(got.reason, "end_turn")
     whole["stop_sequence"] = got.stop_sequence
@@ -215,10 +220,12 @@ def tool_use(engine: Engine, body: MessagesRequest, tool: Tool, message_id: str,
     block_id = f"toolu_{uuid.uuid4().hex}"
     block = {"type": "tool_use", "id": block_id, "name": made.name, "input": json.loads(made.arguments)}
     if not body.stream:
-        whole = message(engine, message_id, [block], {"input_tokens": prompt_len, "output_tokens": produced})
+        whole = message(
+            engine, message_id, [block], {"input_tokens": prompt_len, "output_tokens": produced}, body.model
+        )
         whole["stop_reason"] = "tool_use"
         return JSONResponse(whole)
-    opening = message(engine, message_id, [], {"input_tokens": prompt_len, "output_tokens": 0})
+    opening = message(engine, message_id, [], {"input_tokens": prompt_len, "output_tokens": 0}, body.model)
     events = [
         sse("message_start", {"message": opening}),
         sse("content_block_start", {"index": 0, "content_block": {**block, "input": {}}}),
@@ -245,12 +252,18 @@ def tool_use(engine: Engine, body: MessagesRequest, tool: Tool, message_id: str,
 
 
 async def stream(
-    request: Request, engine: Engine, message_id: str, prompt_len: int, steps: Any, started: float
+    request: Request,
+    engine: Engine,
+    message_id: str,
+    prompt_len: int,
+    steps: Any,
+    started: float,
+    model: str | None = None,
 ) -> AsyncIterator[bytes]:
     metrics = engine.metrics
     produced, reason, stop_sequence, first = 0, "abort", None, True
     try:
-        opening = message(engine, message_id, [], {"input_tokens": prompt_len, "output_tokens": 0})
+        opening = message(engine, message_id, [], {"input_tokens": prompt_len, "output_tokens": 0}, model)
         yield sse("message_start", {"message": opening})
         yield sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
         async for step in steps:

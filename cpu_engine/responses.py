@@ -212,7 +212,7 @@ def new_body(engine: Engine, body: ResponsesRequest, params: SamplingParams) -> 
         "id": _id("resp"),
         "object": "response",
         "created_at": int(time.time()),
-        "model": engine.served_name,
+        "model": body.model or engine.served_name,  # a LoRA adapter's name when the request named one
         "status": "in_progress",
         "background": body.background,
         "error": None,
@@ -313,7 +313,7 @@ async def create(request: Request) -> Response:
     stored = Stored(body=response, conversation=made.conversation)
     if made.tool is not None:
         return tool_response(engine, made, stored)
-    steps = engine.backend.generate(made.prompt_ids, made.params, cache_salt=body.cache_salt)
+    steps = engine.steps(body.model, made.prompt_ids, made.params, body.cache_salt)
     started = time.monotonic()
     if body.stream:
         return StreamingResponse(

@@ -212,7 +212,7 @@ async def chat_completions(request: Request) -> Response:
 def tool_reply(engine: Engine, body: ChatRequest, tool: Tool, prompt_len: int) -> Response:
     """The forced call of ``tool`` (see ``cpu_engine.tools``), whole or streamed as vLLM does:
     the call's id and name first, then its arguments, then finish_reason "tool_calls"."""
-    reply = Reply(kind="chat", model=engine.served_name, prompt_len=prompt_len)
+    reply = Reply(kind="chat", model=body.model or engine.served_name, prompt_len=prompt_len)
     made = tools_call(tool)
     produced = engine.backend.count_text_tokens(made.arguments)
     engine.metrics.finished(

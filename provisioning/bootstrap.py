@@ -22,6 +22,8 @@ from models_registry.models import Deployment, Model, Price
 
 logger = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "tiny-chat"
+# Tenants' LoRA adapters of tiny-chat are served on first run: its engine takes this many at once.
+DEFAULT_MAX_LORAS = 4
 EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"
 
 
@@ -37,7 +39,15 @@ def ensure_default_models() -> str | None:
     if not (folder / "config.json").exists():
         create_tiny_model(folder)
     with transaction.atomic():
-        _register(DEFAULT_MODEL_NAME, folder, Task.CHAT, 2048, Decimal("0.10"), Decimal("0.20"))
+        _register(
+            DEFAULT_MODEL_NAME,
+            folder,
+            Task.CHAT,
+            2048,
+            Decimal("0.10"),
+            Decimal("0.20"),
+            max_loras=DEFAULT_MAX_LORAS,
+        )
         registered = [DEFAULT_MODEL_NAME]
         embedding_folder = _embedding_folder()
         if embedding_folder is not None:
@@ -49,7 +59,14 @@ def ensure_default_models() -> str | None:
 
 
 def _register(
-    name: str, folder: Path, task: str, context_length: int, input_price: Decimal, output_price: Decimal
+    name: str,
+    folder: Path,
+    task: str,
+    context_length: int,
+    input_price: Decimal,
+    output_price: Decimal,
+    *,
+    max_loras: int = 0,
 ) -> None:
     """A local model with one always-on CPU replica (up to two) and its price."""
     model = catalog.save_model(
@@ -62,7 +79,12 @@ def _register(
         )
     )
     Deployment.objects.create(
-        model=model, engine=Engine.CPU, min_replicas=1, max_replicas=2, desired_replicas=1
+        model=model,
+        engine=Engine.CPU,
+        min_replicas=1,
+        max_replicas=2,
+        desired_replicas=1,
+        max_loras=max_loras,
     )
     catalog.add_price(
         price=Price(model=model, input_per_million=input_price, output_per_million=output_price)

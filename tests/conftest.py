@@ -48,6 +48,9 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "browser": ("browser",),
     "page": ("browser",),
     "live_server": ("processes",),
+    # tests/e2e/conftest.py: the gateway and real CPU engine workers
+    "e2e_gateway": ("processes",),
+    "e2e_workers": ("engine", "processes"),
     # module fixtures: `manage.py up`, a Redis server of the test's own, a production gateway
     "up_process": ("processes",),
     "own_redis": ("processes",),

@@ -140,6 +140,34 @@ def test_streaming_through_an_adapter_matches_the_whole_answer(engine, adapters,
     assert usage["completion_tokens"] == 12
 
 
+def test_responses_and_messages_answer_through_the_adapter_they_name(engine, adapters, clean):
+    load(engine, "acme/support-v2", adapters["a0"])
+    adapter = chat(engine, "acme/support-v2").json()["choices"][0]["message"]["content"]
+    base = chat(engine, BASE).json()["choices"][0]["message"]["content"]
+    prompt = CHAT["messages"][0]["content"]
+
+    def responses(model: str) -> dict:
+        body = {"model": model, "input": prompt, "max_output_tokens": 12, "temperature": 0}
+        return post(engine, "/v1/responses", body).json()
+
+    def messages(model: str, **extra) -> httpx.Response:
+        body = {"model": model, "messages": CHAT["messages"], "max_tokens": 12, "temperature": 0, **extra}
+        return post(engine, "/v1/messages", body)
+
+    answered = responses("acme/support-v2")
+    assert answered["model"] == "acme/support-v2"
+    assert answered["output"][0]["content"][0]["text"] == adapter != base
+    assert responses(BASE)["output"][0]["content"][0]["text"] == base
+    message = messages("acme/support-v2").json()
+    assert message["model"] == "acme/support-v2"
+    assert message["content"][0]["text"] == adapter
+    streamed = messages("acme/support-v2", stream=True).text
+    assert '"model":"acme/support-v2"' in streamed.replace(" ", "")
+    deltas = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    text = "".join(d["delta"].get("text", "") for d in deltas if d.get("type") == "content_block_delta")
+    assert text == adapter
+
+
 def test_models_lists_loaded_adapters_with_their_parent(engine, adapters, clean):
     load(engine, "acme/support-v2", adapters["a0"])
     assert loaded(engine) == {BASE: None, "acme/support-v2": BASE}
