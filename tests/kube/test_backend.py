@@ -95,7 +95,8 @@ def test_the_created_pod_gets_no_berth_secret_and_no_api_token(api, backend, gro
     pod_spec = api.requests[1].body["spec"]["template"]["spec"]
     [container] = pod_spec["containers"]
     names = {entry["name"] for entry in container["env"]}
-    assert names == {"VLLM_API_KEY", "HF_HOME"}
+    # the group serves LoRA adapters, so vLLM's runtime load route is switched on as well
+    assert names == {"VLLM_API_KEY", "HF_HOME", "VLLM_ALLOW_RUNTIME_LORA_UPDATING"}
     # Besides the key from the Secret, only what the agent's allow-list would pass on as well.
     assert set(engine_environment(dict.fromkeys(names, "x"))) == names - {"VLLM_API_KEY"}
     assert "internal-token" not in str(api.requests[1].body)
