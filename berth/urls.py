@@ -23,3 +23,5 @@ urlpatterns = [
     path("billing/", include("billing.urls")),
     path("", include("console.urls")),
 ]
+
+handler404 = "berth.not_found.page_not_found"

@@ -82,6 +82,7 @@ def test_the_schema_states_the_management_key_errors_and_the_usage_answer():
         "end",
         "group_by",  # present when the rows are per key or per member
         "data",
+        "models",  # per model over the range, with its cache hit rate (absent with group_by)
         "totals",
     }
     limit = next(p for p in schema["paths"]["/api/v1/keys/"]["get"]["parameters"] if p["name"] == "limit")
