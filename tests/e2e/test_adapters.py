@@ -125,13 +125,21 @@ def test_an_adapter_added_in_the_console_is_served_metered_priced_and_private(
     assert not UsageRecord.objects.exclude(tenant=tenant).filter(model=served).exists()
     prompt = sum(p for p, _ in engine_said)
     completion = sum(c for _, c in engine_said)
-    cost = (prompt * price.input_per_million + completion * price.output_per_million) / 1_000_000
+    cached = sum(r.cached_tokens for r in records)  # of the prompt, served from the prefix cache
+    cost = (
+        (prompt - cached) * price.input_per_million
+        + cached * price.cached_input_price
+        + completion * price.output_per_million
+    ) / 1_000_000
 
     # The console's usage page.
     day = timezone.now().date().isoformat()
     page = client.get("/usage/", {"start": day, "end": day}).content.decode()
     row = next(line for line in page.splitlines() if f"<code>{served}</code>" in line)
-    assert f'<td class="num">{prompt:,}</td><td class="num">{completion:,}</td>' in row
+    assert (
+        f'<td class="num">{prompt:,}</td><td class="num">{cached:,}</td><td class="num">{completion:,}</td>'
+        in row
+    )
     assert format_money(round_money(cost, "USD"), "USD") in row
 
     # The API.
@@ -146,13 +154,17 @@ def test_an_adapter_added_in_the_console_is_served_metered_priced_and_private(
     period = period_containing(timezone.now())
     invoice = close_period(tenant=tenant, period=period, now=period.end + timedelta(hours=1)).invoice
     lines = {(line.kind): line for line in invoice.lines.filter(model=served)}
-    assert lines["input"].tokens == prompt and lines["output"].tokens == completion
+    assert lines["input"].tokens == prompt - cached and lines["output"].tokens == completion
     assert lines["input"].unit_price_per_million == price.input_per_million
     assert lines["output"].unit_price_per_million == price.output_per_million
-    for kind, count, unit in (
-        ("input", prompt, price.input_per_million),
+    expected = [
+        ("input", prompt - cached, price.input_per_million),
         ("output", completion, price.output_per_million),
-    ):
+    ]
+    if cached:
+        expected.append(("cached", cached, price.cached_input_price))
+    assert set(lines) == {kind for kind, _, _ in expected}
+    for kind, count, unit in expected:
         exact = Decimal(count) * unit / 1_000_000
         assert lines[kind].amount == exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
