@@ -57,6 +57,14 @@ class AuditEntryList(generics.ListAPIView):
     read_perm = filters.PERM_VIEW_AUDIT
 
     def get_queryset(self):
+        # A filter given empty (``?start=``) is an error, as the schema says, not "no filter".
+        blank = {
+            name: ["This filter may not be blank; leave it out for no filter."]
+            for name in AuditFilterSerializer().fields
+            if name in self.request.query_params and not self.request.query_params[name].strip()
+        }
+        if blank:
+            raise ValidationError(blank)
         query = AuditFilterSerializer(data=self.request.query_params)
         if not query.is_valid():
             raise ValidationError(query.errors)
