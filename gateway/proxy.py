@@ -219,14 +219,7 @@ class Proxy:
         body = self._parse(raw, headers)
         checked = validate(body, endpoint, max_tokens_limit=self.settings.max_tokens_limit)
         model, stream = checked.model, checked.stream
-        info = await state.router.model(model)
-        allowed = principal.key.allowed_models
-        if (
-            info is None
-            or not info.visible_to(principal.tenant.tenant_id)
-            or (allowed and model not in allowed)
-        ):
-            raise model_not_found(model)
+        info = await self.visible_model(principal, model)
         ctx.model = model
         # Guardrails: the prompt is screened (and redacted in place) before any quota or engine work.
         guard = await state.guardrails.check(
@@ -318,6 +311,19 @@ class Proxy:
             if event.prompt_tokens or event.completion_tokens:
                 metrics.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
                 metrics.TOKENS.labels(model, "completion").inc(event.completion_tokens)
+
+    async def visible_model(self, principal, model: str) -> ModelInfo:
+        """The model as the key may use it: absent, private to another tenant, or outside the
+        key's allowed models are all the same 404."""
+        info = await self.state.router.model(model)
+        allowed = principal.key.allowed_models
+        if (
+            info is None
+            or not info.visible_to(principal.tenant.tenant_id)
+            or (allowed and model not in allowed)
+        ):
+            raise model_not_found(model)
+        return info
 
     async def _workers(self, model: str) -> list[Worker]:
         router = self.state.router

@@ -34,7 +34,7 @@ from urllib.parse import quote
 import orjson
 
 from contract.redis_names import RedisNames
-from gateway.errors import GatewayError, engine_error, error_body, model_not_found
+from gateway.errors import GatewayError, engine_error, error_body
 from gateway.redis_pipe import is_noscript
 from gateway.routing import Worker
 from gateway.upstream import UpstreamError
@@ -200,17 +200,12 @@ class Responses:
         body = proxy._parse(await proxy._read_body(ctx.scope, ctx.receive), headers)
         checked = validate(body, "count_tokens", max_tokens_limit=self.settings.max_tokens_limit)
         model = checked.model
-        info = await state.router.model(model)
-        allowed = principal.key.allowed_models
-        if (
-            info is None
-            or not info.visible_to(principal.tenant.tenant_id)
-            or (allowed and model not in allowed)
-        ):
-            raise model_not_found(model)
+        info = await proxy.visible_model(principal, model)
         ctx.model = model
-        body["model"] = info.served_name
-        workers = await proxy._workers(model)
+        # An adapter shares its base's tokenizer: count on a base worker, loaded or not.
+        base = await state.router.model(info.parent) if info.parent else None
+        body["model"] = (base or info).served_name
+        workers = await proxy._workers(info.route_name)
         worker = state.router.choose(workers, None, set())
         await self._admitted(ctx, principal, worker, "POST", worker.url + ctx.path, orjson.dumps(body), send)
 

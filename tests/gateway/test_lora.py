@@ -309,3 +309,22 @@ def test_a_cpu_engine_refuses_adapter_files_that_do_not_match_the_manifest(
         manifest=manifest.canonical_json().decode(),
     )  # fmt: skip
     assert client.chat.completions.create(model=unchecked, messages=MESSAGES, max_tokens=2).choices
+
+
+def test_counting_an_adapters_tokens_uses_its_bases_workers(setup, gateway, lora_engines):
+    # Before anything loaded it: count_tokens for an adapter goes to a base worker as the base.
+    tenant, client, base_name, adapter = setup
+    key = client.api_key
+    body = {"model": adapter, "max_tokens": 16, "messages": [{"role": "user", "content": "Hello there"}]}
+    counted = httpx.post(
+        f"{gateway.url}/v1/messages/count_tokens", json=body, headers={"x-api-key": key}, timeout=60
+    )
+    as_base = httpx.post(
+        f"{gateway.url}/v1/messages/count_tokens",
+        json={**body, "model": base_name},
+        headers={"x-api-key": key},
+        timeout=60,
+    )
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["input_tokens"] == as_base.json()["input_tokens"] > 0
+    assert not any(adapter in held_by(engine) for engine in lora_engines)  # nothing was loaded for it
