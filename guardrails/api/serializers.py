@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from guardrails.models import DETECTORS, Action, ContentGovernance, GuardrailPolicy
+from guardrails.policies import POLICY_FIELDS
 from tenants.models import ApiKey
 
 
@@ -32,28 +33,7 @@ class GuardrailPolicySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GuardrailPolicy
-        fields = [
-            "id",
-            "name",
-            "enabled",
-            "api_key",
-            "applies_to_prompts",
-            "applies_to_completions",
-            "detectors",
-            "blocked_terms",
-            "blocked_terms_action",
-            "max_prompt_chars",
-            "max_prompt_tokens",
-            "max_prompt_action",
-            "screen_model",
-            "screen_examples",
-            "screen_threshold",
-            "screen_action",
-            "screen_timeout_ms",
-            "screen_fail_open",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", *POLICY_FIELDS, "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_detectors(self, value):
