@@ -19,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from berth import embedded
 from berth.env import env_bool, env_int, env_list, env_secret, env_str
+from contract import tiers as _tiers
 from contract.api_keys import parse_peppers
 from contract.redis_names import normalize_prefix
 
@@ -126,6 +127,7 @@ INSTALLED_APPS = [
     "guardrails",
     "economics",
     "webhooks",
+    "batches",
 ]
 
 MIDDLEWARE = [
@@ -272,6 +274,17 @@ STATICFILES_DIRS: list = [(f"vendor/{name}", NODE_MODULES_DIR / sub) for name, s
 WHITENOISE_USE_FINDERS = DEBUG
 # WhiteNoise serves files through a sync iterator; under ASGI Django warns about it on every file.
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
+
+# Files of the Files and Batch APIs (batches/): the "berth_files" storage. The local filesystem
+# under BERTH_DATA_DIR/files by default; batches.storage documents the S3 settings.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "berth_files": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DATA_DIR / "files")},
+    },
+}
 
 # --------------------------------------------------------------------------- email
 
@@ -517,6 +530,22 @@ SPEND_ALERT_THRESHOLDS = [
 # After a failed payment: a warning at once, suspension when the invoice is still unpaid after this.
 PAYMENT_GRACE_DAYS = env_int("BERTH_PAYMENT_GRACE_DAYS", 7, minimum=0)
 INVOICE_DAYS_UNTIL_DUE = env_int("BERTH_INVOICE_DAYS_UNTIL_DUE", 14, minimum=0)
+
+# Percent of a price billed per service tier when the price row sets none (contract.tiers), as
+# "flex=50,priority=200,batch=50"; the default tier is always 100.
+TIER_PRICE_PERCENT = dict(_tiers.DEFAULT_PRICE_PERCENT)
+for _item in filter(None, (p.strip() for p in env_str("BERTH_TIER_PRICE_PERCENT", "").split(","))):
+    _tier, _, _value = _item.partition("=")
+    if _tier.strip() not in ("flex", "priority", "batch"):
+        raise ImproperlyConfigured(
+            f"BERTH_TIER_PRICE_PERCENT: unknown tier {_tier.strip()!r} (flex, priority, batch)"
+        )
+    try:
+        TIER_PRICE_PERCENT[_tier.strip()] = Decimal(_value.strip())
+    except ArithmeticError:
+        raise ImproperlyConfigured(f"BERTH_TIER_PRICE_PERCENT: {_value.strip()!r} is not a number") from None
+    if not TIER_PRICE_PERCENT[_tier.strip()].is_finite() or TIER_PRICE_PERCENT[_tier.strip()] < 0:
+        raise ImproperlyConfigured("BERTH_TIER_PRICE_PERCENT: percents must be 0 or more")
 
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET")

@@ -60,6 +60,15 @@ class UsageEndpoint(models.TextChoices):
     SCORE = "score", "Score"
 
 
+class ServiceTier(models.TextChoices):
+    """The tier a request was served and is billed in (``contract.tiers``)."""
+
+    DEFAULT = "default", "Default"
+    FLEX = "flex", "Flex"
+    PRIORITY = "priority", "Priority"
+    BATCH = "batch", "Batch"
+
+
 class UsageRecord(models.Model):
     """One metered request. ``request_id`` is unique, so re-delivered events are ignored."""
 
@@ -83,6 +92,16 @@ class UsageRecord(models.Model):
     usage_source = models.CharField(
         max_length=16, choices=UsageSource.choices, default=UsageSource.ENGINE, db_default=UsageSource.ENGINE
     )
+    # The tier served (priced at the price row's percent for it), the wait in the gateway's
+    # admission queue, and the /v1/batches batch of a batch line.
+    service_tier = models.CharField(
+        max_length=16,
+        choices=ServiceTier.choices,
+        default=ServiceTier.DEFAULT,
+        db_default=ServiceTier.DEFAULT,
+    )
+    queue_ms = models.PositiveIntegerField(default=0, db_default=0)
+    batch_id = models.CharField(max_length=64, blank=True, default="", db_default="")
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(auto_now_add=True)
     # Set when an invoice claims the record (billing/invoicing.py): a record is billed exactly once,

@@ -58,14 +58,16 @@ FORGET_IDLE_MS = 86_400_000  # consumers with nothing pending, idle this long, l
 _INSERT = """
 INSERT INTO billing_usagerecord (
     request_id, tenant_id, api_key_id, model, endpoint, prompt_tokens, completion_tokens, cached_tokens,
-    status, http_status, latency_ms, ttft_ms, worker_id, usage_source, occurred_at, recorded_at
+    status, http_status, latency_ms, ttft_ms, worker_id, usage_source, service_tier, queue_ms, batch_id,
+    occurred_at, recorded_at
 )
 SELECT r.id, r.t, r.k, r.m, coalesce(r.ep, ''), coalesce(r.p, 0), coalesce(r.c, 0), coalesce(r.ct, 0),
        coalesce(r.s, 'ok'), coalesce(r.h, 0), coalesce(r.l, 0), r.f, coalesce(r.w, ''),
-       coalesce(r.u, 'engine'), to_timestamp(r.ts / 1000.0), now()
+       coalesce(r.u, 'engine'), coalesce(r.st, 'default'), coalesce(r.q, 0), coalesce(r.b, ''),
+       to_timestamp(r.ts / 1000.0), now()
 FROM json_to_recordset(%s::json) AS r(
     id text, t uuid, k uuid, m text, ep text, p int, c int, ct int, s text, h int, l int, f int, w text, u text,
-    ts bigint
+    st text, q int, b text, ts bigint
 )
 ON CONFLICT (request_id) DO NOTHING
 """

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from contract.tiers import BILLED_TIERS
+
 EVENT_FIELD = "e"  # the stream entry's one field
 
 # Where the token counts come from, most exact first (billing.models.UsageSource).
@@ -39,6 +41,9 @@ WIRE_NAMES = {
     "occurred_at_ms": "ts",
     "usage_source": "u",
     "cached_tokens": "ct",
+    "service_tier": "st",
+    "queue_ms": "q",
+    "batch_id": "b",
 }
 
 
@@ -63,6 +68,9 @@ class UsageEvent:
     worker: str | None = None
     usage_source: str | None = None  # None reads as "engine"
     cached_tokens: int = 0  # of prompt_tokens, how many the engine served from its prefix cache
+    service_tier: str = "default"  # contract.tiers.BILLED_TIERS: the tier served and billed
+    queue_ms: int = 0  # time the request waited in the gateway's admission queue
+    batch_id: str | None = None  # the /v1/batches batch this line belongs to
 
     def to_wire(self) -> dict[str, Any]:
         # Spelled out rather than looped over WIRE_NAMES: this runs once per request.
@@ -85,6 +93,13 @@ class UsageEvent:
             out["u"] = self.usage_source
         if self.cached_tokens:  # absent when 0, so events without a cache hit stay byte-identical
             out["ct"] = self.cached_tokens
+        # The fields below are absent at their defaults, so earlier events stay byte-identical.
+        if self.service_tier != "default":
+            out["st"] = self.service_tier
+        if self.queue_ms:
+            out["q"] = self.queue_ms
+        if self.batch_id:
+            out["b"] = self.batch_id
         return out
 
     @classmethod
@@ -107,6 +122,9 @@ class UsageEvent:
                 worker=data.get("w"),
                 usage_source=data.get("u"),
                 cached_tokens=data.get("ct", 0),
+                service_tier=data.get("st", "default"),
+                queue_ms=data.get("q", 0),
+                batch_id=data.get("b"),
             )
         except KeyError as exc:
             raise MalformedUsageEvent(f"missing field {exc}") from None
@@ -180,12 +198,20 @@ def _problem(event: UsageEvent) -> str | None:
         and _int_ok(event.ttft_ms)
         and _int_ok(event.cached_tokens)
         and event.cached_tokens is not None
+        and _int_ok(event.queue_ms)
+        and event.queue_ms is not None
     ):
         return "token counts, HTTP status and times must be integers in [0, 2**31)"
     if not (_str_ok(event.endpoint) and _str_ok(event.status) and _str_ok(event.worker)):
         return "endpoint, status and worker must be strings"
     if event.usage_source is not None and event.usage_source not in USAGE_SOURCES:
         return f"unknown usage_source {event.usage_source!r}"
+    if event.service_tier not in BILLED_TIERS:
+        return f"unknown service_tier {event.service_tier!r}"
+    if event.batch_id is not None and (
+        not isinstance(event.batch_id, str) or not 0 < len(event.batch_id) <= 64
+    ):
+        return "batch_id must be 1-64 characters"
     if event.cached_tokens > (event.prompt_tokens or 0):
         return "cached_tokens cannot exceed prompt_tokens"
     return None

@@ -271,6 +271,15 @@ class PriceQuerySet(models.QuerySet):
         return self.filter(Q(model__name=served_name) | Q(adapter__served_name=served_name))
 
 
+_PERCENT: dict = {
+    "max_digits": 6,
+    "decimal_places": 2,
+    "null": True,
+    "blank": True,
+    "validators": [MinValueValidator(0)],
+}
+
+
 class Price(models.Model):
     """Per-million-token prices from ``effective_from`` on. Append-only: a new row supersedes.
 
@@ -299,6 +308,17 @@ class Price(models.Model):
         blank=True,
         help_text="Per million cached input tokens (prefix-cache hits). Empty: the input price "
         "times BERTH_CACHED_INPUT_FRACTION.",
+    )
+    # Percent of these prices billed for each service tier (contract.tiers); empty: the default
+    # (flex 50, priority 200, batch 50; BERTH_TIER_PRICE_PERCENT overrides them).
+    flex_percent = models.DecimalField(
+        **_PERCENT, help_text="Percent billed for service_tier flex; empty: default."
+    )
+    priority_percent = models.DecimalField(
+        **_PERCENT, help_text="Percent billed for service_tier priority; empty: default."
+    )
+    batch_percent = models.DecimalField(
+        **_PERCENT, help_text="Percent billed for /v1/batches lines; empty: default."
     )
     currency = models.CharField(max_length=3, default=DEFAULT_CURRENCY)
     effective_from = models.DateTimeField(default=timezone.now)
@@ -349,6 +369,16 @@ class Price(models.Model):
             return Decimal(self.cached_input_per_million)
         fraction = settings.CACHED_INPUT_FRACTION
         return (Decimal(self.input_per_million) * fraction).quantize(Decimal("0.000001"))
+
+    def tier_percent(self, tier: str) -> Decimal:
+        """Percent of this row's prices billed for ``tier`` (``contract.tiers``): the row's own,
+        else ``BERTH_TIER_PRICE_PERCENT``'s; the default tier is always 100."""
+        own = {"flex": self.flex_percent, "priority": self.priority_percent, "batch": self.batch_percent}.get(
+            tier
+        )
+        if own is not None:
+            return Decimal(own)
+        return Decimal(settings.TIER_PRICE_PERCENT.get(tier, 100))
 
 
 class LoraAdapterQuerySet(models.QuerySet):

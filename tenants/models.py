@@ -87,6 +87,25 @@ class Plan(models.Model):
     max_adapter_size_mb = models.PositiveIntegerField(
         null=True, blank=True, default=1024, help_text="Largest adapter in MB (10^6 bytes); empty: unlimited."
     )
+    # Scheduling (contract.tiers): the band is the highest service tier the plan's tenants may use
+    # (and what service_tier "auto" means); the weight is the tenant's share of a saturated model's
+    # tokens against other tenants of the same band.
+    priority_band = models.CharField(
+        max_length=16,
+        choices=[("priority", "Priority"), ("standard", "Standard"), ("best_effort", "Best effort")],
+        default="standard",
+        db_default="standard",
+        help_text="Highest service tier: priority (any), standard (default, flex), best effort (flex only).",
+    )
+    fair_share_weight = models.PositiveSmallIntegerField(
+        default=1,
+        db_default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Share of a saturated model's tokens against tenants in the same band.",
+    )
+    monthly_batch_token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens a month for /v1/batches lines; empty: unlimited."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -108,6 +127,9 @@ class Plan(models.Model):
             "monthly_tokens": self.monthly_token_budget,
             "monthly_spend": str(self.monthly_spend_limit) if self.monthly_spend_limit is not None else None,
             "currency": self.currency,
+            "band": self.priority_band,
+            "weight": self.fair_share_weight,
+            "batch_tokens": self.monthly_batch_token_budget,
         }
 
 

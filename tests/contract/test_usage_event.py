@@ -65,6 +65,9 @@ def event_for(tenant_id: str, **fields: Any) -> UsageEvent:
         "worker": "w1",
         "usage_source": "tokenizer",
         "cached_tokens": 5,
+        "service_tier": "flex",
+        "queue_ms": 120,
+        "batch_id": "batch_0123456789abcdef01234567",
     }
     return UsageEvent(**{**values, **fields})
 
@@ -98,7 +101,27 @@ def test_what_the_gateway_records_is_what_billing_writes():
         "tokenizer",
     )
     assert record.cached_tokens == 5
+    assert (record.service_tier, record.queue_ms, record.batch_id) == (
+        "flex",
+        120,
+        "batch_0123456789abcdef01234567",
+    )
     assert int(record.occurred_at.timestamp() * 1000) == event.occurred_at_ms
+
+
+def test_tier_queue_and_batch_are_absent_at_their_defaults():
+    plain = event_for(str(uuid.uuid4()), service_tier="default", queue_ms=0, batch_id=None)
+    assert not {"st", "q", "b"} & set(plain.to_wire())
+    assert UsageEvent.decode(plain.encode()) == plain
+
+
+@pytest.mark.parametrize(
+    "change", [{"st": "gold"}, {"st": None}, {"q": -1}, {"q": "5"}, {"b": ""}, {"b": "x" * 65}, {"b": 3}]
+)
+def test_a_bad_tier_queue_time_or_batch_id_is_malformed(change):
+    wire = event_for(str(uuid.uuid4())).to_wire()
+    with pytest.raises(MalformedUsageEvent):
+        UsageEvent.from_wire({**wire, **change})
 
 
 def test_cached_tokens_travel_as_ct_and_are_absent_when_there_are_none():
