@@ -17,6 +17,10 @@ Choices worth knowing:
 * **Always ``--enable-server-load-tracking``** (feeds ``GET /load`` for routing) and
   **``--disable-uvicorn-access-log``** (one line per request and per health probe is noise; the
   gateway records every request).
+* **Always ``--scheduling-policy priority``**: every request the gateway sends carries vLLM's
+  ``priority`` (``contract.tiers.RANK`` of its service tier: lower runs first, FCFS within one),
+  and vLLM refuses a non-zero ``priority`` under its default ``fcfs`` policy. Extra args may not
+  set the policy back.
 * **Always ``--enable-prompt-tokens-details``**: usage then carries
   ``prompt_tokens_details.cached_tokens``, the prompt tokens served from the prefix cache, which
   the gateway meters and billing prices at the cached-input price.
@@ -141,6 +145,7 @@ MANAGED_OPTIONS: dict[str, tuple[str, ...]] = {
         "--disable-prompt-tokens-details",
         "--no-enable-prompt-tokens-details",
     ),
+    "scheduling_policy": ("--scheduling-policy",),
     "disable_uvicorn_access_log": (
         "--disable-uvicorn-access-log",
         "--enable-uvicorn-access-log",
@@ -212,6 +217,8 @@ def serve_args(spec: EngineSpec) -> list[str]:
     if spec.download_dir:
         args += ["--download-dir", spec.download_dir]
     args += [
+        "--scheduling-policy",
+        "priority",
         "--enable-server-load-tracking",
         "--enable-prompt-tokens-details",
         "--disable-uvicorn-access-log",

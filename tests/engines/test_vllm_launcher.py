@@ -113,6 +113,8 @@ def test_it_builds_the_exact_command_line():
         "8101",
         "--tensor-parallel-size",
         "2",
+        "--scheduling-policy",
+        "priority",
         "--enable-server-load-tracking",
         "--enable-prompt-tokens-details",
         "--disable-uvicorn-access-log",
@@ -151,6 +153,7 @@ def test_every_flag_it_can_emit_is_a_vllm_0_33_0_flag():
         "enable_auto_tool_choice": True,
         "tool_call_parser": "hermes",
         "reasoning_parser": "qwen3",
+        "scheduling_policy": "priority",
         "enable_server_load_tracking": True,
         "enable_prompt_tokens_details": True,
         "disable_uvicorn_access_log": True,
@@ -327,6 +330,15 @@ def test_it_rejects_invalid_engine_settings(overrides, message):
         build_launch(make_spec(**overrides))
 
 
+def test_it_always_schedules_by_request_priority():
+    # The gateway sends every request with vLLM's `priority` (its service tier's rank); vLLM
+    # refuses a non-zero priority under the default fcfs policy.
+    for spec in (make_spec(), make_spec(task="embedding"), make_spec(max_loras=2)):
+        args = serve_args(spec)
+        assert args[args.index("--scheduling-policy") + 1] == "priority"
+        assert args.count("--scheduling-policy") == 1
+
+
 def test_it_appends_allowed_extra_args_last():
     args = serve_args(make_spec(extra_args=("--max-num-seqs", "128", "--seed", "-1", "--enforce-eager")))
 
@@ -357,6 +369,8 @@ def test_it_appends_allowed_extra_args_last():
         ("--config", "/etc/berth/x.yaml"),
         ("--uds", "/run/vllm.sock"),
         ("--lora-modules", "x=/y"),
+        ("--scheduling-policy", "fcfs"),
+        ("--scheduling-policy=fcfs",),
     ],
 )
 def test_it_rejects_extra_args_that_override_berth_managed_flags(extra):

@@ -78,6 +78,9 @@ def test_the_created_deployment_carries_the_engine_args_gpus_and_secret(api, bac
     assert body["spec"]["replicas"] == 2
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert container["args"][:3] == ["meta-llama/Llama-3.1-8B-Instruct", "--served-model-name", "llama-3-8b"]
+    # Requests carry vLLM's `priority` (their service tier): the pod schedules by it.
+    policy = container["args"].index("--scheduling-policy")
+    assert container["args"][policy + 1] == "priority"
     assert {
         "name": "VLLM_API_KEY",
         "valueFrom": {"secretKeyRef": {"name": "llama-3-8b-engine-key", "key": "api-key"}},
