@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from contract.usage import UsageEvent
-from gateway import dialects, metrics, sse
+from gateway import dialects, metrics, sse, tiers
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.guardrails import RequestGuard
 from gateway.quotas import Lease
@@ -221,6 +221,7 @@ class Proxy:
         model, stream = checked.model, checked.stream
         info = await self.visible_model(principal, model)
         ctx.model = model
+        tier = tiers.serve(checked.service_tier, principal.tenant.plan)
         # Guardrails: the prompt is screened (and redacted in place) before any quota or engine work.
         guard = await state.guardrails.check(
             tenant_id=principal.tenant.tenant_id, key_id=principal.key.key_id,
@@ -238,9 +239,7 @@ class Proxy:
             principal,
             ctx.request_id,
             self._reservation(body, endpoint, checked, info),
-            price_input_micros=info.price_input_micros,
-            price_output_micros=info.price_output_micros,
-            price_cached_input_micros=info.price_cached_input_micros,
+            **tiers.prices(info, tier),
         )
 
         modified = guard is not None and guard.modified
@@ -261,6 +260,12 @@ class Proxy:
             options["continuous_usage_stats"] = True
             body["stream_options"] = options
             modified = True
+        # The tier decides the engine's priority; the client's own priority/service_tier do not pass.
+        rank = tiers.priority(tier)
+        if modified or "priority" in body or "service_tier" in body:
+            body.pop("service_tier", None)
+            body["priority"] = rank
+            modified = True
 
         event = UsageEvent(
             request_id=ctx.request_id,
@@ -270,12 +275,13 @@ class Proxy:
             endpoint=endpoint,
             status="error",
             occurred_at_ms=int(time.time() * 1000),
+            service_tier=tier,
         )
         try:
             forward = Forward(
                 ctx=ctx,
                 info=info,
-                payload=orjson.dumps(body) if modified else raw,
+                payload=orjson.dumps(body) if modified else tiers.with_priority(raw, rank),
                 prefix=(
                     _prefix(body, endpoint, self.settings.prefix_chars)
                     if self.settings.routing == "prefix"
@@ -290,6 +296,7 @@ class Proxy:
                 guard=guard if guard is not None and guard.screens_answers else None,
                 pinned=pinned,
                 typed=dialects.TypedStream(endpoint) if endpoint in dialects.TYPED_STREAMS else None,
+                tier=tier,
             )
             await self._forward(forward)
         except GatewayError as exc:
@@ -491,6 +498,7 @@ class Proxy:
             usage = dialects.answer_usage(answer)  # every endpoint's usage in OpenAI's terms
             if fwd.guard is not None:
                 raw = fwd.guard.answer(raw)
+            raw = tiers.splice_answer(raw, tiers.field(fwd.tier, event.endpoint), event.endpoint)
             event.status = "ok"
             if fwd.typed is not None:
                 await self.state.responses.remember_answer(fwd, answer)
@@ -561,6 +569,7 @@ class Proxy:
         delivered_chunks = 0
         first = True
         rest = b""
+        tier_field = tiers.field(fwd.tier, event.endpoint)
         # Checkpoints (a SIGKILLed gateway's streams are billed from the last one): at the first
         # delivered chunk, then every checkpoint_seconds or checkpoint_tokens.
         checkpoint_tokens = -1
@@ -588,7 +597,11 @@ class Proxy:
                     engine_usage = part.latest_usage
                 pending_usage = part.usage
                 content_chunks += part.content_chunks
-                out = part.out
+                out = (
+                    tiers.splice_chunks(part.out, tier_field)
+                    if fwd.typed is None
+                    else tiers.splice_typed(part.out, tier_field, event.endpoint)
+                )
                 if disconnected.is_set():
                     break
                 if first and content_chunks:
@@ -828,6 +841,7 @@ class Forward:
     typed: dialects.TypedStream | None = None  # Responses and Messages: their typed events
     base_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     guard: RequestGuard | None = None  # the completion-side guardrails, when a policy has any
+    tier: str = "default"  # the service tier served (contract.tiers): priority, echo, price
     _body: dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:

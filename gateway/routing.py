@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from decimal import Decimal
 
 import orjson
 
@@ -32,6 +33,7 @@ from contract.invalidation import Kind
 from contract.redis_names import RedisNames
 from gateway.adapters import Adapters
 from gateway.cache import TtlCache
+from gateway.tiers import parse_percent
 
 logger = logging.getLogger("berth.gateway.routing")
 
@@ -59,6 +61,10 @@ class ModelInfo:
     price_input_micros: int = 0
     price_output_micros: int = 0
     price_cached_input_micros: int | None = None  # None: cached input costs the input price
+    # Percent of those prices per service tier (gateway.tiers); None: contract.tiers' default.
+    price_percent_flex: Decimal | None = None
+    price_percent_priority: Decimal | None = None
+    price_percent_batch: Decimal | None = None
     # LoRA adapters only (gateway.adapters): the base model whose workers serve it, and what the
     # engine's load call takes as lora_path.
     parent: str | None = None
@@ -141,6 +147,9 @@ class Router:
             price_input_micros=_positive_int(raw.get("price_input_micros")) or 0,
             price_output_micros=_positive_int(raw.get("price_output_micros")) or 0,
             price_cached_input_micros=_price_or_none(raw.get("price_cached_input_micros")),
+            price_percent_flex=parse_percent(raw.get("price_percent_flex")),
+            price_percent_priority=parse_percent(raw.get("price_percent_priority")),
+            price_percent_batch=parse_percent(raw.get("price_percent_batch")),
             parent=raw.get("parent") or None,
             adapter_id=raw.get("adapter_id", ""),
             adapter_source=raw.get("adapter_source", ""),

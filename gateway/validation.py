@@ -9,14 +9,17 @@ the engine, which answers its own 400s.
 Messages follow OpenAI's wording: ``Invalid type for 'messages': expected an array, but got an
 integer instead.``; codes are ``missing_required_parameter``, ``invalid_type``, ``invalid_value``,
 ``integer_below_min_value`` and ``integer_above_max_value`` (``missing_model`` for ``model``, as
-before).
+before). ``service_tier`` is checked here (a string, one of OpenAI's tiers, or Anthropic's ``auto``/
+``standard_only`` on Messages); whether the plan allows it is ``gateway.tiers.serve``'s 400.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.tiers import REQUEST_TIERS
 from gateway.errors import GatewayError, bad_request
+from gateway.tiers import ANTHROPIC_REQUEST
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # OpenAI's own bounds: n ≤ 128 (chat and completions), best_of ≤ 20 (completions).
@@ -32,6 +35,7 @@ class Checked:
     stream: bool
     max_tokens: int | None
     choices: int  # sequences the engine generates: max(n, best_of), for each prompt of a batch
+    service_tier: str | None = None  # the tier asked for (contract.tiers.REQUEST_TIERS), if any
 
 
 def _kind(value) -> str:
@@ -192,6 +196,29 @@ def _stream_options(body: dict) -> None:
             raise _invalid_type(f"stream_options.{name}", "a boolean", value)
 
 
+def _service_tier(body: dict, choices: dict[str, str] | None = None) -> str | None:
+    """``service_tier``: one of OpenAI's names (or Anthropic's, mapped), or absent/null."""
+    value = body.get("service_tier")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid_type("service_tier", "a string", value)
+    if choices is not None:
+        tier = choices.get(value)
+        if tier is not None:
+            return tier
+        supported = tuple(choices)
+    elif value in REQUEST_TIERS:
+        return value
+    else:
+        supported = REQUEST_TIERS
+    raise bad_request(
+        f"Invalid value: '{value[:64]}'. Supported values are: {', '.join(repr(t) for t in supported)}.",
+        param="service_tier",
+        code="invalid_value",
+    )
+
+
 def validate(body: dict, endpoint: str, *, max_tokens_limit: int) -> Checked:
     """Check the fields the gateway reads for ``endpoint`` (chat, completions, embeddings, and
     the surfaces of ``gateway.dialects``: responses, messages, count_tokens, rerank, score)."""
@@ -238,7 +265,11 @@ def validate(body: dict, endpoint: str, *, max_tokens_limit: int) -> Checked:
     else:
         _prompt_like(body, "input", allow_empty_string=False)
     return Checked(
-        model=model, stream=bool(stream) and endpoint != "embeddings", max_tokens=max_tokens, choices=choices
+        model=model,
+        stream=bool(stream) and endpoint != "embeddings",
+        max_tokens=max_tokens,
+        choices=choices,
+        service_tier=_service_tier(body),
     )
 
 
@@ -294,7 +325,13 @@ def _responses(body: dict, model: str, max_tokens_limit: int) -> Checked:
         )
     _tools(body)
     max_tokens = _integer(body, "max_output_tokens", 1, max_tokens_limit)
-    return Checked(model=model, stream=_stream_flag(body), max_tokens=max_tokens, choices=1)
+    return Checked(
+        model=model,
+        stream=_stream_flag(body),
+        max_tokens=max_tokens,
+        choices=1,
+        service_tier=_service_tier(body),
+    )
 
 
 def _anthropic_messages(body: dict) -> None:
@@ -334,7 +371,13 @@ def _messages_api(body: dict, model: str, max_tokens_limit: int) -> Checked:
         raise bad_request("max_tokens: Field required", param="max_tokens", code="missing_required_parameter")
     max_tokens = _integer(body, "max_tokens", 1, max_tokens_limit)
     _tools(body)
-    return Checked(model=model, stream=_stream_flag(body), max_tokens=max_tokens, choices=1)
+    return Checked(
+        model=model,
+        stream=_stream_flag(body),
+        max_tokens=max_tokens,
+        choices=1,
+        service_tier=_service_tier(body, ANTHROPIC_REQUEST),
+    )
 
 
 def _count_tokens(body: dict, model: str, max_tokens_limit: int) -> Checked:
