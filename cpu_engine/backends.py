@@ -2,6 +2,13 @@
 
 Nothing here knows about HTTP; ``cpu_engine.routes`` turns these into vLLM's API.
 
+Scheduling follows vLLM's ``--scheduling-policy priority``: at most ``max_num_seqs`` requests are
+in the batching loop at once, and the rest wait in the engine (``AdmissionGate``) ordered by
+(``priority``, arrival) — lower first, first-come-first-served within a priority — so a request
+the gateway sends at a better tier starts before best-effort work already queued. Requests
+already in the loop run to the end (vLLM also preempts them; this engine does not). The waiting
+and running gauges count the gate's queue as waiting, as vLLM's scheduler queue is.
+
 Generation runs on transformers' own continuous-batching manager (the batching core behind
 ``transformers serve --continuous-batching``): one background thread steps every active request
 together over a paged KV cache, so four concurrent requests cost little more than one. We size
@@ -13,6 +20,7 @@ per request with ``cpu_engine.sampling`` (temperature, top-p, top-k, greedy at t
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import json
 import logging
@@ -38,6 +46,7 @@ class SamplingParams:
     top_k: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks, tests)
+    priority: int = 0  # vLLM's request priority: lower is served first
 
 
 @dataclass
@@ -61,6 +70,53 @@ def _calls_as_text(message: dict[str, Any]) -> dict[str, Any]:
     text += [rendered_call(c["function"]["name"], c["function"]["arguments"]) for c in calls]
     rest = {k: v for k, v in message.items() if k != "tool_calls"}
     return {**rest, "content": "\n".join(t for t in text if t)}
+
+
+class AdmissionGate:
+    """At most ``limit`` requests admitted; the others wait, ordered by (priority, arrival).
+
+    Lower priorities go first and equal ones in arrival order, as vLLM's priority scheduler. A
+    waiter that is cancelled leaves the queue; one cancelled just after being admitted gives its
+    place to the next.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = max(1, limit)
+        self.active = 0
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for _, _, future in self._queue if not future.done())
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self.active < self.limit and not self._queue:
+            self.active += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, (priority, next(self._arrivals), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # admitted, then cancelled before it could start
+            else:
+                future.cancel()
+                self._admit()
+            raise
+
+    def release(self) -> None:
+        self.active -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._queue and (self.active < self.limit or self._queue[0][2].done()):
+            _, _, future = heapq.heappop(self._queue)
+            if future.done():  # a waiter that went away
+                continue
+            self.active += 1
+            future.set_result(None)
 
 
 class GenerationBackend:
@@ -135,7 +191,8 @@ class GenerationBackend:
             sampling.install(self._cb)
         self._cb.start()
         self._ids = itertools.count()
-        self.waiting = 0  # submitted, no token yet
+        self.gate = AdmissionGate(max_num_seqs)
+        self.waiting = 0  # queued at the gate or submitted, no token yet
         self.running = 0  # producing tokens
 
     # -- inputs --------------------------------------------------------------------------------
@@ -233,19 +290,31 @@ class GenerationBackend:
                 "top_p": float(params.top_p),
                 "top_k": 1 if greedy else int(params.top_k or self.vocab_size),
             }
-        self.prefix_cache.add(request_id, cache_salt)  # before the batching loop can see the request
-        self._cb.register_result_handler(request_id, queue.put_nowait)
-        submitted = self._cb.add_request(
-            prompt_ids,
-            request_id=request_id,
-            max_new_tokens=params.max_tokens,
-            streaming=True,
-            eos_token_id=-1 if params.ignore_eos else (sorted(self.eos_token_ids) or -1),
-            **sampling,
-        )
-        if submitted is None:
-            self._forget(request_id)
-            raise RuntimeError("the generation loop is not accepting requests")
+        # Waiting until the gate admits it into the batching loop (see AdmissionGate).
+        self.waiting += 1
+        try:
+            await self.gate.acquire(params.priority)
+        except BaseException:
+            self.waiting -= 1
+            raise
+        try:
+            self.prefix_cache.add(request_id, cache_salt)  # before the batching loop can see it
+            self._cb.register_result_handler(request_id, queue.put_nowait)
+            submitted = self._cb.add_request(
+                prompt_ids,
+                request_id=request_id,
+                max_new_tokens=params.max_tokens,
+                streaming=True,
+                eos_token_id=-1 if params.ignore_eos else (sorted(self.eos_token_ids) or -1),
+                **sampling,
+            )
+            if submitted is None:
+                self._forget(request_id)
+                raise RuntimeError("the generation loop is not accepting requests")
+        except BaseException:
+            self.waiting -= 1
+            self.gate.release()
+            raise
 
         decoder = DecodeStream([], skip_special_tokens=True)
         rust_tokenizer: Any = self.tokenizer._tokenizer
@@ -257,7 +326,6 @@ class GenerationBackend:
         hold = max((len(s) for s in params.stop), default=1) - 1
         stage = "waiting"
         cached = 0
-        self.waiting += 1
         finished = False
         try:
             while True:
@@ -311,6 +379,7 @@ class GenerationBackend:
                 # The consumer went away (client disconnect) or failed: stop spending compute on it.
                 self._cb.cancel_request(request_id)
             self._forget(request_id)
+            self.gate.release()
 
     def _forget(self, request_id: str) -> None:
         self.prefix_cache.forget(request_id)

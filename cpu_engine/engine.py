@@ -58,6 +58,7 @@ class Engine:
             top_k=top_k,
             stop=tuple(s for s in stop if s),
             ignore_eos=body.ignore_eos,
+            priority=body.priority,
         )
 
     def steps(self, model: str | None, prompt_ids: list[int], params: SamplingParams, cache_salt: str | None):

@@ -305,6 +305,8 @@ class LoraManager:
         """Move waiting requests to running while at most ``max_loras`` adapters run at once."""
         running = {s.adapter.name for s in self._running}
         still = []
+        # vLLM's priority scheduling: lower priority first, arrival order within one (a stable sort).
+        self._waiting.sort(key=lambda s: s.params.priority)
         for sequence in self._waiting:
             if sequence.cancelled:
                 continue

@@ -82,6 +82,7 @@ class MessagesRequest(CountRequest):
     stream: bool = False
     metadata: dict[str, Any] | None = None
     cache_salt: str | None = None  # vLLM's prefix-cache isolation, as on chat
+    priority: int = 0  # vLLM's request priority, as on chat (lower runs first)
 
 
 def _block_text(block: dict[str, Any], where: str) -> str:
@@ -146,6 +147,7 @@ def sampling(engine: Engine, body: MessagesRequest, prompt_len: int) -> Sampling
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or None,
         stop=stops,
+        priority=body.priority,
     )
 
 

@@ -38,6 +38,8 @@ class SamplingRequest(BaseModel):
     ignore_eos: bool = False  # vLLM's sampling extension
     # vLLM's prefix-cache isolation: requests with different salts never share cached blocks.
     cache_salt: str | None = None
+    # vLLM's request priority (``--scheduling-policy priority``): lower runs first, FCFS within one.
+    priority: int = 0
 
     @field_validator("cache_salt", mode="before")
     @classmethod
@@ -122,3 +124,4 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    priority: int = 0  # accepted as vLLM does; embeddings are packed in arrival order
