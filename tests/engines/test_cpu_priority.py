@@ -5,7 +5,7 @@ priority 0, default 1, flex 2, batch 3). The engine admits at most ``--max-num-s
 its batching loop and queues the rest by (priority, arrival), as vLLM's ``--scheduling-policy
 priority`` does. Here a real engine process on the tiny model runs one sequence at a time: a flood
 of priority-2 requests queues behind the first, and a priority-0 request sent after them starts
-next; a priority-2 request sent after them starts last.
+next; a priority-2 request sent after them starts last. The waiting/running gauges follow.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from cpu_engine.tests.engine_process import (
 from cpu_engine.tiny_model import create_tiny_model
 
 NAME = "berth-tiny-chat"
-TOKENS = 48  # per request: long enough that the queue is still there when the late ones arrive
+TOKENS = 4  # per queued request
+HOLD_TOKENS = 1500  # the first request holds the only slot until the test lets it go
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +65,18 @@ def _gauges(engine: Engine) -> tuple[float, float]:
 
 
 async def _run(engine: Engine, late_priority: int) -> list[str]:
-    """Start order (first token) of a priority-2 flood and one request sent after it."""
+    """Start order (first token) of a priority-2 flood and one request sent after it.
+
+    The first request of the flood holds the engine's one slot until everything else is queued
+    (the gauges say so); the test then hangs it up, and the gate alone decides the order.
+    """
     started: list[str] = []
 
-    async def request(client: httpx.AsyncClient, tag: str, priority: int) -> None:
+    async def request(client: httpx.AsyncClient, tag: str, priority: int, tokens: int = TOKENS) -> None:
         body = {
             "model": NAME,
             "prompt": "the lighthouse keeper said",
-            "max_tokens": TOKENS,
+            "max_tokens": tokens,
             "ignore_eos": True,
             "stream": True,
             "priority": priority,
@@ -82,16 +87,22 @@ async def _run(engine: Engine, late_priority: int) -> list[str]:
                 if line.startswith("data: {") and tag not in started:
                     started.append(tag)
 
-    async with httpx.AsyncClient(headers=engine.auth, timeout=60) as client:
-        tasks = []
-        for n in range(4):
-            tasks.append(asyncio.create_task(request(client, f"flood-{n}", 2)))
-            await asyncio.sleep(0.05)  # a defined arrival order
-        deadline = time.monotonic() + 10
-        while await asyncio.to_thread(_gauges, engine) != (1.0, 3.0):
-            assert time.monotonic() < deadline, "the flood never queued behind the first request"
+    async def gauges_reach(expected: tuple[float, float]) -> None:
+        deadline = time.monotonic() + 20
+        while await asyncio.to_thread(_gauges, engine) != expected:
+            assert time.monotonic() < deadline, f"the engine never reached running/waiting {expected}"
             await asyncio.sleep(0.02)
+
+    async with httpx.AsyncClient(headers=engine.auth, timeout=60) as client:
+        holder = asyncio.create_task(request(client, "flood-0", 2, HOLD_TOKENS))
+        await gauges_reach((1.0, 0.0))
+        tasks = []
+        for n in range(1, 4):
+            tasks.append(asyncio.create_task(request(client, f"flood-{n}", 2)))
+            await gauges_reach((1.0, float(n)))  # a defined arrival order
         tasks.append(asyncio.create_task(request(client, "late", late_priority)))
+        await gauges_reach((1.0, 4.0))
+        holder.cancel()  # the client hangs up: the engine frees the slot
         await asyncio.gather(*tasks)
     return started
 
