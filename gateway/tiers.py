@@ -42,6 +42,10 @@ ANTHROPIC_REQUEST = {"auto": contract_tiers.AUTO, "standard_only": DEFAULT}
 # Anthropic's ``usage.service_tier`` for the tier served (its API knows standard, priority, batch).
 ANTHROPIC_ECHO = {PRIORITY: "priority", DEFAULT: "standard", FLEX: "standard", BATCH: "batch"}
 
+# Endpoints whose answers say the tier served (OpenAI's chat, completions, embeddings, Responses;
+# Anthropic's Messages).
+ECHOED = frozenset({"chat", "completions", "embeddings", "responses", "messages"})
+
 _KEY = b'"service_tier"'
 _VALUE = re.compile(rb'"service_tier"\s*:\s*(?:null|"[^"\\]*")')
 
@@ -150,7 +154,12 @@ def _set(data: bytes, anchor: bytes, tier_field: bytes, count: int = -1) -> byte
 
 
 def splice_answer(raw: bytes, tier_field: bytes, endpoint: str) -> bytes:
-    """A complete JSON answer with the tier set (Messages: in ``usage``; others: at the top)."""
+    """A complete JSON answer with the tier set (Messages: in ``usage``; others: at the top).
+
+    Rerank and score answers (Cohere's and vLLM's shapes, which have no such field) pass as they are.
+    """
+    if endpoint not in ECHOED:
+        return raw
     if endpoint == "messages":
         return _set(raw, _anchor(raw, b'"usage":{'), tier_field, 1)
     if not raw.startswith(b"{"):

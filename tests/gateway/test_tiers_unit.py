@@ -159,6 +159,12 @@ def test_a_json_answer_gets_the_tier_inserted_or_replaced():
         }
 
 
+def test_rerank_and_score_answers_pass_as_they_are():
+    raw = b'{"results":[],"usage":{"total_tokens":3}}'
+    assert tiers.splice_answer(raw, FLEX, "rerank") is raw
+    assert tiers.splice_answer(raw, FLEX, "score") is raw
+
+
 def test_a_messages_answer_gets_it_in_usage_in_anthropics_words():
     raw = json.dumps(
         {"id": "msg", "type": "message", "usage": {"input_tokens": 3, "output_tokens": 1}}
