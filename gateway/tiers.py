@@ -23,8 +23,8 @@ The echo is spliced into the bytes rather than re-encoding a parsed body: an eng
 ``"service_tier": null``/value is replaced where present, else the field is inserted after the
 object's opening brace (or the ``"response":{`` / ``"usage":{`` that holds it). A JSON string
 cannot contain the bytes ``"service_tier":`` (its quotes would be escaped), so the search never
-matches generated text. These are pure functions of bytes, measured per chunk in the report of
-the change that added them (a few hundred nanoseconds: one ``in`` test and one ``replace``).
+matches generated text. Pure functions of bytes: on a stream chunk three ``in`` tests and one
+``replace`` (about a quarter of ``sse.rewrite``'s own cost per chunk, measured side by side).
 """
 
 from __future__ import annotations
@@ -171,13 +171,10 @@ def splice_chunks(out: bytes, tier_field: bytes) -> bytes:
     """Chat and completions SSE bytes (complete events) with the tier set on every JSON chunk."""
     if not out:
         return out
-    if _KEY in out:
-        # The engine sends its own value (on some chunks, maybe): set it there, add it elsewhere.
+    if _KEY in out or b"data:{" in out or b"data: {}" in out:
+        # The engine's own value, unspaced or empty chunks: event by event (rare).
         return b"".join(_chunk(event, tier_field) for event in out.split(b"\n\n"))
-    spliced = _insert(out, b"data: {", tier_field)
-    if b"data:{" in spliced:
-        spliced = _insert(spliced, b"data:{", tier_field)
-    return spliced
+    return out.replace(b"data: {", b"data: {" + tier_field + b",")
 
 
 def _chunk(event: bytes, tier_field: bytes) -> bytes:
@@ -194,9 +191,10 @@ def _chunk(event: bytes, tier_field: bytes) -> bytes:
 
 def splice_typed(out: bytes, tier_field: bytes, endpoint: str) -> bytes:
     """Responses events (``response.service_tier``) or Messages events (``usage.service_tier``)."""
-    if not out:
+    name = b'"usage"' if endpoint == "messages" else b'"response"'
+    if name not in out:  # most events: deltas
         return out
-    anchor = _anchor(out, b'"usage":{' if endpoint == "messages" else b'"response":{')
+    anchor = _anchor(out, name + b":{")
     if anchor not in out:
         return out
     return _set(out, anchor, tier_field)
