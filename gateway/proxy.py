@@ -9,6 +9,8 @@ CVE-2025-46570); and for
 streams ``stream_options`` with ``include_usage`` and ``continuous_usage_stats`` (so tokens are
 known even when the client goes away mid-stream). What the client did not ask for — the extra
 usage chunk, per-chunk usage — is stripped again on the way back (``sse.py``, a pure function).
+The service tier (``tiers.py``) sets vLLM's ``priority`` in place of any client value, prices the
+spend reservation, and is echoed in the answer and every streamed chunk.
 
 One admitted request travels through the steps below as a ``Forward``: its context, the engine's
 body, the lease, the usage event and where it went.
