@@ -14,6 +14,7 @@ from batches import storage
 from batches.models import Batch, BatchStatus, File
 from tenants.constants import Role
 from tests.browser.helpers import log_in
+from tests.browser.test_console_a11y import UNLABELLED
 from tests.factories import TenantFactory, member
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,6 +53,7 @@ def test_start_follow_download_and_cancel(live_server, page, shot, no_broker, tm
     page.get_by_role("link", name="Batches").click()
     page.wait_for_selector("h1:has-text('Batches')")
     assert page.get_by_text("No batches yet.").is_visible()
+    assert page.evaluate(UNLABELLED) == []
 
     # A bad file: the form says which lines are wrong, and nothing is created.
     bad = tmp_path / "bad.jsonl"

@@ -188,6 +188,7 @@ PROBES: list[Probe] = [
     console("staff/traffic/", "GET", "/staff/traffic/", STAFF_ONLY),
     console("staff/economics/", "GET", "/staff/economics/?month=2026-03", STAFF_ONLY),
     console("staff/traffic/data/", "GET", "/staff/traffic/data/", STAFF_ONLY, headers=HTMX, note="htmx"),
+    console("staff/batches/", "GET", "/staff/batches/", STAFF_ONLY),
     # ---------------------------------------------------------------- management API
     api("api/schema/", "GET", "/api/schema/", everyone(200)),
     api("api/docs/", "GET", "/api/docs/", everyone(200)),
