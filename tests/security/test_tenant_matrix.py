@@ -262,6 +262,12 @@ PROBES: list[Probe] = [
     api("api/v1/invoices/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/invoices/{foreign_invoice}", by_role(404, 404, 403, 404, 404, 401, 403)),
     api("api/v1/invoices/(?P<pk>[^/.]+)/pdf/?$", "GET", "/api/v1/invoices/{home_invoice}/pdf", by_role(200, 200, 403, 200, 404, 401, 403)),
     api("api/v1/invoices/(?P<pk>[^/.]+)/pdf/?$", "GET", "/api/v1/invoices/{foreign_invoice}/pdf", by_role(404, 404, 403, 404, 404, 401, 403)),
+    api("api/v1/batches/?$", "GET", "/api/v1/batches", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/batches/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/batches/batch_nope", by_role(404, 404, 404, 404, 404, 401, 403)),
+    api("api/v1/batches/(?P<pk>[^/.]+)/cancel/?$", "POST", "/api/v1/batches/batch_nope/cancel", by_role(404, 404, 404, 403, 404, 401, 403)),
+    api("api/v1/files/?$", "GET", "/api/v1/files", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/files/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/files/file-nope", by_role(404, 404, 404, 404, 404, 401, 403)),
+    api("api/v1/files/(?P<pk>[^/.]+)/content/?$", "GET", "/api/v1/files/file-nope/content", by_role(404, 404, 404, 404, 404, 401, 403)),
 ]  # fmt: skip
 
 
