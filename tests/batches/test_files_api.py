@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import httpx
@@ -231,3 +232,33 @@ def test_internal_views_refuse_without_the_token(caller, settings):  # noqa: F81
     answer = web.get("/internal/v1/files", HTTP_AUTHORIZATION="Bearer ", **tenant)
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "internal_token_unset"
+
+
+def test_a_large_upload_streams_through(caller):  # noqa: F811
+    # Several MB arrive at the gateway in many ASGI messages and leave it as they arrive.
+    content = jsonl(*(request(n) for n in range(30_000)))
+    assert len(content) > 4 * 1024 * 1024
+    created = caller.client.files.create(file=("big.jsonl", content), purpose="batch")
+    assert created.bytes == len(content)
+    assert caller.client.files.content(created.id).content == content
+    assert File.objects.get(pk=created.id).sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_control_plane_unreachable_or_unconfigured(caller):  # noqa: F811
+    from tests.gateway.conftest import free_port, start_gateway
+
+    dead = start_gateway(
+        BERTH_GATEWAY_CONTROL_PLANE_URL=f"http://127.0.0.1:{free_port()}", BERTH_INTERNAL_TOKEN=TOKEN
+    )
+    untokened = start_gateway(BERTH_INTERNAL_TOKEN="")
+    try:
+        headers = {"Authorization": f"Bearer {caller.key}"}
+        answer = httpx.get(dead.url + "/v1/files", headers=headers)
+        assert answer.status_code == 502
+        assert answer.json()["error"]["code"] == "control_plane_unavailable"
+        answer = httpx.get(untokened.url + "/v1/batches", headers=headers)
+        assert answer.status_code == 503
+        assert "BERTH_INTERNAL_TOKEN" in answer.json()["error"]["message"]
+    finally:
+        dead.stop()
+        untokened.stop()
