@@ -19,7 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
@@ -133,8 +135,11 @@ def _upload(request: HttpRequest, tenant: Tenant) -> HttpResponse:
             "Upload the file as multipart/form-data with fields 'file' and 'purpose'.",
             code="invalid_request",
         )
-    upload = request.FILES.get("file")
-    purpose = request.POST.get("purpose")
+    try:
+        upload = request.FILES.get("file")
+        purpose = request.POST.get("purpose")
+    except (MultiPartParserError, RequestDataTooBig, TooManyFieldsSent) as exc:
+        raise ApiError(400, f"The multipart body could not be read: {exc}", code="invalid_request") from None
     files.check_purpose(purpose)
     if upload is None:
         raise ApiError(

@@ -262,3 +262,20 @@ def test_control_plane_unreachable_or_unconfigured(caller):  # noqa: F811
     finally:
         dead.stop()
         untokened.stop()
+
+
+def test_a_broken_multipart_body_is_an_openai_400(files_gateway, caller):  # noqa: F811
+    answer = httpx.post(
+        files_gateway.url + "/v1/files",
+        content=b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n\r\n',
+        headers={"Authorization": f"Bearer {caller.key}", "Content-Type": "multipart/form-data"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    answer = httpx.post(
+        files_gateway.url + "/v1/files",
+        json={"purpose": "batch"},
+        headers={"Authorization": f"Bearer {caller.key}"},
+    )
+    assert answer.status_code == 400
+    assert "multipart/form-data" in answer.json()["error"]["message"]
