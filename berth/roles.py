@@ -155,6 +155,7 @@ def control_plane_env() -> dict[str, str]:
         "LOG_LEVEL": settings.LOG_LEVEL,
         # /v1/files and /v1/batches are answered by this machine's web role.
         "BERTH_GATEWAY_CONTROL_PLANE_URL": f"http://{_reachable(settings.WEB_HOST)}:{settings.WEB_PORT}",
+        "BERTH_FILES_MAX_BYTES": str(settings.FILES_MAX_BYTES),
     }
     if settings.INTERNAL_TOKEN:
         result["BERTH_INTERNAL_TOKEN"] = settings.INTERNAL_TOKEN

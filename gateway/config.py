@@ -120,6 +120,9 @@ class GatewaySettings(BaseSettings):
     control_plane_url: str = Field(
         "http://127.0.0.1:8000", validation_alias="BERTH_GATEWAY_CONTROL_PLANE_URL"
     )
+    # The control plane's upload limit, read from the same variable: a body announced larger is
+    # refused here (413) instead of being spooled to the web role's disk first.
+    files_max_bytes: int = Field(200 * 1024 * 1024, validation_alias="BERTH_FILES_MAX_BYTES", ge=1)
 
     # Browsers calling the gateway from another origin (the console's playground): comma-separated
     # origins, or "*" for any. Empty: no CORS headers at all.

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 PREFIXES = ("/v1/files", "/v1/batches")
 REQUEST_HEADERS = (b"content-type", b"content-length", b"accept")
+MULTIPART_OVERHEAD = 64 * 1024  # as batches.internal allows around the file
 RESPONSE_HEADERS = (b"content-type", b"content-length", b"content-disposition", b"cache-control")
 
 
@@ -44,6 +45,24 @@ async def _body(first: bytes, receive: Any) -> AsyncIterator[bytes]:
             return
 
 
+def _check_length(scope: dict[str, Any], limit: int) -> None:
+    """A body announced (Content-Length) beyond the upload limit plus multipart framing is a 413."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise GatewayError(400, "Content-Length is not a number.", code="invalid_request") from None
+            if length > limit + MULTIPART_OVERHEAD:
+                raise GatewayError(
+                    413,
+                    f"The request body is {length} bytes; files may have at most {limit} bytes.",
+                    param="file",
+                    code="file_too_large",
+                )
+            return
+
+
 async def forward(state: Any, ctx: RequestContext, send: Any) -> None:
     """Authenticate, then relay the request to the control plane and its answer to the client."""
     scope = ctx.scope
@@ -59,6 +78,7 @@ async def forward(state: Any, ctx: RequestContext, send: Any) -> None:
             type="server_error",
             code="service_unavailable",
         )
+    _check_length(scope, settings.files_max_bytes)
     raw_path = scope.get("raw_path") or ctx.path.encode()
     url = settings.control_plane_url.rstrip("/") + "/internal" + raw_path.decode("latin-1")
     if scope.get("query_string"):

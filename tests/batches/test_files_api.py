@@ -248,7 +248,9 @@ def test_control_plane_unreachable_or_unconfigured(caller):  # noqa: F811
     from tests.gateway.conftest import free_port, start_gateway
 
     dead = start_gateway(
-        BERTH_GATEWAY_CONTROL_PLANE_URL=f"http://127.0.0.1:{free_port()}", BERTH_INTERNAL_TOKEN=TOKEN
+        BERTH_GATEWAY_CONTROL_PLANE_URL=f"http://127.0.0.1:{free_port()}",
+        BERTH_INTERNAL_TOKEN=TOKEN,
+        BERTH_FILES_MAX_BYTES="1000",
     )
     untokened = start_gateway(BERTH_INTERNAL_TOKEN="")
     try:
@@ -259,6 +261,17 @@ def test_control_plane_unreachable_or_unconfigured(caller):  # noqa: F811
         answer = httpx.get(untokened.url + "/v1/batches", headers=headers)
         assert answer.status_code == 503
         assert "BERTH_INTERNAL_TOKEN" in answer.json()["error"]["message"]
+        # A body announced beyond the limit is refused by the gateway itself, before any forwarding
+        # (this gateway's control plane is not even there).
+        big = jsonl(*(request(n) for n in range(1000)))
+        answer = httpx.post(
+            dead.url + "/v1/files",
+            headers=headers,
+            files={"file": ("x.jsonl", big)},
+            data={"purpose": "batch"},
+        )
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "file_too_large"
     finally:
         dead.stop()
         untokened.stop()

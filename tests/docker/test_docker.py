@@ -359,6 +359,7 @@ def test_the_gateway_service_gets_only_what_the_gateway_reads():
     # /v1/files and /v1/batches go to the web service, whose ALLOWED_HOSTS names it.
     assert env["BERTH_GATEWAY_CONTROL_PLANE_URL"] == "http://web:8000"
     web = compose_config()["services"]["web"]["environment"]
+    assert env["BERTH_FILES_MAX_BYTES"] == web["BERTH_FILES_MAX_BYTES"]  # one upload limit
     assert "web" in web["ALLOWED_HOSTS"].split(",")
 
 
@@ -690,5 +691,6 @@ def test_up_hands_the_gateway_what_the_control_plane_resolved(settings):
     assert env["BERTH_KEY_PEPPERS"] == ",".join(f"{k}:{v}" for k, v in settings.KEY_PEPPERS.items())
     assert env["DEBUG"] == ("1" if settings.DEBUG else "0")
     assert env["BERTH_GATEWAY_CONTROL_PLANE_URL"] == f"http://127.0.0.1:{settings.WEB_PORT}"
+    assert env["BERTH_FILES_MAX_BYTES"] == str(settings.FILES_MAX_BYTES)
     assert set(env) <= gateway_reads() | {"BERTH_ROLE"}
     assert platform.env("web") == {"BERTH_ROLE": "web"}  # Django roles resolve it themselves
