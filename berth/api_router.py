@@ -22,6 +22,7 @@ urlpatterns = [
     path("staff/economics", EconomicsView.as_view(), name="staff-economics"),
     path("staff/economics/", EconomicsView.as_view()),
     path("", include("webhooks.api.urls")),
+    path("", include("batches.api.urls")),
 ]
 
 

@@ -153,7 +153,17 @@ def control_plane_env() -> dict[str, str]:
         "BERTH_KEY_PEPPERS": ",".join(f"{pid}:{secret}" for pid, secret in settings.KEY_PEPPERS.items()),
         "DEBUG": "1" if settings.DEBUG else "0",
         "LOG_LEVEL": settings.LOG_LEVEL,
+        # /v1/files and /v1/batches are answered by this machine's web role.
+        "BERTH_GATEWAY_CONTROL_PLANE_URL": f"http://{_reachable(settings.WEB_HOST)}:{settings.WEB_PORT}",
+        "BERTH_FILES_MAX_BYTES": str(settings.FILES_MAX_BYTES),
     }
     if settings.INTERNAL_TOKEN:
         result["BERTH_INTERNAL_TOKEN"] = settings.INTERNAL_TOKEN
     return result
+
+
+def _reachable(host: str) -> str:
+    """An address to connect to for a listening host (a wildcard listens on loopback too)."""
+    if host in ("0.0.0.0", "", "::"):  # noqa: S104 - compared, not bound
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -7,6 +7,7 @@ is also what makes ``DEBUG`` default to on (a production deployment always names
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import warnings
@@ -17,6 +18,7 @@ import dj_database_url
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
+from batches.storage import storage_settings as _files_storage_settings
 from berth import embedded
 from berth.env import env_bool, env_int, env_list, env_secret, env_str
 from contract import tiers as _tiers
@@ -280,11 +282,14 @@ warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume sy
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    "berth_files": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": str(DATA_DIR / "files")},
-    },
+    "berth_files": _files_storage_settings(data_dir=DATA_DIR, environ=os.environ),
 }
+# An uploaded file's size limit (413 above it), and each tenant's stored files (count and bytes).
+FILES_MAX_BYTES = env_int("BERTH_FILES_MAX_BYTES", 200 * 1024 * 1024, minimum=1)
+FILES_MAX_PER_TENANT = env_int("BERTH_FILES_MAX_PER_TENANT", 10_000, minimum=1)
+FILES_MAX_TENANT_BYTES = env_int("BERTH_FILES_MAX_TENANT_BYTES", 100 * 1024**3, minimum=1)
+# Requests in one batch input file (OpenAI's limit).
+BATCH_MAX_REQUESTS = env_int("BERTH_BATCH_MAX_REQUESTS", 50_000, minimum=1)
 
 # --------------------------------------------------------------------------- email
 

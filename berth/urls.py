@@ -12,6 +12,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("internal/prometheus/engines", observability.engine_targets, name="prometheus-engines"),
     path("internal/metrics", observability.pool_metrics, name="pool-metrics"),
+    path("internal/v1/", include("batches.urls")),
     path("admin/login/", console_views.admin_login),  # throttled, then Django's admin login
     path("admin/", admin.site.urls),
     path("staff/", include("staff.urls")),

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from audit import console as audit_pages
-from console import adapters, guardrails, invoices, pages, playground, team, views
+from console import adapters, batches, guardrails, invoices, pages, playground, team, views
 from webhooks import console as webhooks_console
 
 app_name = "console"
@@ -18,6 +18,10 @@ urlpatterns = [
     path("switch/", views.switch_tenant, name="switch-tenant"),
     path("adapters/", adapters.adapters_page, name="adapters"),
     path("adapters/<uuid:adapter_id>/delete/", adapters.delete_adapter, name="delete-adapter"),
+    path("batches/", batches.batches_page, name="batches"),
+    path("batches/rows/", batches.batch_rows, name="batch-rows"),
+    path("batches/<str:batch_id>/cancel/", batches.cancel_batch, name="cancel-batch"),
+    path("batches/files/<str:file_id>/", batches.download_file, name="batch-file"),
     path("keys/", views.api_keys, name="keys"),
     path("keys/<uuid:key_id>/revoke/", views.revoke_api_key, name="revoke-key"),
     path("team/", team.team, name="team"),

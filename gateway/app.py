@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway import dialects, metrics, responses
+from gateway import control_plane, dialects, metrics, responses
 from gateway.auth import Authenticator, Principal
 from gateway.config import GatewaySettings, get_settings
 from gateway.cors import Cors, CorsSend
@@ -199,6 +199,8 @@ class Gateway:
                 await self.state.responses.count_tokens(ctx, sender)
             elif (stored := responses.parse_path(path)) is not None:
                 await self.state.responses.stored(ctx, sender, *stored)
+            elif control_plane.handles(path):
+                await control_plane.forward(self.state, ctx, sender)
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except GatewayError as exc:

@@ -115,6 +115,15 @@ class GatewaySettings(BaseSettings):
     # the request fails: the engine has done the work, so it is held rather than lost.
     record_retry_seconds: float = Field(15.0, validation_alias="BERTH_GATEWAY_RECORD_RETRY_SECONDS", ge=0)
 
+    # The control plane's web role: /v1/files and /v1/batches are forwarded to its /internal/v1/
+    # views (gateway/control_plane.py) with the internal token.
+    control_plane_url: str = Field(
+        "http://127.0.0.1:8000", validation_alias="BERTH_GATEWAY_CONTROL_PLANE_URL"
+    )
+    # The control plane's upload limit, read from the same variable: a body announced larger is
+    # refused here (413) instead of being spooled to the web role's disk first.
+    files_max_bytes: int = Field(200 * 1024 * 1024, validation_alias="BERTH_FILES_MAX_BYTES", ge=1)
+
     # Browsers calling the gateway from another origin (the console's playground): comma-separated
     # origins, or "*" for any. Empty: no CORS headers at all.
     cors_origins: str = Field(

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from staff import views
+from staff import batches, views
 
 app_name = "staff"
 
@@ -19,4 +19,5 @@ urlpatterns = [
     path("traffic/", views.traffic, name="traffic"),
     path("economics/", views.economics, name="economics"),
     path("traffic/data/", views.traffic_data, name="traffic-data"),
+    path("batches/", batches.batch_backlog, name="batches"),
 ]

@@ -34,6 +34,7 @@ APP_PACKAGES = [
     "contract",
     "cpu_engine",
     "integrity",
+    "batches",
 ]
 # Extras a package may import from besides the core dependencies.
 EXTRAS_FOR = {

@@ -214,6 +214,37 @@ def test_adapter_files_are_shared_by_the_control_plane_and_the_nodes():
     assert len(set(sources.values())) == 1, sources
 
 
+def test_batch_files_are_shared_by_web_and_the_worker():
+    # Web stores uploads, the worker's batch runner reads them and writes the results: on one
+    # host a shared volume (S3 is the other choice, batches/storage.py).
+    services = compose_config()["services"]
+
+    def files_volume(name: str) -> str | None:
+        target = services[name]["environment"]["BERTH_FILES_DIR"]
+        for mount in services[name].get("volumes", []):
+            source, where = (
+                (mount["source"], mount["target"]) if isinstance(mount, dict) else mount.split(":")[:2]
+            )
+            if where == target:
+                return source
+        return None
+
+    assert services["web"]["environment"]["BERTH_FILES_STORAGE"] == "filesystem"
+    assert files_volume("web") is not None and files_volume("web") == files_volume("worker")
+
+
+def test_kubernetes_keeps_batch_files_in_s3():
+    # Web and worker pods share no volume: the files storage is a bucket.
+    config = by_kind(kustomize_build(), "ConfigMap")["berth-config"]["data"]
+    assert config["BERTH_FILES_STORAGE"] == "s3" and config["BERTH_S3_BUCKET"]
+    assert config["BERTH_GATEWAY_CONTROL_PLANE_URL"] == "http://web:8000"
+    from batches.storage import storage_settings
+
+    backend = storage_settings(data_dir=Path("/data"), environ=config)
+    assert backend["BACKEND"] == "storages.backends.s3.S3Storage"
+    assert "endpoint_url" not in backend["OPTIONS"]  # empty means AWS itself
+
+
 def test_compose_runs_one_service_per_role_and_no_other_berth_service():
     from berth import roles as platform
 
@@ -325,6 +356,11 @@ def test_the_gateway_service_gets_only_what_the_gateway_reads():
     assert set(env) <= gateway_reads() | GATEWAY_PROCESS_ENV
     assert {"REDIS_URL", "BERTH_KEY_PEPPERS", "BERTH_INTERNAL_TOKEN"} <= set(env)
     assert env["DEBUG"] == "0"  # /metrics needs the token
+    # /v1/files and /v1/batches go to the web service, whose ALLOWED_HOSTS names it.
+    assert env["BERTH_GATEWAY_CONTROL_PLANE_URL"] == "http://web:8000"
+    web = compose_config()["services"]["web"]["environment"]
+    assert env["BERTH_FILES_MAX_BYTES"] == web["BERTH_FILES_MAX_BYTES"]  # one upload limit
+    assert "web" in web["ALLOWED_HOSTS"].split(",")
 
 
 def test_the_gateway_deployment_gets_only_what_the_gateway_reads():
@@ -335,7 +371,13 @@ def test_the_gateway_deployment_gets_only_what_the_gateway_reads():
     names = {item["name"] for item in container["env"]}
     assert not [name for name in names if GATEWAY_FORBIDDEN.match(name)]
     assert names <= gateway_reads() | GATEWAY_PROCESS_ENV
-    assert {"REDIS_URL", "BERTH_KEY_PEPPERS", "BERTH_INTERNAL_TOKEN", "DEBUG"} <= names
+    assert {
+        "REDIS_URL",
+        "BERTH_KEY_PEPPERS",
+        "BERTH_INTERNAL_TOKEN",
+        "DEBUG",
+        "BERTH_GATEWAY_CONTROL_PLANE_URL",
+    } <= names
     secrets = by_kind(docs, "Secret")["berth-secrets"]["stringData"]
     config = by_kind(docs, "ConfigMap")["berth-config"]["data"]
     for item in container["env"]:
@@ -648,5 +690,7 @@ def test_up_hands_the_gateway_what_the_control_plane_resolved(settings):
     assert env["BERTH_REDIS_PREFIX"] == settings.REDIS_PREFIX
     assert env["BERTH_KEY_PEPPERS"] == ",".join(f"{k}:{v}" for k, v in settings.KEY_PEPPERS.items())
     assert env["DEBUG"] == ("1" if settings.DEBUG else "0")
+    assert env["BERTH_GATEWAY_CONTROL_PLANE_URL"] == f"http://127.0.0.1:{settings.WEB_PORT}"
+    assert env["BERTH_FILES_MAX_BYTES"] == str(settings.FILES_MAX_BYTES)
     assert set(env) <= gateway_reads() | {"BERTH_ROLE"}
     assert platform.env("web") == {"BERTH_ROLE": "web"}  # Django roles resolve it themselves

@@ -82,6 +82,14 @@ PROBES: list[Probe] = [
     # (test_internal_endpoints_open_with_the_token).
     console("internal/prometheus/engines", "GET", "/internal/prometheus/engines", everyone(401)),
     console("internal/metrics", "GET", "/internal/metrics", everyone(401)),
+    # The Files and Batch APIs behind the gateway: the token and a tenant header, never a session.
+    console("internal/v1/files", "GET", "/internal/v1/files", everyone(401)),
+    console("internal/v1/files/<str:file_id>", "GET", "/internal/v1/files/file-nope", everyone(401)),
+    console("internal/v1/files/<str:file_id>/content", "GET", "/internal/v1/files/file-nope/content", everyone(401)),
+    console("internal/v1/batches", "POST", "/internal/v1/batches", everyone(401)),
+    console("internal/v1/batches/<str:batch_id>", "GET", "/internal/v1/batches/batch_nope", everyone(401)),
+    console("internal/v1/batches/<str:batch_id>/cancel", "POST", "/internal/v1/batches/batch_nope/cancel", everyone(401)),
+    console("internal/v1/<path:rest>", "GET", "/internal/v1/other", everyone(401)),
     # ---------------------------------------------------------------- console pages
     console("", "GET", "/", by_role(200, 200, 200, 200, 200, LOGIN, 200)),
     console("models/", "GET", "/models/", by_role(200, 200, 200, 200, 200, LOGIN, 200)),
@@ -101,6 +109,11 @@ PROBES: list[Probe] = [
     console("adapters/", "POST", "/adapters/", by_role(200, 200, 403, 403, 200, LOGIN, 302), data={"name": "matrix"}),
     console("adapters/<uuid:adapter_id>/delete/", "POST", "/adapters/{new_home_adapter}/delete/", by_role(302, 302, 403, 403, 404, LOGIN, 404)),
     console("adapters/<uuid:adapter_id>/delete/", "POST", "/adapters/{foreign_adapter_id}/delete/", by_role(404, 404, 403, 403, 404, LOGIN, 404)),
+    console("batches/", "GET", "/batches/", by_role(200, 200, 200, 200, 200, LOGIN, 302)),
+    console("batches/", "POST", "/batches/", by_role(400, 400, 400, 403, 400, LOGIN, 302), data={"endpoint": "/v1/embeddings"}),
+    console("batches/rows/", "GET", "/batches/rows/", by_role(200, 200, 200, 200, 200, LOGIN, 404), headers=HTMX, note="htmx"),
+    console("batches/<str:batch_id>/cancel/", "POST", "/batches/batch_nope/cancel/", by_role(404, 404, 404, 403, 404, LOGIN, 404)),
+    console("batches/files/<str:file_id>/", "GET", "/batches/files/file-nope/", by_role(404, 404, 404, 404, 404, LOGIN, 404)),
     console("keys/", "GET", "/keys/", by_role(200, 200, 200, 403, 200, LOGIN, 404)),
     console("keys/", "POST", "/keys/", by_role(200, 200, 200, 403, 200, LOGIN, 404), data={"name": "matrix", "nonce": "n-1"}),
     console("keys/<uuid:key_id>/revoke/", "POST", "/keys/{new_home_key}/revoke/", by_role(302, 302, 403, 403, 404, LOGIN, 404)),
@@ -175,6 +188,7 @@ PROBES: list[Probe] = [
     console("staff/traffic/", "GET", "/staff/traffic/", STAFF_ONLY),
     console("staff/economics/", "GET", "/staff/economics/?month=2026-03", STAFF_ONLY),
     console("staff/traffic/data/", "GET", "/staff/traffic/data/", STAFF_ONLY, headers=HTMX, note="htmx"),
+    console("staff/batches/", "GET", "/staff/batches/", STAFF_ONLY),
     # ---------------------------------------------------------------- management API
     api("api/schema/", "GET", "/api/schema/", everyone(200)),
     api("api/docs/", "GET", "/api/docs/", everyone(200)),
@@ -248,6 +262,12 @@ PROBES: list[Probe] = [
     api("api/v1/invoices/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/invoices/{foreign_invoice}", by_role(404, 404, 403, 404, 404, 401, 403)),
     api("api/v1/invoices/(?P<pk>[^/.]+)/pdf/?$", "GET", "/api/v1/invoices/{home_invoice}/pdf", by_role(200, 200, 403, 200, 404, 401, 403)),
     api("api/v1/invoices/(?P<pk>[^/.]+)/pdf/?$", "GET", "/api/v1/invoices/{foreign_invoice}/pdf", by_role(404, 404, 403, 404, 404, 401, 403)),
+    api("api/v1/batches/?$", "GET", "/api/v1/batches", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/batches/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/batches/batch_nope", by_role(404, 404, 404, 404, 404, 401, 403)),
+    api("api/v1/batches/(?P<pk>[^/.]+)/cancel/?$", "POST", "/api/v1/batches/batch_nope/cancel", by_role(404, 404, 404, 403, 404, 401, 403)),
+    api("api/v1/files/?$", "GET", "/api/v1/files", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/files/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/files/file-nope", by_role(404, 404, 404, 404, 404, 401, 403)),
+    api("api/v1/files/(?P<pk>[^/.]+)/content/?$", "GET", "/api/v1/files/file-nope/content", by_role(404, 404, 404, 404, 404, 401, 403)),
 ]  # fmt: skip
 
 
