@@ -92,7 +92,8 @@ def _unit_price(per_million: Decimal, currency: str) -> str:
 
 
 def line_description(line: InvoiceLine, currency: str) -> str:
-    """E.g. ``tiny-chat — input tokens: 1,234,567 × $0.10/M``."""
+    """E.g. ``tiny-chat — input tokens: 1,234,567 × $0.10/M``; a line in another tier than default
+    names it (``tiny-chat — output tokens, flex: …``)."""
     text = f"{line.description}: {line.tokens:,} × {_unit_price(line.unit_price_per_million, currency)}/M"
     if line.late_requests:
         text += f" (includes {line.late_requests:,} late requests)"
@@ -124,7 +125,11 @@ def item_params(line: InvoiceLine, invoice: Invoice, customer_id: str, stripe_in
         "amount": money.to_minor_units(line.amount, invoice.currency),
         "currency": invoice.currency.lower(),
         "description": line_description(line, invoice.currency),
-        "metadata": {"berth_line_id": str(line.pk), "berth_invoice_id": str(invoice.pk)},
+        "metadata": {
+            "berth_line_id": str(line.pk),
+            "berth_invoice_id": str(invoice.pk),
+            "service_tier": line.service_tier,
+        },
     }
 
 

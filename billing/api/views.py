@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, timedelta
+from decimal import Decimal
 
 from django.http import HttpResponse
 from django.utils import timezone
@@ -15,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import money, pdf, reports, usage_breakdown
-from billing.models import Invoice, InvoiceLine
+from billing.models import Invoice, InvoiceLine, ServiceTier
 from tenants.api.permissions import TenantPermission, request_tenant
 from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
 from tenants.models import ApiKey
@@ -54,6 +55,11 @@ class UsageQuerySerializer(serializers.Serializer):
 class UsageRowSerializer(serializers.Serializer):
     date = serializers.DateField(source="day")
     model = serializers.CharField()
+    service_tier = serializers.ChoiceField(
+        choices=ServiceTier.choices,
+        help_text="The tier the requests were served in (default, flex, priority; batch: /v1/batches "
+        "lines), each billed at its percent of the model's price.",
+    )
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
@@ -118,7 +124,8 @@ class UsageReportSerializer(serializers.Serializer):
 
 
 class UsageView(APIView):
-    """Usage per UTC day and model for a date range; ``cost`` only for members who see billing."""
+    """Usage per UTC day, model and service tier for a date range; ``cost`` only for members who
+    see billing."""
 
     permission_classes = [TenantPermission]
     read_perm = PERM_VIEW
@@ -142,7 +149,9 @@ class UsageView(APIView):
             raise serializers.ValidationError({"key": "No API key with this id in this organization."})
         if query.validated_data.get("group_by"):
             return self._grouped(request, tenant, query.validated_data["group_by"], start, end, key_id)
-        rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end), api_key_id=key_id)
+        rows = reports.usage_by_day(
+            tenant, *reports.day_bounds(start, end), api_key_id=key_id, split_tiers=True
+        )
         data = UsageRowSerializer(rows, many=True).data
         per_model = ModelUsageSerializer(reports.by_model(rows), many=True).data
         totals = reports.totals(rows)
@@ -174,10 +183,39 @@ class UsageView(APIView):
         return Response({"start": start, "end": end, "group_by": group_by, "data": data, "totals": totals})
 
 
+class UnitPriceField(serializers.DecimalField):
+    """A per-million price as a string with all its significant decimals, at least six
+    (``"0.100000"``; a tier's percent may give more: ``"0.0617285"``)."""
+
+    def to_representation(self, value):
+        exponent = Decimal(value).normalize().as_tuple().exponent
+        places = max(UNIT_PRICE_PLACES, -int(exponent))
+        return f"{Decimal(value):.{places}f}"
+
+
+UNIT_PRICE_PLACES = 6
+
+
 class InvoiceLineSerializer(serializers.ModelSerializer):
+    unit_price_per_million = UnitPriceField(
+        max_digits=20,
+        decimal_places=10,
+        read_only=True,
+        help_text="The model's price for this kind of token × the tier's percent, exact.",
+    )
+
     class Meta:
         model = InvoiceLine
-        fields = ["model", "kind", "tokens", "unit_price_per_million", "amount", "requests", "late_requests"]
+        fields = [
+            "model",
+            "kind",
+            "service_tier",
+            "tokens",
+            "unit_price_per_million",
+            "amount",
+            "requests",
+            "late_requests",
+        ]
 
 
 class InvoiceSerializer(serializers.ModelSerializer):
