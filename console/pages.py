@@ -22,6 +22,7 @@ from billing.periods import period_containing
 from console import usage_breakdown
 from console.access import NoTenant, forbidden, tenant_required
 from console.forms import BillingSettingsForm, OrganizationForm, ResidencyForm, UsageRangeForm
+from models_registry import catalog
 from models_registry.constants import Task
 from models_registry.models import Model
 from provisioning.constants import WorkerState
@@ -96,7 +97,11 @@ def overview(request, tenant: Tenant):
 
 @tenant_required()
 def models_page(request, tenant: Tenant):
-    return render(request, "console/models.html", {"models": list(models_for(tenant))})
+    models = list(models_for(tenant))
+    for model in models:
+        # Flex, priority and batch prices where they differ from the default (catalog.tier_prices).
+        model.tier_prices = catalog.tier_prices(catalog.annotated_price(model), only_differing=True)
+    return render(request, "console/models.html", {"models": models})
 
 
 def _range(request) -> tuple[UsageRangeForm, date, date]:
