@@ -22,6 +22,7 @@ from billing.periods import period_containing
 from console import usage_breakdown
 from console.access import NoTenant, forbidden, tenant_required
 from console.forms import BillingSettingsForm, OrganizationForm, ResidencyForm, UsageRangeForm
+from contract import tiers
 from models_registry import catalog
 from models_registry.constants import Task
 from models_registry.models import Model
@@ -320,6 +321,8 @@ def settings_page(request, tenant: Tenant):
         "residency_form": residency_form,
         "can_residency": can_residency,
         "plan": tenant.plan,
+        "service_tiers": tiers.allowed_tiers(tenant.plan.priority_band),
+        "plan_tier": tiers.resolve(None, tenant.plan.priority_band),
         "spend": reports.period_spend(tenant, timezone.now()) if can_billing else None,
     }
     return render(request, "console/settings.html", context, status=status)
