@@ -86,9 +86,10 @@ def ensure_customer(tenant: Tenant, stripe_client: stripe.StripeClient | None = 
 
 
 def _unit_price(per_million: Decimal, currency: str) -> str:
+    """All the price's significant decimals (a tier's percent may give more than a cent's)."""
     exponent = Decimal(per_million).normalize().as_tuple().exponent  # an int: prices are finite
     places = max(money.minor_exponent(currency), -int(exponent))
-    return money.format_money(Decimal(per_million).quantize(Decimal(1).scaleb(-places)), currency)
+    return money.format_price(Decimal(per_million).quantize(Decimal(1).scaleb(-places)), currency)
 
 
 def line_description(line: InvoiceLine, currency: str) -> str:
