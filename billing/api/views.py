@@ -9,14 +9,14 @@ from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
-from rest_framework import serializers, viewsets
+from rest_framework import generics, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import money, pdf, reports, usage_breakdown
-from billing.models import Invoice, InvoiceLine, ServiceTier
+from billing.models import Invoice, InvoiceLine, ServiceTier, UsageRecord
 from tenants.api.permissions import TenantPermission, request_tenant
 from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
 from tenants.models import ApiKey
@@ -194,6 +194,85 @@ class UnitPriceField(serializers.DecimalField):
 
 
 UNIT_PRICE_PLACES = 6
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    """One metered request, as the per-request CSV export has it."""
+
+    time = serializers.DateTimeField(source="occurred_at")
+    total_tokens = serializers.SerializerMethodField()
+    ttft_ms = serializers.IntegerField(allow_null=True, help_text="Time to the first token (streams).")
+    service_tier = serializers.ChoiceField(
+        choices=ServiceTier.choices, help_text="The tier the request was served and is billed in."
+    )
+    queue_ms = serializers.IntegerField(help_text="Time the request waited in the gateway's admission queue.")
+    batch_id = serializers.CharField(
+        help_text="The /v1/batches batch the request was a line of; empty: none."
+    )
+
+    class Meta:
+        model = UsageRecord
+        fields = [
+            "request_id", "time", "model", "endpoint", "api_key_id", "prompt_tokens", "cached_tokens",
+            "completion_tokens", "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
+            "service_tier", "queue_ms", "batch_id",
+        ]  # fmt: skip
+
+    def get_total_tokens(self, record) -> int:
+        return record.prompt_tokens + record.completion_tokens
+
+
+class UsageRecordFilterSerializer(serializers.Serializer):
+    start = serializers.DateField(required=False, help_text="First UTC day (default: 30 days ago).")
+    end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
+    key = serializers.UUIDField(required=False, help_text="Only this API key's requests (its id).")
+    model = serializers.CharField(required=False, max_length=200)
+    service_tier = serializers.ChoiceField(required=False, choices=ServiceTier.choices)
+    batch_id = serializers.CharField(required=False, max_length=64)
+
+    def validate(self, attrs):
+        today = timezone.now().astimezone(UTC).date()
+        end = attrs.get("end") or today
+        start = attrs.get("start") or end - timedelta(days=29)
+        if start > end:
+            raise serializers.ValidationError({"end": "The end date must be on or after the start date."})
+        if (end - start).days + 1 > reports.MAX_RANGE_DAYS:
+            raise serializers.ValidationError(
+                {"start": f"Ask for at most {reports.MAX_RANGE_DAYS} days at a time."}
+            )
+        return {**attrs, "start": start, "end": end}
+
+
+@extend_schema(parameters=[UsageRecordFilterSerializer])
+class UsageRecordList(generics.ListAPIView):
+    """The current organization's requests one by one, newest first: tokens, status, latency, the
+    service tier served, the wait in the admission queue and the batch of a batch line."""
+
+    serializer_class = UsageRecordSerializer
+    permission_classes = [TenantPermission]
+    read_perm = PERM_VIEW
+
+    def get_queryset(self):
+        # A filter given empty (``?start=``) is an error, as the schema says, not "no filter".
+        blank = {
+            name: ["This filter may not be blank; leave it out for no filter."]
+            for name in UsageRecordFilterSerializer().fields
+            if name in self.request.query_params and not self.request.query_params[name].strip()
+        }
+        if blank:
+            raise serializers.ValidationError(blank)
+        query = UsageRecordFilterSerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        wanted = query.validated_data
+        records = reports.records(
+            request_tenant(self.request),
+            *reports.day_bounds(wanted["start"], wanted["end"]),
+            wanted.get("key"),
+        )
+        for name in ("model", "service_tier", "batch_id"):
+            if name in wanted:
+                records = records.filter(**{name: wanted[name]})
+        return records.order_by("-occurred_at", "-pk")
 
 
 class InvoiceLineSerializer(serializers.ModelSerializer):

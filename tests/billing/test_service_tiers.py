@@ -370,3 +370,40 @@ def test_priced_lines_carry_the_tier_and_keep_exact_cost_semantics():
     assert line.exact_cost() == Decimal(3) * INPUT / 2 / 1_000_000
     assert line.amount("USD") == Decimal("0.00")
     assert isinstance(InvoiceLine._meta.get_field("service_tier").default, str)
+
+
+def test_the_usage_records_api_lists_requests_with_tier_queue_and_batch():
+    priced()
+    tenant, other = TenantFactory(), TenantFactory()
+    at = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    four_tiers(tenant, at=at)
+    record(other, "tier-chat", at, 5, 5, service_tier="batch", batch_id="batch_theirs")
+    client = APIClient()
+    client.force_login(member(tenant, "member"))
+
+    body = client.get("/api/v1/usage/requests", {"start": "2026-10-01", "end": "2026-10-31"}).json()
+    assert body["count"] == 4
+    got = sorted(
+        (r["service_tier"], r["queue_ms"], r["batch_id"], r["total_tokens"]) for r in body["results"]
+    )
+    assert got == [
+        ("batch", 0, "batch_abc", 3_777_778),
+        ("default", 0, "", 3_777_778),
+        ("flex", 250, "", 3_777_778),
+        ("priority", 0, "", 3_777_778),
+    ]
+    only = client.get("/api/v1/usage/requests", {"start": "2026-10-01", "batch_id": "batch_abc"}).json()
+    assert [r["service_tier"] for r in only["results"]] == ["batch"]
+    flex = client.get("/api/v1/usage/requests", {"start": "2026-10-01", "service_tier": "flex"}).json()
+    assert [r["queue_ms"] for r in flex["results"]] == [250]
+    # Another tenant's batch is not visible, even by its id.
+    theirs = client.get("/api/v1/usage/requests", {"start": "2026-10-01", "batch_id": "batch_theirs"}).json()
+    assert theirs["count"] == 0
+    # Bad filters are DRF errors naming them.
+    bad = client.get("/api/v1/usage/requests", {"service_tier": "gold", "start": ""})
+    assert bad.status_code == 400 and "start" in bad.json()
+    bad = client.get("/api/v1/usage/requests", {"service_tier": "gold"})
+    assert bad.status_code == 400 and "service_tier" in bad.json()
+    assert (
+        client.get("/api/v1/usage/requests", {"start": "2026-10-05", "end": "2026-10-01"}).status_code == 400
+    )
