@@ -58,7 +58,10 @@ class PricedLine:
 
     @property
     def tier_percent(self) -> Decimal:
-        return HUNDRED if self.price is None else self.price.tier_percent(self.tier)
+        """The percent of the price billed in this line's tier; the default tier is always 100."""
+        if self.price is None or self.tier == tiers.DEFAULT:
+            return HUNDRED
+        return self.price.tier_percent(self.tier)
 
     @property
     def unit_price(self) -> Decimal:

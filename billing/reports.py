@@ -1,7 +1,7 @@
 """Usage and spend figures for the console, the API and spend checks (tenant-scoped always).
 
 Costs here are *estimates* per group (exact cost, rounded for display); the invoice is the bill.
-Month-to-date ``spend`` rounds per (model, price, kind) group exactly as an invoice line would.
+Month-to-date ``spend`` rounds per (model, price, tier, kind) group exactly as an invoice line would.
 ``cached_tokens`` are the part of ``prompt_tokens`` served from the engine's prefix cache (billed
 at the cached-input price); the cache hit rate is cached / prompt tokens. With ``split_tiers`` the
 daily rows are per service tier too (default, flex, priority, batch: each priced at its percent).
