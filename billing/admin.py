@@ -16,7 +16,16 @@ from billing.models import (
     UsageRecord,
 )
 
-LINE_FIELDS = ("model", "kind", "tokens", "unit_price_per_million", "amount", "requests", "late_requests")
+LINE_FIELDS = (
+    "model",
+    "kind",
+    "service_tier",
+    "tokens",
+    "unit_price_per_million",
+    "amount",
+    "requests",
+    "late_requests",
+)
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -148,11 +157,13 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "prompt_tokens",
         "cached_tokens",
         "completion_tokens",
+        "service_tier",
+        "queue_ms",
         "status",
         "occurred_at",
     ]
-    list_filter = ["status", "endpoint"]
-    search_fields = ["request_id", "model"]
+    list_filter = ["status", "endpoint", "service_tier"]
+    search_fields = ["request_id", "model", "batch_id"]
     date_hierarchy = "occurred_at"
 
     def has_change_permission(self, request, obj=None):

@@ -102,6 +102,7 @@ def close_period(*, tenant: Tenant, period: Period, now: datetime | None = None)
                     invoice=invoice,
                     model=line.model,
                     kind=line.kind,
+                    service_tier=line.tier,
                     tokens=line.tokens,
                     unit_price_per_million=line.unit_price,
                     price=line.price,

@@ -223,8 +223,16 @@ class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     model = models.CharField(max_length=200)
     kind = models.CharField(max_length=8, choices=TokenKind.choices)
+    # The tier the line's requests were served in; its unit price is the price row's × the tier's
+    # percent (billing/pricing.py), kept exact (up to ten decimals) so tokens × price = amount.
+    service_tier = models.CharField(
+        max_length=16,
+        choices=ServiceTier.choices,
+        default=ServiceTier.DEFAULT,
+        db_default=ServiceTier.DEFAULT,
+    )
     tokens = models.PositiveBigIntegerField()
-    unit_price_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    unit_price_per_million = models.DecimalField(max_digits=20, decimal_places=10)
     price = models.ForeignKey(
         "models_registry.Price", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -238,7 +246,10 @@ class InvoiceLine(models.Model):
         ordering = ["invoice", "position"]
 
     def __str__(self) -> str:
-        return f"{self.model} {self.kind} {self.tokens} @ {self.unit_price_per_million}/M = {self.amount}"
+        tier = "" if self.service_tier == ServiceTier.DEFAULT else f" {self.service_tier}"
+        return (
+            f"{self.model} {self.kind}{tier} {self.tokens} @ {self.unit_price_per_million}/M = {self.amount}"
+        )
 
     @property
     def adapter_base(self) -> str:
@@ -250,7 +261,8 @@ class InvoiceLine(models.Model):
     def description(self) -> str:
         base = self.adapter_base
         model = f"{self.model} (adapter on {base})" if base else self.model
-        return f"{model} — {self.get_kind_display().lower()}"
+        tier = "" if self.service_tier == ServiceTier.DEFAULT else f", {self.service_tier}"
+        return f"{model} — {self.get_kind_display().lower()}{tier}"
 
 
 class SpendAlert(models.Model):

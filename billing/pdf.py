@@ -133,7 +133,8 @@ def render(invoice: Invoice) -> bytes:
     story.append(
         Paragraph(
             "Amounts are tokens × the price per million tokens in effect when each request ran, rounded "
-            "half-up to the cent once per line.",
+            "half-up to the cent once per line. Lines marked flex, priority or batch are billed at that "
+            "service tier's percent of the model's price.",
             styles["muted"],
         )
     )

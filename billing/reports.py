@@ -1,9 +1,10 @@
 """Usage and spend figures for the console, the API and spend checks (tenant-scoped always).
 
 Costs here are *estimates* per group (exact cost, rounded for display); the invoice is the bill.
-Month-to-date ``spend`` rounds per (model, price, kind) group exactly as an invoice line would.
+Month-to-date ``spend`` rounds per (model, price, tier, kind) group exactly as an invoice line would.
 ``cached_tokens`` are the part of ``prompt_tokens`` served from the engine's prefix cache (billed
-at the cached-input price); the cache hit rate is cached / prompt tokens.
+at the cached-input price); the cache hit rate is cached / prompt tokens. With ``split_tiers`` the
+daily rows are per service tier too (default, flex, priority, batch: each priced at its percent).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.db.models.functions import TruncDate
 from billing import money, pricing
 from billing.models import ERRORS, UsageRecord
 from billing.periods import period_containing
+from contract import tiers
 
 # The longest date range the console and the API show or export at once.
 MAX_RANGE_DAYS = 366
@@ -43,6 +45,8 @@ class DayModelUsage:
     completion_tokens: int = 0
     cost: Decimal = field(default_factory=lambda: Decimal("0"))  # exact, unrounded
     cached_tokens: int = 0
+    # The service tier (rows split by tier), or "" when the row sums every tier.
+    service_tier: str = ""
 
     @property
     def total_tokens(self) -> int:
@@ -85,19 +89,28 @@ def records(tenant, start: datetime, end: datetime, api_key_id=None):
     return qs if api_key_id is None else qs.filter(api_key_id=api_key_id)
 
 
-def usage_by_day(tenant, start: datetime, end: datetime, *, api_key_id=None) -> list[DayModelUsage]:
-    """Per UTC day and model: requests, errors, tokens and estimated cost, oldest day first."""
+def usage_by_day(
+    tenant, start: datetime, end: datetime, *, api_key_id=None, split_tiers: bool = False
+) -> list[DayModelUsage]:
+    """Per UTC day and model (and service tier with ``split_tiers``): requests, errors, tokens and
+    estimated cost, oldest day first."""
     qs = records(tenant, start, end, api_key_id).annotate(day=TruncDate("occurred_at", tzinfo=UTC))
     rows: dict[tuple, DayModelUsage] = {}
-    counts = qs.values("day", "model").annotate(
-        n=Count("pk"),
-        errors=Count("pk", filter=ERRORS),
-        prompt=Sum("prompt_tokens"),
-        completion=Sum("completion_tokens"),
-        cached=Sum("cached_tokens"),
+    group = ("day", "model", "billed_tier") if split_tiers else ("day", "model")
+    counts = (
+        qs.annotate(billed_tier=pricing.billed_tier())
+        .values(*group)
+        .annotate(
+            n=Count("pk"),
+            errors=Count("pk", filter=ERRORS),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            cached=Sum("cached_tokens"),
+        )
     )
     for row in counts:
-        rows[(row["day"], row["model"])] = DayModelUsage(
+        tier = row["billed_tier"] if split_tiers else ""
+        rows[(row["day"], row["model"], tier)] = DayModelUsage(
             row["day"],
             row["model"],
             row["n"],
@@ -105,10 +118,14 @@ def usage_by_day(tenant, start: datetime, end: datetime, *, api_key_id=None) -> 
             row["prompt"] or 0,
             row["completion"] or 0,
             cached_tokens=row["cached"] or 0,
+            service_tier=tier,
         )
     for (day,), line in pricing.priced_lines(qs, currency=settings.BILLING_CURRENCY, extra_group=("day",)):
-        rows[(day, line.model)].cost += line.exact_cost()
-    return sorted(rows.values(), key=lambda r: (r.day, r.model))
+        rows[(day, line.model, line.tier if split_tiers else "")].cost += line.exact_cost()
+    return sorted(rows.values(), key=lambda r: (r.day, r.model, _TIER_ORDER.get(r.service_tier, 0)))
+
+
+_TIER_ORDER = {tier: n for n, tier in enumerate(tiers.BILLED_TIERS)}
 
 
 def by_model(rows: list[DayModelUsage]) -> list[ModelUsage]:

@@ -10,8 +10,10 @@ threshold per period** (a unique ``SpendAlert`` row). At 100 % the tenant's ``sp
 Celery beat runs ``check_all`` every ``BERTH_SPEND_CHECK_SECONDS``.
 
 That check lags by up to a minute of traffic, so the gateway also keeps a per-tenant spend counter
-in Redis (``contract.spend``: it adds each settled request's cost, priced from the model mirror, and
-refuses admission once the counter reaches ``spend_limit_micros`` from the tenant mirror). The
+in Redis (``contract.spend``: it adds each settled request's cost, priced from the model mirror at
+the percent of the request's service tier, ``contract.spend.tier_cost_micros``, the percent
+``billing.pricing`` bills; and it refuses admission once the counter reaches ``spend_limit_micros``
+from the tenant mirror). The
 check reconciles that counter with PostgreSQL: it raises it to the exact spend of the usage
 records (never lowers it: events still in the usage stream are not in PostgreSQL yet), republishes
 models whose price in effect changed (prices scheduled for later) and tenants whose mirrored limit

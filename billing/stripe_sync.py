@@ -86,13 +86,15 @@ def ensure_customer(tenant: Tenant, stripe_client: stripe.StripeClient | None = 
 
 
 def _unit_price(per_million: Decimal, currency: str) -> str:
+    """All the price's significant decimals (a tier's percent may give more than a cent's)."""
     exponent = Decimal(per_million).normalize().as_tuple().exponent  # an int: prices are finite
     places = max(money.minor_exponent(currency), -int(exponent))
-    return money.format_money(Decimal(per_million).quantize(Decimal(1).scaleb(-places)), currency)
+    return money.format_price(Decimal(per_million).quantize(Decimal(1).scaleb(-places)), currency)
 
 
 def line_description(line: InvoiceLine, currency: str) -> str:
-    """E.g. ``tiny-chat — input tokens: 1,234,567 × $0.10/M``."""
+    """E.g. ``tiny-chat — input tokens: 1,234,567 × $0.10/M``; a line in another tier than default
+    names it (``tiny-chat — output tokens, flex: …``)."""
     text = f"{line.description}: {line.tokens:,} × {_unit_price(line.unit_price_per_million, currency)}/M"
     if line.late_requests:
         text += f" (includes {line.late_requests:,} late requests)"
@@ -124,7 +126,11 @@ def item_params(line: InvoiceLine, invoice: Invoice, customer_id: str, stripe_in
         "amount": money.to_minor_units(line.amount, invoice.currency),
         "currency": invoice.currency.lower(),
         "description": line_description(line, invoice.currency),
-        "metadata": {"berth_line_id": str(line.pk), "berth_invoice_id": str(invoice.pk)},
+        "metadata": {
+            "berth_line_id": str(line.pk),
+            "berth_invoice_id": str(invoice.pk),
+            "service_tier": line.service_tier,
+        },
     }
 
 

@@ -22,6 +22,8 @@ from billing.periods import period_containing
 from console import usage_breakdown
 from console.access import NoTenant, forbidden, tenant_required
 from console.forms import BillingSettingsForm, OrganizationForm, ResidencyForm, UsageRangeForm
+from contract import tiers
+from models_registry import catalog
 from models_registry.constants import Task
 from models_registry.models import Model
 from provisioning.constants import WorkerState
@@ -96,7 +98,11 @@ def overview(request, tenant: Tenant):
 
 @tenant_required()
 def models_page(request, tenant: Tenant):
-    return render(request, "console/models.html", {"models": list(models_for(tenant))})
+    models = list(models_for(tenant))
+    for model in models:
+        # Flex, priority and batch prices where they differ from the default (catalog.tier_prices).
+        model.tier_prices = catalog.tier_prices(catalog.annotated_price(model), only_differing=True)
+    return render(request, "console/models.html", {"models": models})
 
 
 def _range(request) -> tuple[UsageRangeForm, date, date]:
@@ -114,7 +120,7 @@ def _range(request) -> tuple[UsageRangeForm, date, date]:
 def usage(request, tenant: Tenant):
     form, start, end = _range(request)
     valid = not form.is_bound or form.is_valid()
-    rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end)) if valid else []
+    rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end), split_tiers=True) if valid else []
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     context = {
         "form": form,
@@ -191,7 +197,8 @@ def _csv_text(batches):
 
 _REQUEST_COLUMNS = (
     "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "cached_tokens",
-    "completion_tokens", "status", "http_status", "latency_ms", "ttft_ms", "pk",
+    "completion_tokens", "status", "http_status", "latency_ms", "ttft_ms", "service_tier", "queue_ms",
+    "batch_id", "pk",
 )  # fmt: skip
 
 
@@ -199,6 +206,7 @@ def _csv_requests(tenant_id, lo, hi):
     yield [[
         "occurred_at", "request_id", "model", "endpoint", "api_key_id", "prompt_tokens", "cached_tokens",
         "completion_tokens", "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
+        "service_tier", "queue_ms", "batch_id",
     ]]  # fmt: skip
     records = UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__gte=lo, occurred_at__lt=hi)
     page = records
@@ -208,9 +216,10 @@ def _csv_requests(tenant_id, lo, hi):
             return
         yield [
             [at.astimezone(UTC).isoformat(), rid, model, endpoint, key or "", prompt, cached, completion,
-             prompt + completion, status, http, latency, "" if ttft is None else ttft]
-            for at, rid, model, endpoint, key, prompt, cached, completion, status, http, latency, ttft, _
-            in batch
+             prompt + completion, status, http, latency, "" if ttft is None else ttft, tier or "default",
+             queue, batch]
+            for at, rid, model, endpoint, key, prompt, cached, completion, status, http, latency, ttft, tier,
+            queue, batch, _ in batch
         ]  # fmt: skip
         if len(batch) < CSV_BATCH_ROWS:
             return
@@ -220,12 +229,12 @@ def _csv_requests(tenant_id, lo, hi):
 
 def _csv_days(tenant, lo, hi, can_bill: bool):
     # One row per day and model over at most MAX_RANGE_DAYS: small, so one query and one batch.
-    header = ["date", "model", "requests", "errors", "prompt_tokens", "cached_tokens", "cache_hit_rate",
-              "completion_tokens", "total_tokens"]  # fmt: skip
+    header = ["date", "model", "service_tier", "requests", "errors", "prompt_tokens", "cached_tokens",
+              "cache_hit_rate", "completion_tokens", "total_tokens"]  # fmt: skip
     rows = [[*header, "estimated_cost"] if can_bill else header]
-    for row in reports.usage_by_day(tenant, lo, hi):
+    for row in reports.usage_by_day(tenant, lo, hi, split_tiers=True):
         rate = "" if row.cache_hit_rate is None else f"{row.cache_hit_rate:.4f}"
-        line = [row.day.isoformat(), row.model, row.requests, row.errors, row.prompt_tokens,
+        line = [row.day.isoformat(), row.model, row.service_tier, row.requests, row.errors, row.prompt_tokens,
                 row.cached_tokens, rate, row.completion_tokens, row.total_tokens]  # fmt: skip
         rows.append([*line, f"{row.cost:.6f}"] if can_bill else line)
     yield rows
@@ -312,6 +321,8 @@ def settings_page(request, tenant: Tenant):
         "residency_form": residency_form,
         "can_residency": can_residency,
         "plan": tenant.plan,
+        "service_tiers": tiers.allowed_tiers(tenant.plan.priority_band),
+        "plan_tier": tiers.resolve(None, tenant.plan.priority_band),
         "spend": reports.period_spend(tenant, timezone.now()) if can_billing else None,
     }
     return render(request, "console/settings.html", context, status=status)

@@ -33,7 +33,9 @@ Mirrors of PostgreSQL (control plane → gateway; rewritten after each commit, h
   empty), ``manifest_digest`` (``sha256:<hex>`` of the weights' manifest, or empty: see
   ``integrity``), and with a price in effect ``price_input_micros`` / ``price_output_micros`` /
   ``price_cached_input_micros`` (per million tokens; cached input is the part of a prompt the
-  engine served from its prefix cache, see ``contract.spend``). A model without this hash does not exist for the gateway. Written by
+  engine served from its prefix cache, see ``contract.spend``) with ``price_percent_flex`` /
+  ``price_percent_priority`` / ``price_percent_batch`` (the percent of those prices billed per
+  service tier, decimal strings; absent: ``contract.tiers.DEFAULT_PRICE_PERCENT``). A model without this hash does not exist for the gateway. Written by
   ``models_registry.mirror``, read by ``gateway.routing``.
   A ready LoRA adapter is mirrored the same way under its served name ``<tenant slug>/<name>``
   (``owned_by`` its tenant's slug, ``task``/``context_length`` its base's, its own price) plus

@@ -21,6 +21,9 @@ class PriceInline(admin.TabularInline):
         "input_per_million",
         "output_per_million",
         "cached_input_per_million",
+        "flex_percent",
+        "priority_percent",
+        "batch_percent",
         "currency",
         "effective_from",
         "created_at",
@@ -85,6 +88,7 @@ class PriceAdmin(admin.ModelAdmin):
         "input_per_million",
         "output_per_million",
         "cached_input_price",
+        "tier_percents",
         "currency",
         "effective_from",
         "created_at",
@@ -107,6 +111,15 @@ class PriceAdmin(admin.ModelAdmin):
         """The row's own cached-input price, or the fraction of its input price it falls back to."""
         own = obj.cached_input_per_million
         return own if own is not None else f"{obj.cached_input_price} (default)"
+
+    @admin.display(description="Flex / priority / batch %")
+    def tier_percents(self, obj) -> str:
+        """The percent billed per service tier; "(default)" where the row does not set its own."""
+        parts = []
+        for tier in catalog.PERCENT_TIERS:
+            own = getattr(obj, f"{tier}_percent") is not None
+            parts.append(f"{obj.tier_percent(tier).normalize():f}{'' if own else ' (default)'}")
+        return " / ".join(parts)
 
 
 class AdapterPriceInline(PriceInline):

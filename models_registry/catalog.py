@@ -8,15 +8,77 @@ transaction and publishes after the commit, so a rolled-back change never reache
 committed one reaches it at once. A row changed with the bare ORM reaches the mirror at the next
 periodic ``resync_model_mirror``; a price scheduled for later is published when it takes effect by
 billing's spend check (``billing.spend.republish_prices``).
+
+It also says what a price means per service tier (``tier_prices``): flex, priority and batch
+requests are billed at the price row's percent for the tier (``Price.tier_percent``), which the
+console's models page and the API's model list show beside the default price when it differs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
+
 from django.db import transaction
 
 from audit import trail
+from contract import tiers
 from models_registry import adapters, manifests, mirror
 from models_registry.models import Model, Price
+
+HUNDRED = Decimal(100)
+# The tiers priced at a percent of the default price, in the order a price list shows them.
+PERCENT_TIERS = (tiers.FLEX, tiers.PRIORITY, tiers.BATCH)
+
+
+@dataclass(frozen=True)
+class TierPrice:
+    """A price row's per-million prices in one service tier (exact: price × percent / 100)."""
+
+    tier: str
+    percent: Decimal
+    input_per_million: Decimal
+    cached_input_per_million: Decimal
+    output_per_million: Decimal
+
+
+def tier_prices(price: Price | None, *, only_differing: bool = False) -> list[TierPrice]:
+    """``price`` in flex, priority and batch (each at ``price.tier_percent``); with
+    ``only_differing`` only the tiers whose percent is not 100 (a price list shows those)."""
+    if price is None:
+        return []
+    out = []
+    for tier in PERCENT_TIERS:
+        percent = price.tier_percent(tier)
+        if only_differing and percent == HUNDRED:
+            continue
+        out.append(
+            TierPrice(
+                tier=tier,
+                percent=percent,
+                input_per_million=Decimal(price.input_per_million) * percent / HUNDRED,
+                cached_input_per_million=price.cached_input_price * percent / HUNDRED,
+                output_per_million=Decimal(price.output_per_million) * percent / HUNDRED,
+            )
+        )
+    return out
+
+
+def annotated_price(model: Model) -> Price | None:
+    """The price in effect from ``Model.objects.with_current_price()``'s annotations (no query)."""
+    if getattr(model, "price_input", None) is None:
+        return None
+    return Price(
+        model=model,
+        input_per_million=model.price_input,
+        output_per_million=model.price_output,
+        cached_input_per_million=getattr(model, "price_cached_own", None),
+        flex_percent=getattr(model, "price_flex_percent", None),
+        priority_percent=getattr(model, "price_priority_percent", None),
+        batch_percent=getattr(model, "price_batch_percent", None),
+        currency=model.price_currency,
+        effective_from=model.price_from,
+    )
 
 
 def publish(*, model: Model) -> None:
@@ -81,6 +143,9 @@ def add_price(*, price: Price) -> Price:
                     "input_per_million",
                     "output_per_million",
                     "cached_input_per_million",
+                    "flex_percent",
+                    "priority_percent",
+                    "batch_percent",
                     "currency",
                     "effective_from",
                 ),

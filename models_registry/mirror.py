@@ -20,14 +20,20 @@ import json
 
 from berth.redis import get_redis, mirror_write, names
 from contract import invalidation
-from contract.spend import to_micros
+from contract.spend import PERCENT_FIELDS, percent_text, to_micros
 
-PRICE_FIELDS = ("price_input_micros", "price_output_micros", "price_cached_input_micros")
+PRICE_FIELDS = (
+    "price_input_micros",
+    "price_output_micros",
+    "price_cached_input_micros",
+    *PERCENT_FIELDS.values(),
+)
 
 
 def price_fields(model, now=None) -> dict[str, str]:
-    """The price in effect ``now`` as the gateway reads it; empty when the model (or the adapter)
-    has no price."""
+    """The price in effect ``now`` as the gateway reads it, with the percent billed in each service
+    tier (``contract.spend``); empty when the model (or the adapter) has no price (the gateway then
+    charges nothing, whatever the tier)."""
     from models_registry.models import Price
 
     price = Price.objects.in_effect(model, now)
@@ -37,6 +43,8 @@ def price_fields(model, now=None) -> dict[str, str]:
         "price_input_micros": str(to_micros(price.input_per_million)),
         "price_output_micros": str(to_micros(price.output_per_million)),
         "price_cached_input_micros": str(to_micros(price.cached_input_price)),
+        # The effective percent per service tier (the row's own, else BERTH_TIER_PRICE_PERCENT's).
+        **{field: percent_text(price.tier_percent(tier)) for tier, field in PERCENT_FIELDS.items()},
     }
 
 

@@ -57,6 +57,9 @@ class ModelQuerySet(models.QuerySet):
             price_input=Subquery(current.values("input_per_million")[:1]),
             price_output=Subquery(current.values("output_per_million")[:1]),
             price_cached_own=Subquery(current.values("cached_input_per_million")[:1]),
+            price_flex_percent=Subquery(current.values("flex_percent")[:1]),
+            price_priority_percent=Subquery(current.values("priority_percent")[:1]),
+            price_batch_percent=Subquery(current.values("batch_percent")[:1]),
             price_currency=Subquery(current.values("currency")[:1]),
             price_from=Subquery(current.values("effective_from")[:1]),
         )
@@ -271,6 +274,9 @@ class PriceQuerySet(models.QuerySet):
         return self.filter(Q(model__name=served_name) | Q(adapter__served_name=served_name))
 
 
+# The highest percent a price row may set for a service tier (ten times the default price).
+MAX_TIER_PERCENT = 1000
+
 _PERCENT: dict = {
     "max_digits": 6,
     "decimal_places": 2,
@@ -356,6 +362,13 @@ class Price(models.Model):
         # Neither is caught by the check constraint (an admin inline sets its parent after this).
         if self.model_id is not None and self.adapter_id is not None:
             raise ValidationError("A price is for a model or for a LoRA adapter, not both.")
+        wrong = {
+            name: f"A percent from 0 to {MAX_TIER_PERCENT} (empty: the default)."
+            for name in ("flex_percent", "priority_percent", "batch_percent")
+            if getattr(self, name) is not None and not 0 <= Decimal(getattr(self, name)) <= MAX_TIER_PERCENT
+        }
+        if wrong:
+            raise ValidationError(wrong)
 
     @property
     def served_name(self) -> str:

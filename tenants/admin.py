@@ -45,9 +45,38 @@ class PlanAdmin(admin.ModelAdmin):
         "currency",
         "max_adapters",
         "max_adapter_rank",
+        "priority_band",
+        "fair_share_weight",
+        "monthly_batch_token_budget",
         "is_default",
     ]
+    list_filter = ["priority_band"]
     prepopulated_fields = {"slug": ["name"]}
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "is_default", "currency")}),
+        (
+            "Limits",
+            {
+                "fields": (
+                    "requests_per_minute",
+                    "tokens_per_minute",
+                    "max_concurrent_requests",
+                    "monthly_token_budget",
+                    "monthly_spend_limit",
+                )
+            },
+        ),
+        ("Adapters", {"fields": ("max_adapters", "max_adapter_rank", "max_adapter_size_mb")}),
+        (
+            "Scheduling and service tiers",
+            {
+                "description": "When a model is saturated, requests are served by band (priority, "
+                "then standard, then best effort) and, within a band, by tokens in proportion to "
+                "the weight. The band is also the highest service_tier the plan's tenants may ask for.",
+                "fields": ("priority_band", "fair_share_weight", "monthly_batch_token_budget"),
+            },
+        ),
+    )
 
     def save_model(self, request, obj, form, change):
         plans.save_plan(plan=obj)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, timedelta
+from decimal import Decimal
 
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
-from rest_framework import serializers, viewsets
+from rest_framework import generics, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import money, pdf, reports, usage_breakdown
-from billing.models import Invoice, InvoiceLine
+from billing.models import Invoice, InvoiceLine, ServiceTier, UsageRecord
 from tenants.api.permissions import TenantPermission, request_tenant
 from tenants.constants import PERM_VIEW, PERM_VIEW_BILLING
 from tenants.models import ApiKey
@@ -54,6 +55,11 @@ class UsageQuerySerializer(serializers.Serializer):
 class UsageRowSerializer(serializers.Serializer):
     date = serializers.DateField(source="day")
     model = serializers.CharField()
+    service_tier = serializers.ChoiceField(
+        choices=ServiceTier.choices,
+        help_text="The tier the requests were served in (default, flex, priority; batch: /v1/batches "
+        "lines), each billed at its percent of the model's price.",
+    )
     requests = serializers.IntegerField()
     errors = serializers.IntegerField()  # type: ignore[assignment]  # a field, not Serializer.errors
     prompt_tokens = serializers.IntegerField()
@@ -118,7 +124,8 @@ class UsageReportSerializer(serializers.Serializer):
 
 
 class UsageView(APIView):
-    """Usage per UTC day and model for a date range; ``cost`` only for members who see billing."""
+    """Usage per UTC day, model and service tier for a date range; ``cost`` only for members who
+    see billing."""
 
     permission_classes = [TenantPermission]
     read_perm = PERM_VIEW
@@ -142,7 +149,9 @@ class UsageView(APIView):
             raise serializers.ValidationError({"key": "No API key with this id in this organization."})
         if query.validated_data.get("group_by"):
             return self._grouped(request, tenant, query.validated_data["group_by"], start, end, key_id)
-        rows = reports.usage_by_day(tenant, *reports.day_bounds(start, end), api_key_id=key_id)
+        rows = reports.usage_by_day(
+            tenant, *reports.day_bounds(start, end), api_key_id=key_id, split_tiers=True
+        )
         data = UsageRowSerializer(rows, many=True).data
         per_model = ModelUsageSerializer(reports.by_model(rows), many=True).data
         totals = reports.totals(rows)
@@ -174,10 +183,118 @@ class UsageView(APIView):
         return Response({"start": start, "end": end, "group_by": group_by, "data": data, "totals": totals})
 
 
+class UnitPriceField(serializers.DecimalField):
+    """A per-million price as a string with all its significant decimals, at least six
+    (``"0.100000"``; a tier's percent may give more: ``"0.0617285"``)."""
+
+    def to_representation(self, value):
+        exponent = Decimal(value).normalize().as_tuple().exponent
+        places = max(UNIT_PRICE_PLACES, -int(exponent))
+        return f"{Decimal(value):.{places}f}"
+
+
+UNIT_PRICE_PLACES = 6
+
+
+class UsageRecordSerializer(serializers.ModelSerializer):
+    """One metered request, as the per-request CSV export has it."""
+
+    time = serializers.DateTimeField(source="occurred_at")
+    total_tokens = serializers.SerializerMethodField()
+    ttft_ms = serializers.IntegerField(allow_null=True, help_text="Time to the first token (streams).")
+    service_tier = serializers.ChoiceField(
+        choices=ServiceTier.choices, help_text="The tier the request was served and is billed in."
+    )
+    queue_ms = serializers.IntegerField(help_text="Time the request waited in the gateway's admission queue.")
+    batch_id = serializers.CharField(
+        help_text="The /v1/batches batch the request was a line of; empty: none."
+    )
+
+    class Meta:
+        model = UsageRecord
+        fields = [
+            "request_id", "time", "model", "endpoint", "api_key_id", "prompt_tokens", "cached_tokens",
+            "completion_tokens", "total_tokens", "status", "http_status", "latency_ms", "ttft_ms",
+            "service_tier", "queue_ms", "batch_id",
+        ]  # fmt: skip
+
+    def get_total_tokens(self, record) -> int:
+        return record.prompt_tokens + record.completion_tokens
+
+
+class UsageRecordFilterSerializer(serializers.Serializer):
+    start = serializers.DateField(required=False, help_text="First UTC day (default: 30 days ago).")
+    end = serializers.DateField(required=False, help_text="Last UTC day, inclusive (default: today).")
+    key = serializers.UUIDField(required=False, help_text="Only this API key's requests (its id).")
+    model = serializers.CharField(required=False, max_length=200)
+    service_tier = serializers.ChoiceField(required=False, choices=ServiceTier.choices)
+    batch_id = serializers.CharField(required=False, max_length=64)
+
+    def validate(self, attrs):
+        today = timezone.now().astimezone(UTC).date()
+        end = attrs.get("end") or today
+        start = attrs.get("start") or end - timedelta(days=29)
+        if start > end:
+            raise serializers.ValidationError({"end": "The end date must be on or after the start date."})
+        if (end - start).days + 1 > reports.MAX_RANGE_DAYS:
+            raise serializers.ValidationError(
+                {"start": f"Ask for at most {reports.MAX_RANGE_DAYS} days at a time."}
+            )
+        return {**attrs, "start": start, "end": end}
+
+
+@extend_schema(parameters=[UsageRecordFilterSerializer])
+class UsageRecordList(generics.ListAPIView):
+    """The current organization's requests one by one, newest first: tokens, status, latency, the
+    service tier served, the wait in the admission queue and the batch of a batch line."""
+
+    serializer_class = UsageRecordSerializer
+    permission_classes = [TenantPermission]
+    read_perm = PERM_VIEW
+
+    def get_queryset(self):
+        # A filter given empty (``?start=``) is an error, as the schema says, not "no filter".
+        blank = {
+            name: ["This filter may not be blank; leave it out for no filter."]
+            for name in UsageRecordFilterSerializer().fields
+            if name in self.request.query_params and not self.request.query_params[name].strip()
+        }
+        if blank:
+            raise serializers.ValidationError(blank)
+        query = UsageRecordFilterSerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        wanted = query.validated_data
+        records = reports.records(
+            request_tenant(self.request),
+            *reports.day_bounds(wanted["start"], wanted["end"]),
+            wanted.get("key"),
+        )
+        for name in ("model", "service_tier", "batch_id"):
+            if name in wanted:
+                records = records.filter(**{name: wanted[name]})
+        return records.order_by("-occurred_at", "-pk")
+
+
 class InvoiceLineSerializer(serializers.ModelSerializer):
+    unit_price_per_million = UnitPriceField(
+        max_digits=20,
+        decimal_places=10,
+        read_only=True,
+        help_text="The model's price for this kind of token × the tier's percent, exact.",
+    )
+
     class Meta:
         model = InvoiceLine
-        fields = ["model", "kind", "tokens", "unit_price_per_million", "amount", "requests", "late_requests"]
+        fields = [
+            "model",
+            "kind",
+            "service_tier",
+            "tokens",
+            "unit_price_per_million",
+            "amount",
+            "requests",
+            "late_requests",
+        ]
 
 
 class InvoiceSerializer(serializers.ModelSerializer):

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from models_registry import catalog
 from models_registry.constants import AdapterSourceKind
-from models_registry.models import LoraAdapter, Model, Price
+from models_registry.models import MAX_TIER_PERCENT, LoraAdapter, Model
+
+
+def _percent_field(tier: str) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=6,
+        decimal_places=2,
+        min_value=Decimal(0),
+        max_value=Decimal(MAX_TIER_PERCENT),
+        read_only=True,
+        help_text=f"Percent of these prices billed for service_tier {tier} (0 to {MAX_TIER_PERCENT}).",
+    )
+
+
+class TierPriceSerializer(serializers.Serializer):
+    """The price in one service tier: the default price × the tier's percent / 100, exact."""
+
+    tier = serializers.ChoiceField(choices=catalog.PERCENT_TIERS)
+    percent = serializers.DecimalField(max_digits=6, decimal_places=2)
+    input_per_million = serializers.DecimalField(max_digits=20, decimal_places=10)
+    cached_input_per_million = serializers.DecimalField(max_digits=20, decimal_places=10)
+    output_per_million = serializers.DecimalField(max_digits=20, decimal_places=10)
 
 
 class PriceSerializer(serializers.Serializer):
@@ -18,8 +43,26 @@ class PriceSerializer(serializers.Serializer):
         help_text="Per million input tokens served from the prefix cache (the price's own, or the "
         "input price times the operator's cached-input fraction).",
     )
+    flex_percent = _percent_field("flex")
+    priority_percent = _percent_field("priority")
+    batch_percent = _percent_field("batch")
+    tiers = serializers.SerializerMethodField(
+        help_text="The prices in the flex, priority and batch tiers (requests with service_tier, "
+        "and /v1/batches lines)."
+    )
     currency = serializers.CharField()
     effective_from = serializers.DateTimeField()
+
+    def to_representation(self, price):
+        data = super().to_representation(price)
+        # The effective percents: the row's own, else the operator's default.
+        for tier in catalog.PERCENT_TIERS:
+            data[f"{tier}_percent"] = f"{price.tier_percent(tier):.2f}"
+        return data
+
+    @extend_schema_field(TierPriceSerializer(many=True))
+    def get_tiers(self, price) -> list:
+        return TierPriceSerializer(catalog.tier_prices(price), many=True).data
 
 
 class ModelSerializer(serializers.ModelSerializer):
@@ -46,16 +89,8 @@ class ModelSerializer(serializers.ModelSerializer):
 
     def get_price(self, model) -> dict | None:
         # Filled by the view's annotations: one query for the whole page, not one per model.
-        if getattr(model, "price_input", None) is None:
-            return None
-        price = Price(
-            input_per_million=model.price_input,
-            output_per_million=model.price_output,
-            cached_input_per_million=getattr(model, "price_cached_own", None),
-            currency=model.price_currency,
-            effective_from=model.price_from,
-        )
-        return PriceSerializer(price).data
+        price = catalog.annotated_price(model)
+        return None if price is None else PriceSerializer(price).data
 
 
 class AdapterSerializer(serializers.ModelSerializer):

@@ -5,12 +5,17 @@ from __future__ import annotations
 from django.utils import timezone
 from rest_framework import exceptions, serializers
 
+from contract import tiers
 from tenants import residency
 from tenants.constants import KeyKind, Role
 from tenants.models import ApiKey, Invitation, Membership, Plan, Tenant
 
 
 class PlanSerializer(serializers.ModelSerializer):
+    service_tiers = serializers.SerializerMethodField(
+        help_text="The service_tier values the plan's requests may ask for (besides auto)."
+    )
+
     class Meta:
         model = Plan
         fields = [
@@ -22,7 +27,14 @@ class PlanSerializer(serializers.ModelSerializer):
             "monthly_token_budget",
             "monthly_spend_limit",
             "currency",
+            "priority_band",
+            "fair_share_weight",
+            "monthly_batch_token_budget",
+            "service_tiers",
         ]
+
+    def get_service_tiers(self, plan) -> list[str]:
+        return list(tiers.allowed_tiers(plan.priority_band))
 
 
 class TenantSerializer(serializers.ModelSerializer):

@@ -223,6 +223,9 @@ def test_the_mirror_entry_is_the_contracts(
         "price_input_micros": "100000",
         "price_output_micros": "400000",
         "price_cached_input_micros": "50000",  # half the input price: BERTH_CACHED_INPUT_FRACTION
+        "price_percent_flex": "50",  # contract.tiers.DEFAULT_PRICE_PERCENT: the row sets none
+        "price_percent_priority": "200",
+        "price_percent_batch": "50",
         "parent": "tiny-chat",
         "adapter_id": str(adapter.pk),
         "adapter_source": str(allowed / "a"),
@@ -317,6 +320,8 @@ def test_staff_set_the_adapter_limits_in_the_plan_admin(admin_client, allowed, a
         "max_adapters": "1",
         "max_adapter_rank": "4",
         "max_adapter_size_mb": "",
+        "priority_band": "standard",
+        "fair_share_weight": "1",
     }
     page = admin_client.get(f"/admin/tenants/plan/{plan.pk}/change/").content.decode()
     assert 'name="max_adapter_rank"' in page

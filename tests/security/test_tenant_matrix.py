@@ -232,6 +232,8 @@ PROBES: list[Probe] = [
     api("api/v1/adapters/(?P<name>[^/]+?)/?$", "DELETE", "/api/v1/adapters/{foreign_adapter}", by_role(404, 404, 403, 403, 404, 401, 403)),
     api("api/v1/usage", "GET", "/api/v1/usage?start=2026-10-01&end=2026-10-31", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/usage/", "GET", "/api/v1/usage/", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/usage/requests", "GET", "/api/v1/usage/requests?start=2026-10-01&end=2026-10-31", by_role(200, 200, 200, 200, 200, 401, 403)),
+    api("api/v1/usage/requests/", "GET", "/api/v1/usage/requests/", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/guardrails/?$", "GET", "/api/v1/guardrails/", by_role(200, 200, 200, 200, 200, 401, 403)),
     api("api/v1/guardrails/?$", "POST", "/api/v1/guardrails/", by_role(201, 201, 403, 403, 201, 401, 403), data={"name": "matrix", "detectors": {"email": "redact"}}),
     api("api/v1/guardrails/(?P<pk>[^/.]+)/?$", "GET", "/api/v1/guardrails/{home_guardrail}/", by_role(200, 200, 200, 200, 404, 401, 403)),
@@ -425,7 +427,8 @@ def test_a_management_key_sees_only_its_own_tenant(world):
                  "/api/v1/models/{foreign_model}"):  # fmt: skip
         assert client.get(fill(path, values)).status_code == 404, path
     for path in ("/api/v1/keys/", "/api/v1/members/", "/api/v1/invitations/", "/api/v1/invoices",
-                 "/api/v1/models", "/api/v1/usage", "/api/v1/tenant", "/api/v1/audit"):  # fmt: skip
+                 "/api/v1/models", "/api/v1/usage", "/api/v1/usage/requests", "/api/v1/tenant",
+                 "/api/v1/audit"):  # fmt: skip
         response = client.get(path)
         assert response.status_code == 200, path
         assert not [m for m in world.foreign.markers if m in response.content.decode()], path

@@ -104,7 +104,14 @@ def test_editing_a_plan_in_the_admin_republishes_its_tenants(staff_client, redis
 
     plan = Plan.objects.create(slug="admin-plan", name="Admin plan", requests_per_minute=60)
     tenant = TenantFactory(plan=plan)
-    form = {"name": "Admin plan", "slug": "admin-plan", "requests_per_minute": "900", "currency": "USD"}
+    form = {
+        "name": "Admin plan",
+        "slug": "admin-plan",
+        "requests_per_minute": "900",
+        "currency": "USD",
+        "priority_band": "standard",
+        "fair_share_weight": "1",
+    }
     response = staff_client.post(f"/admin/tenants/plan/{plan.pk}/change/", form)
     assert response.status_code == 302, response.context["adminform"].form.errors
     assert '"rpm": 900' in redis_client.hget(names().tenant(tenant.pk), "plan")
