@@ -140,6 +140,7 @@ class Lease:
     price_input_micros: int = 0
     price_output_micros: int = 0
     price_cached_input_micros: int | None = None
+    price_percent: int = spend.FULL_PERCENT  # the service tier's, in hundredths (contract.spend)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     settled: bool = False
 
@@ -178,6 +179,7 @@ class Quotas:
         price_input_micros: int = 0,
         price_output_micros: int = 0,
         price_cached_input_micros: int | None = None,
+        price_percent: int = spend.FULL_PERCENT,
     ) -> Lease:
         """Check and take every quota at once; the prices are the model's (the cost is settled)."""
         now_ms = int(time.time() * 1000)
@@ -251,6 +253,7 @@ class Quotas:
             price_input_micros=price_input_micros,
             price_output_micros=price_output_micros,
             price_cached_input_micros=price_cached_input_micros,
+            price_percent=price_percent,
             headers=headers,
         )
         self.in_flight[request_id] = lease
@@ -314,6 +317,7 @@ class Quotas:
             lease.price_output_micros,
             cached_tokens=cached_tokens,
             cached_micros=lease.price_cached_input_micros,
+            percent=lease.price_percent,
         )
         return (
             "EVALSHA",

@@ -23,17 +23,15 @@ import logging
 import os
 import time
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, field
 
 import orjson
 
-from contract import engine_metrics
+from contract import engine_metrics, spend
 from contract.invalidation import Kind
 from contract.redis_names import RedisNames
 from gateway.adapters import Adapters
 from gateway.cache import TtlCache
-from gateway.tiers import parse_percent
 
 logger = logging.getLogger("berth.gateway.routing")
 
@@ -62,9 +60,8 @@ class ModelInfo:
     price_output_micros: int = 0
     price_cached_input_micros: int | None = None  # None: cached input costs the input price
     # Percent of those prices per service tier (gateway.tiers); None: contract.tiers' default.
-    price_percent_flex: Decimal | None = None
-    price_percent_priority: Decimal | None = None
-    price_percent_batch: Decimal | None = None
+    # The price row's ``price_percent_*`` fields as mirrored (contract.spend.tier_percent reads them).
+    price_percents: dict[str, str] = field(default_factory=dict)
     # LoRA adapters only (gateway.adapters): the base model whose workers serve it, and what the
     # engine's load call takes as lora_path.
     parent: str | None = None
@@ -147,9 +144,7 @@ class Router:
             price_input_micros=_positive_int(raw.get("price_input_micros")) or 0,
             price_output_micros=_positive_int(raw.get("price_output_micros")) or 0,
             price_cached_input_micros=_price_or_none(raw.get("price_cached_input_micros")),
-            price_percent_flex=parse_percent(raw.get("price_percent_flex")),
-            price_percent_priority=parse_percent(raw.get("price_percent_priority")),
-            price_percent_batch=parse_percent(raw.get("price_percent_batch")),
+            price_percents={f: raw[f] for f in spend.PERCENT_FIELDS.values() if raw.get(f)},
             parent=raw.get("parent") or None,
             adapter_id=raw.get("adapter_id", ""),
             adapter_source=raw.get("adapter_source", ""),

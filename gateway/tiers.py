@@ -10,9 +10,10 @@ Batch lines are served in ``batch`` whatever they name.
 The tier served then
 
 * **prices the request**: the spend reservation and settlement use the model's prices scaled by
-  the tier's percent (``ModelInfo.price_percent_*``, mirrored from the price row; absent →
-  ``contract.tiers.DEFAULT_PRICE_PERCENT``), in integer micro-units, rounded up like
-  ``contract.spend.cost_micros`` — billing prices the record the same way from PostgreSQL;
+  the tier's percent (``ModelInfo.price_percents``, mirrored from the price row; absent →
+  ``contract.tiers.DEFAULT_PRICE_PERCENT``), applied once to the request's cost in integer
+  micro-units, rounded up (``contract.spend.cost_micros``) — billing prices the record the same
+  way from PostgreSQL;
 * **goes to the engine** as vLLM's request ``priority`` (``contract.tiers.RANK``: lower first;
   workers run with ``--scheduling-policy priority``);
 * **is echoed** as OpenAI does: ``"service_tier"`` in a JSON answer and in every chunk of a chat
@@ -30,11 +31,11 @@ matches generated text. Pure functions of bytes: on a stream chunk three ``in`` 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from contract import spend
 from contract import tiers as contract_tiers
-from contract.tiers import BATCH, DEFAULT, DEFAULT_PRICE_PERCENT, FLEX, PRIORITY, RANK
+from contract.tiers import BATCH, DEFAULT, FLEX, PRIORITY, RANK
 from gateway.errors import GatewayError
 
 # Anthropic's request values (``service_tier`` on /v1/messages) and what they mean here.
@@ -91,43 +92,20 @@ def with_priority(raw: bytes, rank: int) -> bytes:
 # ---------------------------------------------------------------------------------- prices
 
 
-def percent(info: Any, tier: str) -> Decimal:
-    """The percent of the model's prices a request in ``tier`` pays (the mirror's, else the default)."""
-    if tier == DEFAULT:
-        return Decimal(100)
-    mirrored = getattr(info, f"price_percent_{tier}", None)
-    if isinstance(mirrored, Decimal):
-        return mirrored
-    return Decimal(DEFAULT_PRICE_PERCENT.get(tier, 100))
-
-
-def parse_percent(value: str | None) -> Decimal | None:
-    """A mirrored percent (a decimal string); absent, malformed or negative reads as absent."""
-    if value in (None, ""):
-        return None
-    try:
-        number = Decimal(value)
-    except (InvalidOperation, TypeError, ValueError):
-        return None
-    return number if number.is_finite() and number >= 0 else None
-
-
-def scale(micros: int, pct: Decimal) -> int:
-    """A per-million-token price in micro-units at ``pct`` percent, in integers, rounded up."""
-    if pct == 100 or not micros:
-        return micros
-    numerator, denominator = pct.as_integer_ratio()
-    return -(-micros * numerator // (denominator * 100))
+def percent(info: Any, tier: str) -> int:
+    """The percent (hundredths, ``contract.spend``) of the model's prices a request in ``tier``
+    pays: the mirror's, else the contract's default."""
+    return spend.tier_percent(tier, info.price_percents)
 
 
 def prices(info: Any, tier: str) -> dict[str, Any]:
-    """``quotas.admit``'s price arguments for a request in ``tier``."""
-    pct = percent(info, tier)
-    cached = info.price_cached_input_micros
+    """``quotas.admit``'s price arguments for a request in ``tier``: the model's prices and the
+    tier's percent, which the settlement applies once to the whole cost (``spend.cost_micros``)."""
     return {
-        "price_input_micros": scale(info.price_input_micros, pct),
-        "price_output_micros": scale(info.price_output_micros, pct),
-        "price_cached_input_micros": None if cached is None else scale(cached, pct),
+        "price_input_micros": info.price_input_micros,
+        "price_output_micros": info.price_output_micros,
+        "price_cached_input_micros": info.price_cached_input_micros,
+        "price_percent": percent(info, tier),
     }
 
 

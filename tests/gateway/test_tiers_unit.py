@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -94,46 +93,34 @@ class Info:
     price_input_micros: int = 0
     price_output_micros: int = 0
     price_cached_input_micros: int | None = None
-    price_percent_flex: Decimal | None = None
-    price_percent_priority: Decimal | None = None
-    price_percent_batch: Decimal | None = None
+    price_percents: dict = field(default_factory=dict)
 
 
-def test_prices_scale_by_the_tiers_percent_in_integer_micros():
+def test_prices_carry_the_tiers_percent_which_the_settlement_applies_once():
     info = Info(3_000_000, 15_000_001, None)
     assert tiers.prices(info, "default") == {
         "price_input_micros": 3_000_000,
         "price_output_micros": 15_000_001,
         "price_cached_input_micros": None,
+        "price_percent": 10_000,
     }
-    flex = tiers.prices(info, "flex")  # contract.tiers' default: 50 %
-    assert flex["price_input_micros"] == 1_500_000
-    assert flex["price_output_micros"] == 7_500_001  # rounded up, as costs are
-    assert tiers.prices(info, "priority")["price_output_micros"] == 30_000_002
-    mirrored = Info(1_000_000, 0, 100_000, price_percent_flex=Decimal("62.5"))
-    assert tiers.prices(mirrored, "flex") == {
-        "price_input_micros": 625_000,
-        "price_output_micros": 0,
-        "price_cached_input_micros": 62_500,
-    }
-    # The spend counter's cost of a request at the scaled prices is the flex share of the full one.
-    full = spend.cost_micros(1000, 2000, 3_000_000, 15_000_000)
-    half = spend.cost_micros(1000, 2000, **_positional(tiers.prices(Info(3_000_000, 15_000_000), "flex")))
-    assert half * 2 == full
-
-
-def _positional(prices: dict) -> dict:
-    return {"input_micros": prices["price_input_micros"], "output_micros": prices["price_output_micros"]}
+    assert tiers.prices(info, "flex")["price_percent"] == 5_000  # contract.tiers' default: 50 %
+    assert tiers.prices(info, "priority")["price_percent"] == 20_000
+    assert tiers.prices(info, "batch")["price_percent"] == 5_000
+    mirrored = Info(1_000_000, 0, 100_000, price_percents={"price_percent_flex": "62.5"})
+    assert tiers.prices(mirrored, "flex")["price_percent"] == 6_250
+    assert tiers.prices(mirrored, "priority")["price_percent"] == 20_000  # not mirrored: the default
+    # The spend counter's cost of a request in flex is the flex share of the full one, rounded up once.
+    full = spend.cost_micros(1000, 2000, 3_000_000, 15_000_001)
+    half = spend.cost_micros(
+        1000, 2000, 3_000_000, 15_000_001, percent=tiers.prices(info, "flex")["price_percent"]
+    )
+    assert half == -(-full // 2)
 
 
 @pytest.mark.parametrize("value", [None, "", "abc", "-5", "NaN", "Infinity"])
-def test_a_malformed_mirrored_percent_reads_as_absent(value):
-    assert tiers.parse_percent(value) is None
-
-
-def test_a_mirrored_percent_is_a_decimal():
-    assert tiers.parse_percent("75.5") == Decimal("75.5")
-    assert tiers.parse_percent("0") == 0
+def test_a_malformed_mirrored_percent_reads_as_the_default(value):
+    assert tiers.percent(Info(price_percents={"price_percent_flex": value}), "flex") == 5_000
 
 
 # ---------------------------------------------------------------------------------- splices
