@@ -234,10 +234,11 @@ class Proxy:
             await state.responses.pinned_worker(body, principal, model) if endpoint == "responses" else None
         )
 
+        reserve = self._reservation(body, endpoint, checked, info)
         lease = await state.quotas.admit(
             principal,
             ctx.request_id,
-            self._reservation(body, endpoint, checked, info),
+            reserve,
             price_input_micros=info.price_input_micros,
             price_output_micros=info.price_output_micros,
             price_cached_input_micros=info.price_cached_input_micros,
@@ -271,7 +272,12 @@ class Proxy:
             status="error",
             occurred_at_ms=int(time.time() * 1000),
         )
+        ticket = None
         try:
+            # The admission queue: waits here while the model's engines are saturated.
+            ticket = await state.admission.admit(
+                ctx=ctx, principal=principal, body=body, info=info, event=event, reserve=reserve
+            )
             forward = Forward(
                 ctx=ctx,
                 info=info,
@@ -296,6 +302,7 @@ class Proxy:
             event.http_status = exc.status
             raise
         finally:
+            state.admission.release(ticket)
             if not lease.settled:
                 # Whatever happened (client gone, upstream error, bug), meter and free the lease.
                 event.latency_ms = int((time.perf_counter() - ctx.start) * 1000)
