@@ -423,7 +423,7 @@ class Admission:
         result = [int(x) for x in await self._script(keys=keys, args=args)]
         state = self._models.get(model)
         if state is not None and len(result) >= 3:
-            state.contended = result[2] > 0 or bool(state.waiting)
+            state.contended = result[2] > 0  # requests wait (this gateway's own among them)
         return result
 
     async def _leave(self, model: str, state: _ModelState, entry: str) -> bool:
