@@ -19,4 +19,6 @@ urlpatterns = [
     path("traffic/", views.traffic, name="traffic"),
     path("economics/", views.economics, name="economics"),
     path("traffic/data/", views.traffic_data, name="traffic-data"),
+    path("queues/", views.queues_page, name="queues"),
+    path("queues/data/", views.queues_data, name="queues-data"),
 ]
