@@ -85,6 +85,7 @@ local cap = tonumber(ARGV[4])
 local alive_until = tonumber(ARGV[5])
 local channel = ARGV[6]
 local model = ARGV[7]
+local headroom = tonumber(ARGV[8])  -- slots only the priority band (1) may take
 local slots, alive, entries, granted, vt, exp = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local NB = 4
 local function q(b) return KEYS[6 + b] end
@@ -131,6 +132,11 @@ local function depth()
   return n
 end
 
+local function room(b)
+  if b == 1 then return total < cap end
+  return total < cap - headroom
+end
+
 local function dispatch()
   while total < cap do
     local band, head = nil, nil
@@ -138,7 +144,7 @@ local function dispatch()
       local h = redis.call('ZRANGE', q(b), 0, 0, 'WITHSCORES')
       if h[1] then band, head = b, h break end
     end
-    if not band then return end
+    if not band or not room(band) then return end
     local e = head[1]
     redis.call('ZREM', q(band), e)
     redis.call('ZREM', exp, e)
@@ -164,9 +170,9 @@ end
 
 local result
 if op == 'acquire' then
-  local e, band, tenant = ARGV[8], tonumber(ARGV[9]), ARGV[10]
-  local cost, weight, deadline, qmax = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-  if total < cap and depth() == 0 then
+  local e, band, tenant = ARGV[9], tonumber(ARGV[10]), ARGV[11]
+  local cost, weight, deadline, qmax = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+  if room(band) and depth() == 0 then
     redis.call('HINCRBY', slots, gw, 1)
     result = {1, total + 1, 0}
   elseif redis.call('ZCARD', q(band)) >= qmax then
@@ -189,7 +195,7 @@ if op == 'acquire' then
     end
   end
 elseif op == 'release' then
-  local n = tonumber(ARGV[8])
+  local n = tonumber(ARGV[9])
   local held = tonumber(redis.call('HGET', slots, gw) or '0')
   n = math.min(n, held)
   if held - n <= 0 then redis.call('HDEL', slots, gw) else redis.call('HINCRBY', slots, gw, -n) end
@@ -197,7 +203,7 @@ elseif op == 'release' then
   dispatch()
   result = {0, total, depth()}
 elseif op == 'poll' or op == 'cancel' then
-  local e = ARGV[8]
+  local e = ARGV[9]
   if op == 'poll' then dispatch() end
   if redis.call('ZSCORE', granted, e) then
     redis.call('ZREM', granted, e)
@@ -243,11 +249,13 @@ class Ticket:
     model: str
     tier: str
     queued_ms: int = 0
+    give_back: bool = False  # a slot that may be priority headroom: never kept for other tiers
 
 
 @dataclass
 class _ModelState:
     capacity: int = 0
+    headroom: int = 0  # of the capacity, slots only priority requests may take
     held: int = 0  # slots this gateway holds in Redis
     used: int = 0  # of them, taken by requests in progress
     contended: bool = False  # someone waits (here or at another gateway): hand slots back
@@ -272,7 +280,8 @@ class Admission:
 
     # ------------------------------------------------------------------ capacity
 
-    def capacity(self, model: str, workers: list) -> int:
+    def capacity(self, model: str, workers: list) -> tuple[int, int]:
+        """(capacity, priority headroom) of the model on these workers."""
         per = self.settings.admit_per_worker
         cap = per * len(workers)
         loads = self.router.engine_load
@@ -286,7 +295,7 @@ class Admission:
                     tight = True
         if tight:
             cap = min(cap, max(len(workers), int(running)))
-        return cap
+        return cap, min(cap - 1, self.settings.admit_priority_headroom * len(workers))
 
     # ------------------------------------------------------------------ the request path
 
@@ -303,7 +312,7 @@ class Admission:
         state = self._models.get(model)
         if state is None:
             state = self._models[model] = _ModelState()
-        state.capacity = self.capacity(model, workers)
+        state.capacity, state.headroom = self.capacity(model, workers)
         state.last_active = time.monotonic()
         if not state.contended and state.used < state.held <= state.capacity:
             state.used += 1  # the common case: a slot this gateway already holds
@@ -385,7 +394,7 @@ class Admission:
         event.queue_ms = int(waited * 1000)
         metrics.ADMISSION_WAIT.labels(model, tier).observe(waited)
         metrics.ADMISSION_DISPATCHES.labels(model, tier, "queued").inc()
-        return Ticket(model, tier, event.queue_ms)
+        return Ticket(model, tier, event.queue_ms, give_back=tier == tiers.PRIORITY and state.headroom > 0)
 
     def release(self, ticket: Ticket | None) -> None:
         """The request is done with the engine: keep its slot for the next one, or hand it on."""
@@ -395,6 +404,9 @@ class Admission:
         if state is None:
             return
         state.used = max(0, state.used - 1)
+        if ticket.give_back and state.held > state.used:
+            state.held -= 1
+            self._spawn(self._give_back(ticket.model, 1, state))
         if state.contended or state.held > state.capacity:
             spare = state.held - state.used
             if spare > 0:
@@ -418,13 +430,17 @@ class Admission:
         args = [
             op, self.instance, now, capacity,
             now + int(self.settings.admit_gateway_ttl * 1000),
-            names.admission_channel(), model, *extra,
+            names.admission_channel(), model, self._headroom(model), *extra,
         ]  # fmt: skip
         result = [int(x) for x in await self._script(keys=keys, args=args)]
         state = self._models.get(model)
         if state is not None and len(result) >= 3:
             state.contended = result[2] > 0  # requests wait (this gateway's own among them)
         return result
+
+    def _headroom(self, model: str) -> int:
+        state = self._models.get(model)
+        return state.headroom if state is not None else 0
 
     async def _leave(self, model: str, state: _ModelState, entry: str) -> bool:
         """Take the entry out of the queue; True when it had been granted meanwhile."""

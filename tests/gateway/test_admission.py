@@ -219,7 +219,7 @@ def test_a_killed_gateways_slots_and_queue_entries_expire(engines, redis_client)
                     for _ in range(4)
                 ]
                 deadline = time.monotonic() + 5
-                while waiting(redis_client, model) < 2 and time.monotonic() < deadline:
+                while waiting(redis_client, model) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polling Redis
                     await asyncio.sleep(0.05)
                 assert sum(slots(redis_client, model).values()) == 2
                 assert waiting(redis_client, model) == 2
@@ -259,7 +259,7 @@ def test_a_client_that_hangs_up_while_queued_leaves_the_queue(engines, redis_cli
                 await _chat(impatient, model, tokens=1, delay=0)
             await impatient.close()
             deadline = time.monotonic() + 3
-            while waiting(redis_client, model) and time.monotonic() < deadline:
+            while waiting(redis_client, model) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling Redis
                 await asyncio.sleep(0.05)
             left = waiting(redis_client, model)
             held = sum(slots(redis_client, model).values())

@@ -31,7 +31,7 @@ def step(redis_client, model: str, op: str, gateway: str, capacity: int, *extra)
     ]
     now = int(time.time() * 1000)
     script = redis_client.register_script(admission.STEP)
-    args = [op, gateway, now, capacity, now + 60_000, n.admission_channel(), model, *extra]
+    args = [op, gateway, now, capacity, now + 60_000, n.admission_channel(), model, 0, *extra]
     return [int(x) for x in script(keys=keys, args=args)]
 
 
