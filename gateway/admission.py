@@ -11,8 +11,10 @@ Capacity
 A model (a LoRA adapter counts as its base: same workers) may have ``capacity`` requests
 admitted at once: its ready workers × ``BERTH_GATEWAY_ADMIT_PER_WORKER`` (set it to the engines'
 ``--max-num-seqs``). When the engine-load scrape (``routing.Router.engine_load``) says one of its
-workers has requests waiting in the engine or its KV cache ≥ 95 % full, capacity is tightened to
-what the engines report running (never below one per worker), so the excess queues here.
+workers holds a backlog of its own (waiting ≥ 10 % of the per-worker capacity, at least 2: one or
+two waiting are only arrivals between two scheduler steps), capacity is tightened to what the
+engines report running (never below one per worker), and with a KV cache ≥ 95 % full to one more than that (so it
+creeps back up scrape by scrape once the cache has room): the excess queues here.
 
 Slots across gateway replicas (state in Redis, one Lua script per step)
 -----------------------------------------------------------------------
@@ -74,6 +76,8 @@ logger = logging.getLogger("berth.gateway.admission")
 BANDS: tuple[str, ...] = tuple(sorted(tiers.RANK, key=tiers.RANK.__getitem__))
 BACKGROUND = frozenset({tiers.FLEX, tiers.BATCH})
 KV_FULL = 0.95
+CONTENDED_HOLD = 2.0  # seconds
+BACKLOG = 0.1  # of the per-worker capacity waiting in an engine: it runs fewer than that
 BATCH_HEADER = b"x-berth-batch"
 KEY_TTL_MS = 3_600_000  # an idle model's queue state disappears after an hour
 
@@ -85,7 +89,7 @@ local cap = tonumber(ARGV[4])
 local alive_until = tonumber(ARGV[5])
 local channel = ARGV[6]
 local model = ARGV[7]
-local headroom = tonumber(ARGV[8])  -- slots only the priority band (1) may take
+local headroom = tonumber(ARGV[8])  -- slots beyond cap only the priority band (1) may take
 local slots, alive, entries, granted, vt, exp = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local NB = 4
 local function q(b) return KEYS[6 + b] end
@@ -133,12 +137,12 @@ local function depth()
 end
 
 local function room(b)
-  if b == 1 then return total < cap end
-  return total < cap - headroom
+  if b == 1 then return total < cap + headroom end
+  return total < cap
 end
 
 local function dispatch()
-  while total < cap do
+  while total < cap + headroom do
     local band, head = nil, nil
     for b = 1, NB do
       local h = redis.call('ZRANGE', q(b), 0, 0, 'WITHSCORES')
@@ -249,18 +253,29 @@ class Ticket:
     model: str
     tier: str
     queued_ms: int = 0
-    give_back: bool = False  # a slot that may be priority headroom: never kept for other tiers
+    give_back: bool = False  # a priority slot (maybe headroom): never kept for other tiers
 
 
 @dataclass
 class _ModelState:
     capacity: int = 0
-    headroom: int = 0  # of the capacity, slots only priority requests may take
+    headroom: int = 0  # slots beyond the capacity only priority requests may take
     held: int = 0  # slots this gateway holds in Redis
     used: int = 0  # of them, taken by requests in progress
-    contended: bool = False  # someone waits (here or at another gateway): hand slots back
+    # Until when the model counts as contended (requests waited, here or at another gateway, a
+    # moment ago): every request goes through the queue and every ending one hands its slot on,
+    # so the order is the queue's. Kept for CONTENDED_HOLD seconds after the last sign of a queue,
+    # so a closed loop of clients cannot keep re-taking the slots it ends with.
+    contended_until: float = 0.0
     waiting: dict[str, asyncio.Future] = field(default_factory=dict)
     last_active: float = 0.0
+
+    @property
+    def contended(self) -> bool:
+        return time.monotonic() < self.contended_until
+
+    def contend(self) -> None:
+        self.contended_until = time.monotonic() + CONTENDED_HOLD
 
 
 class Admission:
@@ -285,17 +300,22 @@ class Admission:
         per = self.settings.admit_per_worker
         cap = per * len(workers)
         loads = self.router.engine_load
-        running = 0.0
-        tight = False
+        running = waiting = 0.0
+        kv_full = False
         for worker in workers:
             load = loads.get(worker.worker_id)
             if load:
                 running += float(load.get("running", 0) or 0)
-                if float(load.get("waiting", 0) or 0) > 0 or float(load.get("kv", 0) or 0) >= KV_FULL:
-                    tight = True
-        if tight:
+                waiting += float(load.get("waiting", 0) or 0)
+                kv_full = kv_full or float(load.get("kv", 0) or 0) >= KV_FULL
+        if waiting >= max(2.0, per * BACKLOG) * len(workers):
+            # The engines hold a backlog of their own (they run fewer than the setting says): admit
+            # no more than they run. A request or two waiting is only one between two steps.
             cap = min(cap, max(len(workers), int(running)))
-        return cap, min(cap - 1, self.settings.admit_priority_headroom * len(workers))
+        elif kv_full:
+            # Nearly out of KV cache: grow by at most one beyond what runs (re-read every scrape).
+            cap = min(cap, max(len(workers), int(running) + 1))
+        return cap, self.settings.admit_priority_headroom * len(workers)
 
     # ------------------------------------------------------------------ the request path
 
@@ -344,12 +364,12 @@ class Admission:
             )  # fmt: skip
             outcome = result[0]
             if outcome == -1:
-                state.contended = True
+                state.contend()
                 raise self._refusal(tier, model, "full")
             if outcome == 1:
                 granted = True
             else:
-                state.contended = True
+                state.contend()
                 deadline = time.monotonic() + max_wait
                 disconnect = asyncio.ensure_future(ctx.receive())
                 while not granted:
@@ -435,7 +455,8 @@ class Admission:
         result = [int(x) for x in await self._script(keys=keys, args=args)]
         state = self._models.get(model)
         if state is not None and len(result) >= 3:
-            state.contended = result[2] > 0  # requests wait (this gateway's own among them)
+            if result[2] > 0:  # requests wait (this gateway's own among them)
+                state.contend()
         return result
 
     def _headroom(self, model: str) -> int:
@@ -569,7 +590,7 @@ class Admission:
         elif parts[0] == "q" and len(parts) == 3 and parts[1] != self.instance:
             state = self._models.get(parts[2])
             if state is not None:
-                state.contended = True
+                state.contend()
                 spare = state.held - state.used
                 if spare > 0:
                     state.held -= spare

@@ -103,9 +103,10 @@ class GatewaySettings(BaseSettings):
     admit_max_wait_background: float = Field(
         300.0, validation_alias="BERTH_GATEWAY_ADMIT_MAX_WAIT_BACKGROUND", gt=0
     )
-    # Slots per worker that only priority-tier requests may take, so interactive priority traffic
-    # finds room at once under a flood (costs that much batch for the other tiers).
-    admit_priority_headroom: int = Field(0, validation_alias="BERTH_GATEWAY_ADMIT_PRIORITY_HEADROOM", ge=0)
+    # Slots per worker beyond the capacity that only priority-tier requests may take: engines run
+    # with --scheduling-policy priority and make room for them at once (preempting lower tiers),
+    # so interactive priority traffic does not wait for a flood's requests to finish.
+    admit_priority_headroom: int = Field(2, validation_alias="BERTH_GATEWAY_ADMIT_PRIORITY_HEADROOM", ge=0)
     # Waiting requests per model and band; more are refused at once.
     admit_queue_max: int = Field(10_000, validation_alias="BERTH_GATEWAY_ADMIT_QUEUE_MAX", ge=1)
     # A waiting request asks Redis this often when no grant message came.
