@@ -34,6 +34,15 @@ Gateways heartbeat into ``adm:{m}:alive`` (gateway → expiry, every
 ``BERTH_GATEWAY_ADMIT_HEARTBEAT_SECONDS``); a gateway silent for
 ``BERTH_GATEWAY_ADMIT_GATEWAY_TTL`` is dead: any step drops its slots and its waiting entries.
 
+Priority headroom: priority requests may take ``BERTH_GATEWAY_ADMIT_PRIORITY_HEADROOM`` slots per
+worker beyond the capacity. Engines run vLLM's ``--scheduling-policy priority`` and get the tier's
+``RANK`` as the request's ``priority``, so a priority request admitted into a full batch preempts
+a lower tier's at once instead of waiting for one to finish; a priority request's slot is handed
+back when it ends, never kept for other tiers. Setting the per-worker capacity a little above
+``--max-num-seqs`` keeps a request or two waiting in each engine, so a finished sequence's place
+is refilled at the engine's next step rather than a gateway round trip later (the engine's own
+backlog rule above stops that from growing).
+
 Order: per band, start-time fair queuing (SFQ) on tokens. A waiting request costs its token
 reservation (``Proxy._reservation``: prompt estimate + max_tokens per choice); its start tag is
 ``max(V_band, F_tenant)`` and the tenant's finish tag becomes ``start + cost / weight`` (weight =
