@@ -1,7 +1,7 @@
 """Priority and fair share under saturation: FCFS (admission queue off) against Berth's admission
 queue, in one run, through the real gateway.
 
-    python bench/priority.py [--duration 30] [--batch 32] [--out bench/results/priority-<date>.txt]
+    python bench/priority.py [--duration 60] [--batch 32] [--out bench/results/priority-<date>.txt]
 
 The engine is a fake written here (asyncio) that models a continuous-batching scheduler: at most
 ``--batch`` sequences run; every decode step takes ``--step-ms`` + ``--step-per-seq-ms`` × running
@@ -456,16 +456,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=30, help="seconds measured under load, per mode")
+    parser.add_argument("--duration", type=float, default=60, help="seconds measured under load, per mode")
     parser.add_argument("--unloaded", type=float, default=10, help="seconds measured unloaded, per mode")
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--batch", type=int, default=32, help="the engine's max batch (max_num_seqs)")
-    parser.add_argument("--step-ms", type=float, default=10.0)
-    parser.add_argument("--step-per-seq-ms", type=float, default=0.5)
-    parser.add_argument("--flood", type=int, default=48, help="best-effort closed-loop clients")
-    parser.add_argument("--standard", type=int, default=24, help="closed-loop clients per standard tenant")
-    parser.add_argument("--rate", type=float, default=4.0, help="priority requests per second (Poisson)")
-    parser.add_argument("--tokens", type=int, default=64, help="max_tokens of flood and standard requests")
+    parser.add_argument("--step-ms", type=float, default=40.0)
+    parser.add_argument("--step-per-seq-ms", type=float, default=0.25)
+    parser.add_argument("--flood", type=int, default=32, help="best-effort closed-loop clients")
+    parser.add_argument("--standard", type=int, default=32, help="closed-loop clients per standard tenant")
+    parser.add_argument("--rate", type=float, default=2.0, help="priority requests per second (Poisson)")
+    parser.add_argument("--tokens", type=int, default=32, help="max_tokens of flood and standard requests")
     parser.add_argument("--priority-tokens", type=int, default=16)
     parser.add_argument("--headroom", type=int, default=4, help="BERTH_GATEWAY_ADMIT_PRIORITY_HEADROOM")
     parser.add_argument(

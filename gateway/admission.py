@@ -243,12 +243,13 @@ return result
 """.replace("KEY_TTL_MS", str(KEY_TTL_MS))
 
 
-def tier_of(principal: Any, body: dict, headers: dict[bytes, bytes]) -> str:
+def tier_of(principal: Any, body: dict, headers: list[tuple[bytes, bytes]]) -> str:
     """The tier a request is served in: a batch line's is ``batch``, else what the request asked
     for within its plan's band (``contract.tiers.resolve``; a tier the plan does not allow is the
     band's own here, the request's validation refuses it)."""
-    if headers.get(BATCH_HEADER):
-        return tiers.BATCH
+    for name, value in headers:
+        if name == BATCH_HEADER and value:
+            return tiers.BATCH
     band = principal.tenant.plan.get("band")
     requested = body.get("service_tier")
     tier = tiers.resolve(requested if isinstance(requested, str) else None, band)
@@ -301,6 +302,7 @@ class Admission:
         self._models: dict[str, _ModelState] = {}
         self._ids = itertools.count()
         self._background: set[asyncio.Task] = set()
+        self._held_counters: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ capacity
 
@@ -337,7 +339,7 @@ class Admission:
         workers = await self.router.workers(model)
         if not workers:
             return None
-        tier = tier_of(principal, body, dict(ctx.scope["headers"]))
+        tier = tier_of(principal, body, ctx.scope["headers"])
         state = self._models.get(model)
         if state is None:
             state = self._models[model] = _ModelState()
@@ -345,7 +347,12 @@ class Admission:
         state.last_active = time.monotonic()
         if not state.contended and state.used < state.held <= state.capacity:
             state.used += 1  # the common case: a slot this gateway already holds
-            metrics.ADMISSION_DISPATCHES.labels(model, tier, "held").inc()
+            counter = self._held_counters.get((model, tier))
+            if counter is None:
+                counter = self._held_counters[(model, tier)] = metrics.ADMISSION_DISPATCHES.labels(
+                    model, tier, "held"
+                )
+            counter.inc()
             return Ticket(model, tier)
         return await self._queue(ctx, principal, model, tier, state, max(1, reserve), event)
 
