@@ -271,6 +271,7 @@ class _ModelState:
     capacity: int = 0
     headroom: int = 0  # slots beyond the capacity only priority requests may take
     held: int = 0  # slots this gateway holds in Redis
+    returning: int = 0  # slots being given back (no longer in held, still in Redis)
     used: int = 0  # of them, taken by requests in progress
     # Until when the model counts as contended (requests waited, here or at another gateway, a
     # moment ago): every request goes through the queue and every ending one hands its slot on,
@@ -371,6 +372,7 @@ class Admission:
         metrics.ADMISSION_DEPTH.labels(model, tier).inc()
         disconnect: asyncio.Task | None = None
         granted = False
+        queued = False  # the entry is (or may be) in Redis: leave the queue on any way out
         try:
             now = int(time.time() * 1000)
             result = await self._step(
@@ -379,6 +381,7 @@ class Admission:
                 now + int(max_wait * 1000) + 5000, settings.admit_queue_max,
             )  # fmt: skip
             outcome = result[0]
+            queued = outcome == 0
             if outcome == -1:
                 state.contend()
                 raise self._refusal(tier, model, "full")
@@ -391,6 +394,7 @@ class Admission:
                 while not granted:
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        queued = False
                         granted = await self._leave(model, state, entry)
                         if not granted:
                             raise self._refusal(tier, model, "wait")
@@ -403,6 +407,7 @@ class Admission:
                     if waiter in done:
                         granted = True
                     elif disconnect in done and disconnect.result().get("type") == "http.disconnect":
+                        queued = False
                         if await self._leave(model, state, entry):
                             self._spawn(self._give_back(model, 1, state, counted=True))
                         event.status = "client_disconnected"
@@ -415,9 +420,11 @@ class Admission:
                     else:
                         polled = await self._step("poll", model, state.capacity, entry)
                         granted = polled[0] == 1
-        except asyncio.CancelledError:
-            # The gateway is stopping: leave the queue (or give back a slot granted meanwhile).
-            self._spawn(self._abandon(model, state, entry))
+        except BaseException:
+            if queued and not granted:
+                # Cancelled (the gateway is stopping) or Redis failed mid-wait: leave the queue, or
+                # give back a slot granted meanwhile, so that nothing stays taken for nobody.
+                self._spawn(self._abandon(model, state, entry))
             raise
         finally:
             state.waiting.pop(entry, None)
@@ -496,12 +503,15 @@ class Admission:
 
         ``counted``: the slot was granted to an entry that no longer wants it and was never
         added to ``state.held``."""
+        state.returning += count
         try:
             await self._step("release", model, state.capacity, count)
         except Exception:  # noqa: BLE001 - a dead gateway's slots expire; a live one retries at the beat
             if not counted:
                 state.held += count
             logger.warning("could not give back %s admission slots of %s", count, model, exc_info=True)
+        finally:
+            state.returning -= count
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -570,6 +580,10 @@ class Admission:
             mine = result[3]
             if mine < state.held:  # another gateway thought this one dead and dropped its slots
                 state.held = mine
+            elif mine > state.held + state.returning and not state.waiting and not self._background:
+                # Granted to this gateway for a request that did not take it (none can be on its
+                # way: nothing waits here, nothing is leaving the queue or being given back).
+                await self._give_back(model, mine - state.held - state.returning, state, counted=True)
             if (state.contended or state.held > state.capacity) and state.held > state.used:
                 spare = state.held - state.used
                 state.held -= spare
