@@ -110,6 +110,23 @@ Written by the gateway:
   gateway adds each settled request's cost, billing's periodic check raises it (never lowers it)
   to what PostgreSQL says (``contract.spend``).
 
+* The admission queue (``gateway.admission``; ``{m}`` is the model whose workers serve the
+  request — an adapter's base — in a Redis Cluster hash tag), one Lua script per step (acquire,
+  release, poll, cancel, heartbeat), every key ``PEXPIRE``d an hour after the last step:
+  ``adm:{m}:slots`` — hash gateway instance → admission slots it holds (their sum never exceeds the
+  model's capacity, plus the priority headroom for priority requests); ``adm:{m}:alive`` — sorted
+  set gateway instance → heartbeat expiry ms (a gateway past it is dead: any step drops its slots
+  and entries); ``adm:{m}:e`` — hash entry id → ``<gateway>|<band 1-4>|<tenant id>|<token
+  cost>|<enqueued ms>`` for each waiting request; ``adm:{m}:q:<tier>`` — sorted set per tier
+  (``priority``, ``default``, ``flex``, ``batch``) entry id → start tag of start-time fair
+  queuing; ``adm:{m}:vt`` — hash ``V:<band>`` (the band's virtual time) and ``F:<band>:<tenant>``
+  (the tenant's last finish tag); ``adm:{m}:exp`` — sorted set entry id → deadline ms;
+  ``adm:{m}:granted`` — sorted set entry id → grant ms (a waiter that missed the message finds its
+  grant here; pruned after 2 minutes). Channel ``adm``: ``g <gateway> <model> <entry>`` (a grant)
+  and ``q <gateway> <model>`` (someone waits: other gateways give back the slots they hold idle).
+  Written by the gateways, read by them and by the staff dashboard's Queues page
+  (``staff.queues``).
+
 Written by billing: ``q:{t}:spend_blocked`` — while present, the gateway refuses the tenant with
 ``insufficient_quota`` (the spend check sets it at 100 % of the limit until the period ends).
 """

@@ -166,3 +166,45 @@ class RedisNames:
 
     def spend_blocked(self, tenant_id: object) -> str:
         return self._quota(tenant_id, "spend_blocked")
+
+    # ------------------------------------------------------------ the admission queue
+
+    def _admission(self, model: str, *parts: object) -> str:
+        # The {model} hash tag keeps one model's queue keys in one Redis Cluster slot.
+        return self._name("adm", "{%s}" % model, *parts)  # noqa: UP031
+
+    def admission_slots(self, model: str) -> str:
+        """Hash gateway instance → admission slots it holds on the model."""
+        return self._admission(model, "slots")
+
+    def admission_alive(self, model: str) -> str:
+        """Sorted set gateway instance → heartbeat expiry (epoch ms)."""
+        return self._admission(model, "alive")
+
+    def admission_entries(self, model: str) -> str:
+        """Hash entry id → ``<gateway>|<band index>|<tenant>|<cost>|<enqueued ms>``."""
+        return self._admission(model, "e")
+
+    def admission_granted(self, model: str) -> str:
+        return self._admission(model, "granted")
+
+    def admission_virtual_time(self, model: str) -> str:
+        return self._admission(model, "vt")
+
+    def admission_deadlines(self, model: str) -> str:
+        return self._admission(model, "exp")
+
+    def admission_queue(self, model: str, tier: str) -> str:
+        """Sorted set entry id → start tag: one per tier (band of service)."""
+        return self._admission(model, "q", tier)
+
+    def admission_alive_pattern(self) -> str:
+        return self._name("adm", "*", "alive")
+
+    def admission_model_of(self, name: str) -> str:
+        """The model in an ``adm:{<model>}:alive`` name (from a SCAN)."""
+        inner = name[len(self._name("adm", "")) :]
+        return inner[1 : inner.rindex("}")]
+
+    def admission_channel(self) -> str:
+        return self._name("adm")

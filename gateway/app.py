@@ -24,6 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway import control_plane, dialects, metrics, responses
+from gateway.admission import Admission
 from gateway.auth import Authenticator, Principal
 from gateway.config import GatewaySettings, get_settings
 from gateway.cors import Cors, CorsSend
@@ -93,6 +94,7 @@ class Gateway:
         state.auth.on_other = _invalidations(state.router, state.guardrails)
         state.metering = Metering(state.redis, settings, state.quotas)
         state.responses = responses.Responses(state)
+        state.admission = Admission(state.redis, settings, state.router)
         state.proxy = Proxy(state)
         state.tasks = [
             asyncio.create_task(state.auth.listen_invalidations(), name="invalidations"),
@@ -100,6 +102,7 @@ class Gateway:
             asyncio.create_task(state.quotas.run_background(), name="lease-renewal"),
             asyncio.create_task(state.metering.run_background(), name="last-used"),
             asyncio.create_task(state.metering.run_heartbeat(), name="usage-checkpoints"),
+            asyncio.create_task(state.admission.run_background(), name="admission"),
         ]
 
     async def shutdown(self) -> None:
@@ -113,6 +116,8 @@ class Gateway:
         for task in getattr(state, "tasks", []):
             task.cancel()
         await asyncio.gather(*getattr(state, "tasks", []), return_exceptions=True)
+        if hasattr(state, "admission"):
+            await state.admission.close()
         if hasattr(state, "metering"):
             try:
                 await state.metering.flush_last_used()

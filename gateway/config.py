@@ -93,6 +93,31 @@ class GatewaySettings(BaseSettings):
     route_cache_seconds: float = Field(1.0, validation_alias="BERTH_GATEWAY_ROUTE_CACHE_SECONDS", ge=0)
     cold_start_timeout: float = Field(300.0, validation_alias="BERTH_GATEWAY_COLD_START_TIMEOUT", gt=0)
 
+    # The admission queue (gateway/admission.py): requests wait in the gateway while a model's
+    # engines are saturated, served by tier band then weighted fair share. 0 = off (FCFS).
+    admission: bool = Field(True, validation_alias="BERTH_GATEWAY_ADMISSION")
+    # Requests admitted at once per ready worker: the engines' --max-num-seqs.
+    admit_per_worker: int = Field(256, validation_alias="BERTH_GATEWAY_ADMIT_PER_WORKER", ge=1)
+    # Longest wait in the queue for priority/default requests, and for flex/batch ones.
+    admit_max_wait: float = Field(30.0, validation_alias="BERTH_GATEWAY_ADMIT_MAX_WAIT", gt=0)
+    admit_max_wait_background: float = Field(
+        300.0, validation_alias="BERTH_GATEWAY_ADMIT_MAX_WAIT_BACKGROUND", gt=0
+    )
+    # Slots per worker beyond the capacity that only priority-tier requests may take: engines run
+    # with --scheduling-policy priority and make room for them at once (preempting lower tiers),
+    # so interactive priority traffic does not wait for a flood's requests to finish.
+    admit_priority_headroom: int = Field(2, validation_alias="BERTH_GATEWAY_ADMIT_PRIORITY_HEADROOM", ge=0)
+    # Waiting requests per model and band; more are refused at once.
+    admit_queue_max: int = Field(10_000, validation_alias="BERTH_GATEWAY_ADMIT_QUEUE_MAX", ge=1)
+    # A waiting request asks Redis this often when no grant message came.
+    admit_poll_seconds: float = Field(0.5, validation_alias="BERTH_GATEWAY_ADMIT_POLL_SECONDS", gt=0)
+    # Gateways heartbeat their slots this often; one silent for admit_gateway_ttl is dead (its
+    # slots and waiting requests are dropped).
+    admit_heartbeat_seconds: float = Field(
+        0.5, validation_alias="BERTH_GATEWAY_ADMIT_HEARTBEAT_SECONDS", gt=0
+    )
+    admit_gateway_ttl: float = Field(3.0, validation_alias="BERTH_GATEWAY_ADMIT_GATEWAY_TTL", gt=0)
+
     # Upstream
     connect_timeout: float = Field(5.0, validation_alias="BERTH_GATEWAY_CONNECT_TIMEOUT", gt=0)
     read_timeout: float = Field(600.0, validation_alias="BERTH_GATEWAY_READ_TIMEOUT", gt=0)

@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -63,4 +64,29 @@ LORA_AFFINITY = Counter(
 )
 LORA_LOAD_SECONDS = Histogram(
     "berth_gateway_lora_load_seconds", "Time to load an adapter onto a worker", buckets=_LATENCY_BUCKETS
+)
+
+# The admission queue (gateway.admission). "tier" is the band of service; tenants are not a
+# label (unbounded): the staff dashboard's Queues panel shows them from Redis.
+ADMISSION_DEPTH = Gauge(
+    "berth_gateway_admission_waiting",
+    "Requests waiting in this gateway's admission queue, by model and tier",
+    ["model", "tier"],
+    multiprocess_mode="livesum",
+)
+ADMISSION_WAIT = Histogram(
+    "berth_gateway_admission_wait_seconds",
+    "Time requests waited in the admission queue before dispatch",
+    ["model", "tier"],
+    buckets=_LATENCY_BUCKETS,
+)
+ADMISSION_DISPATCHES = Counter(
+    "berth_gateway_admission_dispatches_total",
+    "Requests admitted, by model, tier and path (held: a slot this gateway held; queued: via Redis)",
+    ["model", "tier", "path"],
+)
+ADMISSION_REFUSALS = Counter(
+    "berth_gateway_admission_refusals_total",
+    "Requests that left the admission queue unserved (full, wait, disconnect)",
+    ["model", "tier", "reason"],
 )

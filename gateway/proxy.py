@@ -237,10 +237,11 @@ class Proxy:
             await state.responses.pinned_worker(body, principal, model) if endpoint == "responses" else None
         )
 
+        reserve = self._reservation(body, endpoint, checked, info)
         lease = await state.quotas.admit(
             principal,
             ctx.request_id,
-            self._reservation(body, endpoint, checked, info),
+            reserve,
             **tiers.prices(info, tier),
         )
 
@@ -279,7 +280,12 @@ class Proxy:
             occurred_at_ms=int(time.time() * 1000),
             service_tier=tier,
         )
+        ticket = None
         try:
+            # The admission queue: waits here while the model's engines are saturated.
+            ticket = await state.admission.admit(
+                ctx=ctx, principal=principal, tier=tier, info=info, event=event, reserve=reserve
+            )
             forward = Forward(
                 ctx=ctx,
                 info=info,
@@ -305,6 +311,7 @@ class Proxy:
             event.http_status = exc.status
             raise
         finally:
+            state.admission.release(ticket)
             if not lease.settled:
                 # Whatever happened (client gone, upstream error, bug), meter and free the lease.
                 event.latency_ms = int((time.perf_counter() - ctx.start) * 1000)

@@ -20,4 +20,6 @@ urlpatterns = [
     path("economics/", views.economics, name="economics"),
     path("traffic/data/", views.traffic_data, name="traffic-data"),
     path("batches/", batches.batch_backlog, name="batches"),
+    path("queues/", views.queues_page, name="queues"),
+    path("queues/data/", views.queues_data, name="queues-data"),
 ]

@@ -34,7 +34,7 @@ from economics import report as economics_report
 from models_registry.models import Deployment
 from provisioning import operations
 from provisioning.models import Worker
-from staff import queries
+from staff import queries, queues
 from tenants.constants import TenantStatus
 from tenants.models import Tenant
 
@@ -304,6 +304,38 @@ def traffic(request):
 @require_GET
 def traffic_data(request):
     return render(request, "staff/partials/traffic_data.html", _traffic_context())
+
+
+# --------------------------------------------------------------------------- admission queues
+
+
+def _queues_context():
+    snapshot = queues.snapshot()
+    names = queues.tenant_names(snapshot)
+    tenant_rows = [
+        {"model": q.model, "tier": tier, "tenant": names.get(tenant, tenant), "waiting": waiting}
+        for q in snapshot
+        for (tier, tenant), waiting in sorted(q.tenants.items(), key=lambda item: -item[1].oldest_ms)
+    ]
+    return {
+        "queues": snapshot,
+        "tiers": queues.TIERS,
+        "tenant_rows": tenant_rows,
+        "queues_chart": queues.chart(snapshot),
+        "has_waiting": any(q.depth for q in snapshot),
+    }
+
+
+@staff_required
+@require_GET
+def queues_page(request):
+    return render(request, "staff/queues.html", _queues_context() | {"section": "queues"})
+
+
+@staff_required
+@require_GET
+def queues_data(request):
+    return render(request, "staff/partials/queues_data.html", _queues_context())
 
 
 # --------------------------------------------------------------------------- economics

@@ -104,8 +104,42 @@
     }
   }
 
-  document.addEventListener("DOMContentLoaded", () => { renderRevenue(); renderTraffic(); renderEconomics(); });
+  const TIER_COLOURS = { priority: "#8250df", default: "#0b5cad", flex: "#1a7f37", batch: "#d4a72c" };
+
+  function barChart(id, labels, datasets, yTitle, stacked) {
+    const canvas = document.getElementById(id);
+    if (!canvas) return;
+    if (charts[id]) {
+      charts[id].data.labels = labels;
+      charts[id].data.datasets.forEach((set, i) => { set.data = datasets[i].data; });
+      charts[id].update("none");
+      return;
+    }
+    charts[id] = new Chart(canvas, {
+      type: "bar",
+      data: { labels: labels, datasets: datasets },
+      options: {
+        maintainAspectRatio: false,
+        animation: false,
+        scales: { x: { stacked: stacked }, y: { stacked: stacked, beginAtZero: true, title: { display: true, text: yTitle } } },
+      },
+    });
+  }
+
+  function renderQueues() {
+    const d = readJson("queues-chart");
+    if (!d) return;
+    const waiting = d.tiers.some((t) => d.depth[t].some((v) => v > 0));
+    const box = document.getElementById("queues-charts");
+    if (box) box.hidden = !waiting;
+    if (!waiting) return;
+    barChart("chart-queue-depth", d.labels, d.tiers.map((t) => ({ label: t, data: d.depth[t], backgroundColor: TIER_COLOURS[t] })), "requests waiting", true);
+    barChart("chart-queue-wait", d.labels, d.tiers.map((t) => ({ label: t + " oldest wait (s)", data: d.oldest_s[t], backgroundColor: TIER_COLOURS[t] })), "seconds", false);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { renderRevenue(); renderTraffic(); renderEconomics(); renderQueues(); });
   document.addEventListener("htmx:afterSwap", (event) => {
     if (event.detail.target && event.detail.target.id === "traffic-data") renderTraffic();
+    if (event.detail.target && event.detail.target.id === "queues-data") renderQueues();
   });
 })();
