@@ -167,7 +167,8 @@ def test_a_priority_request_takes_the_headroom_at_once(engines, redis_client):
             ca, cb = client(a, key), client(b, key)
             blocker = asyncio.create_task(_chat(ca, model, tokens=30, delay=0.05))
             await asyncio.sleep(0.3)
-            waiting_default = asyncio.create_task(_chat(cb, model, tokens=1, delay=0))
+            # On a priority plan "auto" is priority: this one asks for the default tier.
+            waiting_default = asyncio.create_task(_chat(cb, model, tokens=1, delay=0, service_tier="default"))
             started = time.monotonic()
             answer = await _chat(cb, model, tokens=1, delay=0, service_tier="priority")
             took = time.monotonic() - started
