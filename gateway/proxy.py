@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from contract import tiers
 from contract.usage import UsageEvent
+from gateway import batch as batch_path
 from gateway import dialects, metrics, sse
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.guardrails import RequestGuard
@@ -212,9 +214,18 @@ class Proxy:
         state = self.state
         ctx.endpoint = endpoint
         headers = dict(ctx.scope["headers"])
-        principal = await state.auth.authenticate(headers)
+        # A batch line (gateway/batch.py): the runner on a tenant's behalf, under the line's request id.
+        batch = (
+            await batch_path.authenticate(state.auth, self.settings.internal_token, headers)
+            if batch_path.is_batch(headers)
+            else None
+        )
+        principal = batch.principal if batch is not None else await state.auth.authenticate(headers)
         ctx.principal = principal
-        state.metering.touch(principal.key.key_id)
+        if batch is None:
+            state.metering.touch(principal.key.key_id)
+        else:
+            ctx.request_id = batch.request_id
         raw = await self._read_body(ctx.scope, ctx.receive)
         body = self._parse(raw, headers)
         checked = validate(body, endpoint, max_tokens_limit=self.settings.max_tokens_limit)
@@ -234,7 +245,8 @@ class Proxy:
             await state.responses.pinned_worker(body, principal, model) if endpoint == "responses" else None
         )
 
-        lease = await state.quotas.admit(
+        admit = state.quotas.admit if batch is None else state.quotas.admit_batch
+        lease = await admit(
             principal,
             ctx.request_id,
             self._reservation(body, endpoint, checked, info),
@@ -244,6 +256,9 @@ class Proxy:
         )
 
         modified = guard is not None and guard.modified
+        if batch is not None:
+            body["priority"] = tiers.RANK[batch.tier]  # vLLM's priority scheduling: lower first
+            modified = True
         if info.served_name != model:
             body["model"] = info.served_name
             modified = True
@@ -265,12 +280,14 @@ class Proxy:
         event = UsageEvent(
             request_id=ctx.request_id,
             tenant_id=principal.tenant.tenant_id,
-            key_id=principal.key.key_id,
+            key_id=principal.key.key_id if batch is None else None,
             model=model,
             endpoint=endpoint,
             status="error",
             occurred_at_ms=int(time.time() * 1000),
         )
+        if batch is not None:
+            event.service_tier, event.batch_id = batch.tier, batch.batch_id
         try:
             forward = Forward(
                 ctx=ctx,
