@@ -18,8 +18,8 @@ billed twice and no line is lost.
 
 What the gateway answers decides a line's fate: 200 → its response; a 4xx about the request (not
 429) → the line's error, as the engine or the gateway worded it; 429 and 503 (a model still
-scaling up from zero answers ``model_not_ready``), other 5xx and connection errors → the line is
-retried with backoff (``Retry-After`` honoured) until it gets an answer, the batch is cancelled or
+scaling up from zero answers ``model_not_ready``), other 5xx, connection errors, and 401/403 (a
+misconfigured token, a suspended tenant: never the line's fault) → the line is retried with backoff (``Retry-After`` honoured) until it gets an answer, the batch is cancelled or
 it expires; a spent batch token budget (``insufficient_quota``) fails the line.
 """
 
@@ -54,7 +54,9 @@ logger = logging.getLogger(__name__)
 # pg advisory locks take two int4 keys: this class ("bert" in ASCII) and hashtext(batch id).
 LOCK_CLASS = 0x62657274
 MAX_ERRORS = 100  # validation errors reported (OpenAI lists the first ones too)
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# Retried, never the line's fault: 401 (this worker's internal token is not the gateway's, a
+# deployment error, logged), 403 (the tenant is suspended: its batch waits, or expires), 429, 5xx.
+RETRY_STATUS = frozenset({401, 403, 429, 500, 502, 503, 504})
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 WRITE_EVERY = 0.05  # results are written in groups, at most this long after they arrive
@@ -471,6 +473,13 @@ class Runner:
                 if status not in RETRY_STATUS or error["code"] == "insufficient_quota":
                     return LineResult(line_id, False, status, answer, error, attempts)
                 wait = _retry_after(response)
+                if status == 401:
+                    logger.error(
+                        "batch %s: the gateway at %s refused the internal token (BERTH_INTERNAL_TOKEN "
+                        "differs between the worker and the gateway?)",
+                        self.batch.id,
+                        settings.GATEWAY_INTERNAL_URL,
+                    )
                 logger.info(
                     "batch %s line %s: HTTP %s %s; retrying", self.batch.id, index, status, error["code"]
                 )
@@ -590,7 +599,11 @@ def run(batch_id: str, *, slice_seconds: float | None = None, transport=None) ->
             return "missing"
         if batch.status == BatchStatus.VALIDATING:
             return "validating"
-        if batch.status == BatchStatus.IN_PROGRESS and timezone.now() < batch.expires_at:
+        if not settings.INTERNAL_TOKEN:
+            logger.error(
+                "batch %s waits: BERTH_INTERNAL_TOKEN is not set, the gateway refuses batch lines", batch_id
+            )
+        elif batch.status == BatchStatus.IN_PROGRESS and timezone.now() < batch.expires_at:
             seconds = slice_seconds if slice_seconds is not None else settings.BATCH_SLICE_SECONDS
             runner = Runner(batch, deadline=time.monotonic() + seconds, transport=transport)
             asyncio.run(runner.run())

@@ -113,3 +113,22 @@ def test_a_batch_cancelled_while_validating_is_left_to_the_cancel():
     Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.CANCELLING)
     assert runner.validate(batch.id) == BatchStatus.CANCELLING
     assert not BatchLine.objects.filter(batch=batch).exists()
+
+
+def test_the_tasks_are_registered_and_the_beat_runs_the_tick(settings):
+    from berth import roles
+    from berth.celery import app
+
+    assert {"batches.tasks.validate_batch", "batches.tasks.run_batch", "batches.tasks.tick"} <= set(app.tasks)
+    scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert "batches.tasks.tick" in scheduled
+    assert "batches" in roles.BY_NAME["worker"].what
+
+
+def test_without_the_internal_token_a_batch_waits_instead_of_failing(settings):
+    settings.INTERNAL_TOKEN = ""
+    tenant = TenantFactory()
+    batch = make_batch(tenant, [chat_line("a", ModelFactory().name, 1, 1)])
+    runner.validate(batch.id)
+    assert runner.run(batch.id) == BatchStatus.IN_PROGRESS
+    assert BatchLine.objects.get(batch=batch).status == "pending"
