@@ -534,7 +534,7 @@ def _write_file(batch: Batch, purpose: str, status: str) -> File | None:
         handle.seek(0)
         row = File(tenant_id=batch.tenant_id, purpose=purpose, bytes=size, sha256=digest.hexdigest())
         row.filename = f"{batch.id}_{'output' if purpose == FilePurpose.BATCH_OUTPUT else 'error'}.jsonl"
-        row.storage_name = storage.save(f"{batch.tenant_id}/{row.id}.jsonl", DjangoFile(handle))
+        row.storage_name = storage.save(f"{batch.tenant_id}/{row.id}", DjangoFile(handle))
     return row
 
 

@@ -45,7 +45,7 @@ def upload(tenant, lines: list, *, raw: bytes | None = None) -> File:
     row = File(
         tenant=tenant, purpose=FilePurpose.BATCH, filename=f"input-{next(_files)}.jsonl", bytes=len(data)
     )
-    row.storage_name = storages["berth_files"].save(f"{tenant.id}/{row.id}.jsonl", ContentFile(data))
+    row.storage_name = storages["berth_files"].save(f"{tenant.id}/{row.id}", ContentFile(data))
     row.save()
     return row
 
