@@ -62,6 +62,7 @@ BACKOFF_MAX = 30.0
 WRITE_EVERY = 0.05  # results are written in groups, at most this long after they arrive
 POLL_SECONDS = 1.0  # how often a runner looks at its batch's status (cancel, expiry)
 
+WAITING = "waiting"  # run()'s answer for a batch it could not work on (no internal token)
 EXPIRED_ERROR = {
     "code": "batch_expired",
     "message": "This request could not be executed before the completion window expired.",
@@ -315,11 +316,10 @@ def _retry_after(response: httpx.Response) -> float | None:
 class Runner:
     """Runs one in-progress batch's pending lines until none is left, or it must stop."""
 
-    def __init__(self, batch: Batch, *, deadline: float, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, batch: Batch, *, deadline: float):
         self.batch = batch
         self.deadline = deadline  # monotonic: hand over to the next task then
         self.concurrency = settings.BATCH_CONCURRENCY
-        self.transport = transport
         self.stop = asyncio.Event()
         self.results: asyncio.Queue[LineResult] = asyncio.Queue()
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-db-{batch.id}")
@@ -384,7 +384,6 @@ class Runner:
                 base_url=settings.GATEWAY_INTERNAL_URL,
                 timeout=timeout,
                 limits=limits,
-                transport=self.transport,
             ) as client:
                 writer = asyncio.create_task(self._writer())
                 watcher = asyncio.create_task(self._watch())
@@ -586,8 +585,8 @@ def _settle(batch_id: str) -> str:
     return Batch.objects.values_list("status", flat=True).get(pk=batch_id)
 
 
-def run(batch_id: str, *, slice_seconds: float | None = None, transport=None) -> str:
-    """Work on a batch for up to ``slice_seconds``; returns its status, or ``busy``.
+def run(batch_id: str, *, slice_seconds: float | None = None) -> str:
+    """Work on a batch for up to ``slice_seconds``; returns its status, ``busy`` or ``waiting``.
 
     ``in_progress`` afterwards means lines are left (the slice ended): the caller sends it again.
     """
@@ -605,10 +604,13 @@ def run(batch_id: str, *, slice_seconds: float | None = None, transport=None) ->
             )
         elif batch.status == BatchStatus.IN_PROGRESS and timezone.now() < batch.expires_at:
             seconds = slice_seconds if slice_seconds is not None else settings.BATCH_SLICE_SECONDS
-            runner = Runner(batch, deadline=time.monotonic() + seconds, transport=transport)
+            runner = Runner(batch, deadline=time.monotonic() + seconds)
             asyncio.run(runner.run())
             logger.info("batch %s: %s lines written in this slice", batch_id, runner.written)
-        return _settle(batch_id)
+        status = _settle(batch_id)
+        if status == BatchStatus.IN_PROGRESS and not settings.INTERNAL_TOKEN:
+            return WAITING  # not sent again at once: the beat's next tick tries again
+        return status
 
 
 def active() -> list[tuple[str, str]]:

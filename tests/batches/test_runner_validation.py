@@ -130,5 +130,6 @@ def test_without_the_internal_token_a_batch_waits_instead_of_failing(settings):
     tenant = TenantFactory()
     batch = make_batch(tenant, [chat_line("a", ModelFactory().name, 1, 1)])
     runner.validate(batch.id)
-    assert runner.run(batch.id) == BatchStatus.IN_PROGRESS
+    assert tasks.run_batch(batch.id) == runner.WAITING  # not sent again at once
+    assert Batch.objects.get(pk=batch.pk).status == BatchStatus.IN_PROGRESS
     assert BatchLine.objects.get(batch=batch).status == "pending"
