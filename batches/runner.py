@@ -87,9 +87,25 @@ def batch_lock(batch_id: str) -> Iterator[bool]:
 
 
 def has_live_runner(batch_id: str) -> bool:
-    """Whether some process holds the batch's lock (a runner or a validation in progress)."""
-    with batch_lock(batch_id) as acquired:
-        return not acquired
+    """Whether some process holds the batch's lock (a runner or a validation in progress).
+
+    Read from ``pg_locks`` rather than by trying the lock, which would make a runner starting at
+    that moment find the batch busy.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND classid = %s::bigint::oid
+                  AND objid = ((hashtext(%s)::bigint + 4294967296) %% 4294967296)::oid
+            )
+            """,
+            [LOCK_CLASS, batch_id],
+        )
+        return bool(cursor.fetchone()[0])
 
 
 def request_id(batch_id: str, index: int) -> str:
