@@ -84,7 +84,7 @@ ROLES: tuple[Role, ...] = (
     ),
     Role(
         "worker",
-        "Celery worker: reconcile, autoscale, mirror resyncs, invoices, audit export and retention",
+        "Celery worker: reconcile, autoscale, mirror resyncs, invoices, audit export and retention, batches",
         (
             "{python}",
             "-m",

@@ -441,6 +441,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "webhooks.tasks.sweep",
         "schedule": 60,
     },
+    # Batches (batches/tasks.py): resumes batches whose runner died, finishes cancels, expires.
+    "batches-tick": {
+        "task": "batches.tasks.tick",
+        "schedule": env_int("BERTH_BATCH_TICK_SECONDS", 15, minimum=1),
+    },
 }
 
 # --------------------------------------------------------------------------- Berth
@@ -457,6 +462,16 @@ GATEWAY_GRACE_SECONDS = env_int("BERTH_GATEWAY_GRACE_SECONDS", 30, minimum=0)
 WEB_PUBLIC_URL = env_str("BERTH_WEB_URL", f"http://{WEB_HOST}:{WEB_PORT}").rstrip("/")
 GATEWAY_PUBLIC_URL = env_str("BERTH_GATEWAY_URL", f"http://{GATEWAY_HOST}:{GATEWAY_PORT}/v1")
 DEFAULT_PLAN_SLUG = env_str("BERTH_DEFAULT_PLAN", "free")
+# Batch lines (batches/runner.py) go through the gateway at this address, the cluster-internal one
+# (not BERTH_GATEWAY_URL, which is what tenants reach); every deployment sets it.
+GATEWAY_INTERNAL_URL = env_str("BERTH_GATEWAY_INTERNAL_URL", f"http://127.0.0.1:{GATEWAY_PORT}").rstrip("/")
+# Lines of one batch in flight at once (a batch names one model, so this bounds each runner's load
+# on that model), how long one runner task runs before handing over to the next (the task time
+# limit stays bounded), and how long one line may take.
+BATCH_CONCURRENCY = env_int("BERTH_BATCH_CONCURRENCY", 16, minimum=1)
+BATCH_SLICE_SECONDS = env_int("BERTH_BATCH_SLICE_SECONDS", 240, minimum=5)
+BATCH_REQUEST_TIMEOUT = env_int("BERTH_BATCH_REQUEST_TIMEOUT", 600, minimum=1)
+BATCH_MAX_LINES = env_int("BERTH_BATCH_MAX_LINES", 50_000, minimum=1)
 # Bearer token for /internal/* (Prometheus service discovery and pool gauges) and the gateway's
 # /metrics. Required when DEBUG is off; only a DEBUG start-up may leave them open on loopback.
 INTERNAL_TOKEN = env_secret("BERTH_INTERNAL_TOKEN")

@@ -106,6 +106,9 @@ Written by the gateway:
 * Quotas, taken and settled in one Lua script each (``gateway.quotas``):
   ``q:{t}:t:rpm:<epoch minute>``, ``q:{t}:t:tpm:<epoch minute>`` (counters, expire after 2 min),
   ``q:{t}:t:conc`` (sorted set request id → lease expiry ms), ``q:{t}:t:tokens:<YYYYMM>``.
+* ``q:{t}:batch:tokens:<YYYYMM>`` — tokens of the tenant's batch lines this month (reserved at
+  admission, settled to the engine's count), checked against the plan's ``batch_tokens``; batch
+  lines touch no rpm, tpm, concurrency or monthly-token key (their own Lua script pair).
 * ``q:{t}:spend:<period id>`` — the tenant's spend this billing period in micro-units: the
   gateway adds each settled request's cost, billing's periodic check raises it (never lowers it)
   to what PostgreSQL says (``contract.spend``).

@@ -160,6 +160,10 @@ class RedisNames:
         """``month`` is ``YYYYMM`` (UTC)."""
         return self._quota(tenant_id, "t", "tokens", month)
 
+    def quota_batch_tokens(self, tenant_id: object, month: str) -> str:
+        """Tokens of the tenant's batch lines this month (``YYYYMM``, UTC): the plan's ``batch_tokens``."""
+        return self._quota(tenant_id, "batch", "tokens", month)
+
     def spend_counter(self, tenant_id: object, period: str) -> str:
         """``period`` is a billing period id (``contract.spend.period_id``)."""
         return self._quota(tenant_id, "spend", period)

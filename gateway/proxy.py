@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from contract import tiers
 from contract.usage import UsageEvent
+from gateway import batch as batch_path
 from gateway import dialects, metrics, sse, tiers
 from gateway.errors import GatewayError, bad_request, engine_error, error_body, model_not_found
 from gateway.guardrails import RequestGuard
@@ -214,16 +216,25 @@ class Proxy:
         state = self.state
         ctx.endpoint = endpoint
         headers = dict(ctx.scope["headers"])
-        principal = await state.auth.authenticate(headers)
+        # A batch line (gateway/batch.py): the runner on a tenant's behalf, under the line's request id.
+        batch = (
+            await batch_path.authenticate(state.auth, self.settings.internal_token, headers)
+            if batch_path.is_batch(headers)
+            else None
+        )
+        principal = batch.principal if batch is not None else await state.auth.authenticate(headers)
         ctx.principal = principal
-        state.metering.touch(principal.key.key_id)
+        if batch is None:
+            state.metering.touch(principal.key.key_id)
+        else:
+            ctx.request_id = batch.request_id
         raw = await self._read_body(ctx.scope, ctx.receive)
         body = self._parse(raw, headers)
         checked = validate(body, endpoint, max_tokens_limit=self.settings.max_tokens_limit)
         model, stream = checked.model, checked.stream
         info = await self.visible_model(principal, model)
         ctx.model = model
-        tier = tiers.serve(checked.service_tier, principal.tenant.plan)
+        tier = tiers.serve(checked.service_tier, principal.tenant.plan, batch=batch is not None)
         # Guardrails: the prompt is screened (and redacted in place) before any quota or engine work.
         guard = await state.guardrails.check(
             tenant_id=principal.tenant.tenant_id, key_id=principal.key.key_id,
@@ -238,7 +249,8 @@ class Proxy:
         )
 
         reserve = self._reservation(body, endpoint, checked, info)
-        lease = await state.quotas.admit(
+        admit = state.quotas.admit if batch is None else state.quotas.admit_batch
+        lease = await admit(
             principal,
             ctx.request_id,
             reserve,
@@ -273,13 +285,15 @@ class Proxy:
         event = UsageEvent(
             request_id=ctx.request_id,
             tenant_id=principal.tenant.tenant_id,
-            key_id=principal.key.key_id,
+            key_id=principal.key.key_id if batch is None else None,
             model=model,
             endpoint=endpoint,
             status="error",
             occurred_at_ms=int(time.time() * 1000),
             service_tier=tier,
         )
+        if batch is not None:
+            event.batch_id = batch.batch_id
         ticket = None
         try:
             # The admission queue: waits here while the model's engines are saturated.

@@ -16,6 +16,10 @@ requests admitted before the counter crossed it can add to it.
 Because check and take happen in one script, concurrent requests can overshoot a token limit only
 by what requests already admitted generate beyond their reservation; request and concurrency
 limits are never exceeded.
+
+Batch lines (``gateway.batch``) have their own pair of scripts: admission checks the spend limit
+and the plan's monthly ``batch_tokens`` budget (``q:{t}:batch:tokens:<YYYYMM>``) and nothing else,
+settlement moves that counter and the spend counter.
 """
 
 from __future__ import annotations
@@ -116,6 +120,43 @@ return 1
 """ % {"spend_ttl": spend.COUNTER_TTL_SECONDS}  # noqa: UP031
 
 
+# Batch lines (``gateway.batch``): the plan's monthly ``batch_tokens`` budget and the spend limit,
+# nothing of rpm, tpm, concurrency or the interactive monthly tokens.
+# KEYS: batch tokens this month, spend counter, spend blocked; ARGV: reserve, budget (-1 = none),
+# spend limit (-1 = none).
+BATCH_ADMIT = """
+local reserve = tonumber(ARGV[1])
+local budget = tonumber(ARGV[2])
+local spend_limit = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, 'spend'}
+end
+if spend_limit >= 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= spend_limit then
+  return {0, 'spend'}
+end
+if budget >= 0 and tonumber(redis.call('GET', KEYS[1]) or '0') + reserve > budget then
+  return {0, 'batch'}
+end
+redis.call('INCRBY', KEYS[1], reserve)
+redis.call('EXPIRE', KEYS[1], %(month_ttl)d)
+return {1, ''}
+""" % {"month_ttl": MONTH_TTL}  # noqa: UP031
+
+# KEYS: batch tokens this month, spend counter; ARGV: actual - reserved, cost.
+BATCH_SETTLE = """
+local delta = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+if delta ~= 0 then
+  redis.call('INCRBY', KEYS[1], delta)
+end
+if cost > 0 then
+  redis.call('INCRBY', KEYS[2], cost)
+  redis.call('EXPIRE', KEYS[2], %(spend_ttl)d)
+end
+return 1
+""" % {"spend_ttl": spend.COUNTER_TTL_SECONDS}  # noqa: UP031
+
+
 def _limit(value) -> int:
     return -1 if value is None or value == "" else int(value)
 
@@ -143,6 +184,7 @@ class Lease:
     price_percent: int = spend.FULL_PERCENT  # the service tier's, in hundredths (contract.spend)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     settled: bool = False
+    batch: bool = False  # a batch line's: settled by BATCH_SETTLE on its own keys
 
 
 class Quotas:
@@ -153,15 +195,19 @@ class Quotas:
         self.names = RedisNames(settings.redis_prefix)
         self._admit_sha = hashlib.sha1(ADMIT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._settle_sha = hashlib.sha1(SETTLE.encode()).hexdigest()  # noqa: S324
+        self._batch_admit_sha = hashlib.sha1(BATCH_ADMIT.encode()).hexdigest()  # noqa: S324
+        self._batch_settle_sha = hashlib.sha1(BATCH_SETTLE.encode()).hexdigest()  # noqa: S324
         self.in_flight: dict[str, Lease] = {}
         self._period: tuple[int, str] = (-1, "")  # (epoch minute, billing period id)
 
     async def load_scripts(self) -> None:
         await self.redis.script_load(ADMIT)
         await self.redis.script_load(SETTLE)
+        await self.redis.script_load(BATCH_ADMIT)
+        await self.redis.script_load(BATCH_SETTLE)
 
-    async def _admit(self, keys: list[str], args: list):
-        command = ("EVALSHA", self._admit_sha, len(keys), *keys, *args)
+    async def _admit(self, keys: list[str], args: list, sha: str | None = None):
+        command = ("EVALSHA", sha or self._admit_sha, len(keys), *keys, *args)
         result = (await self.hot.execute(command))[0]
         if is_noscript(result):  # Redis restarted or flushed its script cache
             await self.load_scripts()
@@ -259,6 +305,60 @@ class Quotas:
         self.in_flight[request_id] = lease
         return lease
 
+    async def admit_batch(
+        self,
+        principal,
+        request_id: str,
+        reserve: int,
+        *,
+        price_input_micros: int = 0,
+        price_output_micros: int = 0,
+        price_cached_input_micros: int | None = None,
+    ) -> Lease:
+        """Admit a batch line against the plan's monthly ``batch_tokens`` and the spend limit only.
+
+        Batch work is what idle capacity is for: it must not use up the tenant's interactive
+        requests or tokens per minute, so none of those keys is read or written.
+        """
+        now_ms = int(time.time() * 1000)
+        minute = now_ms // 60000
+        month = time.strftime("%Y%m", time.gmtime(now_ms / 1000))
+        tenant = principal.tenant.tenant_id
+        spend_limit = principal.tenant.spend_limit_micros
+        if minute != self._period[0]:
+            self._period = (minute, spend.period_id(self.settings.billing_period))
+        batch_key = self.names.quota_batch_tokens(tenant, month)
+        spend_key = self.names.spend_counter(tenant, self._period[1])
+        keys = [batch_key, spend_key, self.names.spend_blocked(tenant)]
+        budget = _limit(principal.tenant.plan.get("batch_tokens"))
+        args = [reserve, budget, -1 if spend_limit is None else spend_limit]
+        result = await self._admit(keys, args, self._batch_admit_sha)
+        if int(result[0]) != 1:
+            reason = result[1].decode() if isinstance(result[1], bytes) else result[1]
+            if reason == "batch":
+                raise GatewayError(
+                    429,
+                    f"Your organization's monthly batch token budget ({budget} tokens) is spent. "
+                    "Ask your organization's admin to raise it.",
+                    type="insufficient_quota",
+                    code="insufficient_quota",
+                )
+            raise self._refusal(reason, 0, -1, -1, reserve)
+        lease = Lease(
+            request_id=request_id,
+            reserved=reserve,
+            settle_keys=[batch_key, spend_key],
+            conc_keys=[],
+            nscopes=0,
+            spend_key=spend_key,
+            price_input_micros=price_input_micros,
+            price_output_micros=price_output_micros,
+            price_cached_input_micros=price_cached_input_micros,
+            batch=True,
+        )
+        self.in_flight[request_id] = lease
+        return lease
+
     def _refusal(self, reason: str, retry_ms: int, rpm: int, tpm: int, reserve: int) -> GatewayError:
         retry_after = str(max(1, math.ceil(retry_ms / 1000))).encode()
         headers = [(b"retry-after", retry_after)]
@@ -319,6 +419,15 @@ class Quotas:
             cached_micros=lease.price_cached_input_micros,
             percent=lease.price_percent,
         )
+        if lease.batch:
+            return (
+                "EVALSHA",
+                self._batch_settle_sha,
+                2,
+                *lease.settle_keys,
+                prompt_tokens + completion_tokens - lease.reserved,
+                cost,
+            )
         return (
             "EVALSHA",
             self._settle_sha,

@@ -36,6 +36,8 @@ FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     # tests/gateway/conftest.py: fake engines and the gateway under uvicorn
     "engines": ("processes",),
     "gateway": ("processes",),
+    # tests/batches/conftest.py: a gateway that takes batch lines (the internal token set)
+    "batch_gateway": ("processes",),
     # tests/provisioning/conftest.py: node agents (manage.py node_agent, a Celery worker each)
     "agents": ("processes",),
     # tests/engines/conftest.py, tests/provisioning/test_cpu_engine_agent.py: the CPU engine, the tiny model

@@ -694,3 +694,26 @@ def test_up_hands_the_gateway_what_the_control_plane_resolved(settings):
     assert env["BERTH_FILES_MAX_BYTES"] == str(settings.FILES_MAX_BYTES)
     assert set(env) <= gateway_reads() | {"BERTH_ROLE"}
     assert platform.env("web") == {"BERTH_ROLE": "web"}  # Django roles resolve it themselves
+
+
+def test_the_celery_worker_reaches_the_gateway_inside_the_deployment():
+    """Batch lines go from the worker to the gateway's in-cluster address with the internal token."""
+    compose = compose_config()["services"]
+    worker = compose["worker"]["environment"]
+    assert worker["BERTH_GATEWAY_INTERNAL_URL"] == "http://gateway:8001"
+    assert worker["BERTH_INTERNAL_TOKEN"] == compose["gateway"]["environment"]["BERTH_INTERNAL_TOKEN"]
+    config = next(
+        doc
+        for doc in yaml.safe_load_all((K8S / "configmap.yaml").read_text())
+        if doc and doc["kind"] == "ConfigMap"
+    )
+    url = config["data"]["BERTH_GATEWAY_INTERNAL_URL"]
+    service = next(
+        doc
+        for doc in yaml.safe_load_all((K8S / "gateway.yaml").read_text())
+        if doc and doc["kind"] == "Service"
+    )
+    port = service["spec"]["ports"][0]["port"]
+    assert url == f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}"
+    worker_yaml = (K8S / "worker.yaml").read_text()
+    assert "berth-config" in worker_yaml  # the worker reads the ConfigMap

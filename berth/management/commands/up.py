@@ -511,6 +511,11 @@ class Command(BaseCommand):
             # The console's playground calls the gateway from the web's origin (CORS).
             origins = {web, settings.WEB_PUBLIC_URL, f"http://localhost:{options['web_port']}"}
             sup.env.setdefault("BERTH_GATEWAY_CORS_ORIGINS", ",".join(sorted(origins)))
+            # Batch lines (batches/runner.py) go from the worker to this gateway with the internal
+            # token: a development run without one gets one for this run, the same in every child.
+            sup.env.setdefault("BERTH_GATEWAY_INTERNAL_URL", gateway)
+            if not settings.INTERNAL_TOKEN:
+                sup.env.setdefault("BERTH_INTERNAL_TOKEN", secrets.token_urlsafe(32))
             values = {
                 "python": py,
                 "manage": self.manage_script(),
