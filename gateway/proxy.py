@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from contract import tiers
 from contract.usage import UsageEvent
 from gateway import batch as batch_path
 from gateway import dialects, metrics, sse, tiers
