@@ -314,6 +314,7 @@ class Quotas:
         price_input_micros: int = 0,
         price_output_micros: int = 0,
         price_cached_input_micros: int | None = None,
+        price_percent: int = spend.FULL_PERCENT,
     ) -> Lease:
         """Admit a batch line against the plan's monthly ``batch_tokens`` and the spend limit only.
 
@@ -354,6 +355,7 @@ class Quotas:
             price_input_micros=price_input_micros,
             price_output_micros=price_output_micros,
             price_cached_input_micros=price_cached_input_micros,
+            price_percent=price_percent,
             batch=True,
         )
         self.in_flight[request_id] = lease
