@@ -14,10 +14,10 @@ import pytest
 
 from batches import runner
 from batches.models import BatchStatus
+from tests.batches import api_fixtures  # the Files and Batches API's fixtures
 from tests.gateway.conftest import register_model
 from tests.registry.factories import ModelFactory
 
-api_fixtures = pytest.importorskip("tests.batches.api_fixtures")  # the Files and Batches API's fixtures
 _files_gateway_process = api_fixtures._files_gateway_process
 files_gateway = api_fixtures.files_gateway
 caller = api_fixtures.caller
