@@ -91,9 +91,11 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if CPUS >= 2 else []
 
 
-def start(argv: list[str], env: dict[str, str], health: str, log=subprocess.DEVNULL) -> subprocess.Popen:
+def start(
+    argv: list[str], env: dict[str, str], health: str, log=subprocess.DEVNULL, cwd: Path = ROOT
+) -> subprocess.Popen:
     proc = subprocess.Popen(  # noqa: S603 - our own command line
-        argv, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.DEVNULL
+        argv, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.DEVNULL
     )
     import urllib.request
 
@@ -667,6 +669,11 @@ def main() -> None:
     parser.add_argument("--guardrails", action="store_true", help="also run the guardrails phase")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--no-save", action="store_true", help="print only; no file in bench/results/")
+    parser.add_argument(
+        "--gateway-root",
+        type=Path,
+        help="run the gateway from this source tree (e.g. `git archive` of a baseline commit) for before/after",
+    )
     parser.add_argument("--only-guardrails", action="store_true", help="run only the guardrails phase")
     parser.add_argument("--connections", type=int, default=64, help="guardrails phase: wrk connections")
     parser.add_argument("--guard-streams", type=int, default=200, help="guardrails phase: concurrent streams")
@@ -686,7 +693,7 @@ def main() -> None:
     tenant_id, key = setup()
     guard_key = setup_guarded()
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    commit = _commit()
+    commit = _commit() if args.gateway_root is None else args.gateway_root.name  # e.g. base-772c8b4
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
 
@@ -722,7 +729,9 @@ def main() -> None:
         taskset = ["taskset", "-c", cpus] if CPUS >= 2 else []
         argv = [*taskset, sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port),
                 "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
-        return start(argv, gw_env, f"http://127.0.0.1:{gateway_port}/healthz", log=access_log)
+        root = args.gateway_root or ROOT
+        env = {**gw_env, "PYTHONPATH": str(root)}
+        return start(argv, env, f"http://127.0.0.1:{gateway_port}/healthz", log=access_log, cwd=root)
 
     def stop(proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import aiohttp
+from yarl import URL
 
 if TYPE_CHECKING:
     from gateway.config import GatewaySettings
@@ -101,10 +102,20 @@ class AiohttpUpstream:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self._urls: dict[str, URL] = {}
+
+    _URLS_KEPT = 4096
 
     async def send(self, method: str, url: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
+        # Parsing the URL (yarl) is a visible part of aiohttp's per-request cost; the same few
+        # worker URLs and paths come back on every request.
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= self._URLS_KEPT:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
         try:
-            response = await self.session.request(method, url, headers=headers, data=body)
+            response = await self.session.request(method, parsed, headers=headers, data=body)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _aiohttp_error(exc) from exc
         return _AiohttpResponse(response)
