@@ -427,6 +427,7 @@ class _OpenLoopConn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.gen.conns.append(self)
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -455,6 +456,7 @@ class OpenLoop:
         ).encode() + body
         self.max_connections = max_connections
         self.idle: list[_OpenLoopConn] = []
+        self.conns: list[_OpenLoopConn] = []
         self.open = 0
         self.backlog: list[float] = []
         self.latencies: list[float] = []
@@ -514,8 +516,9 @@ class OpenLoop:
         while self.completed + self.errors < total and time.perf_counter() < deadline:  # noqa: ASYNC110 - counters
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0
-        for conn in self.idle:
+        for conn in self.conns:
             conn.transport.close()
+        await asyncio.sleep(0.05)
         lat = sorted(self.latencies) or [0.0]
         return {
             "rate": rate,
@@ -648,6 +651,69 @@ def _pin_redis(redis) -> str:
         return "Redis unpinned (not ours to pin)"
 
 
+def compare_phase(gateway, stop, key: str, args) -> list[tuple[str, str, str]]:
+    """This tree's gateway against a baseline's, alternated round by round on the same core.
+
+    Both run at once (each idle while the other is measured), so the neighbours' noise falls on
+    both alike; the ratios of CPU per request and per token are what to read.
+    """
+    import uvloop
+
+    ports = {"after": free_port(), "before": free_port()}
+    procs = {
+        "after": gateway(root=ROOT, port=ports["after"]),
+        "before": gateway(root=args.compare, port=ports["before"]),
+    }
+    cpu: dict[str, dict[str, list[float]]] = {
+        name: {"req": [], "c1": [], "zero": [], "paced": []} for name in procs
+    }
+    rps: dict[str, list[float]] = {name: [] for name in procs}
+    try:
+        for port in ports.values():
+            wrk(f"http://127.0.0.1:{port}/v1/chat/completions", key, duration=2, connections=64)
+        for _ in range(args.rounds):
+            for name, port in ports.items():
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                pid = procs[name].pid
+                cpu0 = cpu_seconds(pid)
+                result = wrk(url, key, duration=args.duration, connections=64)
+                cpu[name]["req"].append((cpu_seconds(pid) - cpu0) / (result["rps"] * args.duration))
+                rps[name].append(result["rps"])
+                cpu0 = cpu_seconds(pid)
+                result = wrk(url, key, duration=max(2, args.duration // 2), connections=1)
+                cpu[name]["c1"].append(
+                    (cpu_seconds(pid) - cpu0) / (result["rps"] * max(2, args.duration // 2))
+                )
+                for label, n, tokens, delay in (
+                    ("zero", 64, args.stream_tokens, 0.0),
+                    ("paced", 64, 50, args.token_delay),
+                ):
+                    cpu0 = cpu_seconds(pid)
+                    got = uvloop.run(timed_streams(url, key, n, tokens, delay))
+                    cpu[name][label].append((cpu_seconds(pid) - cpu0) / max(1, got["tokens"]))
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    rows = []
+    med = _median
+    for label, title, unit in (
+        ("req", "gateway CPU per request, c=64", 1e6),
+        ("c1", "gateway CPU per request, c=1", 1e6),
+        ("zero", "gateway CPU per token, 64 streams, zero delay", 1e6),
+        ("paced", f"gateway CPU per token, 64 streams at {args.token_delay * 1000:.0f} ms/token", 1e6),
+    ):
+        before, after = med(cpu["before"][label]), med(cpu["after"][label])
+        rows.append(
+            (
+                f"{title} (µs): before / after",
+                f"{before * unit:,.1f} / {after * unit:,.1f}",
+                f"× {after / before:.2f}",
+            )
+        )
+    rows.append(("c=64 req/s: before / after", f"{med(rps['before']):,.0f} / {med(rps['after']):,.0f}", ""))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -669,6 +735,12 @@ def main() -> None:
     parser.add_argument("--guardrails", action="store_true", help="also run the guardrails phase")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--no-save", action="store_true", help="print only; no file in bench/results/")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="before/after: alternate this tree's gateway with one run from DIR (a `git archive` of the "
+        "baseline's gateway/ and contract/), both on CPU 0, round by round; CPU per request and per token",
+    )
     parser.add_argument(
         "--gateway-root",
         type=Path,
@@ -724,23 +796,51 @@ def main() -> None:
     }
     access_log = tempfile.NamedTemporaryFile("wb", prefix="berth-gw-access-", suffix=".log", delete=False)  # noqa: SIM115
 
-    def gateway(workers: int = 1, cpus: str = "0") -> subprocess.Popen:
+    def gateway(
+        workers: int = 1, cpus: str = "0", root: Path | None = None, port: int = 0
+    ) -> subprocess.Popen:
         # As deployments start it (berth/roles.py): python -m gateway; its access log to a file.
         taskset = ["taskset", "-c", cpus] if CPUS >= 2 else []
-        argv = [*taskset, sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port),
+        port = port or gateway_port
+        argv = [*taskset, sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
-        root = args.gateway_root or ROOT
+        root = root or args.gateway_root or ROOT
         env = {**gw_env, "PYTHONPATH": str(root)}
-        return start(argv, env, f"http://127.0.0.1:{gateway_port}/healthz", log=access_log, cwd=root)
+        return start(argv, env, f"http://127.0.0.1:{port}/healthz", log=access_log, cwd=root)
+
+    stuck: list[str] = []
 
     def stop(proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            stuck.append(" ".join(proc.args[-4:]))
+            proc.kill()
+            proc.wait(10)
 
     direct_url = f"http://127.0.0.1:{engine_port}/v1/chat/completions"
     gateway_url = f"http://127.0.0.1:{gateway_port}/v1/chat/completions"
     rows: list[tuple[str, str, str]] = []
     errors = 0
+    if args.compare:
+        try:
+            rows += compare_phase(gateway, stop, key, args)
+        finally:
+            stop(engine)
+            access_log.close()
+            os.unlink(access_log.name)
+        redis.flushdb()
+        save = None if args.no_save else results / f"gateway-compare-{stamp}-{commit.split('+')[0]}.txt"
+        report(
+            rows,
+            args,
+            commit=f"{commit} vs {args.compare.name}",
+            stamp=stamp,
+            redis_placement=redis_placement,
+            save=save,
+        )
+        return
     if args.only_guardrails:
         try:
             gw = gateway()
@@ -906,6 +1006,8 @@ def main() -> None:
         if args.servers:
             rows += server_comparison(key, gw_env, args.duration)
         rows.append(("HTTP/socket errors (wrk, open loop, streams)", str(errors), "0"))
+        if stuck:
+            rows.append(("processes killed after 60 s of SIGTERM", "; ".join(stuck), "none"))
     finally:
         stop(engine)
         access_log.close()
