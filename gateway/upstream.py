@@ -52,8 +52,9 @@ class _AiohttpResponse(UpstreamResponse):
         self.headers = [(k.lower(), v) for k, v in response.raw_headers]
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        readany = self._r.content.readany  # iter_any() without its iterator object on every read
         try:
-            async for chunk in self._r.content.iter_any():
+            while chunk := await readany():
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # aiohttp raises a lost connection before handing over what it had already received,
