@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import httptools
@@ -170,14 +170,15 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self, key: tuple[str, int]):
         self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser = None
+        # Set by connection_made, which runs before create_connection hands the protocol over.
+        self.transport: asyncio.Transport
+        self.parser: Any = None
         self.response: _RawResponse | None = None
         self.lost = False
         self._headers: list[tuple[bytes, bytes]] = []
 
     def connection_made(self, transport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def start(self, response: _RawResponse) -> None:
         self.response = response
@@ -344,6 +345,9 @@ class _RawResponse(UpstreamResponse):
         # to the pool.
         if not self._done:
             self._keep_alive = False
+            # A reader waiting on this answer (the stream loop, when a disconnect watcher closes
+            # it) fails now, as aiohttp's reader does, instead of waiting out the read timeout.
+            self._fail(UpstreamError("Connection closed"))
         self._release()
 
 
@@ -355,10 +359,10 @@ class RawUpstream(AiohttpUpstream):
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._pool: dict[tuple[str, int], list[_Conn]] = {}
-        self._targets: dict[str, tuple[tuple[str, int], bytes, bytes] | None] = {}
+        self._targets: dict[str, Any] = {}
         self._slots = asyncio.Semaphore(settings.max_connections)
 
-    def _target(self, url: str):
+    def _target(self, url: str) -> tuple[tuple[str, int], bytes, bytes] | None:
         """(host, port), the request target and the Host header of a URL; None unless plain HTTP."""
         found = self._targets.get(url, False)
         if found is False:
@@ -369,7 +373,7 @@ class RawUpstream(AiohttpUpstream):
                 port = parsed.port or 80
                 target = parsed.raw_path_qs.encode("latin-1") or b"/"
                 host = f"{parsed.raw_host}:{port}".encode("latin-1")
-                found = ((parsed.raw_host, port), target, host)
+                found = ((str(parsed.raw_host), port), target, host)
             if len(self._targets) >= self._URLS_KEPT:
                 self._targets.clear()
             self._targets[url] = found
@@ -423,8 +427,7 @@ class RawUpstream(AiohttpUpstream):
     async def close(self) -> None:
         for conns in self._pool.values():
             for conn in conns:
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.transport.close()
         self._pool.clear()
         await super().close()
 

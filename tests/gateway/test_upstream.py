@@ -85,8 +85,13 @@ async def _keep_alive_and_abort():
             answers.append((response.status, await response.read()))
             await response.close()
         stream = await upstream.send("POST", url + "/stream", {}, b"{}")
-        first = await anext(aiter(stream.chunks()))
-        await stream.close()  # unfinished: the engine must see its connection end
+        chunks = stream.chunks()
+        first = await anext(chunks)
+        waiting = asyncio.create_task(anext(chunks))  # the stream loop, waiting for more
+        await asyncio.sleep(0.05)
+        await stream.close()  # unfinished (a client hung up): the engine must see its connection end
+        with pytest.raises(UpstreamError):
+            await asyncio.wait_for(waiting, 1)  # and the waiting reader is woken, not left hanging
         await asyncio.sleep(0.2)
         refused = None
         try:
