@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -132,6 +132,7 @@ class Gateway:
         if hasattr(state, "redis"):
             await state.redis.aclose()
             await state.redis.connection_pool.disconnect()
+        ACCESS_LOG.flush()
 
     async def _lifespan(self, receive, send) -> None:
         while True:
@@ -161,7 +162,7 @@ class Gateway:
     async def http(self, scope, receive, send) -> None:
         path = scope["path"]
         method = scope["method"]
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = "req_" + os.urandom(16).hex()  # uuid4().hex's shape, without building a UUID
         cors = self.state.cors
         if cors.enabled:
             origin = cors.origin_of(scope)
@@ -259,8 +260,10 @@ class Gateway:
         finally:
             # Requests refused before a model was known (401, bad JSON) count under model="".
             status_label = str(ctx.status)
-            metrics.REQUESTS.labels(ctx.model or "", ctx.endpoint, status_label).inc()
-            metrics.LATENCY.labels(ctx.model or "", status_label).observe(time.perf_counter() - ctx.start)
+            metrics.child(metrics.REQUESTS, ctx.model or "", ctx.endpoint, status_label).inc()
+            metrics.child(metrics.LATENCY, ctx.model or "", status_label).observe(
+                time.perf_counter() - ctx.start
+            )
             if self.state.settings.access_log:
                 ctx.log()
 
@@ -411,7 +414,7 @@ class RequestContext:
         }
         if self.content is not None:
             record["content"] = self.content
-        access_logger.info("%s", orjson.dumps(record).decode())
+        ACCESS_LOG.emit(orjson.dumps(record).decode())
 
 
 async def _no_body() -> dict[str, Any]:
@@ -456,6 +459,60 @@ async def _respond(send, status: int, body: bytes, content_type: bytes, headers:
     await send({"type": "http.response.body", "body": body})
 
 
+class AccessLog:
+    """The access log line of every request, without the logging machinery's per-record cost.
+
+    Through ``logging`` a line cost ~8 % of a proxied request's CPU (record, format, lock, a flush
+    and a write system call per line). When the gateway configured logging itself (its own
+    handler on stdout, nothing attached to the access logger), lines are formatted here exactly
+    as that handler would (``<asctime> INFO berth.gateway.access: <json>``) and written together
+    once per event-loop iteration: one write for every request that finished in it, no later.
+    Otherwise (logging configured by the embedding program, tests) it goes through ``logging``.
+    """
+
+    def __init__(self) -> None:
+        self.stream = None
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def direct(self, stream) -> None:
+        self.stream = stream
+
+    def emit(self, message: str) -> None:
+        stream = self.stream
+        if stream is None or access_logger.handlers or not access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s", message)
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        self._pending.append(
+            f"{self._stamp},{int(now * 1000) % 1000:03d} INFO berth.gateway.access: {message}\n"
+        )
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (called from a thread or at shutdown)
+                self.flush()
+
+    def flush(self) -> None:
+        if not self._pending or self.stream is None:
+            return
+        lines = "".join(self._pending)
+        self._pending.clear()
+        try:
+            self.stream.write(lines)
+            self.stream.flush()
+        except (OSError, ValueError):  # stdout closed or gone: as logging, never fail a request
+            pass
+
+
+ACCESS_LOG = AccessLog()
+
+
 def _configure_logging(settings: GatewaySettings) -> None:
     root = logging.getLogger("berth.gateway")
     root.setLevel(settings.log_level)
@@ -464,6 +521,7 @@ def _configure_logging(settings: GatewaySettings) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         root.propagate = False
+        ACCESS_LOG.direct(handler.stream)
 
 
 app = Gateway()

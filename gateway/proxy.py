@@ -338,8 +338,8 @@ class Proxy:
             if guard is not None:
                 guard.finish(status=event.status, http_status=event.http_status or ctx.status or 0)
             if event.prompt_tokens or event.completion_tokens:
-                metrics.TOKENS.labels(model, "prompt").inc(event.prompt_tokens)
-                metrics.TOKENS.labels(model, "completion").inc(event.completion_tokens)
+                metrics.child(metrics.TOKENS, model, "prompt").inc(event.prompt_tokens)
+                metrics.child(metrics.TOKENS, model, "completion").inc(event.completion_tokens)
 
     async def visible_model(self, principal, model: str) -> ModelInfo:
         """The model as the key may use it: absent, private to another tenant, or outside the

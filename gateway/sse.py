@@ -9,6 +9,15 @@ rewrite is tested on its own (``tests/gateway/test_sse.py``), reads split anywhe
 Events pass as soon as they are complete (an SSE event ends with a blank line); an incomplete tail
 is handed back to be prefixed to the next read, never buffered further. ``[DONE]`` is reported,
 not copied: the proxy sends it after the usage event is recorded.
+
+Only what metering needs is parsed (issue 20: this ran once per relayed token). vLLM writes a
+chunk as compact JSON with ``usage`` as its last member, so a chunk is read as bytes: one without
+a ``"usage"`` key passes untouched, and for one ending in ``,"usage":{...}}`` only that object is
+parsed and, when the client did not ask for it, cut off (or replaced by ``null``) by slicing. The
+tail is taken only when it is exactly one JSON value closed by the chunk's last brace, which a
+``"usage"`` key nested deeper or quoted inside a string cannot be (a JSON string holds no bare
+``"``). Anything else (the ``choices: []`` usage chunk, other spacing, odd shapes) takes the
+general path: parse the whole event, re-serialise what changed.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ import orjson
 
 EVENT_END = b"\n\n"
 DONE = b"data: [DONE]\n\n"
+_USAGE_KEY = b'"usage"'
+_USAGE_TAIL = b',"usage":'
+_EMPTY_CHOICES = b'"choices":[]'
 
 
 @dataclass(slots=True)
@@ -59,6 +71,29 @@ def rewrite(data: bytes, *, client_usage: bool, client_continuous: bool) -> Rewr
         if payload == b"[DONE]":
             done = True
             continue
+        if payload[:1] == b"{" and payload[-1:] == b"}" and _EMPTY_CHOICES not in payload:
+            # The per-token fast path (see the module docstring).
+            if _USAGE_KEY not in payload:
+                out.append(raw_event + EVENT_END)
+                content_chunks += 1
+                continue
+            at = payload.rfind(_USAGE_TAIL)
+            if at > 0:
+                try:
+                    chunk_usage = orjson.loads(payload[at + len(_USAGE_TAIL) : -1])
+                except orjson.JSONDecodeError:
+                    chunk_usage = False  # not the top-level member: the general path
+                if chunk_usage is None or isinstance(chunk_usage, dict):
+                    if chunk_usage:
+                        usage = latest_usage = chunk_usage
+                    if client_continuous:
+                        out.append(raw_event + EVENT_END)
+                    elif client_usage:
+                        out.append(b"data: " + payload[:at] + b',"usage":null}' + EVENT_END)
+                    else:
+                        out.append(b"data: " + payload[:at] + b"}" + EVENT_END)
+                    content_chunks += 1
+                    continue
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:

@@ -134,3 +134,51 @@ def test_what_is_not_a_json_object_passes_unchanged_and_uncounted(event):
 def test_blank_events_are_dropped():
     part = rewrite(b"\n\n\n\n" + data(chunk("a")), client_usage=False, client_continuous=False)
     assert events(part.out) == [chunk("a")]
+
+
+# The per-token fast path reads chunks as bytes; these shapes must come out as the general path's.
+@pytest.mark.parametrize(
+    "obj",
+    [
+        # a "usage" key nested in the last member: not the chunk's usage
+        {"id": "c1", "choices": [{"index": 0, "delta": {"content": "a"}}], "x": {"y": 1, "usage": {"z": 2}}},
+        # text that looks like a usage member, inside a string
+        {"id": "c1", "choices": [{"index": 0, "delta": {"content": ',"usage":{"prompt_tokens":9}}'}}]},
+        # usage first, not last
+        {"usage": usage(4, 1), "id": "c1", "choices": [{"index": 0, "delta": {"content": "a"}}]},
+        # usage null, and usage empty
+        chunk("a", None) | {"usage": None},
+        chunk("a", {}),
+    ],
+    ids=["nested-usage", "usage-in-a-string", "usage-first", "usage-null", "usage-empty"],
+)
+@pytest.mark.parametrize(
+    "client", [(False, False), (True, False), (True, True)], ids=["none", "usage", "continuous"]
+)
+def test_odd_chunks_come_out_as_a_full_parse_would_give_them(obj, client):
+    client_usage, client_continuous = client
+    part = rewrite(data(obj), client_usage=client_usage, client_continuous=client_continuous)
+    expected = dict(obj)
+    if "usage" in obj and not client_continuous:
+        if client_usage:
+            expected["usage"] = None
+        else:
+            del expected["usage"]
+    assert events(part.out) == [expected]
+    assert part.content_chunks == 1
+    real = obj.get("usage") or None
+    assert part.latest_usage == real
+
+
+def test_spaced_json_from_another_engine_is_rewritten_too():
+    raw = b"data: " + json.dumps(chunk("a", usage(4, 1))).encode() + b"\n\n"  # ", " and ": "
+    part = rewrite(raw, client_usage=False, client_continuous=False)
+    assert events(part.out) == [chunk("a")] and part.usage == usage(4, 1)
+
+
+def test_the_fast_path_slices_without_reserialising():
+    raw = b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"\\u00e9 a"}}],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}\n\n'
+    part = rewrite(raw, client_usage=False, client_continuous=False)
+    # The escape is kept byte for byte (a re-serialisation would write the character itself).
+    assert part.out == b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"\\u00e9 a"}}]}\n\n'
+    assert part.usage == usage(4, 1)
