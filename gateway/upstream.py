@@ -400,7 +400,9 @@ class RawUpstream(AiohttpUpstream):
         return conn
 
     async def send(self, method: str, url: str, headers: dict[str, str], body: bytes) -> UpstreamResponse:
-        target = self._target(url)
+        # HTTPS, and a body streamed as it arrives (a file upload relayed to the control plane),
+        # go through aiohttp; the raw path writes a request in one piece.
+        target = self._target(url) if isinstance(body, bytes | bytearray) else None
         if target is None:
             return await super().send(method, url, headers, body)
         key, path, host = target
