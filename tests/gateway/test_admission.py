@@ -151,7 +151,7 @@ def test_weights_one_to_three_get_token_shares_near_one_to_three(engines, redis_
     window = served[:40]  # while both tenants still have requests waiting
     tokens = {who: sum(t for w, t in window if w == who) for who in ("light", "heavy")}
     ratio = tokens["heavy"] / max(1, tokens["light"])
-    assert 2.2 <= ratio <= 4.0, (ratio, tokens)
+    assert 2.0 <= ratio <= 4.0, (ratio, tokens)  # 1.0 without weights; 3.0 exactly in the limit
     shares = [tokens["light"] / 1, tokens["heavy"] / 3]
     jain = sum(shares) ** 2 / (len(shares) * sum(s * s for s in shares))
     assert jain >= 0.95
