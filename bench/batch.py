@@ -284,6 +284,9 @@ def main() -> None:
                     "BERTH_KEY_PEPPERS": ",".join(f"{k}:{v}" for k, v in settings.KEY_PEPPERS.items()),
                     "BERTH_INTERNAL_TOKEN": TOKEN,
                     "BERTH_GATEWAY_ACCESS_LOG": "0",
+                    # The admission queue at the engine's capacity, as the README tells operators:
+                    # batch lines beyond it wait in the gateway, behind interactive requests.
+                    "BERTH_GATEWAY_ADMIT_PER_WORKER": str(args.slots),
                 },
                 f"http://127.0.0.1:{gateway_port}/healthz",
             )

@@ -43,6 +43,12 @@ back when it ends, never kept for other tiers. Setting the per-worker capacity a
 is refilled at the engine's next step rather than a gateway round trip later (the engine's own
 backlog rule above stops that from growing).
 
+Batch reserve: batch lines (``/v1/batches``) run on idle capacity only: they may take a slot
+while fewer than capacity − ``BERTH_GATEWAY_ADMIT_BATCH_RESERVE`` × capacity (default half) are
+in use, so interactive requests that arrive find a free sequence in the engine rather than wait
+for a batch line to finish (engines do not preempt a running sequence for a new one). Batch lines
+always take their slot through Redis and hand it back when they end.
+
 Order: per band, start-time fair queuing (SFQ) on tokens. A waiting request costs its token
 reservation (``Proxy._reservation``: prompt estimate + max_tokens per choice); its start tag is
 ``max(V_band, F_tenant)`` and the tenant's finish tag becomes ``start + cost / weight`` (weight =
@@ -97,7 +103,11 @@ local cap = tonumber(ARGV[4])
 local alive_until = tonumber(ARGV[5])
 local channel = ARGV[6]
 local model = ARGV[7]
-local headroom = tonumber(ARGV[8])  -- slots beyond cap only the priority band (1) may take
+-- "<headroom>[:<reserve>]": slots beyond cap only the priority band (1) may take, and slots below
+-- cap the batch band (NB) may not take (kept for interactive arrivals)
+local hr, rs = string.match(ARGV[8], '^(%d+):?(%d*)$')
+local headroom = tonumber(hr)
+local reserve = tonumber(rs) or 0
 local slots, alive, entries, granted, vt, exp = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local NB = 4
 local function q(b) return KEYS[6 + b] end
@@ -146,6 +156,7 @@ end
 
 local function room(b)
   if b == 1 then return total < cap + headroom end
+  if b == NB then return total < cap - reserve end
   return total < cap
 end
 
@@ -256,6 +267,7 @@ class Ticket:
 class _ModelState:
     capacity: int = 0
     headroom: int = 0  # slots beyond the capacity only priority requests may take
+    reserve: int = 0  # slots below the capacity batch lines may not take
     held: int = 0  # slots this gateway holds in Redis
     returning: int = 0  # slots being given back (no longer in held, still in Redis)
     used: int = 0  # of them, taken by requests in progress
@@ -331,8 +343,11 @@ class Admission:
         if state is None:
             state = self._models[model] = _ModelState()
         state.capacity, state.headroom = self.capacity(model, workers)
+        state.reserve = min(state.capacity - 1, math.ceil(state.capacity * self.settings.admit_batch_reserve))
         state.last_active = time.monotonic()
-        if not state.contended and state.used < state.held <= state.capacity:
+        # Batch lines always ask Redis: only the shared count knows whether the model is below
+        # capacity less the reserve (and they are not latency-bound).
+        if tier != tiers.BATCH and not state.contended and state.used < state.held <= state.capacity:
             state.used += 1  # the common case: a slot this gateway already holds
             counter = self._held_counters.get((model, tier))
             if counter is None:
@@ -423,7 +438,9 @@ class Admission:
         event.queue_ms = int(waited * 1000)
         metrics.ADMISSION_WAIT.labels(model, tier).observe(waited)
         metrics.ADMISSION_DISPATCHES.labels(model, tier, "queued").inc()
-        return Ticket(model, tier, event.queue_ms, give_back=tier == tiers.PRIORITY and state.headroom > 0)
+        # A priority slot (maybe headroom) and a batch line's go back at once, never kept for others.
+        give_back = (tier == tiers.PRIORITY and state.headroom > 0) or tier == tiers.BATCH
+        return Ticket(model, tier, event.queue_ms, give_back=give_back)
 
     def release(self, ticket: Ticket | None) -> None:
         """The request is done with the engine: keep its slot for the next one, or hand it on."""
@@ -468,9 +485,10 @@ class Admission:
                 state.contend()
         return result
 
-    def _headroom(self, model: str) -> int:
+    def _headroom(self, model: str) -> str:
+        """The script's ARGV[8]: ``<priority headroom>:<batch reserve>``."""
         state = self._models.get(model)
-        return state.headroom if state is not None else 0
+        return f"{state.headroom}:{state.reserve}" if state is not None else "0:0"
 
     async def _leave(self, model: str, state: _ModelState, entry: str) -> bool:
         """Take the entry out of the queue; True when it had been granted meanwhile."""

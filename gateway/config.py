@@ -107,6 +107,8 @@ class GatewaySettings(BaseSettings):
     # with --scheduling-policy priority and make room for them at once (preempting lower tiers),
     # so interactive priority traffic does not wait for a flood's requests to finish.
     admit_priority_headroom: int = Field(2, validation_alias="BERTH_GATEWAY_ADMIT_PRIORITY_HEADROOM", ge=0)
+    # Share of a model's capacity batch lines leave free for interactive requests (gateway/admission.py).
+    admit_batch_reserve: float = Field(0.5, validation_alias="BERTH_GATEWAY_ADMIT_BATCH_RESERVE", ge=0, lt=1)
     # Waiting requests per model and band; more are refused at once.
     admit_queue_max: int = Field(10_000, validation_alias="BERTH_GATEWAY_ADMIT_QUEUE_MAX", ge=1)
     # A waiting request asks Redis this often when no grant message came.

@@ -160,3 +160,25 @@ def test_an_entry_past_its_deadline_leaves_the_queue(redis_client):
     time.sleep(0.2)
     assert steps.run("poll", "gw", late)[0] == -2  # gone: neither waiting nor granted
     assert redis_client.hlen(names().admission_entries(MODEL)) == 0
+
+
+def test_batch_lines_leave_the_reserve_free_for_interactive_requests(redis_client):
+    steps = Steps(redis_client, capacity=4, headroom="0:2")  # batch may hold at most 4 - 2 slots
+    assert steps.enqueue("gw", "batch", "t")[1] == 1
+    assert steps.enqueue("gw", "batch", "t")[1] == 1
+    waiting_batch, granted = steps.enqueue("gw", "batch", "t")
+    assert granted == 0  # 2 of 4 in use: the rest is the reserve
+    assert steps.enqueue("gw", "default", "t")[1] == 1  # interactive requests use the reserve
+    assert steps.enqueue("gw", "flex", "t")[1] == 1
+    for in_use in (3, 2):  # not below 4 - 2 yet
+        steps.run("release", "gw", 1)
+        assert waiting_batch not in steps.grants(), in_use
+    steps.run("release", "gw", 1)  # 1 in use
+    assert waiting_batch in steps.grants()
+
+
+def test_without_a_reserve_batch_lines_fill_the_capacity(redis_client):
+    steps = Steps(redis_client, capacity=2, headroom=0)  # an older gateway's plain headroom argument
+    assert steps.enqueue("gw", "batch", "t")[1] == 1
+    assert steps.enqueue("gw", "batch", "t")[1] == 1
+    assert steps.enqueue("gw", "batch", "t")[1] == 0
