@@ -325,6 +325,14 @@ def main() -> None:
         batch.refresh_from_db()
         result["status"] = batch.status
         engine_stats = httpx.get(f"http://127.0.0.1:{engine_port}/_stats").json()
+        # What the gateway's admission queue did, by tier (dispatched at once, after a wait, refused).
+        exposition = httpx.get(gateway + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+        admission = [
+            line
+            for line in exposition.splitlines()
+            if line.startswith("berth_gateway_admission_dispatches_total")
+        ]
+        print("\n".join(admission) or "no admission dispatches recorded", file=sys.stderr)
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

@@ -256,7 +256,7 @@ class UsageRecordList(generics.ListAPIView):
         # A filter given empty (``?start=``) is an error, as the schema says, not "no filter".
         blank = {
             name: ["This filter may not be blank; leave it out for no filter."]
-            for name in UsageRecordFilterSerializer().fields
+            for name in map(str, UsageRecordFilterSerializer().fields)
             if name in self.request.query_params and not self.request.query_params[name].strip()
         }
         if blank:

@@ -189,6 +189,8 @@ PROBES: list[Probe] = [
     console("staff/economics/", "GET", "/staff/economics/?month=2026-03", STAFF_ONLY),
     console("staff/traffic/data/", "GET", "/staff/traffic/data/", STAFF_ONLY, headers=HTMX, note="htmx"),
     console("staff/batches/", "GET", "/staff/batches/", STAFF_ONLY),
+    console("staff/queues/", "GET", "/staff/queues/", STAFF_ONLY),
+    console("staff/queues/data/", "GET", "/staff/queues/data/", STAFF_ONLY),
     # ---------------------------------------------------------------- management API
     api("api/schema/", "GET", "/api/schema/", everyone(200)),
     api("api/docs/", "GET", "/api/docs/", everyone(200)),
