@@ -154,7 +154,7 @@ def control_plane_env() -> dict[str, str]:
         "DEBUG": "1" if settings.DEBUG else "0",
         "LOG_LEVEL": settings.LOG_LEVEL,
         # /v1/files and /v1/batches are answered by this machine's web role.
-        "BERTH_GATEWAY_CONTROL_PLANE_URL": f"http://{_reachable(settings.WEB_HOST)}:{settings.WEB_PORT}",
+        "BERTH_GATEWAY_CONTROL_PLANE_URL": f"http://{reachable(settings.WEB_HOST)}:{settings.WEB_PORT}",
         "BERTH_FILES_MAX_BYTES": str(settings.FILES_MAX_BYTES),
     }
     if settings.INTERNAL_TOKEN:
@@ -162,7 +162,7 @@ def control_plane_env() -> dict[str, str]:
     return result
 
 
-def _reachable(host: str) -> str:
+def reachable(host: str) -> str:
     """An address to connect to for a listening host (a wildcard listens on loopback too)."""
     if host in ("0.0.0.0", "", "::"):  # noqa: S104 - compared, not bound
         return "127.0.0.1"

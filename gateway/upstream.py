@@ -416,6 +416,8 @@ class RawUpstream(AiohttpUpstream):
         conn.start(response)
         head = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode(), path, host)]
         for name, value in headers.items():
+            if name.lower() == "content-length":  # written below, once: two would be a bad request
+                continue
             head.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
         conn.transport.write(b"".join(head) + body)

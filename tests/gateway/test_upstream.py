@@ -114,3 +114,34 @@ def test_the_raw_client_keeps_connections_alive_drops_unfinished_ones_and_says_w
     assert first == b"first"
     assert seen[-1][1] == b"closed"  # closing the unfinished stream dropped the connection
     assert refused is not None and refused.sent is False
+
+
+async def _head_of_a_request_with_a_callers_content_length() -> bytes:
+    heads: list[bytes] = []
+
+    async def engine(reader, writer):
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(engine, "127.0.0.1", 0)
+    upstream = RawUpstream(SETTINGS)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/internal/v1/files"
+        response = await upstream.send("POST", url, {"content-length": "2", "Content-Type": "x/y"}, b"{}")
+        await response.read()
+        await response.close()
+        return heads[0]
+    finally:
+        await upstream.close()
+        server.close()
+
+
+def test_the_raw_client_writes_one_content_length_whatever_the_caller_passes():
+    # The files relay passes the client's Content-Length on; two would be a request that strict
+    # servers (uvicorn's httptools) refuse as invalid.
+    head = asyncio.run(_head_of_a_request_with_a_callers_content_length())
+    assert head.lower().count(b"content-length:") == 1
+    assert b"content-length: 2\r\n" in head.lower()

@@ -513,7 +513,17 @@ class Command(BaseCommand):
             sup.env.setdefault("BERTH_GATEWAY_CORS_ORIGINS", ",".join(sorted(origins)))
             # Batch lines (batches/runner.py) go from the worker to this gateway with the internal
             # token: a development run without one gets one for this run, the same in every child.
-            sup.env.setdefault("BERTH_GATEWAY_INTERNAL_URL", gateway)
+            sup.env.setdefault(
+                "BERTH_GATEWAY_INTERNAL_URL",
+                f"http://{roles.reachable(options['gateway_host'])}:{options['gateway_port']}",
+            )
+            # /v1/files and /v1/batches go from the gateway to this run's web role (its --web-port,
+            # not the settings' default), unless the environment names another control plane.
+            control_plane = {}
+            if "BERTH_GATEWAY_CONTROL_PLANE_URL" not in os.environ:
+                control_plane["BERTH_GATEWAY_CONTROL_PLANE_URL"] = (
+                    f"http://{roles.reachable(options['web_host'])}:{options['web_port']}"
+                )
             if not settings.INTERNAL_TOKEN:
                 sup.env.setdefault("BERTH_INTERNAL_TOKEN", secrets.token_urlsafe(32))
             values = {
@@ -538,7 +548,10 @@ class Command(BaseCommand):
                 + ("" if sup.verbose else " (--verbose shows it here)"),
             )
             for name in self.roles_to_run(options):
-                sup.add(Child(name, roles.argv(name, **values), health.get(name), env=roles.env(name)))
+                child_env = roles.env(name)
+                if "BERTH_GATEWAY_CONTROL_PLANE_URL" in child_env:  # the settings' port, not --web-port
+                    child_env.update(control_plane)
+                sup.add(Child(name, roles.argv(name, **values), health.get(name), env=child_env))
             sup.display.status(sup.status_lines())
             for child in sup.children:
                 healthy = not child.health_url or _wait_healthy(child, sup.stopping, 60)
