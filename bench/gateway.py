@@ -216,7 +216,7 @@ async def streams(url: str, key: str, n: int, tokens: int, delay: float) -> floa
                 if response.status != 200:
                     raise RuntimeError(await response.text())
                 async for chunk in response.content.iter_any():
-                    counted += chunk.count(b'data: {"id"')
+                    counted += chunk.count(b'"choices":[{')
 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
@@ -572,7 +572,7 @@ async def timed_streams(url: str, key: str, n: int, tokens: int, delay: float) -
                         errors += 1
                         return
                     async for chunk in response.content.iter_any():
-                        got = chunk.count(b'data: {"id"')
+                        got = chunk.count(b'"choices":[{')
                         if got:
                             last = time.perf_counter()
                             if first is None:
