@@ -188,7 +188,11 @@ class Authenticator:
         )
         if not ok or entry is None:
             raise invalid_api_key()
-        tenant = await self.tenant(entry.tenant_id)
+        return Principal(key=entry, tenant=await self.active_tenant(entry.tenant_id))
+
+    async def active_tenant(self, tenant_id: str) -> TenantEntry:
+        """The tenant a request is for: unknown is the same 401 as a bad key, suspended a 403."""
+        tenant = await self.tenant(tenant_id)
         if tenant is None:
             raise invalid_api_key()
         if tenant.status != "active":
@@ -198,4 +202,4 @@ class Authenticator:
                 type="permission_error",
                 code="organization_suspended",
             )
-        return Principal(key=entry, tenant=tenant)
+        return tenant

@@ -77,16 +77,7 @@ async def authenticate(auth, token: str, headers: dict[bytes, bytes]) -> BatchCa
             "X-Berth-Request-Id (<batch id>_<line index>).",
             code="invalid_batch_headers",
         )
-    tenant = await auth.tenant(tenant_id)
-    if tenant is None:
-        raise invalid_api_key()
-    if tenant.status != "active":
-        raise GatewayError(
-            403,
-            "Your organization is suspended. Contact the operator of this Berth deployment.",
-            type="permission_error",
-            code="organization_suspended",
-        )
+    tenant = await auth.active_tenant(tenant_id)
     key = KeyEntry(
         key_id="",
         tenant_id=tenant_id,
